@@ -1,0 +1,63 @@
+//! Errors of the pipeline library. Each names the file (and line or field) it is about, so a
+//! user can fix the input without reading our code.
+
+use std::path::PathBuf;
+
+use crate::matfile::MatError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("required metadata file not found: {path} ({hint})")]
+    MissingMetadata { path: PathBuf, hint: String },
+    #[error("{path}:{line}: {message}: {text:?}")]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+        text: String,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: field '{field}': {message}")]
+    BadField {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Mat(#[from] MatError),
+    #[error("{path}: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
+    #[error("{path}: parquet: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{path}: arrow: {source}")]
+    Arrow {
+        path: PathBuf,
+        source: arrow_schema::ArrowError,
+    },
+    #[error("{path}: no images found ({hint})")]
+    Empty { path: PathBuf, hint: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
+
+/// `map_err` helper that attaches the path to an I/O error.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| PipelineError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

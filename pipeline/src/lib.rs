@@ -1,0 +1,16 @@
+//! Dataset ingestion for splitmask-rs: adapters for each dataset's official layout, image
+//! transcoding, Parquet shard writing and reading, manifests, inspection.
+//!
+//! The trainer depends on this crate for the shard reader and image views so that both sides
+//! see the same pixels.
+
+pub mod adapters;
+pub mod error;
+pub mod inspect;
+pub mod matfile;
+pub mod prepare;
+pub mod recipe;
+pub mod shard;
+pub mod transcode;
+
+pub use error::{PipelineError, Result};

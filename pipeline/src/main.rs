@@ -1,0 +1,266 @@
+//! `pipeline`: prepare datasets into Parquet shards, merge job-array parts, inspect results.
+//!
+//! Exit status: 0 when every input became a row, 2 when the run completed but some inputs were
+//! skipped (they are listed in the manifest with reasons), 1 on error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use pipeline::adapters::AdapterOptions;
+use pipeline::inspect;
+use pipeline::prepare::{self, PrepareConfig, Subset, Worker};
+use pipeline::recipe::Recipe;
+use pipeline::transcode::{ResizeFilter, TranscodeSettings};
+use schemas::Manifest;
+
+#[derive(Parser)]
+#[command(
+    name = "pipeline",
+    version,
+    about = "Image datasets -> Parquet shards for splitmask-rs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare a dataset (resumes an interrupted run in the same output folder).
+    Prepare(PrepareArgs),
+    /// Write the manifest from the parts of a multi-worker prepare.
+    Merge {
+        /// The output folder the workers wrote to.
+        out: PathBuf,
+    },
+    /// Verify checksums and counts, print the class histogram, draw a contact sheet.
+    Inspect {
+        dir: PathBuf,
+        /// Contact-sheet PNG (default: <dir>/contact_sheet.png).
+        #[arg(long)]
+        sheet: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        per_class: usize,
+        #[arg(long, default_value_t = 20)]
+        max_classes: usize,
+    },
+    /// List the dataset recipes.
+    Recipes {
+        #[arg(long, default_value = "datasets")]
+        recipes: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct PrepareArgs {
+    /// Recipe name from the recipes folder (imagenette, cars, coco, ...).
+    #[arg(long)]
+    dataset: String,
+    #[arg(long, default_value = "datasets")]
+    recipes: PathBuf,
+    /// Raw dataset root (default: the recipe's data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output folder (default: data/<dataset>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Shorter-side bound in pixels; 0 keeps the source size (default: the recipe's).
+    #[arg(long)]
+    max_short_side: Option<u32>,
+    #[arg(long)]
+    quality: Option<u8>,
+    #[arg(long, value_enum, default_value_t = ResizeFilter::Bicubic)]
+    filter: ResizeFilter,
+    /// Crop to the bounding box (Stanford Cars).
+    #[arg(long)]
+    crop_bbox: bool,
+    /// Keep this class-balanced share of the train split (e.g. 0.01 for ImageNet 1%).
+    #[arg(long)]
+    fraction: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Target shard size in MB.
+    #[arg(long, default_value_t = 256)]
+    shard_mb: u64,
+    #[arg(long, default_value_t = 64)]
+    row_group_mb: usize,
+    /// Number of workers of a job array; each writes the shards with index % N == i.
+    #[arg(long, default_value_t = 1)]
+    num_shards: usize,
+    /// This worker's index (e.g. $SLURM_ARRAY_TASK_ID).
+    #[arg(long, default_value_t = 0)]
+    shard_index: usize,
+    /// Override adapter options.
+    #[arg(long)]
+    synsets: Option<PathBuf>,
+    #[arg(long)]
+    domain: Option<String>,
+    #[arg(long)]
+    year: Option<u32>,
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn resolve(a: &PrepareArgs) -> Result<PrepareConfig> {
+    let recipe = Recipe::load(&a.recipes, &a.dataset)?;
+    let options = AdapterOptions {
+        synsets: a.synsets.clone().or(recipe.options.synsets.clone()),
+        val_solution: recipe.options.val_solution.clone(),
+        domain: a.domain.clone().or(recipe.options.domain.clone()),
+        year: a.year.or(recipe.options.year),
+    };
+    let short = a.max_short_side.unwrap_or(recipe.prepare.max_short_side);
+    let fraction = a.fraction.or(recipe.prepare.subset_fraction);
+    let cfg = PrepareConfig {
+        dataset: recipe.name.clone(),
+        adapter: recipe.adapter.clone(),
+        source: a.data_dir.clone().unwrap_or(recipe.data_dir.clone()),
+        out_dir: a.out.clone().unwrap_or_else(|| Path::new("data").join(&recipe.name)),
+        options,
+        transcode: TranscodeSettings {
+            max_short_side: (short > 0).then_some(short),
+            quality: a.quality.unwrap_or(recipe.prepare.quality),
+            filter: a.filter,
+            crop_to_bbox: a.crop_bbox || recipe.prepare.crop_to_bbox,
+        },
+        subset: fraction.map(|fraction| Subset {
+            fraction,
+            seed: a.seed.unwrap_or(recipe.prepare.subset_seed),
+        }),
+        shard_bytes: a.shard_mb * 1_000_000,
+        row_group_bytes: a.row_group_mb * 1_000_000,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn print_manifest_summary(m: &Manifest) {
+    println!("dataset {} ({} adapter) from {}", m.dataset, m.adapter, m.source);
+    for (split, s) in &m.splits {
+        println!(
+            "  {split:>6}: {:>8} images, {:>6} skipped, {} classes present",
+            s.images,
+            s.skipped,
+            s.per_class.len()
+        );
+    }
+    println!(
+        "  shards: {}  ({:.1} MB)",
+        m.shards.len(),
+        m.shards.iter().map(|s| s.bytes).sum::<u64>() as f64 / 1e6
+    );
+    if !m.skipped.is_empty() {
+        println!("  skipped {} inputs (see manifest.json), e.g.:", m.skipped.len());
+        for s in m.skipped.iter().take(5) {
+            println!("    {}: {}", s.path, s.reason);
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Prepare(args) => {
+            let cfg = resolve(&args)?;
+            println!("{}", serde_json::to_string_pretty(&cfg)?);
+            let worker = Worker {
+                count: args.num_shards,
+                index: args.shard_index,
+            };
+            let s = prepare::prepare(&cfg, worker, !args.no_progress)
+                .with_context(|| format!("preparing {} from {}", cfg.dataset, cfg.source.display()))?;
+            println!(
+                "wrote {} shards ({} kept from an earlier run), {} images in {:.1} s ({:.0} images/s), {} skipped",
+                s.written_shards,
+                s.resumed_shards,
+                s.images,
+                s.wall_s,
+                s.images as f64 / s.wall_s.max(1e-9),
+                s.skipped
+            );
+            match s.manifest {
+                Some(m) => {
+                    print_manifest_summary(&m);
+                    println!("manifest: {}", cfg.out_dir.join("manifest.json").display());
+                    Ok(if m.skipped.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    })
+                }
+                None => {
+                    println!(
+                        "worker {}/{} done; run `pipeline merge {}` after all workers",
+                        args.shard_index,
+                        args.num_shards,
+                        cfg.out_dir.display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Merge { out } => {
+            let m = prepare::merge(&out)?;
+            print_manifest_summary(&m);
+            Ok(if m.skipped.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Inspect {
+            dir,
+            sheet,
+            per_class,
+            max_classes,
+        } => {
+            let (m, report) = inspect::verify(&dir)?;
+            print_manifest_summary(&m);
+            println!("checksums: {}/{} shards verified", report.shards_ok, m.shards.len());
+            for (split, hist) in &report.histogram {
+                println!("  {split} class histogram (label: rows):");
+                for (label, n) in hist {
+                    let name = usize::try_from(*label)
+                        .ok()
+                        .and_then(|l| m.class_names.get(l))
+                        .map_or("unlabeled", |s| s);
+                    println!("    {label:>5} {n:>8}  {name}");
+                }
+            }
+            let sheet = sheet.unwrap_or_else(|| dir.join("contact_sheet.png"));
+            inspect::contact_sheet(&dir, &m, &sheet, per_class, max_classes)?;
+            println!("contact sheet: {}", sheet.display());
+            if report.problems.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for p in &report.problems {
+                    eprintln!("problem: {p}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Recipes { recipes } => {
+            for name in Recipe::names(&recipes)? {
+                let r = Recipe::load(&recipes, &name)?;
+                println!(
+                    "{name:<20} {:<14} {:>5} epochs  {}",
+                    r.adapter, r.pretrain.epochs, r.description
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! Writing and reading image shards (the schema is `schemas::shard_schema`).
+//!
+//! Image bytes are stored uncompressed (they already are JPEG) without dictionary or
+//! statistics; the small columns are zstd-compressed. Row groups are cut by size so a reader
+//! streams a shard without holding it whole.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{FixedSizeListBuilder, Int32Builder};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, FixedSizeListArray, Int32Array, Int64Array, RecordBatch, StringArray, StructArray,
+};
+use arrow_schema::{DataType, Field, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use sha2::{Digest, Sha256};
+
+use crate::error::{IoContext, PipelineError, Result};
+use schemas::shard::{col, image_struct_fields, keys};
+use schemas::{shard_schema, ShardMetadata};
+
+/// One row of a shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: String,
+    pub split: String,
+    pub label: i32,
+    pub image: Vec<u8>,
+    pub path: String,
+    pub width: i32,
+    pub height: i32,
+    pub bbox: Option<[i32; 4]>,
+    pub coco_id: Option<i64>,
+    pub domain: Option<String>,
+    pub mask: Option<Vec<u8>>,
+    pub mask_path: Option<String>,
+}
+
+/// Writes a shard to `<final>.tmp` and renames it into place on `finish`, so a crash never
+/// leaves a file that looks complete.
+pub struct ShardWriter {
+    writer: ArrowWriter<BufWriter<File>>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    schema: SchemaRef,
+    rows: u64,
+}
+
+/// Row groups are cut by their encoded size rather than a row count, since rows range from a
+/// few KB (thumbnails) to MBs (full-resolution photos).
+pub fn writer_properties(metadata: Vec<KeyValue>, row_group_bytes: usize) -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_max_row_group_row_count(None)
+        .set_max_row_group_bytes(Some(row_group_bytes))
+        .set_key_value_metadata(Some(metadata));
+    for blob in [col::IMAGE, col::MASK] {
+        let path = ColumnPath::new(vec![blob.to_string(), col::BYTES.to_string()]);
+        props = props
+            .set_column_compression(path.clone(), Compression::UNCOMPRESSED)
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    props.build()
+}
+
+impl ShardWriter {
+    pub fn create(dest: &Path, meta: &ShardMetadata, row_group_bytes: usize) -> Result<Self> {
+        let tmp = tmp_path(dest);
+        let file = File::create(&tmp).at(&tmp)?;
+        let kv = meta.to_kv().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        let schema: SchemaRef = Arc::new(shard_schema());
+        let writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            schema.clone(),
+            Some(writer_properties(kv, row_group_bytes)),
+        )
+        .map_err(|source| PipelineError::Parquet {
+            path: tmp.clone(),
+            source,
+        })?;
+        Ok(ShardWriter {
+            writer,
+            tmp,
+            dest: dest.to_path_buf(),
+            schema,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, rows: &[Row]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let batch = rows_to_batch(&self.schema, rows).map_err(|source| PipelineError::Arrow {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        self.writer.write(&batch).map_err(|source| PipelineError::Parquet {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        self.rows += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Closes, syncs and renames the file; returns (rows, bytes, sha256).
+    pub fn finish(self) -> Result<(u64, u64, String)> {
+        let ShardWriter {
+            writer,
+            tmp,
+            dest,
+            rows,
+            ..
+        } = self;
+        let mut inner = writer.into_inner().map_err(|source| PipelineError::Parquet {
+            path: tmp.clone(),
+            source,
+        })?;
+        inner.flush().at(&tmp)?;
+        inner.get_ref().sync_all().at(&tmp)?;
+        drop(inner);
+        let (bytes, sha) = file_sha256(&tmp)?;
+        std::fs::rename(&tmp, &dest).at(&dest)?;
+        Ok((rows, bytes, sha))
+    }
+}
+
+pub fn tmp_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    dest.with_file_name(name)
+}
+
+/// Writes `bytes` to `dest` atomically (temp file, fsync, rename).
+pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(dest);
+    let mut f = File::create(&tmp).at(&tmp)?;
+    f.write_all(bytes).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    std::fs::rename(&tmp, dest).at(dest)
+}
+
+/// Writes a whole record batch as one Parquet file, atomically.
+pub fn write_table(dest: &Path, batch: &RecordBatch, metadata: Vec<KeyValue>) -> Result<(u64, String)> {
+    let tmp = tmp_path(dest);
+    let file = File::create(&tmp).at(&tmp)?;
+    let perr = |source| PipelineError::Parquet {
+        path: tmp.clone(),
+        source,
+    };
+    let mut w =
+        ArrowWriter::try_new(file, batch.schema(), Some(writer_properties(metadata, 64 << 20))).map_err(perr)?;
+    w.write(batch).map_err(perr)?;
+    let f = w.into_inner().map_err(perr)?;
+    f.sync_all().at(&tmp)?;
+    let (bytes, sha) = file_sha256(&tmp)?;
+    std::fs::rename(&tmp, dest).at(dest)?;
+    Ok((bytes, sha))
+}
+
+pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
+    let mut f = File::open(path).at(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hex::encode(hasher.finalize())))
+}
+
+fn blob_struct(bytes: Vec<Option<&[u8]>>, paths: Vec<Option<&str>>, nullable: bool) -> StructArray {
+    let nulls = nullable.then(|| bytes.iter().map(Option::is_some).collect::<Vec<_>>().into());
+    StructArray::new(
+        image_struct_fields(),
+        vec![
+            Arc::new(BinaryArray::from(bytes)) as ArrayRef,
+            Arc::new(StringArray::from(paths)),
+        ],
+        nulls,
+    )
+}
+
+fn rows_to_batch(schema: &SchemaRef, rows: &[Row]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut bbox = FixedSizeListBuilder::new(Int32Builder::new(), 4).with_field(Arc::new(Field::new(
+        "item",
+        DataType::Int32,
+        false,
+    )));
+    for r in rows {
+        match r.bbox {
+            Some(b) => {
+                bbox.values().append_slice(&b);
+                bbox.append(true);
+            }
+            None => {
+                bbox.values().append_slice(&[0; 4]);
+                bbox.append(false);
+            }
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.id))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.split))),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.label))),
+        Arc::new(blob_struct(
+            rows.iter().map(|r| Some(r.image.as_slice())).collect(),
+            rows.iter().map(|r| Some(r.path.as_str())).collect(),
+            false,
+        )),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.width))),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.height))),
+        Arc::new(bbox.finish()),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.coco_id))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.domain.as_deref()))),
+        Arc::new(blob_struct(
+            rows.iter().map(|r| r.mask.as_deref()).collect(),
+            rows.iter().map(|r| r.mask_path.as_deref()).collect(),
+            true,
+        )),
+    ];
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// Streams the rows of one shard, a record batch at a time.
+pub struct ShardReader {
+    path: PathBuf,
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    pending: std::vec::IntoIter<Row>,
+    pub metadata: Option<ShardMetadata>,
+    pub num_rows: u64,
+}
+
+impl ShardReader {
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_batch(path, 256)
+    }
+
+    pub fn open_with_batch(path: &Path, batch_size: usize) -> Result<Self> {
+        let file = File::open(path).at(path)?;
+        let perr = |source| PipelineError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(perr)?;
+        let file_meta = builder.metadata().file_metadata();
+        let num_rows = file_meta.num_rows() as u64;
+        let metadata = file_meta
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|k| k.key == keys::SPLITMASK))
+            .and_then(|k| k.value.as_deref())
+            .and_then(|v| serde_json::from_str(v).ok());
+        let reader = builder.with_batch_size(batch_size).build().map_err(perr)?;
+        Ok(ShardReader {
+            path: path.to_path_buf(),
+            reader,
+            pending: Vec::new().into_iter(),
+            metadata,
+            num_rows,
+        })
+    }
+
+    fn next_batch(&mut self) -> Option<Result<Vec<Row>>> {
+        let batch = match self.reader.next()? {
+            Ok(b) => b,
+            Err(source) => {
+                return Some(Err(PipelineError::Arrow {
+                    path: self.path.clone(),
+                    source,
+                }))
+            }
+        };
+        Some(batch_to_rows(&batch).map_err(|message| PipelineError::BadField {
+            path: self.path.clone(),
+            field: "schema".into(),
+            message,
+        }))
+    }
+}
+
+impl Iterator for ShardReader {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.pending.next() {
+                return Some(Ok(r));
+            }
+            match self.next_batch()? {
+                Ok(rows) => self.pending = rows.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> std::result::Result<&'a T, String> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| format!("missing column {name:?}"))?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| {
+            format!(
+                "column {name:?} has type {:?}",
+                batch.column_by_name(name).unwrap().data_type()
+            )
+        })
+}
+
+fn blob_parts(s: &StructArray) -> std::result::Result<(&BinaryArray, &StringArray), String> {
+    let bytes = s
+        .column(0)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .ok_or("blob bytes not binary")?;
+    let paths = s
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or("blob path not utf8")?;
+    Ok((bytes, paths))
+}
+
+fn batch_to_rows(batch: &RecordBatch) -> std::result::Result<Vec<Row>, String> {
+    let id = column::<StringArray>(batch, col::ID)?;
+    let split = column::<StringArray>(batch, col::SPLIT)?;
+    let label = column::<Int32Array>(batch, col::LABEL)?;
+    let (image, path) = blob_parts(column::<StructArray>(batch, col::IMAGE)?)?;
+    let width = column::<Int32Array>(batch, col::WIDTH)?;
+    let height = column::<Int32Array>(batch, col::HEIGHT)?;
+    let bbox = column::<FixedSizeListArray>(batch, col::BBOX)?;
+    let bbox_values = bbox
+        .values()
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .ok_or("bbox items not int32")?;
+    let coco = column::<Int64Array>(batch, col::COCO_ID)?;
+    let domain = column::<StringArray>(batch, col::DOMAIN)?;
+    let mask_struct = column::<StructArray>(batch, col::MASK)?;
+    let (mask, mask_path) = blob_parts(mask_struct)?;
+    Ok((0..batch.num_rows())
+        .map(|i| Row {
+            id: id.value(i).to_string(),
+            split: split.value(i).to_string(),
+            label: label.value(i),
+            image: image.value(i).to_vec(),
+            path: path.value(i).to_string(),
+            width: width.value(i),
+            height: height.value(i),
+            bbox: bbox.is_valid(i).then(|| {
+                let v = &bbox_values.values()[i * 4..i * 4 + 4];
+                [v[0], v[1], v[2], v[3]]
+            }),
+            coco_id: coco.is_valid(i).then(|| coco.value(i)),
+            domain: domain.is_valid(i).then(|| domain.value(i).to_string()),
+            mask: mask_struct.is_valid(i).then(|| mask.value(i).to_vec()),
+            mask_path: (mask_struct.is_valid(i) && mask_path.is_valid(i)).then(|| mask_path.value(i).to_string()),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: usize) -> Row {
+        Row {
+            id: format!("train/c/{i}.jpg"),
+            split: "train".into(),
+            label: (i % 3) as i32 - 1,
+            image: vec![i as u8; 100 + i],
+            path: format!("c/{i}.jpg"),
+            width: 10 + i as i32,
+            height: 20,
+            bbox: (i % 2 == 0).then_some([1, 2, 3, i as i32]),
+            coco_id: (i % 3 == 0).then_some(i as i64 * 1000),
+            domain: (i % 4 == 0).then(|| "sketch".to_string()),
+            mask: (i % 5 == 0).then(|| vec![7; i]),
+            mask_path: (i % 5 == 0).then(|| format!("m/{i}.png")),
+        }
+    }
+
+    #[test]
+    fn shard_round_trip_with_small_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("train-00000-of-00001.parquet");
+        let meta = ShardMetadata {
+            schema_version: schemas::SCHEMA_VERSION,
+            dataset: "t".into(),
+            split: "train".into(),
+            class_names: vec!["a".into(), "b".into()],
+        };
+        let rows: Vec<Row> = (0..50).map(row).collect();
+        let mut w = ShardWriter::create(&dest, &meta, 1000).unwrap();
+        for chunk in rows.chunks(7) {
+            w.write(chunk).unwrap();
+        }
+        assert!(!dest.exists(), "final name appears only on finish");
+        let (n, bytes, sha) = w.finish().unwrap();
+        assert_eq!(n, 50);
+        assert_eq!((bytes, sha), file_sha256(&dest).unwrap());
+        assert!(!tmp_path(&dest).exists());
+
+        let reader = ShardReader::open_with_batch(&dest, 8).unwrap();
+        assert_eq!(reader.num_rows, 50);
+        assert_eq!(reader.metadata.as_ref(), Some(&meta));
+        let back: Vec<Row> = reader.collect::<Result<_>>().unwrap();
+        assert_eq!(back, rows);
+
+        let pq = parquet::file::reader::SerializedFileReader::new(File::open(&dest).unwrap()).unwrap();
+        use parquet::file::reader::FileReader;
+        assert!(pq.metadata().num_row_groups() > 1, "row groups are cut by size");
+        let rg = pq.metadata().row_group(0);
+        let image_col = rg
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == "image.bytes")
+            .unwrap();
+        assert_eq!(image_col.compression(), Compression::UNCOMPRESSED);
+        let id_col = rg.columns().iter().find(|c| c.column_path().string() == "id").unwrap();
+        assert!(matches!(id_col.compression(), Compression::ZSTD(_)));
+    }
+}

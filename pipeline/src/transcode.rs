@@ -1,0 +1,288 @@
+//! Image decoding and normalisation: EXIF orientation applied, any colour type to RGB, optional
+//! crop and resize (shorter side <= S), JPEG re-encoding, or the original bytes kept when they
+//! already are an upright RGB JPEG of an allowed size.
+
+use std::io::Cursor;
+
+use fast_image_resize as fr;
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use serde::{Deserialize, Serialize};
+
+/// Settings that decide the bytes written for each image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeSettings {
+    /// Resize so the shorter side is at most this many pixels; `None` keeps the size.
+    pub max_short_side: Option<u32>,
+    /// JPEG quality (1..=100) for images that are re-encoded.
+    pub quality: u8,
+    pub filter: ResizeFilter,
+    /// Crop to the dataset's bounding box (Stanford Cars) before resizing.
+    pub crop_to_bbox: bool,
+}
+
+impl Default for TranscodeSettings {
+    fn default() -> Self {
+        TranscodeSettings {
+            max_short_side: Some(256),
+            quality: 90,
+            filter: ResizeFilter::Bicubic,
+            crop_to_bbox: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeFilter {
+    Bilinear,
+    /// Catmull-Rom (PIL's BICUBIC).
+    Bicubic,
+    Lanczos3,
+}
+
+impl ResizeFilter {
+    fn alg(self) -> fr::ResizeAlg {
+        fr::ResizeAlg::Convolution(match self {
+            ResizeFilter::Bilinear => fr::FilterType::Bilinear,
+            ResizeFilter::Bicubic => fr::FilterType::CatmullRom,
+            ResizeFilter::Lanczos3 => fr::FilterType::Lanczos3,
+        })
+    }
+}
+
+/// An image ready to be stored.
+#[derive(Debug, Clone)]
+pub struct Transcoded {
+    pub bytes: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    /// False when the source bytes were kept as they are.
+    pub reencoded: bool,
+}
+
+/// Why an input did not become a row; goes to the manifest's skipped list verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SkipReason(pub String);
+
+/// The upright RGB pixels of an encoded image, and whether the source already was an upright
+/// RGB JPEG (whose bytes may then be kept).
+pub fn decode_upright(raw: &[u8]) -> Result<(RgbImage, bool), SkipReason> {
+    let reader = ImageReader::new(Cursor::new(raw))
+        .with_guessed_format()
+        .map_err(|e| SkipReason(format!("unreadable: {e}")))?;
+    let format = reader
+        .format()
+        .ok_or_else(|| SkipReason("not an image (unrecognised file signature)".into()))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| SkipReason(format!("decode failed ({format:?}): {e}")))?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| SkipReason(format!("decode failed ({format:?}): {e}")))?;
+    let kept_layout = format == ImageFormat::Jpeg
+        && orientation == Orientation::NoTransforms
+        && matches!(img, DynamicImage::ImageRgb8(_));
+    img.apply_orientation(orientation);
+    if img.width() == 0 || img.height() == 0 {
+        return Err(SkipReason("image has zero width or height".into()));
+    }
+    let rgb = match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        // Alpha is dropped (composited on nothing), as PIL's convert("RGB") does.
+        other => other.to_rgb8(),
+    };
+    Ok((rgb, kept_layout))
+}
+
+/// Output size for a shorter-side bound, rounding the longer side to the nearest pixel.
+pub fn bounded_size(width: u32, height: u32, max_short_side: Option<u32>) -> (u32, u32) {
+    let Some(s) = max_short_side else {
+        return (width, height);
+    };
+    let short = width.min(height);
+    if short <= s {
+        return (width, height);
+    }
+    let scale = s as f64 / short as f64;
+    let w = if width == short {
+        s
+    } else {
+        ((width as f64 * scale).round() as u32).max(1)
+    };
+    let h = if height == short {
+        s
+    } else {
+        ((height as f64 * scale).round() as u32).max(1)
+    };
+    (w, h)
+}
+
+pub fn resize_rgb(img: &RgbImage, width: u32, height: u32, filter: ResizeFilter) -> RgbImage {
+    let src = fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
+        .expect("buffer matches dimensions");
+    let mut dst = fr::images::Image::new(width, height, fr::PixelType::U8x3);
+    fr::Resizer::new()
+        .resize(&src, &mut dst, &fr::ResizeOptions::new().resize_alg(filter.alg()))
+        .expect("same pixel type");
+    RgbImage::from_raw(width, height, dst.into_vec()).expect("buffer matches dimensions")
+}
+
+pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, SkipReason> {
+    let mut out = Vec::with_capacity(img.as_raw().len() / 8);
+    let (w, h) = (img.width(), img.height());
+    if w > u16::MAX as u32 || h > u16::MAX as u32 {
+        return Err(SkipReason(format!("{w}x{h} is too large for JPEG")));
+    }
+    jpeg_encoder::Encoder::new(&mut out, quality)
+        .encode(img.as_raw(), w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
+        .map_err(|e| SkipReason(format!("JPEG encode failed: {e}")))?;
+    Ok(out)
+}
+
+/// Decodes, crops, resizes and encodes one image.
+pub fn transcode(raw: &[u8], bbox: Option<[i32; 4]>, s: &TranscodeSettings) -> Result<Transcoded, SkipReason> {
+    let (mut img, mut keep) = decode_upright(raw)?;
+    if let (true, Some(b)) = (s.crop_to_bbox, bbox) {
+        let (w, h) = (img.width() as i32, img.height() as i32);
+        // Devkit boxes are 1-based inclusive; clamp to the image as torchvision does.
+        let x1 = (b[0] - 1).clamp(0, w - 1);
+        let y1 = (b[1] - 1).clamp(0, h - 1);
+        let x2 = b[2].clamp(x1 + 1, w);
+        let y2 = b[3].clamp(y1 + 1, h);
+        if b[2] <= b[0] || b[3] <= b[1] {
+            return Err(SkipReason(format!("empty bounding box {b:?}")));
+        }
+        img = image::imageops::crop_imm(&img, x1 as u32, y1 as u32, (x2 - x1) as u32, (y2 - y1) as u32).to_image();
+        keep = false;
+    }
+    let (w, h) = bounded_size(img.width(), img.height(), s.max_short_side);
+    if (w, h) != img.dimensions() {
+        img = resize_rgb(&img, w, h, s.filter);
+        keep = false;
+    }
+    let bytes = if keep {
+        raw.to_vec()
+    } else {
+        encode_jpeg(&img, s.quality)?
+    };
+    Ok(Transcoded {
+        bytes,
+        width: img.width(),
+        height: img.height(),
+        reencoded: !keep,
+    })
+}
+
+/// A segmentation map resized (nearest neighbour, labels must not blend) to the image's size
+/// and stored as PNG.
+pub fn transcode_mask(raw: &[u8], width: u32, height: u32) -> Result<Vec<u8>, SkipReason> {
+    let img = image::load_from_memory(raw).map_err(|e| SkipReason(format!("segmentation map: {e}")))?;
+    let gray = img.to_luma8();
+    let gray = if gray.dimensions() == (width, height) {
+        gray
+    } else {
+        image::imageops::resize(&gray, width, height, image::imageops::FilterType::Nearest)
+    };
+    let mut out = Vec::new();
+    gray.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+        .map_err(|e| SkipReason(format!("segmentation map PNG encode: {e}")))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 128]));
+        encode_jpeg(&img, 90).unwrap()
+    }
+
+    #[test]
+    fn bounded_size_keeps_aspect_and_small_images() {
+        assert_eq!(bounded_size(500, 375, Some(256)), (341, 256));
+        assert_eq!(bounded_size(375, 500, Some(256)), (256, 341));
+        assert_eq!(bounded_size(200, 900, Some(256)), (200, 900));
+        assert_eq!(bounded_size(300, 300, None), (300, 300));
+        assert_eq!(bounded_size(10000, 257, Some(256)), (9961, 256));
+    }
+
+    #[test]
+    fn small_upright_jpeg_keeps_its_bytes() {
+        let raw = jpeg(64, 48);
+        let t = transcode(&raw, None, &TranscodeSettings::default()).unwrap();
+        assert!(!t.reencoded);
+        assert_eq!(t.bytes, raw);
+        assert_eq!((t.width, t.height), (64, 48));
+    }
+
+    #[test]
+    fn large_jpeg_is_resized_and_reencoded() {
+        let raw = jpeg(600, 400);
+        let s = TranscodeSettings {
+            max_short_side: Some(100),
+            ..Default::default()
+        };
+        let t = transcode(&raw, None, &s).unwrap();
+        assert!(t.reencoded);
+        assert_eq!((t.width, t.height), (150, 100));
+        let back = image::load_from_memory(&t.bytes).unwrap();
+        assert_eq!((back.width(), back.height()), (150, 100));
+    }
+
+    #[test]
+    fn grayscale_png_and_alpha_become_rgb_jpeg() {
+        let gray = image::GrayImage::from_pixel(20, 10, image::Luma([77]));
+        let mut png = Vec::new();
+        gray.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).unwrap();
+        let t = transcode(&png, None, &TranscodeSettings::default()).unwrap();
+        assert!(t.reencoded);
+        let back = image::load_from_memory(&t.bytes).unwrap();
+        assert_eq!(back.color(), image::ColorType::Rgb8);
+        assert_eq!(image::guess_format(&t.bytes).unwrap(), ImageFormat::Jpeg);
+
+        let rgba = image::RgbaImage::from_pixel(8, 8, image::Rgba([10, 200, 30, 0]));
+        let mut png = Vec::new();
+        rgba.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).unwrap();
+        let t = transcode(&png, None, &TranscodeSettings::default()).unwrap();
+        let px = image::load_from_memory(&t.bytes).unwrap().to_rgb8().get_pixel(4, 4).0;
+        assert!(px[1] > 150 && px[0] < 60, "colour survives alpha removal: {px:?}");
+    }
+
+    #[test]
+    fn bbox_crop_uses_one_based_inclusive_boxes() {
+        let raw = jpeg(100, 80);
+        let s = TranscodeSettings {
+            crop_to_bbox: true,
+            ..Default::default()
+        };
+        let t = transcode(&raw, Some([11, 21, 60, 70]), &s).unwrap();
+        assert_eq!((t.width, t.height), (50, 50));
+        // Boxes past the border are clamped, empty ones are a skip.
+        let t = transcode(&raw, Some([90, 70, 500, 500]), &s).unwrap();
+        assert_eq!((t.width, t.height), (11, 11));
+        assert!(transcode(&raw, Some([50, 50, 40, 60]), &s).is_err());
+    }
+
+    #[test]
+    fn garbage_is_a_skip_not_a_panic() {
+        assert!(transcode(b"definitely not an image", None, &TranscodeSettings::default()).is_err());
+        let raw = jpeg(64, 64);
+        assert!(transcode(&raw[..20], None, &TranscodeSettings::default()).is_err());
+        assert!(transcode(&[], None, &TranscodeSettings::default()).is_err());
+    }
+
+    #[test]
+    fn mask_resize_is_nearest() {
+        let m = image::GrayImage::from_fn(4, 4, |x, _| image::Luma([if x < 2 { 3 } else { 150 }]));
+        let mut png = Vec::new();
+        m.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).unwrap();
+        let out = transcode_mask(&png, 8, 8).unwrap();
+        let back = image::load_from_memory(&out).unwrap().to_luma8();
+        assert_eq!(back.dimensions(), (8, 8));
+        assert!(back.pixels().all(|p| p.0[0] == 3 || p.0[0] == 150));
+    }
+}

@@ -1,0 +1,9 @@
+//! The project's file-format contract: the Parquet shard schema and the manifest that describes
+//! a prepared dataset. Every crate reads and writes these types, so they live here with no heavy
+//! dependencies.
+
+pub mod manifest;
+pub mod shard;
+
+pub use manifest::{Manifest, ShardEntry, SkippedFile, SplitStats};
+pub use shard::{shard_schema, ShardMetadata, SCHEMA_VERSION};

@@ -1,0 +1,63 @@
+//! `manifest.json`: the description of one prepared dataset.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub pipeline_version: String,
+    /// Recipe name (`imagenette`, `cars`, ...).
+    pub dataset: String,
+    /// Adapter that read the layout (`imagenet`, `stanford_cars`, ...).
+    pub adapter: String,
+    /// Raw dataset root as given on the command line.
+    pub source: String,
+    /// Every setting that changes the bytes written, as resolved for this run.
+    pub settings: serde_json::Value,
+    pub class_names: Vec<String>,
+    /// Per split: image counts and per-class counts.
+    pub splits: BTreeMap<String, SplitStats>,
+    pub shards: Vec<ShardEntry>,
+    /// Side tables (COCO annotations), relative file name -> sha256.
+    #[serde(default)]
+    pub side_tables: Vec<ShardEntry>,
+    pub skipped: Vec<SkippedFile>,
+    /// Seconds spent by the run(s) that wrote the shards.
+    pub wall_time_s: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitStats {
+    pub images: u64,
+    pub skipped: u64,
+    /// Label -> count (labels as strings so the JSON stays an object; `-1` = unlabeled).
+    pub per_class: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// File name relative to the dataset folder.
+    pub file: String,
+    pub split: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// An input that did not become a row, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SkippedFile {
+    pub path: String,
+    pub split: String,
+    pub reason: String,
+}
+
+impl Manifest {
+    pub fn total_images(&self) -> u64 {
+        self.splits.values().map(|s| s.images).sum()
+    }
+}
