@@ -107,10 +107,9 @@ impl Recipe {
             ));
         }
         let root = dir.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
-        r.data_dir = resolve(&r.data_dir);
-        r.options.synsets = r.options.synsets.as_deref().map(resolve);
-        r.options.val_solution = r.options.val_solution.as_deref().map(resolve);
+        r.data_dir = root.join(&r.data_dir);
+        r.options.synsets = r.options.synsets.map(|p| root.join(p));
+        r.options.val_solution = r.options.val_solution.map(|p| root.join(p));
         Ok(r)
     }
 

@@ -75,8 +75,12 @@ impl ShardWriter {
     pub fn create(dest: &Path, meta: &ShardMetadata, row_group_bytes: usize) -> Result<Self> {
         let tmp = tmp_path(dest);
         let file = File::create(&tmp).at(&tmp)?;
+        // The footer metadata goes both into the Parquet key-value metadata (duckdb, polars,
+        // our reader) and into the embedded Arrow schema (pyarrow, HF `datasets`).
         let kv = meta.to_kv().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
-        let schema: SchemaRef = Arc::new(shard_schema());
+        let schema: SchemaRef = Arc::new(
+            shard_schema().with_metadata(meta.to_kv().into_iter().collect::<std::collections::HashMap<_, _>>()),
+        );
         let writer = ArrowWriter::try_new(
             BufWriter::with_capacity(1 << 20, file),
             schema.clone(),
@@ -386,11 +390,11 @@ mod tests {
             path: format!("c/{i}.jpg"),
             width: 10 + i as i32,
             height: 20,
-            bbox: (i % 2 == 0).then_some([1, 2, 3, i as i32]),
-            coco_id: (i % 3 == 0).then_some(i as i64 * 1000),
-            domain: (i % 4 == 0).then(|| "sketch".to_string()),
-            mask: (i % 5 == 0).then(|| vec![7; i]),
-            mask_path: (i % 5 == 0).then(|| format!("m/{i}.png")),
+            bbox: i.is_multiple_of(2).then_some([1, 2, 3, i as i32]),
+            coco_id: i.is_multiple_of(3).then_some(i as i64 * 1000),
+            domain: i.is_multiple_of(4).then(|| "sketch".to_string()),
+            mask: i.is_multiple_of(5).then(|| vec![7; i]),
+            mask_path: i.is_multiple_of(5).then(|| format!("m/{i}.png")),
         }
     }
 

@@ -70,31 +70,64 @@ pub struct SkipReason(pub String);
 /// The upright RGB pixels of an encoded image, and whether the source already was an upright
 /// RGB JPEG (whose bytes may then be kept).
 pub fn decode_upright(raw: &[u8]) -> Result<(RgbImage, bool), SkipReason> {
-    let reader = ImageReader::new(Cursor::new(raw))
-        .with_guessed_format()
-        .map_err(|e| SkipReason(format!("unreadable: {e}")))?;
-    let format = reader
-        .format()
-        .ok_or_else(|| SkipReason("not an image (unrecognised file signature)".into()))?;
+    let format =
+        image::guess_format(raw).map_err(|_| SkipReason("not an image (unrecognised file signature)".into()))?;
+    let (mut img, orientation, kept_layout) = if format == ImageFormat::Jpeg {
+        decode_jpeg_strict(raw)?
+    } else {
+        decode_other(raw, format)?
+    };
+    if img.width() == 0 || img.height() == 0 {
+        return Err(SkipReason("image has zero width or height".into()));
+    }
+    if orientation != Orientation::NoTransforms {
+        let mut dynamic = DynamicImage::ImageRgb8(img);
+        dynamic.apply_orientation(orientation);
+        img = dynamic.into_rgb8();
+    }
+    Ok((img, kept_layout && orientation == Orientation::NoTransforms))
+}
+
+/// JPEGs are decoded in strict mode: a lenient decoder (PIL, image's default) pads corrupt or
+/// truncated entropy data with grey and reports success, which would put damaged pixels into a
+/// training set. Strict mode makes them a listed skip instead.
+fn decode_jpeg_strict(raw: &[u8]) -> Result<(RgbImage, Orientation, bool), SkipReason> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+
+    let opts = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(1 << 16)
+        .set_max_height(1 << 16)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(raw), opts);
+    d.decode_headers()
+        .map_err(|e| SkipReason(format!("invalid JPEG header: {e:?}")))?;
+    let source_rgb = matches!(d.input_colorspace(), Some(ColorSpace::YCbCr | ColorSpace::RGB));
+    let orientation = d
+        .exif()
+        .and_then(|e| Orientation::from_exif_chunk(e))
+        .unwrap_or(Orientation::NoTransforms);
+    let pixels = d
+        .decode()
+        .map_err(|e| SkipReason(format!("corrupt JPEG data: {e:?}")))?;
+    let (w, h) = d.dimensions().expect("headers decoded");
+    let img = RgbImage::from_raw(w as u32, h as u32, pixels)
+        .ok_or_else(|| SkipReason(format!("JPEG decoder returned a short buffer for {w}x{h}")))?;
+    Ok((img, orientation, source_rgb))
+}
+
+fn decode_other(raw: &[u8], format: ImageFormat) -> Result<(RgbImage, Orientation, bool), SkipReason> {
+    let reader = ImageReader::with_format(Cursor::new(raw), format);
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| SkipReason(format!("decode failed ({format:?}): {e}")))?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut img =
+    let img =
         DynamicImage::from_decoder(decoder).map_err(|e| SkipReason(format!("decode failed ({format:?}): {e}")))?;
-    let kept_layout = format == ImageFormat::Jpeg
-        && orientation == Orientation::NoTransforms
-        && matches!(img, DynamicImage::ImageRgb8(_));
-    img.apply_orientation(orientation);
-    if img.width() == 0 || img.height() == 0 {
-        return Err(SkipReason("image has zero width or height".into()));
-    }
-    let rgb = match img {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        // Alpha is dropped (composited on nothing), as PIL's convert("RGB") does.
-        other => other.to_rgb8(),
-    };
-    Ok((rgb, kept_layout))
+    // Alpha is dropped (not composited), as PIL's convert("RGB") does.
+    Ok((img.into_rgb8(), orientation, false))
 }
 
 /// Output size for a shorter-side bound, rounding the longer side to the nearest pixel.

@@ -1,0 +1,177 @@
+//! Bad input is a clear error naming the file, or a listed skip; never a panic, never lost.
+
+use crate::common::*;
+use pipeline::adapters::{self, AdapterOptions};
+
+fn food_root(tmp: &std::path::Path) -> std::path::PathBuf {
+    let root = tmp.join("food");
+    write_file(&root.join("meta/classes.txt"), b"apple_pie\nbaklava\n");
+    write_file(
+        &root.join("meta/train.txt"),
+        b"apple_pie/1\nbaklava/2\nsushi/3\napple_pie/4\n",
+    );
+    write_file(&root.join("meta/test.txt"), b"baklava/5\n");
+    for id in ["apple_pie/1", "baklava/2", "sushi/3", "baklava/5"] {
+        write_file(&root.join(format!("images/{id}.jpg")), &tiny_jpeg(10, 10, 1));
+    }
+    write_file(&root.join("images/apple_pie/stray.jpg"), &tiny_jpeg(10, 10, 2));
+    root
+}
+
+#[test]
+fn missing_image_unknown_class_and_stray_file_are_listed_skips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = food_root(tmp.path());
+    let out = tmp.path().join("out");
+    let m = run(&config("food101", &root, &out));
+    assert_eq!((m.splits["train"].images, m.splits["test"].images), (2, 1));
+    let reasons: Vec<(String, String)> = m.skipped.iter().map(|s| (s.path.clone(), s.reason.clone())).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    let find = |p: &str| {
+        reasons
+            .iter()
+            .find(|(path, _)| path == p)
+            .map(|(_, r)| r.as_str())
+            .unwrap_or("")
+    };
+    assert!(find("images/apple_pie/4.jpg").contains("missing"), "{reasons:?}");
+    assert!(
+        find("images/sushi/3.jpg").contains("unknown class \"sushi\""),
+        "{reasons:?}"
+    );
+    assert!(find("images/sushi/3.jpg").contains("train.txt:3"), "{reasons:?}");
+    assert!(find("images/apple_pie/stray.jpg").contains("not listed"), "{reasons:?}");
+    assert_eq!(m.splits["train"].skipped, 2);
+}
+
+#[test]
+fn missing_metadata_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = food_root(tmp.path());
+    std::fs::remove_file(root.join("meta/classes.txt")).unwrap();
+    let err = adapters::list("food101", &root, &AdapterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("meta/classes.txt") && err.contains("not found"), "{err}");
+
+    let err = adapters::list(
+        "domainnet",
+        &root,
+        &AdapterOptions {
+            domain: Some("sketch".into()),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("sketch_train.txt"), "{err}");
+
+    let coco = tmp.path().join("coco");
+    write_file(&coco.join("train2017/1.jpg"), &tiny_jpeg(8, 8, 0));
+    let err = adapters::list("coco", &coco, &AdapterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("instances_train2017.json"), "{err}");
+
+    let cars = tmp.path().join("cars");
+    std::fs::create_dir_all(&cars).unwrap();
+    let err = adapters::list("stanford_cars", &cars, &AdapterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("cars_train_annos.mat"), "{err}");
+}
+
+#[test]
+fn malformed_metadata_names_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("dn");
+    write_file(
+        &root.join("clipart_train.txt"),
+        b"clipart/cat/1.jpg 0\nclipart/dog/2.jpg zero\n",
+    );
+    write_file(&root.join("clipart_test.txt"), b"");
+    let err = adapters::list(
+        "domainnet",
+        &root,
+        &AdapterOptions {
+            domain: Some("clipart".into()),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("clipart_train.txt:2") && err.contains("zero"), "{err}");
+
+    write_file(
+        &root.join("clipart_train.txt"),
+        b"clipart/cat/1.jpg 0\nclipart/dog/2.jpg 0\n",
+    );
+    let err = adapters::list(
+        "domainnet",
+        &root,
+        &AdapterOptions {
+            domain: Some("clipart".into()),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("was class \"cat\""), "{err}");
+
+    let coco = tmp.path().join("coco");
+    write_file(&coco.join("annotations/instances_val2017.json"), b"{\"images\": [");
+    let err = adapters::list("coco", &coco, &AdapterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("instances_val2017.json") && err.contains("JSON"), "{err}");
+
+    let cars = tmp.path().join("cars");
+    write_file(
+        &cars.join("anno_train.csv"),
+        b"image_name,x_min,y_min,x_max,y_max,label\n1.jpg,1,2,3,4,999\n",
+    );
+    let err = adapters::list("stanford_cars", &cars, &AdapterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("anno_train.csv:2") && err.contains("999"), "{err}");
+
+    let mat = tmp.path().join("bad.mat");
+    write_file(&mat, b"not a mat file at all, just text");
+    let err = pipeline::matfile::read_mat(&mat).unwrap_err().to_string();
+    assert!(err.contains("bad.mat"), "{err}");
+}
+
+#[test]
+fn empty_or_missing_directory_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = adapters::list("folder", &empty, &AdapterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no images found") && err.contains("empty"), "{err}");
+    let err = adapters::list("folder", &tmp.path().join("nope"), &AdapterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("nope") && err.contains("not a directory"), "{err}");
+    let err = adapters::list("imagenet", &empty, &AdapterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("train"), "{err}");
+    let err = adapters::list("bogus", &empty, &AdapterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("unknown adapter \"bogus\""), "{err}");
+}

@@ -1,0 +1,92 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pipeline::adapters::AdapterOptions;
+use pipeline::prepare::{prepare, PrepareConfig, Worker};
+use pipeline::shard::{Row, ShardReader};
+use pipeline::transcode::{encode_jpeg, TranscodeSettings};
+use schemas::Manifest;
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `../shared/<rel>`, or None (with a message) where shared data is absent.
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let p = workspace().join("../shared").join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP: {} is absent (shared data not checked out beside the repo)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// A small valid JPEG whose pixels depend on `seed`.
+pub fn tiny_jpeg(w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([seed, (x * 9) as u8, (y * 13) as u8]));
+    encode_jpeg(&img, 85).unwrap()
+}
+
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+pub fn config(adapter: &str, source: &Path, out: &Path) -> PrepareConfig {
+    PrepareConfig {
+        dataset: adapter.to_string(),
+        adapter: adapter.to_string(),
+        source: source.to_path_buf(),
+        out_dir: out.to_path_buf(),
+        options: AdapterOptions::default(),
+        transcode: TranscodeSettings::default(),
+        subset: None,
+        shard_bytes: 256_000_000,
+        row_group_bytes: 64_000_000,
+    }
+}
+
+pub fn run(cfg: &PrepareConfig) -> Manifest {
+    prepare(cfg, Worker::ALL, false).unwrap().manifest.unwrap()
+}
+
+pub fn rows(dir: &Path, m: &Manifest) -> Vec<Row> {
+    m.shards
+        .iter()
+        .flat_map(|s| ShardReader::open(&dir.join(&s.file)).unwrap().map(|r| r.unwrap()))
+        .collect()
+}
+
+/// (id, split, label, width, height) of every row, read by pyarrow (not our reader).
+pub fn pyarrow_rows(dir: &Path) -> Vec<(String, String, i64, i64, i64)> {
+    let script = workspace().join("tests/read_shards.py");
+    let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pyarrow reader failed (`make python-deps` installs pyarrow): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Mean absolute difference of two images after scaling both to 32x32.
+pub fn image_distance(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    let f = image::imageops::FilterType::Triangle;
+    let a = image::imageops::resize(a, 32, 32, f);
+    let b = image::imageops::resize(b, 32, 32, f);
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| (*x as i64 - *y as i64).unsigned_abs())
+        .sum();
+    sum as f64 / a.as_raw().len() as f64
+}

@@ -1,0 +1,238 @@
+//! The real Imagenette and COCO subsets in `../shared/data`, and the real bad JPEGs.
+
+use std::collections::BTreeMap;
+
+use crate::common::*;
+use pipeline::adapters::AdapterOptions;
+use pipeline::inspect;
+use pipeline::shard::ShardReader;
+use pipeline::transcode::decode_upright;
+
+#[test]
+fn imagenette_real_counts_names_and_pyarrow_agrees() {
+    let (Some(root), Some(synsets)) = (
+        shared("data/imagenette"),
+        shared("fixtures/imagenet/LOC_synset_mapping.txt"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("imagenette");
+    let mut cfg = config("imagenet", &root, &out);
+    cfg.dataset = "imagenette".into();
+    cfg.options = AdapterOptions {
+        synsets: Some(synsets.clone()),
+        ..Default::default()
+    };
+    let m = run(&cfg);
+    assert_eq!(m.splits["train"].images, 9469);
+    assert_eq!(m.splits["val"].images, 3925);
+    assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+    assert_eq!(m.class_names.len(), 10);
+    assert_eq!(m.class_names[0], "tench, Tinca tinca");
+    assert_eq!(m.class_names[9], "parachute, chute");
+
+    // Expected rows from the folders themselves, independent of the adapter.
+    let mut expected = Vec::new();
+    for split in ["train", "val"] {
+        let mut wnids: Vec<_> = std::fs::read_dir(root.join(split))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        wnids.sort();
+        for wnid in &wnids {
+            let label = wnids.iter().position(|w| w == wnid).unwrap() as i64;
+            for f in std::fs::read_dir(root.join(split).join(wnid)).unwrap() {
+                let name = f.unwrap().file_name().into_string().unwrap();
+                expected.push((
+                    format!("{split}/{}/{name}", wnid.to_str().unwrap()),
+                    split.to_string(),
+                    label,
+                ));
+            }
+        }
+    }
+    expected.sort();
+    let py = pyarrow_rows(&out);
+    let mut got: Vec<_> = py.iter().map(|(id, s, l, _, _)| (id.clone(), s.clone(), *l)).collect();
+    got.sort();
+    assert_eq!(got, expected);
+    // Imagenette images are 224 px, below the 256 bound: all keep their size.
+    assert!(py.iter().all(|r| r.3 == 224 && r.4 == 224 || r.3.min(r.4) <= 256));
+
+    // Our reader sees the same rows, and the grayscale sources became RGB.
+    let ours = rows(&out, &m);
+    assert_eq!(ours.len(), py.len());
+    let gray_src = ours.iter().take(400).filter(|r| {
+        let raw = std::fs::read(root.join(&r.path)).unwrap();
+        image::load_from_memory(&raw).unwrap().color() == image::ColorType::L8
+    });
+    for r in gray_src {
+        assert_eq!(
+            image::load_from_memory(&r.image).unwrap().color(),
+            image::ColorType::Rgb8,
+            "{}",
+            r.id
+        );
+    }
+
+    let (m2, report) = inspect::verify(&out).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.rows["train"], 9469);
+    let hist = &report.histogram["val"];
+    for (label, n) in hist {
+        assert_eq!(m2.splits["val"].per_class[&label.to_string()], *n);
+    }
+    let sheet = inspect::contact_sheet(&out, &m2, &out.join("sheet.png"), 4, 10).unwrap();
+    let png = image::open(sheet).unwrap();
+    assert_eq!((png.width(), png.height()), (4 * 98, 10 * 98));
+}
+
+#[test]
+fn coco_tiny_real_images_and_annotations() {
+    let Some(root) = shared("data/coco_tiny") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("coco");
+    let m = run(&config("coco", &root, &out));
+    assert_eq!(m.splits["train"].images, 80);
+    assert_eq!(m.splits["val"].images, 80);
+    assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+
+    for (split, expected_anns) in [("train", 705), ("val", 815)] {
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(root.join(format!("annotations/instances_{split}2017.json"))).unwrap(),
+        )
+        .unwrap();
+        let anns = json["annotations"].as_array().unwrap();
+        assert_eq!(anns.len(), expected_anns);
+        let side = m.side_tables.iter().find(|t| t.split == split).unwrap();
+        assert_eq!(side.rows, expected_anns as u64);
+        // Per-image annotation counts in the side table equal the json's.
+        let file = std::fs::File::open(out.join(&side.file)).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut per_image: BTreeMap<i64, usize> = BTreeMap::new();
+        let mut crowd = 0;
+        for b in reader {
+            let b = b.unwrap();
+            let ids = b
+                .column_by_name("coco_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap();
+            for v in ids.values() {
+                *per_image.entry(*v).or_default() += 1;
+            }
+            let c = b
+                .column_by_name("iscrowd")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::BooleanArray>()
+                .unwrap();
+            crowd += c.true_count();
+        }
+        let mut expected: BTreeMap<i64, usize> = BTreeMap::new();
+        for a in anns {
+            *expected.entry(a["image_id"].as_i64().unwrap()).or_default() += 1;
+        }
+        assert_eq!(per_image, expected);
+        assert_eq!(crowd, anns.iter().filter(|a| a["iscrowd"] == 1).count());
+    }
+    let ids: Vec<i64> = rows(&out, &m).iter().map(|r| r.coco_id.unwrap()).collect();
+    assert_eq!(ids.len(), 160);
+    assert!(rows(&out, &m)
+        .iter()
+        .all(|r| r.label == -1 && r.width.min(r.height) <= 256));
+}
+
+#[test]
+fn jpeg_edge_cases_orientation_and_corruption() {
+    let Some(edge) = shared("fixtures/jpeg_edge_cases") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("edge");
+    for f in std::fs::read_dir(edge.join("orientation")).unwrap() {
+        let f = f.unwrap();
+        let class = if f.file_name().to_str().unwrap().starts_with("landscape") {
+            "landscape"
+        } else {
+            "portrait"
+        };
+        write_file(&root.join(class).join(f.file_name()), &std::fs::read(f.path()).unwrap());
+    }
+    write_file(
+        &root.join("broken/corrupted.jpg"),
+        &std::fs::read(edge.join("corrupted.jpg")).unwrap(),
+    );
+    for f in std::fs::read_dir(edge.join("invalid")).unwrap() {
+        let f = f.unwrap();
+        write_file(
+            &root.join("broken").join(f.file_name()),
+            &std::fs::read(f.path()).unwrap(),
+        );
+    }
+    write_file(&root.join("broken/notes.txt"), b"not an image at all");
+    write_file(
+        &root.join("broken/truncated.jpg"),
+        &std::fs::read(edge.join("orientation/landscape_1.jpg")).unwrap()[..20_000],
+    );
+
+    let out = tmp.path().join("out");
+    let m = run(&config("folder", &root, &out));
+    let skipped: BTreeMap<&str, &str> = m.skipped.iter().map(|s| (s.path.as_str(), s.reason.as_str())).collect();
+    assert!(
+        skipped["broken/corrupted.jpg"].contains("corrupt JPEG data"),
+        "{skipped:?}"
+    );
+    assert!(skipped["broken/notes.txt"].contains("not an image"), "{skipped:?}");
+    assert!(skipped["broken/truncated.jpg"].contains("JPEG"), "{skipped:?}");
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    // The files under invalid/ are structurally valid baseline JPEGs (jpeginfo -c: OK,
+    // libjpeg-turbo decodes them); they are kept, at their true size.
+    let rows = rows(&out, &m);
+    let size = |name: &str| {
+        rows.iter()
+            .find(|r| r.id == format!("broken/{name}"))
+            .map(|r| (r.width, r.height))
+    };
+    assert_eq!(size("image01980.jpg"), Some((284, 25)));
+    assert_eq!(size("image01713.jpg"), Some((49, 500)));
+    assert_eq!(rows.len() + skipped.len(), 16 + 7 + 3, "every input is a row or a skip");
+
+    // Every EXIF orientation comes out upright: same size and pixels as orientation 1.
+    for kind in ["landscape", "portrait"] {
+        let reference = rows.iter().find(|r| r.id == format!("{kind}/{kind}_1.jpg")).unwrap();
+        let ref_img = decode_upright(&reference.image).unwrap().0;
+        assert_eq!(reference.width > reference.height, kind == "landscape");
+        for o in 2..=8 {
+            let r = rows.iter().find(|r| r.id == format!("{kind}/{kind}_{o}.jpg")).unwrap();
+            assert_eq!((r.width, r.height), (reference.width, reference.height), "{}", r.id);
+            let img = decode_upright(&r.image).unwrap().0;
+            // The photos differ slightly per file (re-encodes), so compare against the other
+            // same-size transforms: the upright one must be clearly the closest.
+            let d = image_distance(&img, &ref_img);
+            let wrong = [
+                image::imageops::flip_horizontal(&img),
+                image::imageops::flip_vertical(&img),
+                image::imageops::rotate180(&img),
+            ]
+            .iter()
+            .map(|w| image_distance(w, &ref_img))
+            .fold(f64::INFINITY, f64::min);
+            assert!(
+                d < 0.6 * wrong,
+                "{}: upright distance {d}, best wrong transform {wrong}",
+                r.id
+            );
+        }
+    }
+    let labels: Vec<i32> = ShardReader::open(&out.join(&m.shards[0].file))
+        .unwrap()
+        .map(|r| r.unwrap().label)
+        .collect();
+    assert!(labels.iter().all(|&l| (0..3).contains(&l)));
+}

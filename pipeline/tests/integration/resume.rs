@@ -1,0 +1,185 @@
+//! Resumability (kill half-way, rerun, same result), damaged-shard detection, and job-array
+//! workers merged into one manifest. These run the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use schemas::Manifest;
+
+/// A folder dataset of real Imagenette photos (symlinked), resized so each needs a re-encode.
+fn dataset(tmp: &Path, per_class: usize) -> Option<PathBuf> {
+    let src = shared("data/imagenette/train")?;
+    let root = tmp.join("photos");
+    let mut classes: Vec<_> = std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path()).collect();
+    classes.sort();
+    for class in classes.iter().take(4) {
+        let mut files: Vec<_> = std::fs::read_dir(class).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        let dst = root.join(class.file_name().unwrap());
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in files.iter().take(per_class) {
+            std::os::unix::fs::symlink(f, dst.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    Some(root)
+}
+
+fn prepare_cmd(root: &Path, out: &Path, shard_mb: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    c.args([
+        "prepare",
+        "--dataset",
+        "folder",
+        "--no-progress",
+        "--max-short-side",
+        "160",
+        "--shard-mb",
+        shard_mb,
+    ])
+    .arg("--recipes")
+    .arg(workspace().join("datasets"))
+    .arg("--data-dir")
+    .arg(root)
+    .arg("--out")
+    .arg(out)
+    .args(extra)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    c
+}
+
+fn load(out: &Path) -> Manifest {
+    let mut m = pipeline::prepare::load_manifest(out).unwrap();
+    m.wall_time_s = 0.0;
+    m.source = String::new();
+    m
+}
+
+fn parts(out: &Path) -> usize {
+    std::fs::read_dir(out.join(".parts"))
+        .map(|d| {
+            d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn killed_prepare_resumes_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = dataset(tmp.path(), 150) else { return };
+    let reference = tmp.path().join("reference");
+    let status = prepare_cmd(&root, &reference, "2", &[]).status().unwrap();
+    assert!(status.success());
+    let expected = load(&reference);
+    assert!(
+        expected.shards.len() >= 4,
+        "the test needs several shards, got {}",
+        expected.shards.len()
+    );
+
+    let out = tmp.path().join("killed");
+    let mut child = prepare_cmd(&root, &out, "2", &[]).spawn().unwrap();
+    let start = Instant::now();
+    while parts(&out) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(120), "prepare made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "prepare finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.join("manifest.json").exists(), "killed before the manifest");
+    let done_before = parts(&out);
+    assert!(done_before < expected.shards.len(), "killed half-way");
+
+    let rerun = prepare_cmd(&root, &out, "2", &[]).output().unwrap();
+    assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
+    let stdout = String::from_utf8_lossy(&rerun.stdout);
+    assert!(
+        stdout.contains(&format!("({done_before} kept from an earlier run)")),
+        "{stdout}"
+    );
+    assert_eq!(load(&out), expected);
+    for s in &expected.shards {
+        assert_eq!(
+            std::fs::read(out.join(&s.file)).unwrap(),
+            std::fs::read(reference.join(&s.file)).unwrap()
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    // A damaged shard fails its checksum and is rewritten on the next run.
+    let victim = out.join(&expected.shards[1].file);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let (_, report) = pipeline::inspect::verify(&out).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("sha256")),
+        "{:?}",
+        report.problems
+    );
+    let again = prepare_cmd(&root, &out, "2", &[]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("wrote 1 shards"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_eq!(load(&out), expected);
+}
+
+#[test]
+fn job_array_workers_merge_to_the_single_run_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = dataset(tmp.path(), 80) else { return };
+    let single = tmp.path().join("single");
+    assert!(prepare_cmd(&root, &single, "1", &[]).status().unwrap().success());
+    let out = tmp.path().join("array");
+    for i in 0..3 {
+        let o = prepare_cmd(
+            &root,
+            &out,
+            "1",
+            &["--num-shards", "3", "--shard-index", &i.to_string()],
+        )
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        if i < 2 {
+            assert!(!out.join("manifest.json").exists(), "workers do not write the manifest");
+        }
+    }
+    let merge = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("merge")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(merge.status.success(), "{}", String::from_utf8_lossy(&merge.stderr));
+    let mut a = load(&out);
+    let mut b = load(&single);
+    a.source.clear();
+    b.source.clear();
+    assert!(b.shards.len() >= 3);
+    assert_eq!(a, b);
+
+    // Merging with a worker missing names the unfinished shards.
+    std::fs::remove_file(out.join(".parts").join(format!("{}.json", b.shards[0].file))).unwrap();
+    let merge = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("merge")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!merge.status.success());
+    assert!(String::from_utf8_lossy(&merge.stderr).contains(&b.shards[0].file));
+}
