@@ -38,4 +38,4 @@ fmt:
 
 bench-ingest: build python-deps
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check pillow
-	bash bench/ingest/run.sh
+	$(PYTHON) bench/ingest/run.py

@@ -290,11 +290,13 @@ fn write_shard(cfg: &PrepareConfig, listing: &Listing, shard: &PlannedShard, bar
     let mut writer = ShardWriter::create(&dest, &meta, cfg.row_group_bytes)?;
     let mut per_class = BTreeMap::new();
     let mut skipped = Vec::new();
-    for chunk in shard.images.chunks(BATCH) {
-        let results: Vec<_> = chunk
-            .par_iter()
-            .map(|&i| process_image(cfg, &listing.images[i]))
-            .collect();
+    let decode = |chunk: &[usize]| -> Vec<std::result::Result<Row, String>> {
+        chunk.par_iter().map(|&i| process_image(cfg, &listing.images[i])).collect()
+    };
+    // Writing batch k (Arrow build, Parquet encode, hashing) overlaps decoding batch k+1.
+    let mut chunks = shard.images.chunks(BATCH);
+    let mut pending = chunks.next().map(|c| (c, decode(c)));
+    while let Some((chunk, results)) = pending.take() {
         let mut rows = Vec::with_capacity(chunk.len());
         for (&i, r) in chunk.iter().zip(results) {
             let img = &listing.images[i];
@@ -310,7 +312,10 @@ fn write_shard(cfg: &PrepareConfig, listing: &Listing, shard: &PlannedShard, bar
                 }),
             }
         }
-        writer.write(&rows)?;
+        let next = chunks.next();
+        let (written, decoded) = rayon::join(|| writer.write(&rows), || next.map(|c| (c, decode(c))));
+        written?;
+        pending = decoded;
         bar.inc(chunk.len() as u64);
     }
     let (rows, bytes, sha256) = writer.finish()?;

@@ -26,6 +26,26 @@ use crate::error::{IoContext, PipelineError, Result};
 use schemas::shard::{col, image_struct_fields, keys};
 use schemas::{shard_schema, ShardMetadata};
 
+/// Hashes the bytes on their way to the file, so finishing a shard needs no second read.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// One row of a shard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -46,7 +66,7 @@ pub struct Row {
 /// Writes a shard to `<final>.tmp` and renames it into place on `finish`, so a crash never
 /// leaves a file that looks complete.
 pub struct ShardWriter {
-    writer: ArrowWriter<BufWriter<File>>,
+    writer: ArrowWriter<HashingWriter<BufWriter<File>>>,
     tmp: PathBuf,
     dest: PathBuf,
     schema: SchemaRef,
@@ -81,8 +101,13 @@ impl ShardWriter {
         let schema: SchemaRef = Arc::new(
             shard_schema().with_metadata(meta.to_kv().into_iter().collect::<std::collections::HashMap<_, _>>()),
         );
+        let sink = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            written: 0,
+        };
         let writer = ArrowWriter::try_new(
-            BufWriter::with_capacity(1 << 20, file),
+            sink,
             schema.clone(),
             Some(writer_properties(kv, row_group_bytes)),
         )
@@ -124,14 +149,13 @@ impl ShardWriter {
             rows,
             ..
         } = self;
-        let mut inner = writer.into_inner().map_err(|source| PipelineError::Parquet {
+        let mut sink = writer.into_inner().map_err(|source| PipelineError::Parquet {
             path: tmp.clone(),
             source,
         })?;
-        inner.flush().at(&tmp)?;
-        inner.get_ref().sync_all().at(&tmp)?;
-        drop(inner);
-        let (bytes, sha) = file_sha256(&tmp)?;
+        sink.flush().at(&tmp)?;
+        sink.inner.get_ref().sync_all().at(&tmp)?;
+        let (bytes, sha) = (sink.written, hex::encode(sink.hasher.finalize()));
         std::fs::rename(&tmp, &dest).at(&dest)?;
         Ok((rows, bytes, sha))
     }
