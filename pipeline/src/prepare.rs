@@ -291,7 +291,10 @@ fn write_shard(cfg: &PrepareConfig, listing: &Listing, shard: &PlannedShard, bar
     let mut per_class = BTreeMap::new();
     let mut skipped = Vec::new();
     let decode = |chunk: &[usize]| -> Vec<std::result::Result<Row, String>> {
-        chunk.par_iter().map(|&i| process_image(cfg, &listing.images[i])).collect()
+        chunk
+            .par_iter()
+            .map(|&i| process_image(cfg, &listing.images[i]))
+            .collect()
     };
     // Writing batch k (Arrow build, Parquet encode, hashing) overlaps decoding batch k+1.
     let mut chunks = shard.images.chunks(BATCH);

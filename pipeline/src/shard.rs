@@ -106,15 +106,12 @@ impl ShardWriter {
             hasher: Sha256::new(),
             written: 0,
         };
-        let writer = ArrowWriter::try_new(
-            sink,
-            schema.clone(),
-            Some(writer_properties(kv, row_group_bytes)),
-        )
-        .map_err(|source| PipelineError::Parquet {
-            path: tmp.clone(),
-            source,
-        })?;
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties(kv, row_group_bytes))).map_err(
+            |source| PipelineError::Parquet {
+                path: tmp.clone(),
+                source,
+            },
+        )?;
         Ok(ShardWriter {
             writer,
             tmp,

@@ -69,6 +69,15 @@ pub fn list(root: &Path) -> Result<Listing> {
                 listing.skip(rel, "none", "outside the train/val/test folders");
             }
         }
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if entry.path().is_file() {
+                listing.skip(
+                    super::rel_string(root, &entry.path()),
+                    "none",
+                    "outside the train/val/test folders",
+                );
+            }
+        }
     }
     Ok(listing)
 }

@@ -377,3 +377,41 @@ fn ade20k_images_and_masks() {
         assert!(mk.to_luma8().pixels().all(|p| p.0[0] < 7), "nearest keeps label values");
     }
 }
+
+#[test]
+fn folder_with_split_folders_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("mine");
+    let jpeg = tiny_jpeg(12, 12, 4);
+    for (rel, _) in [
+        ("train/cat/a.jpg", 0),
+        ("train/dog/b.jpg", 1),
+        ("train/dog/deep/c.jpg", 1),
+        ("val/dog/d.jpg", 1),
+    ] {
+        write_file(&root.join(rel), &jpeg);
+    }
+    write_file(&root.join("val/horse/e.jpg"), &jpeg);
+    write_file(&root.join("train/loose.jpg"), &jpeg);
+    write_file(&root.join("README.jpg"), &jpeg);
+    write_file(&root.join("extra/f.jpg"), &jpeg);
+    let l = adapters::list("folder", &root, &AdapterOptions::default()).unwrap();
+    assert_eq!(l.class_names, vec!["cat", "dog"]);
+    let got: Vec<(&str, &str, i32)> = l
+        .images
+        .iter()
+        .map(|i| (i.split.as_str(), i.id.as_str(), i.label))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("train", "train/cat/a.jpg", 0),
+            ("train", "train/dog/b.jpg", 1),
+            ("train", "train/dog/deep/c.jpg", 1),
+            ("train", "train/loose.jpg", -1),
+            ("val", "val/dog/d.jpg", 1),
+        ]
+    );
+    let skipped: Vec<&str> = l.skipped.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(skipped, vec!["README.jpg", "extra/f.jpg", "val/horse/e.jpg"]);
+}
