@@ -7,10 +7,16 @@
 pub mod adapters;
 pub mod error;
 pub mod inspect;
+pub mod kmeans;
 pub mod matfile;
+pub mod nearest;
 pub mod prepare;
 pub mod recipe;
 pub mod shard;
+pub mod tokenize;
+pub mod tokenizer;
 pub mod transcode;
+pub mod views;
+pub mod vocab;
 
 pub use error::{PipelineError, Result};

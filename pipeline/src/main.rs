@@ -13,8 +13,10 @@ use pipeline::adapters::AdapterOptions;
 use pipeline::inspect;
 use pipeline::prepare::{self, PrepareConfig, Subset, Worker};
 use pipeline::recipe::Recipe;
+use pipeline::tokenizer::Vocabulary;
 use pipeline::transcode::{ResizeFilter, TranscodeSettings};
-use schemas::Manifest;
+use pipeline::vocab::{self, VocabConfig};
+use schemas::{Manifest, VocabKind};
 
 #[derive(Parser)]
 #[command(
@@ -47,11 +49,81 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         max_classes: usize,
     },
+    /// Build or inspect a visual vocabulary.
+    #[command(subcommand)]
+    Vocab(VocabCommand),
+    /// Write the token grids of every image (canonical view and its flip) for a vocabulary.
+    Tokenize {
+        /// Prepared dataset folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Vocabulary file (default: every vocab-*.safetensors in the dataset folder).
+        #[arg(long)]
+        vocab: Option<PathBuf>,
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// List the dataset recipes.
     Recipes {
         #[arg(long, default_value = "datasets")]
         recipes: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum VocabCommand {
+    /// Build a vocabulary from a prepared dataset's train split.
+    Build {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value_t = Kind::Kmeans)]
+        kind: Kind,
+        #[arg(long, default_value_t = 8192)]
+        size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// k-means: patches sampled from the train split (the paper: 3,000,000).
+        #[arg(long, default_value_t = 3_000_000)]
+        sample: usize,
+        #[arg(long, default_value_t = 25)]
+        iterations: u32,
+        /// Output file (default: <data>/vocab-<kind>-<size>-s<seed>.safetensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Token usage over a split, perplexity, dead tokens, and a PNG of the vocabulary.
+    Inspect {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        vocab: PathBuf,
+        #[arg(long, default_value = "train")]
+        split: String,
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
+        /// PNG of the entries (default: the vocabulary's path with .png).
+        #[arg(long)]
+        png: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    RandomProjection,
+    RandomPatches,
+    Kmeans,
+}
+
+impl From<Kind> for VocabKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::RandomProjection => VocabKind::RandomProjection,
+            Kind::RandomPatches => VocabKind::RandomPatches,
+            Kind::Kmeans => VocabKind::Kmeans,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -241,6 +313,125 @@ fn run() -> Result<ExitCode> {
                 }
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::Vocab(VocabCommand::Build {
+            data,
+            kind,
+            size,
+            seed,
+            sample,
+            iterations,
+            out,
+            no_progress,
+        }) => {
+            let cfg = VocabConfig {
+                kind: kind.into(),
+                size,
+                seed,
+                sample,
+                iterations,
+                progress: !no_progress,
+            };
+            let out = out.unwrap_or_else(|| data.join(cfg.file_name()));
+            let start = std::time::Instant::now();
+            let v =
+                vocab::build(&data, &cfg).with_context(|| format!("building a vocabulary for {}", data.display()))?;
+            let sha = v.save(&out)?;
+            println!(
+                "{} vocabulary: {} x {} in {:.1} s -> {} (sha256 {sha})",
+                cfg.kind.name(),
+                size,
+                v.header.dim,
+                start.elapsed().as_secs_f64(),
+                out.display()
+            );
+            if let Some(k) = &v.header.kmeans {
+                println!(
+                    "  k-means over {} patches, {} iterations, {} empty clusters re-seeded",
+                    k.sample, k.iterations, k.reseeded
+                );
+                println!(
+                    "  inertia: {}",
+                    k.inertia
+                        .iter()
+                        .map(|i| format!("{i:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(" -> ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vocab(VocabCommand::Inspect {
+            data,
+            vocab: path,
+            split,
+            images,
+            png,
+        }) => {
+            let (v, sha) = Vocabulary::load(&path)?;
+            let r = vocab::usage(&data, &v, &split, images)?;
+            let used = r.counts.iter().filter(|&&c| c > 0).count();
+            println!(
+                "{} ({} entries, sha256 {sha}) over {} {split} images:",
+                path.display(),
+                v.header.size,
+                r.images
+            );
+            println!(
+                "  used entries {used} ({:.1}%), dead {:.1}%, perplexity {:.0}",
+                100.0 * used as f64 / v.header.size as f64,
+                100.0 * r.dead_share,
+                r.perplexity
+            );
+            let mut top: Vec<(usize, u64)> = r.counts.iter().copied().enumerate().collect();
+            top.sort_by_key(|&(i, c)| (std::cmp::Reverse(c), i));
+            let total: u64 = r.counts.iter().sum();
+            println!(
+                "  most used: {}",
+                top.iter()
+                    .take(8)
+                    .map(|(i, c)| format!("{i} ({:.2}%)", 100.0 * *c as f64 / total.max(1) as f64))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let png = png.unwrap_or_else(|| path.with_extension("png"));
+            vocab::draw(&v, &png, 128, 2)?;
+            println!("  entries drawn: {}", png.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokenize {
+            data,
+            vocab: path,
+            no_progress,
+        } => {
+            let paths = match path {
+                Some(p) => vec![p],
+                None => {
+                    let mut all = Vec::new();
+                    for k in [VocabKind::RandomProjection, VocabKind::RandomPatches, VocabKind::Kmeans] {
+                        all.extend(vocab::find(&data, k)?);
+                    }
+                    anyhow::ensure!(
+                        !all.is_empty(),
+                        "no vocab-*.safetensors in {}; run `pipeline vocab build` first",
+                        data.display()
+                    );
+                    all
+                }
+            };
+            for p in paths {
+                let start = std::time::Instant::now();
+                let set = pipeline::tokenize::tokenize_dataset(&data, &p, !no_progress)?;
+                let rows: u64 = set.shards.iter().map(|s| s.rows).sum();
+                let secs = start.elapsed().as_secs_f64();
+                println!(
+                    "{}: {rows} images tokenized (view + flip) in {secs:.1} s ({:.0} images/s) -> {}",
+                    set.vocab,
+                    rows as f64 / secs.max(1e-9),
+                    data.join(&set.dir).display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Recipes { recipes } => {
             for name in Recipe::names(&recipes)? {

@@ -483,7 +483,7 @@ fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) 
             sha256,
         });
     }
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         schema_version: SCHEMA_VERSION,
         pipeline_version: env!("CARGO_PKG_VERSION").to_string(),
         dataset: cfg.dataset.clone(),
@@ -496,7 +496,16 @@ fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) 
         side_tables,
         skipped,
         wall_time_s: wall,
+        tokens: Vec::new(),
     };
+    // Token sets of an earlier run survive while the image shards they were computed from do.
+    if let Ok(old) = load_manifest(out) {
+        manifest.tokens = Manifest {
+            tokens: old.tokens,
+            ..manifest.clone()
+        }
+        .valid_token_sets();
+    }
     let path = out.join(MANIFEST_FILE);
     write_atomic(&path, &serde_json::to_vec_pretty(&manifest).expect("serializable"))?;
     Ok(manifest)

@@ -286,6 +286,31 @@ mod tests {
     }
 
     #[test]
+    fn cmyk_grayscale_and_progressive_jpegs_become_rgb() {
+        // Written by PIL: a CMYK JPEG of RGB (200, 40, 30), a grayscale one of value 90, and a
+        // progressive RGB one of (20, 160, 60).
+        let cases: [(&[u8], [u8; 3], bool); 3] = [
+            (include_bytes!("../tests/fixtures/cmyk.jpg"), [200, 40, 30], true),
+            (include_bytes!("../tests/fixtures/gray.jpg"), [90, 90, 90], true),
+            (
+                include_bytes!("../tests/fixtures/progressive.jpg"),
+                [20, 160, 60],
+                false,
+            ),
+        ];
+        for (raw, rgb, reencoded) in cases {
+            let t = transcode(raw, None, &TranscodeSettings::default()).unwrap();
+            assert_eq!(t.reencoded, reencoded, "{rgb:?}");
+            let back = image::load_from_memory(&t.bytes).unwrap();
+            assert_eq!(back.color(), image::ColorType::Rgb8);
+            let px = back.to_rgb8().get_pixel(5, 5).0;
+            for c in 0..3 {
+                assert!((px[c] as i32 - rgb[c] as i32).abs() <= 6, "{px:?} vs {rgb:?}");
+            }
+        }
+    }
+
+    #[test]
     fn bbox_crop_uses_one_based_inclusive_boxes() {
         let raw = jpeg(100, 80);
         let s = TranscodeSettings {

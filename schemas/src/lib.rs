@@ -4,6 +4,8 @@
 
 pub mod manifest;
 pub mod shard;
+pub mod vocab;
 
-pub use manifest::{Manifest, ShardEntry, SkippedFile, SplitStats};
+pub use manifest::{Manifest, ShardEntry, SkippedFile, SplitStats, TokenSet, TokenShard};
 pub use shard::{shard_schema, ShardMetadata, SCHEMA_VERSION};
+pub use vocab::{Preprocessing, VocabHeader, VocabKind};

@@ -28,6 +28,32 @@ pub struct Manifest {
     pub skipped: Vec<SkippedFile>,
     /// Seconds spent by the run(s) that wrote the shards.
     pub wall_time_s: f64,
+    /// Pre-tokenized targets, one set per vocabulary.
+    #[serde(default)]
+    pub tokens: Vec<TokenSet>,
+}
+
+/// Token grids of every image under one vocabulary, in shards aligned with the image shards
+/// (same ids, same order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSet {
+    /// Vocabulary file, relative to the dataset folder.
+    pub vocab: String,
+    pub vocab_sha256: String,
+    /// Folder of the token shards, relative to the dataset folder.
+    pub dir: String,
+    pub shards: Vec<TokenShard>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenShard {
+    /// Relative to the token folder; equal to the image shard's name.
+    pub file: String,
+    /// sha256 of the image shard the tokens were computed from.
+    pub image_sha256: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +83,23 @@ pub struct SkippedFile {
 }
 
 impl Manifest {
+    /// Token sets still valid for the current image shards: every image shard has a token
+    /// shard computed from exactly its bytes.
+    pub fn valid_token_sets(&self) -> Vec<TokenSet> {
+        self.tokens
+            .iter()
+            .filter(|t| {
+                self.shards.len() == t.shards.len()
+                    && self.shards.iter().all(|s| {
+                        t.shards
+                            .iter()
+                            .any(|ts| ts.file == s.file && ts.image_sha256 == s.sha256)
+                    })
+            })
+            .cloned()
+            .collect()
+    }
+
     pub fn total_images(&self) -> u64 {
         self.splits.values().map(|s| s.images).sum()
     }

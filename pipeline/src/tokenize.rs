@@ -1,0 +1,274 @@
+//! `pipeline tokenize`: the reusable tokenized corpus. For every image, the token grid of its
+//! canonical view and of the view's horizontal flip, in Parquet shards aligned with the image
+//! shards (same file names, ids and order) under `tokens-<vocab>/`, listed in the manifest with
+//! the vocabulary's sha256. These are also the oracle for the trainer's on-device tokenizer.
+//!
+//! Resumable: a token shard is kept when the manifest's record of it matches the vocabulary,
+//! the image shard and its own checksum.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{FixedSizeListBuilder, UInt16Builder};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use indicatif::{ProgressBar, ProgressStyle};
+use parquet::arrow::ArrowWriter;
+use parquet::file::metadata::KeyValue;
+use rayon::prelude::*;
+use schemas::manifest::MANIFEST_FILE;
+use schemas::vocab::VOCAB_HEADER_KEY;
+use schemas::{Manifest, TokenSet, TokenShard};
+
+use crate::error::{IoContext, PipelineError, Result};
+use crate::prepare::load_manifest;
+use crate::shard::{file_sha256, tmp_path, write_atomic, writer_properties, ShardReader};
+use crate::tokenizer::Vocabulary;
+use crate::transcode::decode_upright;
+
+pub const TOKENS: &str = "tokens";
+pub const TOKENS_FLIP: &str = "tokens_flip";
+
+pub fn token_schema(grid2: usize) -> Schema {
+    let list = |name: &str| {
+        Field::new(
+            name,
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::UInt16, false)), grid2 as i32),
+            false,
+        )
+    };
+    Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        list(TOKENS),
+        list(TOKENS_FLIP),
+    ])
+}
+
+/// One row of a token shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    pub tokens: Vec<u16>,
+    pub tokens_flip: Vec<u16>,
+}
+
+fn batch(
+    schema: &SchemaRef,
+    rows: &[TokenRow],
+    grid2: usize,
+) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.id)))];
+    for flip in [false, true] {
+        let mut b = FixedSizeListBuilder::new(UInt16Builder::new(), grid2 as i32).with_field(Arc::new(Field::new(
+            "item",
+            DataType::UInt16,
+            false,
+        )));
+        for r in rows {
+            b.values().append_slice(if flip { &r.tokens_flip } else { &r.tokens });
+            b.append(true);
+        }
+        cols.push(Arc::new(b.finish()));
+    }
+    RecordBatch::try_new(schema.clone(), cols)
+}
+
+/// Token grids of a batch of encoded images (a failed decode is an error: the image shards
+/// only hold images that decoded at prepare time).
+pub fn tokenize_images(vocab: &Vocabulary, images: &[(String, Vec<u8>)]) -> std::result::Result<Vec<TokenRow>, String> {
+    let views: Vec<_> = images
+        .par_iter()
+        .map(|(id, bytes)| {
+            decode_upright(bytes)
+                .map(|(img, _)| vocab.canonical_views(&img))
+                .map_err(|e| format!("{id}: {e}"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let flat: Vec<_> = views.into_iter().flatten().collect();
+    let tokens = vocab.tokenize_views(&flat);
+    let grid2 = vocab.header.preprocessing.grid().pow(2);
+    Ok(images
+        .iter()
+        .zip(tokens.chunks(2 * grid2))
+        .map(|((id, _), t)| TokenRow {
+            id: id.clone(),
+            tokens: t[..grid2].to_vec(),
+            tokens_flip: t[grid2..].to_vec(),
+        })
+        .collect())
+}
+
+/// Tokenizes every image shard of the dataset in `dir` with the vocabulary at `vocab_path`
+/// (which should live in `dir`) and records the token set in the manifest.
+pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result<TokenSet> {
+    let (vocab, vocab_sha) = Vocabulary::load(vocab_path)?;
+    let mut manifest = load_manifest(dir)?;
+    let vocab_name = vocab_path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let stem = vocab_name.trim_end_matches(".safetensors");
+    let tok_dir = format!("tokens-{stem}");
+    std::fs::create_dir_all(dir.join(&tok_dir)).at(dir.join(&tok_dir))?;
+    let previous = manifest
+        .tokens
+        .iter()
+        .find(|t| t.dir == tok_dir && t.vocab_sha256 == vocab_sha)
+        .cloned();
+    let grid2 = vocab.header.preprocessing.grid().pow(2);
+    let schema: SchemaRef = Arc::new(token_schema(grid2));
+    let total: u64 = manifest.shards.iter().map(|s| s.rows).sum();
+    let bar = if progress {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("tokenize [{bar:40}] {pos}/{len} images {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    let mut shards = Vec::new();
+    for img_shard in &manifest.shards {
+        let dest = dir.join(&tok_dir).join(&img_shard.file);
+        let kept = previous
+            .as_ref()
+            .and_then(|p| p.shards.iter().find(|t| t.file == img_shard.file))
+            .filter(|t| {
+                t.image_sha256 == img_shard.sha256
+                    && matches!(file_sha256(&dest), Ok((b, s)) if b == t.bytes && s == t.sha256)
+            });
+        if let Some(t) = kept {
+            bar.inc(img_shard.rows);
+            shards.push(t.clone());
+            continue;
+        }
+        let tmp = tmp_path(&dest);
+        let perr = |source| PipelineError::Parquet {
+            path: tmp.clone(),
+            source,
+        };
+        let kv = vec![
+            KeyValue::new(
+                VOCAB_HEADER_KEY.to_string(),
+                serde_json::to_string(&vocab.header).expect("serializable"),
+            ),
+            KeyValue::new("vocab_sha256".to_string(), vocab_sha.clone()),
+            KeyValue::new("image_shard_sha256".to_string(), img_shard.sha256.clone()),
+        ];
+        let file = File::create(&tmp).at(&tmp)?;
+        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(kv, 64 << 20))).map_err(perr)?;
+        let mut reader = ShardReader::open(&dir.join(&img_shard.file))?;
+        let mut rows = 0u64;
+        loop {
+            let chunk: Vec<(String, Vec<u8>)> = reader
+                .by_ref()
+                .take(64)
+                .map(|r| r.map(|r| (r.id, r.image)))
+                .collect::<Result<_>>()?;
+            if chunk.is_empty() {
+                break;
+            }
+            let toks = tokenize_images(&vocab, &chunk).map_err(|m| PipelineError::BadField {
+                path: dir.join(&img_shard.file),
+                field: "image".into(),
+                message: m,
+            })?;
+            let b = batch(&schema, &toks, grid2).map_err(|source| PipelineError::Arrow {
+                path: tmp.clone(),
+                source,
+            })?;
+            w.write(&b).map_err(perr)?;
+            rows += chunk.len() as u64;
+            bar.inc(chunk.len() as u64);
+        }
+        let f = w.into_inner().map_err(perr)?;
+        f.sync_all().at(&tmp)?;
+        std::fs::rename(&tmp, &dest).at(&dest)?;
+        let (bytes, sha256) = file_sha256(&dest)?;
+        shards.push(TokenShard {
+            file: img_shard.file.clone(),
+            image_sha256: img_shard.sha256.clone(),
+            rows,
+            bytes,
+            sha256,
+        });
+    }
+    bar.finish_and_clear();
+    let set = TokenSet {
+        vocab: vocab_name,
+        vocab_sha256: vocab_sha,
+        dir: tok_dir.clone(),
+        shards,
+    };
+    manifest.tokens.retain(|t| t.dir != tok_dir);
+    manifest.tokens.push(set.clone());
+    write_manifest(dir, &manifest)?;
+    Ok(set)
+}
+
+fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    write_atomic(
+        &dir.join(MANIFEST_FILE),
+        &serde_json::to_vec_pretty(m).expect("serializable"),
+    )
+}
+
+/// Reads a token shard back.
+pub fn read_token_shard(path: &Path) -> Result<Vec<TokenRow>> {
+    use arrow_array::{Array, FixedSizeListArray, UInt16Array};
+    let file = File::open(path).at(path)?;
+    let perr = |source| PipelineError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(perr)?
+        .build()
+        .map_err(perr)?;
+    let bad = |m: &str| PipelineError::BadField {
+        path: path.to_path_buf(),
+        field: "tokens".into(),
+        message: m.to_string(),
+    };
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.map_err(|source| PipelineError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| bad("id is not utf8"))?;
+        let lists: Vec<&FixedSizeListArray> = (1..3)
+            .map(|c| {
+                b.column(c)
+                    .as_any()
+                    .downcast_ref::<FixedSizeListArray>()
+                    .ok_or_else(|| bad("not a fixed-size list"))
+            })
+            .collect::<Result<_>>()?;
+        let vals: Vec<&UInt16Array> = lists
+            .iter()
+            .map(|l| {
+                l.values()
+                    .as_any()
+                    .downcast_ref::<UInt16Array>()
+                    .ok_or_else(|| bad("items are not u16"))
+            })
+            .collect::<Result<_>>()?;
+        let g = lists[0].value_length() as usize;
+        for i in 0..b.num_rows() {
+            out.push(TokenRow {
+                id: ids.value(i).to_string(),
+                tokens: vals[0].values()[i * g..(i + 1) * g].to_vec(),
+                tokens_flip: vals[1].values()[i * g..(i + 1) * g].to_vec(),
+            });
+        }
+        let _ = lists[0].len();
+    }
+    Ok(out)
+}

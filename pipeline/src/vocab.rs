@@ -1,0 +1,354 @@
+//! Building the paper's three data-free vocabularies (random projection, random patches,
+//! k-means) and inspecting one over a dataset (usage, perplexity, dead tokens, a PNG of its
+//! patches).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use schemas::manifest::MANIFEST_FILE;
+use schemas::vocab::{KmeansStats, VOCAB_VERSION};
+use schemas::{Manifest, Preprocessing, VocabHeader, VocabKind};
+
+use crate::error::{IoContext, PipelineError, Result};
+use crate::kmeans::{kmeans, normalize_rows, KmeansConfig};
+use crate::prepare::load_manifest;
+use crate::shard::{file_sha256, ShardReader};
+use crate::tokenizer::Vocabulary;
+use crate::transcode::decode_upright;
+use crate::views::{canonical_view, patch_pixels, patch_vectors};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VocabConfig {
+    pub kind: VocabKind,
+    pub size: usize,
+    pub seed: u64,
+    /// k-means: patches sampled from the train split (the paper: 3M).
+    pub sample: usize,
+    pub iterations: u32,
+    pub progress: bool,
+}
+
+impl VocabConfig {
+    pub fn paper(kind: VocabKind) -> Self {
+        VocabConfig {
+            kind,
+            size: 8192,
+            seed: 0,
+            sample: 3_000_000,
+            iterations: 25,
+            progress: true,
+        }
+    }
+
+    /// `vocab-<kind>-<size>-s<seed>.safetensors`
+    pub fn file_name(&self) -> String {
+        format!("vocab-{}-{}-s{}.safetensors", self.kind.name(), self.size, self.seed)
+    }
+}
+
+/// Decodes the images with the given train indices (in the order of the manifest's train
+/// shards) and returns their canonical views' patch vectors, keyed by train index.
+fn train_patches(
+    dir: &Path,
+    manifest: &Manifest,
+    wanted: &BTreeSet<usize>,
+    p: &Preprocessing,
+    progress: bool,
+) -> Result<BTreeMap<usize, Vec<f32>>> {
+    let bar = if progress {
+        ProgressBar::new(wanted.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("patches {pos}/{len} images [{bar:30}] eta {eta}").expect("valid template"),
+    );
+    let mut out = BTreeMap::new();
+    let mut index = 0usize;
+    for shard in manifest.shards.iter().filter(|s| s.split == "train") {
+        let path = dir.join(&shard.file);
+        let mut batch = Vec::new();
+        let flush = |batch: &mut Vec<(usize, Vec<u8>)>, out: &mut BTreeMap<usize, Vec<f32>>| {
+            let done: Vec<(usize, Vec<f32>)> = batch
+                .par_iter()
+                .map(|(i, bytes)| {
+                    let mut v = Vec::new();
+                    if let Ok((img, _)) = decode_upright(bytes) {
+                        patch_vectors(&canonical_view(&img, p.source_view_size), p, &mut v);
+                    }
+                    (*i, v)
+                })
+                .collect();
+            bar.inc(done.len() as u64);
+            out.extend(done.into_iter().filter(|(_, v)| !v.is_empty()));
+            batch.clear();
+        };
+        for row in ShardReader::open(&path)? {
+            let row = row?;
+            if wanted.contains(&index) {
+                batch.push((index, row.image));
+                if batch.len() == 256 {
+                    flush(&mut batch, &mut out);
+                }
+            }
+            index += 1;
+        }
+        flush(&mut batch, &mut out);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn train_images(m: &Manifest) -> usize {
+    m.shards
+        .iter()
+        .filter(|s| s.split == "train")
+        .map(|s| s.rows as usize)
+        .sum()
+}
+
+/// Builds a vocabulary from the prepared dataset in `dir` (random projection needs no data
+/// but still records which dataset it was made for).
+pub fn build(dir: &Path, cfg: &VocabConfig) -> Result<Vocabulary> {
+    let p = Preprocessing::paper();
+    let d = p.dim();
+    let grid2 = p.grid() * p.grid();
+    let manifest_sha = file_sha256(&dir.join(MANIFEST_FILE)).ok().map(|(_, s)| s);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    if cfg.size == 0 || cfg.size > u16::MAX as usize + 1 {
+        return Err(PipelineError::Invalid(format!(
+            "vocabulary size must be 1..=65536, got {}",
+            cfg.size
+        )));
+    }
+    let mut kmeans_stats = None;
+    let embeddings = match cfg.kind {
+        VocabKind::RandomProjection => {
+            let mut e: Vec<f32> = (0..cfg.size * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            normalize_rows(&mut e, d);
+            e
+        }
+        VocabKind::RandomPatches | VocabKind::Kmeans => {
+            let manifest = load_manifest(dir)?;
+            let total = train_images(&manifest) * grid2;
+            let want = if cfg.kind == VocabKind::Kmeans {
+                cfg.sample.min(total)
+            } else {
+                cfg.size
+            };
+            // A few extra draws replace patches of zero norm (flat at the mean color).
+            let extra = if cfg.kind == VocabKind::RandomPatches {
+                (want / 50).max(16)
+            } else {
+                0
+            };
+            let draws = (want + extra).min(total);
+            if draws < cfg.size {
+                return Err(PipelineError::Invalid(format!(
+                    "{}: the train split has {total} patches, fewer than the {} entries asked for",
+                    dir.display(),
+                    cfg.size
+                )));
+            }
+            let picks: Vec<usize> = sample(&mut rng, total, draws).into_vec();
+            let images: BTreeSet<usize> = picks.iter().map(|g| g / grid2).collect();
+            let patches = train_patches(dir, &manifest, &images, &p, cfg.progress)?;
+            let mut x = Vec::with_capacity(draws * d);
+            for g in picks {
+                if let Some(v) = patches.get(&(g / grid2)) {
+                    let row = &v[(g % grid2) * d..(g % grid2 + 1) * d];
+                    if row.iter().any(|&a| a != 0.0) {
+                        x.extend_from_slice(row);
+                    }
+                }
+            }
+            normalize_rows(&mut x, d);
+            if cfg.kind == VocabKind::RandomPatches {
+                if x.len() < cfg.size * d {
+                    return Err(PipelineError::Invalid(format!(
+                        "{}: too few non-flat patches",
+                        dir.display()
+                    )));
+                }
+                x.truncate(cfg.size * d);
+                x
+            } else {
+                let mut kc = KmeansConfig::new(cfg.size, cfg.iterations, cfg.seed);
+                kc.progress = cfg.progress;
+                let r = kmeans(&x, d, &kc).map_err(|e| PipelineError::Invalid(format!("{}: {e}", dir.display())))?;
+                kmeans_stats = Some(KmeansStats {
+                    sample: r.points as u64,
+                    iterations: cfg.iterations,
+                    inertia: r.inertia,
+                    reseeded: r.reseeded,
+                });
+                r.centroids
+            }
+        }
+    };
+    Ok(Vocabulary {
+        header: VocabHeader {
+            version: VOCAB_VERSION,
+            kind: cfg.kind,
+            seed: cfg.seed,
+            size: cfg.size,
+            dim: d,
+            preprocessing: p,
+            source_manifest_sha256: manifest_sha,
+            kmeans: kmeans_stats,
+        },
+        embeddings,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct UsageReport {
+    pub images: usize,
+    pub counts: Vec<u64>,
+    /// exp(entropy) of the token distribution, in [1, V].
+    pub perplexity: f64,
+    pub dead_share: f64,
+}
+
+impl UsageReport {
+    pub fn from_counts(counts: Vec<u64>, images: usize) -> Self {
+        let total: u64 = counts.iter().sum();
+        let entropy: f64 = counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| {
+                let p = c as f64 / total as f64;
+                -p * p.ln()
+            })
+            .sum();
+        let dead = counts.iter().filter(|&&c| c == 0).count();
+        UsageReport {
+            images,
+            perplexity: entropy.exp(),
+            dead_share: dead as f64 / counts.len() as f64,
+            counts,
+        }
+    }
+}
+
+/// Token usage over up to `max_images` images of `split` (canonical views).
+pub fn usage(dir: &Path, vocab: &Vocabulary, split: &str, max_images: usize) -> Result<UsageReport> {
+    let manifest = load_manifest(dir)?;
+    let mut counts = vec![0u64; vocab.header.size];
+    let mut images = 0;
+    'outer: for shard in manifest.shards.iter().filter(|s| s.split == split) {
+        let mut reader = ShardReader::open(&dir.join(&shard.file))?;
+        loop {
+            let batch: Vec<Vec<u8>> = reader
+                .by_ref()
+                .take(256)
+                .map(|r| r.map(|r| r.image))
+                .collect::<Result<_>>()?;
+            if batch.is_empty() {
+                break;
+            }
+            let views: Vec<RgbImage> = batch
+                .par_iter()
+                .filter_map(|b| decode_upright(b).ok())
+                .map(|(img, _)| canonical_view(&img, vocab.header.preprocessing.source_view_size))
+                .collect();
+            for t in vocab.tokenize_views(&views) {
+                counts[t as usize] += 1;
+            }
+            images += views.len();
+            if images >= max_images {
+                break 'outer;
+            }
+        }
+    }
+    Ok(UsageReport::from_counts(counts, images))
+}
+
+/// Draws every entry as its 8x8 patch, `cols` per row, each scaled up `zoom` times; writes a
+/// PNG. Entries are unit directions: they are drawn at the norm of a typical normalized patch
+/// (RMS 1 per value, i.e. sqrt(dim)), so a flat entry shows its color and an edge its contrast.
+pub fn draw(vocab: &Vocabulary, out: &Path, cols: usize, zoom: u32) -> Result<PathBuf> {
+    let p = &vocab.header.preprocessing;
+    let ps = p.patch_size;
+    let cell = ps * zoom + 1;
+    let rows = vocab.header.size.div_ceil(cols);
+    let mut sheet = RgbImage::from_pixel(cols as u32 * cell, rows as u32 * cell, image::Rgb([255, 255, 255]));
+    for (i, e) in vocab.embeddings.chunks(vocab.header.dim).enumerate() {
+        let (lo, hi) = e.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let span = (hi - lo).max(1e-6);
+        let stretched: Vec<f32> = e
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| ((v - lo) / span - p.mean[j % 3]) / p.std[j % 3])
+            .collect();
+        let px = patch_pixels(&stretched, p);
+        let (cx, cy) = ((i % cols) as u32 * cell, (i / cols) as u32 * cell);
+        for y in 0..ps * zoom {
+            for x in 0..ps * zoom {
+                let k = (((y / zoom) * ps + x / zoom) * 3) as usize;
+                sheet.put_pixel(cx + x, cy + y, image::Rgb([px[k], px[k + 1], px[k + 2]]));
+            }
+        }
+    }
+    sheet.save(out).map_err(|e| PipelineError::Io {
+        path: out.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok(out.to_path_buf())
+}
+
+/// Reads the vocabulary file a dataset folder holds for `kind`, if any.
+pub fn find(dir: &Path, kind: VocabKind) -> Result<Vec<PathBuf>> {
+    let prefix = format!("vocab-{}-", kind.name());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .at(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".safetensors"))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_projection_is_deterministic_per_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |seed| VocabConfig {
+            size: 128,
+            seed,
+            progress: false,
+            ..VocabConfig::paper(VocabKind::RandomProjection)
+        };
+        let a = build(dir.path(), &cfg(5)).unwrap();
+        assert_eq!(a, build(dir.path(), &cfg(5)).unwrap());
+        assert_ne!(a.embeddings, build(dir.path(), &cfg(6)).unwrap().embeddings);
+        for row in a.embeddings.chunks(a.header.dim) {
+            let n: f32 = row.iter().map(|x| x * x).sum();
+            assert!((n - 1.0).abs() < 1e-4);
+        }
+        assert_eq!(cfg(5).file_name(), "vocab-random_projection-128-s5.safetensors");
+    }
+
+    #[test]
+    fn usage_statistics() {
+        let r = UsageReport::from_counts(vec![5, 5, 0, 0], 1);
+        assert!((r.perplexity - 2.0).abs() < 1e-9);
+        assert_eq!(r.dead_share, 0.5);
+        let r = UsageReport::from_counts(vec![1; 8], 1);
+        assert!((r.perplexity - 8.0).abs() < 1e-9);
+    }
+}
