@@ -5,18 +5,38 @@ DATASET  ?= imagenette
 DATA_DIR ?=
 OUT      ?= data/$(DATASET)
 ARGS     ?=
+# Vocabulary built at the end of `make prepare` (random_projection | random_patches | kmeans).
+VOCAB         ?= kmeans
+VOCAB_SIZE    ?= 8192
+# The paper samples 3M patches and runs 25 iterations; these defaults keep `make demo` to a few
+# minutes on 2 cores. Override for paper scale: make prepare KMEANS_SAMPLE=3000000 KMEANS_ITERS=25
+KMEANS_SAMPLE ?= 1000000
+KMEANS_ITERS  ?= 10
 PIPELINE := target/release/pipeline
 
-.PHONY: all build prepare inspect demo test lint fmt python-deps bench-ingest
+.PHONY: all build prepare images vocab tokenize inspect demo test lint fmt python-deps bench-ingest bench-kmeans
 
 all: build
 
 build:
 	$(CARGO) build --release -p pipeline
 
+# Images -> shards, then a vocabulary, then the token grids of every image.
+prepare: images vocab tokenize
+
 # Exit status 2 means "done, some inputs skipped" (listed in the manifest): not a failure here.
-prepare: build
+images: build
 	$(PIPELINE) prepare --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(OUT) $(ARGS) || [ $$? -eq 2 ]
+
+VOCAB_FILE := $(OUT)/vocab-$(VOCAB)-$(VOCAB_SIZE)-s0.safetensors
+
+vocab: build
+	@if [ -f $(VOCAB_FILE) ]; then echo "$(VOCAB_FILE) exists (delete it to rebuild)"; else \
+	$(PIPELINE) vocab build --data $(OUT) --kind $(subst _,-,$(VOCAB)) --size $(VOCAB_SIZE) --sample $(KMEANS_SAMPLE) --iterations $(KMEANS_ITERS); fi
+	$(PIPELINE) vocab inspect --data $(OUT) --vocab $(VOCAB_FILE) --split val
+
+tokenize: build
+	$(PIPELINE) tokenize --data $(OUT) --vocab $(VOCAB_FILE)
 
 inspect: build
 	$(PIPELINE) inspect $(OUT)
@@ -39,3 +59,8 @@ fmt:
 bench-ingest: build python-deps
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check pillow
 	$(PYTHON) bench/ingest/run.py
+
+# Needs the prepared dataset (make images). OPENBLAS_* are unset for numpy's fastest kernels.
+bench-kmeans: python-deps
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check faiss-cpu numpy
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) bench/kmeans/run.py --data $(OUT)

@@ -16,12 +16,14 @@ use rayon::prelude::*;
 use crate::nearest::argmax_dot;
 
 /// How the first centroids are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum KmeansInit {
     /// k distinct random points (faiss's default).
     Random,
     /// k-means++ on a subsample of `16 k` points: slower to start, fewer poor local optima.
     PlusPlus,
+    /// These [k, d] centroids (to compare with another implementation from the same start).
+    Given(Vec<f32>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,12 +105,16 @@ pub fn kmeans(x: &[f32], d: usize, cfg: &KmeansConfig) -> Result<KmeansResult, K
         x
     };
     let n = x.len() / d;
-    let mut centroids: Vec<f32> = match cfg.init {
+    let mut centroids: Vec<f32> = match &cfg.init {
         KmeansInit::Random => sample(&mut rng, n, k)
             .into_iter()
             .flat_map(|i| x[i * d..(i + 1) * d].iter().copied())
             .collect(),
         KmeansInit::PlusPlus => plus_plus(x, d, k, &mut rng),
+        KmeansInit::Given(c) => {
+            assert_eq!(c.len(), k * d, "given centroids must be [k, d]");
+            c.clone()
+        }
     };
 
     let bar = if cfg.progress {

@@ -2,7 +2,7 @@
 //! k-means) and inspecting one over a dataset (usage, perplexity, dead tokens, a PNG of its
 //! patches).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
@@ -52,47 +52,60 @@ impl VocabConfig {
     }
 }
 
-/// Decodes the images with the given train indices (in the order of the manifest's train
-/// shards) and returns their canonical views' patch vectors, keyed by train index.
-fn train_patches(
-    dir: &Path,
-    manifest: &Manifest,
-    wanted: &BTreeSet<usize>,
-    p: &Preprocessing,
-    progress: bool,
-) -> Result<BTreeMap<usize, Vec<f32>>> {
+/// Normalized (unit) vectors of the train-split patches at the given global indices
+/// (`image index * grid² + position`, images in the order of the manifest's train shards), in
+/// increasing index order. Flat patches (zero vectors) are dropped. Only the picked rows are
+/// kept in memory, whatever the dataset size.
+pub fn sample_train_patches(dir: &Path, picks: &[usize], p: &Preprocessing, progress: bool) -> Result<Vec<f32>> {
+    let manifest = load_manifest(dir)?;
+    let grid2 = p.grid() * p.grid();
+    let d = p.dim();
+    let mut by_image: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &g in picks {
+        by_image.entry(g / grid2).or_default().push(g % grid2);
+    }
+    by_image.values_mut().for_each(|v| v.sort_unstable());
     let bar = if progress {
-        ProgressBar::new(wanted.len() as u64)
+        ProgressBar::new(by_image.len() as u64)
     } else {
         ProgressBar::hidden()
     };
     bar.set_style(
         ProgressStyle::with_template("patches {pos}/{len} images [{bar:30}] eta {eta}").expect("valid template"),
     );
-    let mut out = BTreeMap::new();
+    let mut out = Vec::with_capacity(picks.len() * d);
+    let flush = |batch: &mut Vec<(Vec<u8>, &Vec<usize>)>, out: &mut Vec<f32>| {
+        let rows: Vec<Vec<f32>> = batch
+            .par_iter()
+            .map(|(bytes, positions)| {
+                let mut all = Vec::new();
+                if let Ok((img, _)) = decode_upright(bytes) {
+                    patch_vectors(&canonical_view(&img, p.source_view_size), p, &mut all);
+                }
+                let mut picked = Vec::with_capacity(positions.len() * d);
+                if !all.is_empty() {
+                    for &pos in positions.iter() {
+                        picked.extend_from_slice(&all[pos * d..(pos + 1) * d]);
+                    }
+                }
+                picked
+            })
+            .collect();
+        bar.inc(rows.len() as u64);
+        for r in rows {
+            for row in r.chunks(d).filter(|row| row.iter().any(|&a| a != 0.0)) {
+                out.extend_from_slice(row);
+            }
+        }
+        batch.clear();
+    };
     let mut index = 0usize;
     for shard in manifest.shards.iter().filter(|s| s.split == "train") {
-        let path = dir.join(&shard.file);
         let mut batch = Vec::new();
-        let flush = |batch: &mut Vec<(usize, Vec<u8>)>, out: &mut BTreeMap<usize, Vec<f32>>| {
-            let done: Vec<(usize, Vec<f32>)> = batch
-                .par_iter()
-                .map(|(i, bytes)| {
-                    let mut v = Vec::new();
-                    if let Ok((img, _)) = decode_upright(bytes) {
-                        patch_vectors(&canonical_view(&img, p.source_view_size), p, &mut v);
-                    }
-                    (*i, v)
-                })
-                .collect();
-            bar.inc(done.len() as u64);
-            out.extend(done.into_iter().filter(|(_, v)| !v.is_empty()));
-            batch.clear();
-        };
-        for row in ShardReader::open(&path)? {
+        for row in ShardReader::open(&dir.join(&shard.file))? {
             let row = row?;
-            if wanted.contains(&index) {
-                batch.push((index, row.image));
+            if let Some(positions) = by_image.get(&index) {
+                batch.push((row.image, positions));
                 if batch.len() == 256 {
                     flush(&mut batch, &mut out);
                 }
@@ -102,7 +115,14 @@ fn train_patches(
         flush(&mut batch, &mut out);
     }
     bar.finish_and_clear();
+    normalize_rows(&mut out, d);
     Ok(out)
+}
+
+/// Patches in the train split of the prepared dataset in `dir`.
+pub fn train_patch_count(dir: &Path, p: &Preprocessing) -> Result<usize> {
+    let m = load_manifest(dir)?;
+    Ok(train_images(&m) * p.grid() * p.grid())
 }
 
 fn train_images(m: &Manifest) -> usize {
@@ -118,7 +138,6 @@ fn train_images(m: &Manifest) -> usize {
 pub fn build(dir: &Path, cfg: &VocabConfig) -> Result<Vocabulary> {
     let p = Preprocessing::paper();
     let d = p.dim();
-    let grid2 = p.grid() * p.grid();
     let manifest_sha = file_sha256(&dir.join(MANIFEST_FILE)).ok().map(|(_, s)| s);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     if cfg.size == 0 || cfg.size > u16::MAX as usize + 1 {
@@ -135,8 +154,7 @@ pub fn build(dir: &Path, cfg: &VocabConfig) -> Result<Vocabulary> {
             e
         }
         VocabKind::RandomPatches | VocabKind::Kmeans => {
-            let manifest = load_manifest(dir)?;
-            let total = train_images(&manifest) * grid2;
+            let total = train_patch_count(dir, &p)?;
             let want = if cfg.kind == VocabKind::Kmeans {
                 cfg.sample.min(total)
             } else {
@@ -156,19 +174,9 @@ pub fn build(dir: &Path, cfg: &VocabConfig) -> Result<Vocabulary> {
                     cfg.size
                 )));
             }
-            let picks: Vec<usize> = sample(&mut rng, total, draws).into_vec();
-            let images: BTreeSet<usize> = picks.iter().map(|g| g / grid2).collect();
-            let patches = train_patches(dir, &manifest, &images, &p, cfg.progress)?;
-            let mut x = Vec::with_capacity(draws * d);
-            for g in picks {
-                if let Some(v) = patches.get(&(g / grid2)) {
-                    let row = &v[(g % grid2) * d..(g % grid2 + 1) * d];
-                    if row.iter().any(|&a| a != 0.0) {
-                        x.extend_from_slice(row);
-                    }
-                }
-            }
-            normalize_rows(&mut x, d);
+            let mut picks: Vec<usize> = sample(&mut rng, total, draws).into_vec();
+            picks.sort_unstable();
+            let mut x = sample_train_patches(dir, &picks, &p, cfg.progress)?;
             if cfg.kind == VocabKind::RandomPatches {
                 if x.len() < cfg.size * d {
                     return Err(PipelineError::Invalid(format!(
@@ -176,7 +184,9 @@ pub fn build(dir: &Path, cfg: &VocabConfig) -> Result<Vocabulary> {
                         dir.display()
                     )));
                 }
-                x.truncate(cfg.size * d);
+                // The extra draws are dropped at random, not from the end, to stay uniform.
+                let keep = sample(&mut rng, x.len() / d, cfg.size).into_vec();
+                x = keep.iter().flat_map(|&i| x[i * d..(i + 1) * d].to_vec()).collect();
                 x
             } else {
                 let mut kc = KmeansConfig::new(cfg.size, cfg.iterations, cfg.seed);

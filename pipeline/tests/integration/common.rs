@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use pipeline::adapters::AdapterOptions;
 use pipeline::prepare::{prepare, PrepareConfig, Worker};
@@ -89,4 +90,24 @@ pub fn image_distance(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
         .map(|(x, y)| (*x as i64 - *y as i64).unsigned_abs())
         .sum();
     sum as f64 / a.as_raw().len() as f64
+}
+
+/// The real Imagenette prepared once per test run (under target/tmp, so a rerun resumes it),
+/// shared by the tests that read it; None where shared data is absent.
+pub fn imagenette() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = shared("data/imagenette")?;
+        let synsets = shared("fixtures/imagenet/LOC_synset_mapping.txt")?;
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("imagenette-prepared");
+        let mut cfg = config("imagenet", &root, &out);
+        cfg.dataset = "imagenette".into();
+        cfg.options = AdapterOptions {
+            synsets: Some(synsets),
+            ..Default::default()
+        };
+        run(&cfg);
+        Some(out)
+    })
+    .as_deref()
 }

@@ -7,3 +7,4 @@ mod bad_input;
 mod common;
 mod real_data;
 mod resume;
+mod vocab;

@@ -3,28 +3,16 @@
 use std::collections::BTreeMap;
 
 use crate::common::*;
-use pipeline::adapters::AdapterOptions;
 use pipeline::inspect;
 use pipeline::shard::ShardReader;
 use pipeline::transcode::decode_upright;
 
 #[test]
 fn imagenette_real_counts_names_and_pyarrow_agrees() {
-    let (Some(root), Some(synsets)) = (
-        shared("data/imagenette"),
-        shared("fixtures/imagenet/LOC_synset_mapping.txt"),
-    ) else {
+    let (Some(out), Some(root)) = (imagenette(), shared("data/imagenette")) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("imagenette");
-    let mut cfg = config("imagenet", &root, &out);
-    cfg.dataset = "imagenette".into();
-    cfg.options = AdapterOptions {
-        synsets: Some(synsets.clone()),
-        ..Default::default()
-    };
-    let m = run(&cfg);
+    let m = pipeline::prepare::load_manifest(out).unwrap();
     assert_eq!(m.splits["train"].images, 9469);
     assert_eq!(m.splits["val"].images, 3925);
     assert!(m.skipped.is_empty(), "{:?}", m.skipped);
@@ -53,7 +41,7 @@ fn imagenette_real_counts_names_and_pyarrow_agrees() {
         }
     }
     expected.sort();
-    let py = pyarrow_rows(&out);
+    let py = pyarrow_rows(out);
     let mut got: Vec<_> = py.iter().map(|(id, s, l, _, _)| (id.clone(), s.clone(), *l)).collect();
     got.sort();
     assert_eq!(got, expected);
@@ -61,7 +49,7 @@ fn imagenette_real_counts_names_and_pyarrow_agrees() {
     assert!(py.iter().all(|r| r.3 == 224 && r.4 == 224 || r.3.min(r.4) <= 256));
 
     // Our reader sees the same rows, and the grayscale sources became RGB.
-    let ours = rows(&out, &m);
+    let ours = rows(out, &m);
     assert_eq!(ours.len(), py.len());
     let gray_src = ours.iter().take(400).filter(|r| {
         let raw = std::fs::read(root.join(&r.path)).unwrap();
@@ -76,14 +64,14 @@ fn imagenette_real_counts_names_and_pyarrow_agrees() {
         );
     }
 
-    let (m2, report) = inspect::verify(&out).unwrap();
+    let (m2, report) = inspect::verify(out).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.rows["train"], 9469);
     let hist = &report.histogram["val"];
     for (label, n) in hist {
         assert_eq!(m2.splits["val"].per_class[&label.to_string()], *n);
     }
-    let sheet = inspect::contact_sheet(&out, &m2, &out.join("sheet.png"), 4, 10).unwrap();
+    let sheet = inspect::contact_sheet(out, &m2, &out.join("sheet.png"), 4, 10).unwrap();
     let png = image::open(sheet).unwrap();
     assert_eq!((png.width(), png.height()), (4 * 98, 10 * 98));
 }
