@@ -397,6 +397,13 @@ fn run() -> Result<ExitCode> {
             let png = png.unwrap_or_else(|| path.with_extension("png"));
             vocab::draw(&v, &png, 128, 2)?;
             println!("  entries drawn: {}", png.display());
+            let hist = png.with_extension("usage.json");
+            let json = serde_json::json!({
+                "vocab": path, "vocab_sha256": sha, "split": split, "images": r.images,
+                "perplexity": r.perplexity, "dead_share": r.dead_share, "counts": r.counts,
+            });
+            pipeline::shard::write_atomic(&hist, serde_json::to_string(&json)?.as_bytes())?;
+            println!("  usage histogram: {}", hist.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokenize {
