@@ -33,6 +33,21 @@ pub struct HashingWriter<W> {
     written: u64,
 }
 
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    /// The inner writer, the bytes written and their sha256 (hex).
+    pub fn finish(self) -> (W, u64, String) {
+        (self.inner, self.written, hex::encode(self.hasher.finalize()))
+    }
+}
+
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
@@ -101,11 +116,7 @@ impl ShardWriter {
         let schema: SchemaRef = Arc::new(
             shard_schema().with_metadata(meta.to_kv().into_iter().collect::<std::collections::HashMap<_, _>>()),
         );
-        let sink = HashingWriter {
-            inner: BufWriter::with_capacity(1 << 20, file),
-            hasher: Sha256::new(),
-            written: 0,
-        };
+        let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
         let writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties(kv, row_group_bytes))).map_err(
             |source| PipelineError::Parquet {
                 path: tmp.clone(),
@@ -151,8 +162,8 @@ impl ShardWriter {
             source,
         })?;
         sink.flush().at(&tmp)?;
-        sink.inner.get_ref().sync_all().at(&tmp)?;
-        let (bytes, sha) = (sink.written, hex::encode(sink.hasher.finalize()));
+        let (file, bytes, sha) = sink.finish();
+        file.get_ref().sync_all().at(&tmp)?;
         std::fs::rename(&tmp, &dest).at(&dest)?;
         Ok((rows, bytes, sha))
     }

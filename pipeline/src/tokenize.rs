@@ -23,7 +23,9 @@ use schemas::{Manifest, TokenSet, TokenShard};
 
 use crate::error::{IoContext, PipelineError, Result};
 use crate::prepare::load_manifest;
-use crate::shard::{file_sha256, tmp_path, write_atomic, writer_properties, ShardReader};
+use std::io::Write;
+
+use crate::shard::{file_sha256, tmp_path, write_atomic, writer_properties, HashingWriter, ShardReader};
 use crate::tokenizer::Vocabulary;
 use crate::transcode::decode_upright;
 
@@ -157,7 +159,7 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
             KeyValue::new("vocab_sha256".to_string(), vocab_sha.clone()),
             KeyValue::new("image_shard_sha256".to_string(), img_shard.sha256.clone()),
         ];
-        let file = File::create(&tmp).at(&tmp)?;
+        let file = HashingWriter::new(std::io::BufWriter::new(File::create(&tmp).at(&tmp)?));
         let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(kv, 64 << 20))).map_err(perr)?;
         let mut reader = ShardReader::open(&dir.join(&img_shard.file))?;
         let mut rows = 0u64;
@@ -183,10 +185,11 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
             rows += chunk.len() as u64;
             bar.inc(chunk.len() as u64);
         }
-        let f = w.into_inner().map_err(perr)?;
-        f.sync_all().at(&tmp)?;
+        let mut sink = w.into_inner().map_err(perr)?;
+        sink.flush().at(&tmp)?;
+        let (file, bytes, sha256) = sink.finish();
+        file.get_ref().sync_all().at(&tmp)?;
         std::fs::rename(&tmp, &dest).at(&dest)?;
-        let (bytes, sha256) = file_sha256(&dest)?;
         shards.push(TokenShard {
             file: img_shard.file.clone(),
             image_sha256: img_shard.sha256.clone(),
@@ -268,7 +271,6 @@ pub fn read_token_shard(path: &Path) -> Result<Vec<TokenRow>> {
                 tokens_flip: vals[1].values()[i * g..(i + 1) * g].to_vec(),
             });
         }
-        let _ = lists[0].len();
     }
     Ok(out)
 }

@@ -3,6 +3,14 @@
 use crate::common::*;
 use pipeline::adapters::{self, AdapterOptions};
 
+/// The error message of a listing that must fail.
+fn list_err(adapter: &str, root: &std::path::Path, opts: &AdapterOptions) -> String {
+    match adapters::list(adapter, root, opts) {
+        Ok(_) => panic!("{adapter} listing of {} should fail", root.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn food_root(tmp: &std::path::Path) -> std::path::PathBuf {
     let root = tmp.join("food");
     write_file(&root.join("meta/classes.txt"), b"apple_pie\nbaklava\n");
@@ -49,39 +57,27 @@ fn missing_metadata_is_an_error_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let root = food_root(tmp.path());
     std::fs::remove_file(root.join("meta/classes.txt")).unwrap();
-    let err = adapters::list("food101", &root, &AdapterOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = list_err("food101", &root, &AdapterOptions::default());
     assert!(err.contains("meta/classes.txt") && err.contains("not found"), "{err}");
 
-    let err = adapters::list(
+    let err = list_err(
         "domainnet",
         &root,
         &AdapterOptions {
             domain: Some("sketch".into()),
             ..Default::default()
         },
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    );
     assert!(err.contains("sketch_train.txt"), "{err}");
 
     let coco = tmp.path().join("coco");
     write_file(&coco.join("train2017/1.jpg"), &tiny_jpeg(8, 8, 0));
-    let err = adapters::list("coco", &coco, &AdapterOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = list_err("coco", &coco, &AdapterOptions::default());
     assert!(err.contains("instances_train2017.json"), "{err}");
 
     let cars = tmp.path().join("cars");
     std::fs::create_dir_all(&cars).unwrap();
-    let err = adapters::list("stanford_cars", &cars, &AdapterOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = list_err("stanford_cars", &cars, &AdapterOptions::default());
     assert!(err.contains("cars_train_annos.mat"), "{err}");
 }
 
@@ -94,42 +90,33 @@ fn malformed_metadata_names_file_and_line() {
         b"clipart/cat/1.jpg 0\nclipart/dog/2.jpg zero\n",
     );
     write_file(&root.join("clipart_test.txt"), b"");
-    let err = adapters::list(
+    let err = list_err(
         "domainnet",
         &root,
         &AdapterOptions {
             domain: Some("clipart".into()),
             ..Default::default()
         },
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    );
     assert!(err.contains("clipart_train.txt:2") && err.contains("zero"), "{err}");
 
     write_file(
         &root.join("clipart_train.txt"),
         b"clipart/cat/1.jpg 0\nclipart/dog/2.jpg 0\n",
     );
-    let err = adapters::list(
+    let err = list_err(
         "domainnet",
         &root,
         &AdapterOptions {
             domain: Some("clipart".into()),
             ..Default::default()
         },
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    );
     assert!(err.contains("was class \"cat\""), "{err}");
 
     let coco = tmp.path().join("coco");
     write_file(&coco.join("annotations/instances_val2017.json"), b"{\"images\": [");
-    let err = adapters::list("coco", &coco, &AdapterOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = list_err("coco", &coco, &AdapterOptions::default());
     assert!(err.contains("instances_val2017.json") && err.contains("JSON"), "{err}");
 
     let cars = tmp.path().join("cars");
@@ -137,10 +124,7 @@ fn malformed_metadata_names_file_and_line() {
         &cars.join("anno_train.csv"),
         b"image_name,x_min,y_min,x_max,y_max,label\n1.jpg,1,2,3,4,999\n",
     );
-    let err = adapters::list("stanford_cars", &cars, &AdapterOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = list_err("stanford_cars", &cars, &AdapterOptions::default());
     assert!(err.contains("anno_train.csv:2") && err.contains("999"), "{err}");
 
     let mat = tmp.path().join("bad.mat");
@@ -154,24 +138,12 @@ fn empty_or_missing_directory_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let err = adapters::list("folder", &empty, &AdapterOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = list_err("folder", &empty, &AdapterOptions::default());
     assert!(err.contains("no images found") && err.contains("empty"), "{err}");
-    let err = adapters::list("folder", &tmp.path().join("nope"), &AdapterOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = list_err("folder", &tmp.path().join("nope"), &AdapterOptions::default());
     assert!(err.contains("nope") && err.contains("not a directory"), "{err}");
-    let err = adapters::list("imagenet", &empty, &AdapterOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = list_err("imagenet", &empty, &AdapterOptions::default());
     assert!(err.contains("train"), "{err}");
-    let err = adapters::list("bogus", &empty, &AdapterOptions::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = list_err("bogus", &empty, &AdapterOptions::default());
     assert!(err.contains("unknown adapter \"bogus\""), "{err}");
 }

@@ -86,28 +86,16 @@ fn imagenette_three_vocabularies_and_token_grids_for_every_image() {
         usage.insert(kind.name(), r);
 
         // A second run keeps every token shard as it is.
-        let before: Vec<_> = set
-            .shards
-            .iter()
-            .map(|s| {
-                std::fs::metadata(dir.join(&set.dir).join(&s.file))
-                    .unwrap()
-                    .modified()
-                    .unwrap()
-            })
-            .collect();
+        let mtimes = || -> Vec<_> {
+            let file = |s: &schemas::TokenShard| dir.join(&set.dir).join(&s.file);
+            set.shards
+                .iter()
+                .map(|s| std::fs::metadata(file(s)).unwrap().modified().unwrap())
+                .collect()
+        };
+        let before = mtimes();
         assert_eq!(tokenize_dataset(dir, &path, false).unwrap(), set);
-        let after: Vec<_> = set
-            .shards
-            .iter()
-            .map(|s| {
-                std::fs::metadata(dir.join(&set.dir).join(&s.file))
-                    .unwrap()
-                    .modified()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(before, after);
+        assert_eq!(mtimes(), before);
     }
     // k-means uses most of its entries; all three vocabularies are used well beyond a handful.
     assert!(usage["kmeans"].dead_share < 0.1, "{:?}", usage["kmeans"].dead_share);
