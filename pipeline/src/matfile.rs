@@ -225,18 +225,23 @@ impl Reader {
             ));
         }
         let (_, flags, mut pos) = self.element(d, 0)?;
-        let class = *flags.first().ok_or("empty array flags")?;
-        let class = if self.big_endian { flags[3] } else { class };
+        // The class is the low byte of the first flags word.
+        let class = *(if self.big_endian { flags.get(3) } else { flags.first() }).ok_or("short array flags")?;
         let (ty, dims_raw, p) = self.element(d, pos)?;
         pos = p;
         let dims: Vec<usize> = self.numbers(ty, dims_raw)?.into_iter().map(|x| x as usize).collect();
-        let count: usize = dims.iter().product();
+        // Dimensions come from the file: never trust them for an allocation size.
+        let count = dims
+            .iter()
+            .try_fold(1usize, |a, &x| a.checked_mul(x))
+            .ok_or("array dimensions overflow")?;
+        let cap = count.min(d.len() / 8);
         let (_, name_raw, p) = self.element(d, pos)?;
         pos = p;
         let name = String::from_utf8_lossy(name_raw).into_owned();
         let value = match class {
             MX_CELL => {
-                let mut items = Vec::with_capacity(count);
+                let mut items = Vec::with_capacity(cap);
                 for _ in 0..count {
                     let (_, inner, p) = self.element(d, pos)?;
                     pos = p;
@@ -261,7 +266,7 @@ impl Reader {
                     })
                     .filter(|s| !s.is_empty())
                     .collect();
-                let mut elements = Vec::with_capacity(count);
+                let mut elements = Vec::with_capacity(cap);
                 for _ in 0..count {
                     let mut el = BTreeMap::new();
                     for f in &fields {
@@ -294,5 +299,65 @@ impl Reader {
             other => MatValue::Unsupported(other),
         };
         Ok((name, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damaged_files_are_errors_not_panics() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/stanford_cars/devkit/cars_meta.mat");
+        let Ok(bytes) = std::fs::read(&path) else {
+            eprintln!("SKIP: {} is absent", path.display());
+            return;
+        };
+        let names = match parse_mat(&bytes).unwrap().remove("class_names").unwrap() {
+            MatValue::Cell { items, .. } => items,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(names.len(), 196);
+        // Truncations and byte flips anywhere: each parse returns, Ok or Err.
+        for cut in (0..bytes.len()).step_by(97) {
+            let _ = parse_mat(&bytes[..cut]);
+        }
+        let mut state = 12345u64;
+        for _ in 0..2000 {
+            let mut b = bytes.clone();
+            for _ in 0..3 {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let i = (state >> 33) as usize % b.len();
+                b[i] ^= (state >> 17) as u8 | 1;
+            }
+            let _ = parse_mat(&b);
+        }
+        // The same flips inside the uncompressed matrix reach the array parser itself.
+        let mut plain = bytes[..128].to_vec();
+        let mut inflated = Vec::new();
+        ZlibDecoder::new(&bytes[136..]).read_to_end(&mut inflated).unwrap();
+        plain.extend_from_slice(&inflated);
+        assert_eq!(parse_mat(&plain).unwrap().len(), 1);
+        for endian in [b"IM", b"MI"] {
+            plain[126..128].copy_from_slice(endian);
+            for _ in 0..3000 {
+                let mut b = plain.clone();
+                for _ in 0..2 {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let i = 128 + (state >> 33) as usize % (b.len() - 128);
+                    b[i] ^= (state >> 17) as u8 | 1;
+                }
+                let _ = parse_mat(&b);
+            }
+        }
+        // An empty body is an empty file, not an error.
+        let mut fake = vec![b' '; 128];
+        fake[126..128].copy_from_slice(b"IM");
+        assert!(parse_mat(&fake).unwrap().is_empty());
     }
 }
