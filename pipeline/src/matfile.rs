@@ -306,6 +306,17 @@ impl Reader {
 mod tests {
     use super::*;
 
+    /// Flips `n` random bytes of `b[start..]` (an LCG, so the damage is reproducible).
+    fn flip_bytes(b: &mut [u8], start: usize, n: usize, state: &mut u64) {
+        for _ in 0..n {
+            *state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let i = start + (*state >> 33) as usize % (b.len() - start);
+            b[i] ^= (*state >> 17) as u8 | 1;
+        }
+    }
+
     #[test]
     fn damaged_files_are_errors_not_panics() {
         let path =
@@ -326,13 +337,7 @@ mod tests {
         let mut state = 12345u64;
         for _ in 0..2000 {
             let mut b = bytes.clone();
-            for _ in 0..3 {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let i = (state >> 33) as usize % b.len();
-                b[i] ^= (state >> 17) as u8 | 1;
-            }
+            flip_bytes(&mut b, 0, 3, &mut state);
             let _ = parse_mat(&b);
         }
         // The same flips inside the uncompressed matrix reach the array parser itself.
@@ -345,13 +350,7 @@ mod tests {
             plain[126..128].copy_from_slice(endian);
             for _ in 0..3000 {
                 let mut b = plain.clone();
-                for _ in 0..2 {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let i = 128 + (state >> 33) as usize % (b.len() - 128);
-                    b[i] ^= (state >> 17) as u8 | 1;
-                }
+                flip_bytes(&mut b, 128, 2, &mut state);
                 let _ = parse_mat(&b);
             }
         }

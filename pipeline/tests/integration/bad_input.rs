@@ -11,6 +11,13 @@ fn list_err(adapter: &str, root: &std::path::Path, opts: &AdapterOptions) -> Str
     }
 }
 
+fn domain(name: &str) -> AdapterOptions {
+    AdapterOptions {
+        domain: Some(name.into()),
+        ..Default::default()
+    }
+}
+
 fn food_root(tmp: &std::path::Path) -> std::path::PathBuf {
     let root = tmp.join("food");
     write_file(&root.join("meta/classes.txt"), b"apple_pie\nbaklava\n");
@@ -60,14 +67,7 @@ fn missing_metadata_is_an_error_naming_the_file() {
     let err = list_err("food101", &root, &AdapterOptions::default());
     assert!(err.contains("meta/classes.txt") && err.contains("not found"), "{err}");
 
-    let err = list_err(
-        "domainnet",
-        &root,
-        &AdapterOptions {
-            domain: Some("sketch".into()),
-            ..Default::default()
-        },
-    );
+    let err = list_err("domainnet", &root, &domain("sketch"));
     assert!(err.contains("sketch_train.txt"), "{err}");
 
     let coco = tmp.path().join("coco");
@@ -90,28 +90,14 @@ fn malformed_metadata_names_file_and_line() {
         b"clipart/cat/1.jpg 0\nclipart/dog/2.jpg zero\n",
     );
     write_file(&root.join("clipart_test.txt"), b"");
-    let err = list_err(
-        "domainnet",
-        &root,
-        &AdapterOptions {
-            domain: Some("clipart".into()),
-            ..Default::default()
-        },
-    );
+    let err = list_err("domainnet", &root, &domain("clipart"));
     assert!(err.contains("clipart_train.txt:2") && err.contains("zero"), "{err}");
 
     write_file(
         &root.join("clipart_train.txt"),
         b"clipart/cat/1.jpg 0\nclipart/dog/2.jpg 0\n",
     );
-    let err = list_err(
-        "domainnet",
-        &root,
-        &AdapterOptions {
-            domain: Some("clipart".into()),
-            ..Default::default()
-        },
-    );
+    let err = list_err("domainnet", &root, &domain("clipart"));
     assert!(err.contains("was class \"cat\""), "{err}");
 
     let coco = tmp.path().join("coco");
