@@ -1,7 +1,30 @@
-//! Pre-training and fine-tuning of Vision Transformers with burn.
+//! Pre-training Vision Transformers with BEiT and SplitMask on burn, generic over the backend:
+//! `flex` (CPU) in tests and small runs, CUDA behind the `cuda` feature.
 //!
-//! The models and training loop land with the pre-training issue; the crate exists now so that
-//! the workspace's dependency direction (`trainer` -> `pipeline` -> `schemas`) is fixed from the
-//! start and the trainer reads shards through `pipeline`'s reader only.
+//! Data comes from `pipeline` (shards, image decoding, the vocabulary file), so the trainer
+//! tokenizes exactly as the pre-tokenizer does.
 
-pub use pipeline::shard::ShardReader;
+pub mod augment;
+pub mod beit;
+pub mod checkpoint;
+pub mod config;
+pub mod engine;
+pub mod init;
+pub mod loader;
+pub mod losses;
+pub mod masking;
+pub mod objective;
+pub mod optim;
+pub mod splitmask;
+pub mod targets;
+pub mod vit;
+
+/// The CPU backend (pure Rust, SIMD + rayon).
+pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend with autodiff, for training.
+pub type CpuAutodiff = burn::backend::Autodiff<CpuBackend>;
+
+#[cfg(test)]
+pub(crate) type TestBackend = CpuBackend;
+#[cfg(test)]
+pub(crate) type TestAutodiff = CpuAutodiff;

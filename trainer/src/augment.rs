@@ -1,0 +1,266 @@
+//! Image views for training and evaluation: random resized crop, horizontal flip, the paper's
+//! strong augmentation for small datasets (color jitter, grayscale, gaussian blur,
+//! solarization), the eval view (resize + center crop), and normalization to CHW floats.
+//!
+//! Every random choice comes from the RNG passed in, which the loader seeds per sample from
+//! (seed, epoch, position): a sample's view does not depend on thread scheduling.
+
+use fast_image_resize as fr;
+use image::RgbImage;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// ImageNet normalization, shared with the tokenizer (`schemas::Preprocessing::paper`).
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AugmentConfig {
+    /// Output side in pixels.
+    pub size: u32,
+    /// Share of the image area a crop covers, `[min, max]` (0.08-1 by default; the paper caps
+    /// crops at 0.25 for ADE20k).
+    pub scale: (f64, f64),
+    /// Aspect-ratio range of crops.
+    pub ratio: (f64, f64),
+    pub flip: bool,
+    /// Color jitter, grayscale, blur and solarization (the paper's small-dataset setting).
+    pub strong: bool,
+}
+
+impl AugmentConfig {
+    pub fn pretrain(size: u32, strong: bool) -> Self {
+        AugmentConfig {
+            size,
+            scale: (0.08, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            flip: true,
+            strong,
+        }
+    }
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: ten tries at a crop of random area and
+/// log-uniform aspect ratio, then a center crop with the ratio clamped. Returns (left, top,
+/// width, height).
+pub fn crop_box<R: Rng>(rng: &mut R, w: u32, h: u32, scale: (f64, f64), ratio: (f64, f64)) -> (u32, u32, u32, u32) {
+    let area = (w * h) as f64;
+    let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(scale.0..=scale.1);
+        let aspect = rng.random_range(lr0..=lr1).exp();
+        let cw = (target * aspect).sqrt().round() as u32;
+        let ch = (target / aspect).sqrt().round() as u32;
+        if cw > 0 && ch > 0 && cw <= w && ch <= h {
+            let left = rng.random_range(0..=w - cw);
+            let top = rng.random_range(0..=h - ch);
+            return (left, top, cw, ch);
+        }
+    }
+    let in_ratio = w as f64 / h as f64;
+    let (cw, ch) = if in_ratio < ratio.0 {
+        (w, ((w as f64 / ratio.0).round() as u32).min(h))
+    } else if in_ratio > ratio.1 {
+        (((h as f64 * ratio.1).round() as u32).min(w), h)
+    } else {
+        (w, h)
+    };
+    ((w - cw) / 2, (h - ch) / 2, cw, ch)
+}
+
+/// Resamples a crop of `img` to `size` x `size` (Catmull-Rom, as the pipeline's views).
+pub fn resize_crop(img: &RgbImage, crop: (f64, f64, f64, f64), size: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let src = fr::images::ImageRef::new(w, h, img.as_raw(), fr::PixelType::U8x3).expect("buffer matches dimensions");
+    let mut dst = fr::images::Image::new(size, size, fr::PixelType::U8x3);
+    let opts = fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom))
+        .crop(crop.0, crop.1, crop.2, crop.3);
+    fr::Resizer::new()
+        .resize(&src, &mut dst, &opts)
+        .expect("same pixel type");
+    RgbImage::from_raw(size, size, dst.into_vec()).expect("buffer matches dimensions")
+}
+
+/// A training view: random resized crop, flip, optional strong augmentation.
+pub fn train_view<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (l, t, cw, ch) = crop_box(rng, w, h, cfg.scale, cfg.ratio);
+    let mut view = resize_crop(img, (l as f64, t as f64, cw as f64, ch as f64), cfg.size);
+    if cfg.flip && rng.random_bool(0.5) {
+        image::imageops::flip_horizontal_in_place(&mut view);
+    }
+    if cfg.strong {
+        strong_augment(&mut view, rng);
+    }
+    view
+}
+
+/// Evaluation view: resize so the center crop of `crop_ratio` of the shorter side becomes
+/// `size` (timm's `crop_pct`, 0.875 in the paper), i.e. one resampling of that center square.
+pub fn eval_view(img: &RgbImage, size: u32, crop_ratio: f64) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let side = w.min(h) as f64 * crop_ratio;
+    resize_crop(img, ((w as f64 - side) / 2.0, (h as f64 - side) / 2.0, side, side), size)
+}
+
+/// BYOL/DINO-style strong augmentation in place: color jitter (p 0.8: brightness and
+/// contrast 0.4, saturation 0.2, in that order), grayscale (p 0.2), gaussian blur
+/// (p 0.5, sigma 0.1-2 in units of 224 px views), solarization (p 0.2). Hue jitter is left
+/// out (it needs an HSV round trip for a small effect).
+pub fn strong_augment<R: Rng>(view: &mut RgbImage, rng: &mut R) {
+    let mut px: Vec<f32> = view.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
+    let gray = |p: &[f32]| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+    if rng.random_bool(0.8) {
+        let b = rng.random_range(0.6..=1.4f32);
+        let c = rng.random_range(0.6..=1.4f32);
+        let s = rng.random_range(0.8..=1.2f32);
+        px.iter_mut().for_each(|v| *v = (*v * b).clamp(0.0, 1.0));
+        let mean = px.chunks(3).map(gray).sum::<f32>() / (px.len() / 3) as f32;
+        px.iter_mut().for_each(|v| *v = ((*v - mean) * c + mean).clamp(0.0, 1.0));
+        for p in px.chunks_mut(3) {
+            let g = gray(p);
+            p.iter_mut().for_each(|v| *v = ((*v - g) * s + g).clamp(0.0, 1.0));
+        }
+    }
+    if rng.random_bool(0.2) {
+        for p in px.chunks_mut(3) {
+            let g = gray(p);
+            p.fill(g);
+        }
+    }
+    let (w, h) = view.dimensions();
+    if rng.random_bool(0.5) {
+        let sigma = rng.random_range(0.1..=2.0f32) * w as f32 / 224.0;
+        gaussian_blur(&mut px, w as usize, h as usize, sigma);
+    }
+    if rng.random_bool(0.2) {
+        px.iter_mut().for_each(|v| {
+            if *v >= 0.5 {
+                *v = 1.0 - *v
+            }
+        });
+    }
+    for (o, v) in view.iter_mut().zip(px) {
+        *o = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// Separable gaussian blur of an interleaved RGB float image (edges clamped).
+fn gaussian_blur(px: &mut [f32], w: usize, h: usize, sigma: f32) {
+    let radius = (3.0 * sigma).ceil().max(1.0) as isize;
+    let kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = kernel.iter().sum();
+    let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
+    let mut tmp = vec![0f32; px.len()];
+    let pass = |src: &[f32], dst: &mut [f32], horizontal: bool| {
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    let mut acc = 0.0;
+                    for (k, wk) in kernel.iter().enumerate() {
+                        let o = k as isize - radius;
+                        let (sx, sy) = if horizontal {
+                            ((x as isize + o).clamp(0, w as isize - 1) as usize, y)
+                        } else {
+                            (x, (y as isize + o).clamp(0, h as isize - 1) as usize)
+                        };
+                        acc += wk * src[(sy * w + sx) * 3 + c];
+                    }
+                    dst[(y * w + x) * 3 + c] = acc;
+                }
+            }
+        }
+    };
+    pass(px, &mut tmp, true);
+    pass(&tmp, px, false);
+}
+
+/// Normalized CHW floats of a view, appended to `out`.
+pub fn to_chw(view: &RgbImage, out: &mut Vec<f32>) {
+    let (w, h) = view.dimensions();
+    let raw = view.as_raw();
+    let n = (w * h) as usize;
+    out.reserve(3 * n);
+    for c in 0..3 {
+        let (m, s) = (MEAN[c], STD[c]);
+        out.extend((0..n).map(|i| (raw[i * 3 + c] as f32 / 255.0 - m) / s));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn crops_stay_inside_and_respect_scale() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        for (w, h) in [(256, 256), (300, 120), (64, 500)] {
+            for _ in 0..500 {
+                let (l, t, cw, ch) = crop_box(&mut rng, w, h, (0.08, 0.25), (0.75, 4.0 / 3.0));
+                assert!(l + cw <= w && t + ch <= h && cw > 0 && ch > 0);
+                let share = (cw * ch) as f64 / (w * h) as f64;
+                // The fallback center crop can exceed the cap on extreme aspect ratios only.
+                if (w, h) == (256, 256) {
+                    assert!((0.06..=0.27).contains(&share), "{share}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn eval_view_of_a_centered_square_is_the_square() {
+        // A 100x100 white square centered in a 200x200 black image; crop ratio 0.5 keeps only it.
+        let img = RgbImage::from_fn(200, 200, |x, y| {
+            let inside = (50..150).contains(&x) && (50..150).contains(&y);
+            image::Rgb(if inside { [255; 3] } else { [0; 3] })
+        });
+        let v = eval_view(&img, 32, 0.5);
+        // The resampling kernel reaches one source pixel past the crop: skip a 1 px border.
+        let inner = v.enumerate_pixels().filter(|(x, y, _)| (1..31).contains(x) && (1..31).contains(y));
+        assert!(inner.clone().all(|(_, _, p)| p.0[0] > 250), "only the white square is left");
+        assert_eq!(inner.count(), 30 * 30);
+    }
+
+    #[test]
+    fn strong_augmentation_is_seeded_and_changes_pixels() {
+        let img = RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 100]));
+        let run = |seed| {
+            let mut v = img.clone();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            for _ in 0..3 {
+                strong_augment(&mut v, &mut rng);
+            }
+            v
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), img);
+        assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn blur_keeps_constants_and_mass() {
+        let mut flat = vec![0.3f32; 8 * 8 * 3];
+        gaussian_blur(&mut flat, 8, 8, 1.5);
+        assert!(flat.iter().all(|v| (v - 0.3).abs() < 1e-6));
+        let mut dot = vec![0f32; 9 * 9 * 3];
+        dot[(4 * 9 + 4) * 3] = 1.0;
+        gaussian_blur(&mut dot, 9, 9, 1.0);
+        let sum: f32 = dot.iter().step_by(3).sum();
+        assert!((sum - 1.0).abs() < 1e-3 && dot[(4 * 9 + 4) * 3] < 0.5);
+    }
+
+    #[test]
+    fn chw_normalization() {
+        let v = RgbImage::from_pixel(2, 1, image::Rgb([255, 0, 128]));
+        let mut out = Vec::new();
+        to_chw(&v, &mut out);
+        assert_eq!(out.len(), 6);
+        assert!((out[0] - (1.0 - MEAN[0]) / STD[0]).abs() < 1e-6);
+        assert!((out[2] - (0.0 - MEAN[1]) / STD[1]).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,128 @@
+//! BEiT pre-training: masked patches are replaced by a learned mask token inside the encoder,
+//! and a linear head predicts the visual tokens of the masked positions.
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+use rand::Rng;
+
+use crate::init::{linear, param, trunc_normal};
+use crate::losses::token_cross_entropy;
+use crate::objective::{Masks, MimBatch, MimOutput, Objective};
+use crate::vit::{gather_tokens, Vit, VitConfig};
+
+#[derive(Module, Debug)]
+pub struct Beit<B: Backend> {
+    pub encoder: Vit<B>,
+    /// `[1, 1, dim]`
+    pub mask_token: Param<Tensor<B, 3>>,
+    /// `[dim, vocab]`
+    pub head: Linear<B>,
+}
+
+impl<B: Backend> Beit<B> {
+    pub fn new<R: Rng>(vit: &VitConfig, vocab: usize, rng: &mut R, device: &B::Device) -> Self {
+        Beit {
+            encoder: vit.init(rng, device),
+            mask_token: param(trunc_normal(rng, vit.dim, 0.02), [1, 1, vit.dim], device),
+            head: linear(rng, vit.dim, vocab, 1.0, device),
+        }
+    }
+}
+
+impl<B: Backend> Objective<B> for Beit<B> {
+    fn encoder(&self) -> &Vit<B> {
+        &self.encoder
+    }
+
+    /// # Shapes
+    /// - batch.images: `[batch, 3, height, width]`
+    /// - batch.targets: `[batch, patches]`
+    /// - masks: `Masks::Masked` (`[batch, m]` positions and their `[batch, patches, 1]` weights)
+    fn forward(&self, batch: &MimBatch<B>, train: bool) -> MimOutput<B> {
+        let Masks::Masked { index, weight } = &batch.masks else {
+            panic!("BEiT trains on Masks::Masked, the engine drew split masks");
+        };
+        let enc = &self.encoder;
+        let x = enc.patch_embed.forward(batch.images.clone()); // [batch, patches, dim]
+        let w = weight.clone();
+        let x = x * (w.clone().neg() + 1.0) + self.mask_token.val() * w + enc.patch_pos();
+        let h = enc.encode(x, train);
+        let [b, n1, d] = h.dims();
+        let h = h.slice([0..b, 1..n1, 0..d]); // [batch, patches, dim]
+        let [_, m] = index.dims();
+        let logits = self.head.forward(gather_tokens(h, index.clone())); // [batch, m, vocab]
+        let vocab = logits.dims()[2];
+        let logits = logits.reshape([b * m, vocab]);
+        let targets = batch.targets.clone().gather(1, index.clone()).reshape([b * m]);
+        let mim = token_cross_entropy(logits.clone(), targets.clone());
+        MimOutput::new(mim.clone(), mim, None, &logits, &targets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::{draw_mask, MaskSpec};
+    use crate::optim::{AdamW, AdamWSettings};
+    use crate::{TestAutodiff, TestBackend};
+    use burn::optim::GradientsParams;
+    use burn::tensor::Distribution;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn tiny() -> VitConfig {
+        VitConfig::cpu_tiny()
+            .with_image_size(32)
+            .with_dim(32)
+            .with_depth(2)
+            .with_heads(2)
+            .with_drop_path(0.0)
+    }
+
+    fn batch<B: Backend>(b: usize, vocab: usize, device: &B::Device) -> MimBatch<B> {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        B::seed(device, 3);
+        let masks: Vec<_> = (0..b).map(|_| draw_mask(&mut rng, 4, 4, 6, MaskSpec::Uniform)).collect();
+        MimBatch {
+            images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
+            targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
+            masks: Masks::masked(&masks, device),
+        }
+    }
+
+    #[test]
+    fn masked_positions_see_only_the_mask_token() {
+        // Changing the pixels of a masked patch must not change the loss: the encoder sees the
+        // mask token there.
+        let device = Default::default();
+        let model = Beit::<TestBackend>::new(&tiny(), 64, &mut ChaCha8Rng::seed_from_u64(0), &device);
+        let b = batch::<TestBackend>(2, 64, &device);
+        let Masks::Masked { index, .. } = &b.masks else { unreachable!() };
+        let first: Vec<i64> = index.clone().into_data().iter::<i64>().collect();
+        let (gy, gx) = (first[0] as usize / 4, first[0] as usize % 4);
+        let before = model.forward(&b, false).loss.into_scalar();
+        let mut changed = b.clone();
+        let patch = Tensor::<TestBackend, 4>::ones([1, 3, 8, 8], &device) * 5.0;
+        changed.images = changed.images.slice_assign([0..1, 0..3, gy * 8..gy * 8 + 8, gx * 8..gx * 8 + 8], patch);
+        let after = model.forward(&changed, false).loss.into_scalar();
+        assert!((before - after).abs() < 1e-6, "{before} vs {after}");
+        assert!((before - 64f32.ln()).abs() < 0.5);
+    }
+
+    #[test]
+    fn overfits_one_batch() {
+        let device = Default::default();
+        let mut model = Beit::<TestAutodiff>::new(&tiny(), 32, &mut ChaCha8Rng::seed_from_u64(0), &device);
+        let batch = batch::<TestAutodiff>(4, 32, &device);
+        let mut opt = AdamW::<TestAutodiff>::new(AdamWSettings::default());
+        let mut losses = Vec::new();
+        for _ in 0..60 {
+            let out = model.forward(&batch, true);
+            losses.push(out.loss.clone().into_scalar());
+            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);
+        }
+        assert!(losses[59] < losses[0] * 0.3, "{losses:?}");
+    }
+}

@@ -1,0 +1,347 @@
+//! Pre-training configuration: command-line arguments, resolved once (dataset recipe, presets,
+//! learning-rate scaling, schedule length) into a `PretrainConfig` that is printed, written to
+//! the run folder and never changed afterwards.
+
+use std::path::{Path, PathBuf};
+
+use pipeline::recipe::Recipe;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::AugmentConfig;
+use crate::masking::MaskSpec;
+use crate::objective::Method;
+use crate::optim::AdamWSettings;
+use crate::splitmask::SplitMaskConfig;
+use crate::vit::VitConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--{field} {value:?}: {message}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::PipelineError),
+    #[error("{path}: {message}")]
+    RunFolder { path: PathBuf, message: String },
+}
+
+fn invalid(field: &'static str, value: impl ToString, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        message: message.into(),
+    }
+}
+
+/// `trainer pretrain` arguments; unset ones come from the dataset recipe and the paper.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PretrainArgs {
+    /// Prepared dataset folder (output of `pipeline prepare`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Vocabulary file (`pipeline vocab build`).
+    #[arg(long)]
+    pub vocab: PathBuf,
+    #[arg(long, value_enum, default_value = "splitmask")]
+    pub method: Method,
+    /// ViT preset: tiny, small, base, cpu-tiny, cpu-small.
+    #[arg(long, default_value = "small")]
+    pub model: String,
+    /// Run folder (config, metrics.jsonl, checkpoints).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Recipe folder, for the dataset's default epochs and small-dataset setting.
+    #[arg(long, default_value = "datasets")]
+    pub recipes: PathBuf,
+    /// Micro-batch size per step.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Micro-batches accumulated per update (effective batch = batch_size * accum).
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    /// Epochs (default: the recipe's, i.e. the paper's rule).
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Cap on the number of updates (the schedule is fitted to it).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Stop after this many updates without changing the schedule (resume later).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Learning rate at an effective batch of 2048 (scaled linearly).
+    #[arg(long, default_value_t = 1.5e-3)]
+    pub blr: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    pub min_lr: f64,
+    /// Warmup epochs (BEiT: 10), converted to updates.
+    #[arg(long, default_value_t = 10.0)]
+    pub warmup_epochs: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 disables.
+    #[arg(long, default_value_t = 3.0)]
+    pub clip_grad: f64,
+    /// Share of patches masked for BEiT (0.4 = ~75 of 196).
+    #[arg(long)]
+    pub mask_ratio: Option<f64>,
+    /// block | uniform (default: uniform for small datasets, block otherwise).
+    #[arg(long)]
+    pub masking: Option<String>,
+    /// Strong augmentation on/off (default: on for small datasets).
+    #[arg(long)]
+    pub strong_aug: Option<bool>,
+    /// Upper bound of the random-resized-crop area (the paper uses 0.25 for ADE20k).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_crop_scale: f64,
+    /// Drop path rate (default: the preset's).
+    #[arg(long)]
+    pub drop_path: Option<f64>,
+    /// Use only the first N training images (quick runs).
+    #[arg(long)]
+    pub limit_images: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Batches decoded ahead of the device.
+    #[arg(long, default_value_t = 4)]
+    pub prefetch: usize,
+    #[arg(long, default_value_t = 20)]
+    pub log_every: u64,
+    /// Updates between checkpoints (the last one is always written).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Non-finite updates in a row before rolling back to the last checkpoint.
+    #[arg(long, default_value_t = 3)]
+    pub max_bad_steps: u32,
+}
+
+/// The resolved configuration of a pre-training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainConfig {
+    pub data: PathBuf,
+    pub dataset: String,
+    pub vocab: PathBuf,
+    pub vocab_sha256: String,
+    pub vocab_size: usize,
+    pub method: Method,
+    pub model: String,
+    pub vit: VitConfig,
+    pub splitmask: SplitMaskConfig,
+    pub masking: MaskSpec,
+    /// Masked patches per image (BEiT) or half the grid (SplitMask).
+    pub mask_count: usize,
+    pub train_images: usize,
+    pub batch_size: usize,
+    pub accum: usize,
+    pub epochs: u64,
+    pub steps_per_epoch: u64,
+    pub total_steps: u64,
+    pub stop_after: Option<u64>,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub adamw: AdamWSettings,
+    pub clip_grad: Option<f64>,
+    pub augment: AugmentConfig,
+    pub limit_images: Option<usize>,
+    pub seed: u64,
+    pub prefetch: usize,
+    pub log_every: u64,
+    pub checkpoint_every: u64,
+    pub max_bad_steps: u32,
+    pub out: PathBuf,
+}
+
+pub const CONFIG_FILE: &str = "config.json";
+
+impl PretrainArgs {
+    /// Resolves against the dataset (its manifest and recipe) and the vocabulary.
+    pub fn resolve(&self) -> Result<PretrainConfig, ConfigError> {
+        let mut vit = VitConfig::preset(&self.model).ok_or_else(|| {
+            invalid(
+                "model",
+                &self.model,
+                format!("unknown preset (known: {})", VitConfig::PRESETS.join(", ")),
+            )
+        })?;
+        if let Some(d) = self.drop_path {
+            vit = vit.with_drop_path(d);
+        }
+        vit.validate().map_err(|m| invalid("model", &self.model, m))?;
+        let manifest = pipeline::prepare::load_manifest(&self.data)?;
+        let (vocab, vocab_sha256) = pipeline::tokenizer::Vocabulary::load(&self.vocab)?;
+        let recipe = Recipe::load(&self.recipes, &manifest.dataset).ok();
+        let small = recipe.as_ref().is_some_and(|r| r.pretrain.small_dataset);
+        let train = manifest.splits.get("train").map(|s| s.images as usize).unwrap_or(0);
+        let train_images = self.limit_images.map_or(train, |l| l.min(train));
+        if self.batch_size == 0 || self.accum == 0 {
+            return Err(invalid("batch-size", self.batch_size, "batch size and --accum must be positive"));
+        }
+        if train_images < self.batch_size {
+            return Err(invalid(
+                "batch-size",
+                self.batch_size,
+                format!("larger than the {train_images} train images of {}", self.data.display()),
+            ));
+        }
+        let epochs = match (self.epochs, &recipe) {
+            (Some(e), _) => e,
+            (None, Some(r)) => r.pretrain.epochs as u64,
+            (None, None) => pipeline::recipe::paper_epochs(train_images as u64) as u64,
+        };
+        let steps_per_epoch = (train_images / (self.batch_size * self.accum)).max(1) as u64;
+        let mut total_steps = epochs * steps_per_epoch;
+        if let Some(m) = self.max_steps {
+            total_steps = total_steps.min(m);
+        }
+        if total_steps == 0 {
+            return Err(invalid("epochs", epochs, "the schedule has no updates"));
+        }
+        let n = vit.num_patches();
+        let masking = match self.masking.as_deref() {
+            Some("block") => MaskSpec::block_for_grid(n),
+            Some("uniform") => MaskSpec::Uniform,
+            None if small => MaskSpec::Uniform,
+            None => MaskSpec::block_for_grid(n),
+            Some(other) => return Err(invalid("masking", other, "expected block or uniform")),
+        };
+        let ratio = self.mask_ratio.unwrap_or(if small { 0.75 } else { 0.4 });
+        if !(0.0..1.0).contains(&ratio) || ratio == 0.0 {
+            return Err(invalid("mask-ratio", ratio, "must be in (0, 1)"));
+        }
+        let mask_count = match self.method {
+            Method::Beit => ((n as f64 * ratio).round() as usize).clamp(1, n - 1),
+            Method::Splitmask => {
+                if self.mask_ratio.is_some_and(|r| r != 0.5) {
+                    return Err(invalid("mask-ratio", ratio, "SplitMask always splits 50/50"));
+                }
+                if n % 2 != 0 {
+                    return Err(invalid("model", &self.model, format!("SplitMask needs an even patch count, got {n}")));
+                }
+                n / 2
+            }
+        };
+        let grid_check = vit.patch_size % vocab.header.preprocessing.patch_size as usize;
+        if grid_check != 0 {
+            return Err(invalid(
+                "vocab",
+                self.vocab.display(),
+                format!(
+                    "{} px token patches do not tile the ViT's {} px patches",
+                    vocab.header.preprocessing.patch_size, vit.patch_size
+                ),
+            ));
+        }
+        let effective = (self.batch_size * self.accum) as f64;
+        let warmup_steps = ((self.warmup_epochs * steps_per_epoch as f64).round() as u64).min(total_steps / 2);
+        if !(self.max_crop_scale > 0.08 && self.max_crop_scale <= 1.0) {
+            return Err(invalid("max-crop-scale", self.max_crop_scale, "must be in (0.08, 1]"));
+        }
+        let mut augment = AugmentConfig::pretrain(vit.image_size as u32, self.strong_aug.unwrap_or(small));
+        augment.scale.1 = self.max_crop_scale;
+        Ok(PretrainConfig {
+            data: self.data.clone(),
+            dataset: manifest.dataset.clone(),
+            vocab: self.vocab.clone(),
+            vocab_sha256,
+            vocab_size: vocab.header.size,
+            method: self.method,
+            model: self.model.clone(),
+            vit,
+            splitmask: SplitMaskConfig::new(),
+            masking,
+            mask_count,
+            train_images,
+            batch_size: self.batch_size,
+            accum: self.accum,
+            epochs,
+            steps_per_epoch,
+            total_steps,
+            stop_after: self.stop_after,
+            lr: self.blr * effective / 2048.0,
+            min_lr: self.min_lr,
+            warmup_steps,
+            adamw: AdamWSettings {
+                weight_decay: self.weight_decay,
+                ..Default::default()
+            },
+            clip_grad: (self.clip_grad > 0.0).then_some(self.clip_grad),
+            augment,
+            limit_images: self.limit_images,
+            seed: self.seed,
+            prefetch: self.prefetch,
+            log_every: self.log_every.max(1),
+            checkpoint_every: self.checkpoint_every.max(1),
+            max_bad_steps: self.max_bad_steps.max(1),
+            out: self.out.clone(),
+        })
+    }
+}
+
+impl PretrainConfig {
+    /// Writes `config.json` into a new run folder, or checks that a resumed run's folder was
+    /// written by the same configuration (apart from when to stop).
+    pub fn prepare_run_folder(&self, resume: bool) -> Result<(), ConfigError> {
+        let path = self.out.join(CONFIG_FILE);
+        let folder_err = |message: String| ConfigError::RunFolder {
+            path: path.clone(),
+            message,
+        };
+        if resume {
+            let text = std::fs::read_to_string(&path).map_err(|e| folder_err(format!("cannot resume: {e}")))?;
+            let old: PretrainConfig = serde_json::from_str(&text).map_err(|e| folder_err(e.to_string()))?;
+            let mut a = old.clone();
+            a.stop_after = self.stop_after;
+            if a != *self {
+                let diff = diff_fields(&old, self);
+                return Err(folder_err(format!(
+                    "the run was started with a different configuration ({diff}); start a new --out"
+                )));
+            }
+            return Ok(());
+        }
+        if path.exists() {
+            return Err(folder_err("already holds a run: pass --resume or choose a new --out".into()));
+        }
+        std::fs::create_dir_all(&self.out).map_err(|e| folder_err(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).expect("serializable");
+        pipeline::shard::write_atomic(&path, text.as_bytes()).map_err(|e| folder_err(e.to_string()))
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.out.join("checkpoint.safetensors")
+    }
+
+    pub fn metrics_path(&self) -> PathBuf {
+        self.out.join("metrics.jsonl")
+    }
+}
+
+/// Names of the top-level fields that differ between two configs.
+fn diff_fields(a: &PretrainConfig, b: &PretrainConfig) -> String {
+    let (a, b) = (serde_json::to_value(a).unwrap(), serde_json::to_value(b).unwrap());
+    let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v) && k.as_str() != "stop_after")
+        .map(|(k, _)| k.clone())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The run folder of a config file, for commands that read a finished run.
+pub fn load_config(run: &Path) -> Result<PretrainConfig, ConfigError> {
+    let path = run.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::RunFolder {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ConfigError::RunFolder {
+        path,
+        message: e.to_string(),
+    })
+}

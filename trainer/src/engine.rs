@@ -1,0 +1,396 @@
+//! The pre-training loop: batches from the loader, targets tokenized on the device, masks
+//! drawn per step, gradient accumulation, global-norm clipping, AdamW on a warmup + cosine
+//! schedule, metrics.jsonl, atomic checkpoints and resume.
+//!
+//! Determinism: the model is a function of the seed; batch `i` is a function of (seed, i); the
+//! masks and the backend RNG (drop path) of update `t` are seeded from (seed, t). A resumed run
+//! therefore continues with the same losses as an uninterrupted one.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::beit::Beit;
+use crate::checkpoint::{
+    load_params, load_tensors, moment_entries, named_params, save_tensors, split_moments, CheckpointError, NamedTensors,
+    STATE_KEY,
+};
+use crate::config::PretrainConfig;
+use crate::loader::{mix, DataError, HostBatch, ImageSet, Loader};
+use crate::masking::{draw_mask, draw_split};
+use crate::objective::{Masks, Method, MimBatch, Objective};
+use crate::optim::{accumulate, clip_scale, global_grad_norm, AdamW, CosineSchedule, Moments};
+use crate::splitmask::SplitMask;
+use crate::targets::{DeviceTokenizer, TargetError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Targets(#[from] TargetError),
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::PipelineError),
+    #[error("{path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    BadCheckpoint { path: std::path::PathBuf, message: String },
+    #[error("{0} non-finite updates in a row and no checkpoint to roll back to (lower the learning rate)")]
+    Diverged(u32),
+}
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Updates done.
+    pub step: u64,
+    /// Optimizer updates taken (differs from `step` by the skipped non-finite ones).
+    pub optimizer_steps: u64,
+    pub skipped_steps: u64,
+    pub rollbacks: u64,
+}
+
+/// One line of metrics.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsLine {
+    pub step: u64,
+    pub epoch: f64,
+    pub loss: f64,
+    pub mim: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nce: Option<f64>,
+    pub mim_accuracy: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub images_per_s: f64,
+    /// Seconds of the logging window spent waiting for the loader.
+    pub data_wait_s: f64,
+    pub skipped_steps: u64,
+}
+
+/// Summary of a finished (or stopped) run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub steps: u64,
+    pub last: Option<MetricsLine>,
+    pub seconds: f64,
+    pub images_per_s: f64,
+}
+
+/// Runs (or resumes) pre-training as configured. `progress` draws a progress bar.
+pub fn pretrain<B: AutodiffBackend>(
+    cfg: &PretrainConfig,
+    resume: bool,
+    device: &B::Device,
+    progress: bool,
+) -> Result<RunSummary, TrainError> {
+    cfg.prepare_run_folder(resume)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    match cfg.method {
+        Method::Beit => {
+            let model = Beit::<B>::new(&cfg.vit, cfg.vocab_size, &mut rng, device);
+            run(cfg, model, resume, device, progress)
+        }
+        Method::Splitmask => {
+            let model = SplitMask::<B>::new(&cfg.vit, &cfg.splitmask, cfg.vocab_size, &mut rng, device);
+            run(cfg, model, resume, device, progress)
+        }
+    }
+}
+
+/// The device batch of a host batch: images, their tokens, and the step's masks.
+pub fn device_batch<B: Backend>(
+    cfg: &PretrainConfig,
+    tokenizer: &DeviceTokenizer<B>,
+    host: &HostBatch,
+    mask_seed: u64,
+    device: &B::Device,
+) -> MimBatch<B> {
+    let (b, s) = (host.len(), host.size);
+    let images = Tensor::<B, 4>::from_data(TensorData::new(host.images.clone(), [b, 3, s, s]), device);
+    let targets = tokenizer.tokens(images.clone());
+    let g = cfg.vit.grid();
+    let mut rng = ChaCha8Rng::seed_from_u64(mask_seed);
+    let masks = match cfg.method {
+        Method::Beit => {
+            let m: Vec<Vec<bool>> = (0..b)
+                .map(|_| draw_mask(&mut rng, g, g, cfg.mask_count, cfg.masking))
+                .collect();
+            Masks::masked(&m, device)
+        }
+        Method::Splitmask => {
+            let h: Vec<_> = (0..b).map(|_| draw_split(&mut rng, g, g, cfg.masking)).collect();
+            Masks::split(&h, device)
+        }
+    };
+    MimBatch {
+        images,
+        targets,
+        masks,
+    }
+}
+
+struct Logged {
+    loss: f64,
+    mim: f64,
+    nce: Option<f64>,
+    accuracy: f64,
+}
+
+fn run<B, M>(cfg: &PretrainConfig, model: M, resume: bool, device: &B::Device, progress: bool) -> Result<RunSummary, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Objective<B>,
+{
+    let (vocab, _) = pipeline::tokenizer::Vocabulary::load(&cfg.vocab)?;
+    let tokenizer = DeviceTokenizer::<B>::new(&vocab, cfg.vit.patch_size, device)?;
+    let mut set = ImageSet::load(&cfg.data, "train")?;
+    if let Some(n) = cfg.limit_images {
+        set = set.truncate(n);
+    }
+    let set = Arc::new(set);
+    let schedule = CosineSchedule {
+        base: cfg.lr,
+        min: cfg.min_lr,
+        warmup: cfg.warmup_steps,
+        total: cfg.total_steps,
+    };
+    let mut opt = AdamW::<B>::new(cfg.adamw);
+    let mut model = model;
+    let mut state = TrainState {
+        step: 0,
+        optimizer_steps: 0,
+        skipped_steps: 0,
+        rollbacks: 0,
+    };
+    let ckpt = cfg.checkpoint_path();
+    if resume && ckpt.exists() {
+        (model, state) = load_checkpoint(cfg, model, &mut opt, device)?;
+    }
+    let end = cfg.stop_after.map_or(cfg.total_steps, |s| s.min(cfg.total_steps));
+    let mut loader = Loader::spawn(
+        set.clone(),
+        cfg.augment,
+        cfg.batch_size,
+        cfg.seed,
+        state.step * cfg.accum as u64,
+        cfg.prefetch,
+    )?;
+    let metrics_path = cfg.metrics_path();
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|source| TrainError::Io {
+            path: metrics_path.clone(),
+            source,
+        })?;
+    let bar = progress_bar(progress, cfg.total_steps, state.step);
+    let started = Instant::now();
+    let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
+    let mut bad_in_row = 0u32;
+    let mut last_line = None;
+    let mut images_done = 0usize;
+    while state.step < end {
+        let step = state.step;
+        B::seed(device, mix(cfg.seed, step, 1));
+        let mut grads: Option<GradientsParams> = None;
+        let mut logged = None;
+        let log_now = (step + 1) % cfg.log_every == 0 || step + 1 == end;
+        let mut epoch = 0;
+        for micro in 0..cfg.accum as u64 {
+            let t0 = Instant::now();
+            let host = loader.next_batch()?;
+            window_wait += t0.elapsed().as_secs_f64();
+            epoch = host.epoch;
+            let index = step * cfg.accum as u64 + micro;
+            debug_assert_eq!(host.index, index);
+            let batch = device_batch::<B>(cfg, &tokenizer, &host, mix(cfg.seed, index, 2), device);
+            let out = model.forward(&batch, true);
+            if log_now && micro == 0 {
+                logged = Some(Logged {
+                    loss: out.loss.clone().into_scalar().elem::<f64>(),
+                    mim: out.mim.clone().into_scalar().elem::<f64>(),
+                    nce: out.nce.clone().map(|t| t.into_scalar().elem::<f64>()),
+                    accuracy: out.accuracy.clone().into_scalar().elem::<f64>(),
+                });
+            }
+            let g = GradientsParams::from_grads(out.loss.backward(), &model);
+            grads = Some(match grads {
+                Some(acc) => accumulate::<B, M>(&model, acc, g),
+                None => g,
+            });
+            window_images += host.len();
+            images_done += host.len();
+        }
+        let mut grads = grads.expect("accum >= 1");
+        let k = cfg.accum as f64;
+        let norm = global_grad_norm::<B, M>(&model, &grads) / k;
+        let lr = schedule.lr(step);
+        if norm.is_finite() {
+            let scale = clip_scale(norm, cfg.clip_grad) / k;
+            model = opt.step(model, &mut grads, lr, scale, &|_| 1.0);
+            state.optimizer_steps += 1;
+            bad_in_row = 0;
+        } else {
+            state.skipped_steps += 1;
+            bad_in_row += 1;
+            if bad_in_row >= cfg.max_bad_steps {
+                if !ckpt.exists() {
+                    return Err(TrainError::Diverged(bad_in_row));
+                }
+                let skipped = state.skipped_steps;
+                let rollbacks = state.rollbacks + 1;
+                (model, state) = load_checkpoint(cfg, model, &mut opt, device)?;
+                state.skipped_steps = skipped;
+                state.rollbacks = rollbacks;
+                bar.println(format!(
+                    "{bad_in_row} non-finite updates in a row at step {step}: rolled back to step {}",
+                    state.step
+                ));
+                // The rolled-back steps are redrawn with other masks and drop paths.
+                bad_in_row = 0;
+                drop(loader);
+                loader = Loader::spawn(
+                    set.clone(),
+                    cfg.augment,
+                    cfg.batch_size,
+                    mix(cfg.seed, rollbacks, 3),
+                    state.step * cfg.accum as u64,
+                    cfg.prefetch,
+                )?;
+                continue;
+            }
+        }
+        state.step += 1;
+        bar.inc(1);
+        if let Some(l) = logged {
+            let secs = window_start.elapsed().as_secs_f64();
+            let line = MetricsLine {
+                step: state.step,
+                epoch: epoch as f64 + (step % cfg.steps_per_epoch.max(1)) as f64 / cfg.steps_per_epoch as f64,
+                loss: l.loss,
+                mim: l.mim,
+                nce: l.nce,
+                mim_accuracy: l.accuracy,
+                lr,
+                grad_norm: norm,
+                images_per_s: window_images as f64 / secs.max(1e-9),
+                data_wait_s: window_wait,
+                skipped_steps: state.skipped_steps,
+            };
+            let json = serde_json::to_string(&line).expect("serializable");
+            writeln!(metrics, "{json}").map_err(|source| TrainError::Io {
+                path: metrics_path.clone(),
+                source,
+            })?;
+            bar.set_message(format!(
+                "loss {:.3} mim {:.3}{} acc {:.3} {:.0} img/s",
+                line.loss,
+                line.mim,
+                line.nce.map(|n| format!(" nce {n:.3}")).unwrap_or_default(),
+                line.mim_accuracy,
+                line.images_per_s
+            ));
+            last_line = Some(line);
+            (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
+        }
+        if state.step % cfg.checkpoint_every == 0 || state.step == end {
+            save_checkpoint(cfg, &model, &opt, &state)?;
+        }
+    }
+    bar.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(RunSummary {
+        steps: state.step,
+        last: last_line,
+        seconds,
+        images_per_s: images_done as f64 / seconds.max(1e-9),
+    })
+}
+
+fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(at);
+    bar
+}
+
+/// Writes model, optimizer moments and state to the run's checkpoint (atomically).
+pub fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
+    cfg: &PretrainConfig,
+    model: &M,
+    opt: &AdamW<B>,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let mut tensors = named_params(model);
+    let host = |t: &Tensor<B::InnerBackend, 1>| (t.dims().to_vec(), t.clone().into_data().iter::<f32>().collect());
+    let m: NamedTensors = opt.moments.iter().map(|(k, mo)| (k.clone(), host(&mo.m))).collect();
+    let v: NamedTensors = opt.moments.iter().map(|(k, mo)| (k.clone(), host(&mo.v))).collect();
+    tensors.extend(moment_entries(m, v));
+    let mut meta = HashMap::new();
+    meta.insert(STATE_KEY.to_string(), serde_json::to_string(state).expect("serializable"));
+    meta.insert("splitmask.config".to_string(), serde_json::to_string(cfg).expect("serializable"));
+    save_tensors(&cfg.checkpoint_path(), &tensors, Some(meta))?;
+    Ok(())
+}
+
+/// Restores model, optimizer and state from the run's checkpoint.
+pub fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
+    cfg: &PretrainConfig,
+    model: M,
+    opt: &mut AdamW<B>,
+    device: &B::Device,
+) -> Result<(M, TrainState), TrainError> {
+    let path = cfg.checkpoint_path();
+    let (all, meta) = load_tensors(&path)?;
+    let state: TrainState = meta
+        .get(STATE_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| TrainError::BadCheckpoint {
+            path: path.clone(),
+            message: format!("no {STATE_KEY} in the header"),
+        })?;
+    let (params, m, v) = split_moments(all);
+    let (model, unexpected) = load_params(model, &params, &|_| false, &path, device)?;
+    if !unexpected.is_empty() {
+        return Err(CheckpointError::Unexpected { path, unexpected }.into());
+    }
+    opt.moments.clear();
+    for (k, (shape, mv)) in m {
+        let (_, vv) = v.get(&k).ok_or_else(|| TrainError::BadCheckpoint {
+            path: path.clone(),
+            message: format!("optimizer moment v of {k:?} missing"),
+        })?;
+        let n: usize = shape.iter().product();
+        opt.moments.insert(
+            k,
+            Moments {
+                m: Tensor::from_data(TensorData::new(mv, [n]), device),
+                v: Tensor::from_data(TensorData::new(vv.clone(), [n]), device),
+            },
+        );
+    }
+    opt.step = state.optimizer_steps;
+    Ok((model, state))
+}

@@ -1,0 +1,294 @@
+//! Training data: the rows of one split of a prepared dataset, read from its Parquet shards
+//! into RAM as encoded bytes (a few tens of KB per image at the prepared size), decoded and
+//! augmented by a pool of threads a few batches ahead of the device.
+//!
+//! The order is a pure function of (seed, epoch): batch `i` of the run is batch `i % per_epoch`
+//! of epoch `i / per_epoch`, so a resumed run starts exactly where the checkpoint stopped.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use image::RgbImage;
+use pipeline::shard::ShardReader;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::augment::{eval_view, to_chw, train_view, AugmentConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::PipelineError),
+    #[error("{dir}: the manifest lists no {split:?} shards (splits: {available:?})")]
+    NoSplit {
+        dir: PathBuf,
+        split: String,
+        available: Vec<String>,
+    },
+    #[error("{shard}: row {id:?} does not decode: {reason}")]
+    Decode { shard: String, id: String, reason: String },
+    #[error("{dir}: split {split:?} has {rows} images, fewer than one batch of {batch}")]
+    TooSmall {
+        dir: PathBuf,
+        split: String,
+        rows: usize,
+        batch: usize,
+    },
+}
+
+/// One image of a split.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub id: String,
+    pub label: i32,
+    pub bytes: Vec<u8>,
+    /// The shard it came from, for error messages.
+    pub shard: Arc<str>,
+}
+
+/// All rows of one split, in manifest order.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    pub dir: PathBuf,
+    pub split: String,
+    pub samples: Vec<Sample>,
+    pub class_names: Vec<String>,
+}
+
+impl ImageSet {
+    /// Reads every shard of `split` listed in `<dir>/manifest.json`.
+    pub fn load(dir: &Path, split: &str) -> Result<Self, DataError> {
+        let manifest = pipeline::prepare::load_manifest(dir)?;
+        let shards: Vec<_> = manifest.shards.iter().filter(|s| s.split == split).collect();
+        if shards.is_empty() {
+            return Err(DataError::NoSplit {
+                dir: dir.to_path_buf(),
+                split: split.to_string(),
+                available: manifest.splits.keys().cloned().collect(),
+            });
+        }
+        let per_shard: Vec<Result<Vec<Sample>, DataError>> = shards
+            .par_iter()
+            .map(|s| {
+                let shard: Arc<str> = Arc::from(s.file.as_str());
+                ShardReader::open(&dir.join(&s.file))?
+                    .map(|row| {
+                        let row = row?;
+                        Ok(Sample {
+                            id: row.id,
+                            label: row.label,
+                            bytes: row.image,
+                            shard: shard.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut samples = Vec::new();
+        for s in per_shard {
+            samples.extend(s?);
+        }
+        Ok(ImageSet {
+            dir: dir.to_path_buf(),
+            split: split.to_string(),
+            samples,
+            class_names: manifest.class_names,
+        })
+    }
+
+    /// The first `n` samples (tests and quick runs).
+    pub fn truncate(mut self, n: usize) -> Self {
+        self.samples.truncate(n);
+        self
+    }
+
+    pub fn decode(&self, i: usize) -> Result<RgbImage, DataError> {
+        let s = &self.samples[i];
+        pipeline::transcode::decode_upright(&s.bytes)
+            .map(|(img, _)| img)
+            .map_err(|e| DataError::Decode {
+                shard: s.shard.to_string(),
+                id: s.id.clone(),
+                reason: e.0,
+            })
+    }
+}
+
+/// A batch on the host: normalized CHW views and labels.
+#[derive(Debug, Clone)]
+pub struct HostBatch {
+    /// Position of the batch in the run (0-based over all epochs).
+    pub index: u64,
+    pub epoch: u64,
+    /// `[batch, 3, size, size]` flattened.
+    pub images: Vec<f32>,
+    pub labels: Vec<i64>,
+    pub size: usize,
+}
+
+impl HostBatch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// The sample order of an epoch.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed, epoch, u64::MAX)));
+    order
+}
+
+/// A well-spread seed for (seed, a, b) (splitmix64 finalizer over a simple combination).
+pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add(a.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(b.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Builds batch `index` of a run: decode and augment its samples in parallel.
+pub fn make_batch(set: &ImageSet, aug: &AugmentConfig, batch: usize, seed: u64, index: u64) -> Result<HostBatch, DataError> {
+    let per_epoch = (set.samples.len() / batch) as u64;
+    let epoch = index / per_epoch;
+    let j = (index % per_epoch) as usize;
+    let order = epoch_order(set.samples.len(), seed, epoch);
+    let picks = &order[j * batch..(j + 1) * batch];
+    let views: Vec<Result<(Vec<f32>, i64), DataError>> = picks
+        .par_iter()
+        .map(|&i| {
+            let img = set.decode(i)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, epoch, i as u64));
+            let view = train_view(&img, aug, &mut rng);
+            let mut chw = Vec::new();
+            to_chw(&view, &mut chw);
+            Ok((chw, set.samples[i].label as i64))
+        })
+        .collect();
+    let mut images = Vec::with_capacity(batch * 3 * (aug.size * aug.size) as usize);
+    let mut labels = Vec::with_capacity(batch);
+    for v in views {
+        let (chw, label) = v?;
+        images.extend(chw);
+        labels.push(label);
+    }
+    Ok(HostBatch {
+        index,
+        epoch,
+        images,
+        labels,
+        size: aug.size as usize,
+    })
+}
+
+/// Eval views (resize + center crop) of samples `range`, for k-NN / probes / fine-tune eval.
+pub fn eval_batch(set: &ImageSet, range: std::ops::Range<usize>, size: u32, crop_ratio: f64) -> Result<HostBatch, DataError> {
+    let views: Vec<Result<(Vec<f32>, i64), DataError>> = range
+        .clone()
+        .into_par_iter()
+        .map(|i| {
+            let view = eval_view(&set.decode(i)?, size, crop_ratio);
+            let mut chw = Vec::new();
+            to_chw(&view, &mut chw);
+            Ok((chw, set.samples[i].label as i64))
+        })
+        .collect();
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for v in views {
+        let (chw, label) = v?;
+        images.extend(chw);
+        labels.push(label);
+    }
+    Ok(HostBatch {
+        index: range.start as u64,
+        epoch: 0,
+        images,
+        labels,
+        size: size as usize,
+    })
+}
+
+/// Batches `start..` prepared by a background thread, `prefetch` ahead of the consumer.
+pub struct Loader {
+    rx: Receiver<Result<HostBatch, DataError>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    pub fn spawn(
+        set: Arc<ImageSet>,
+        aug: AugmentConfig,
+        batch: usize,
+        seed: u64,
+        start: u64,
+        prefetch: usize,
+    ) -> Result<Self, DataError> {
+        if set.samples.len() < batch {
+            return Err(DataError::TooSmall {
+                dir: set.dir.clone(),
+                split: set.split.clone(),
+                rows: set.samples.len(),
+                batch,
+            });
+        }
+        let (tx, rx) = sync_channel(prefetch.max(1));
+        let handle = std::thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || {
+                for index in start.. {
+                    let b = make_batch(&set, &aug, batch, seed, index);
+                    let failed = b.is_err();
+                    if tx.send(b).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn loader thread");
+        Ok(Loader {
+            rx,
+            handle: Some(handle),
+        })
+    }
+
+    /// The next batch (blocks until the loader has it).
+    pub fn next_batch(&mut self) -> Result<HostBatch, DataError> {
+        self.rx.recv().expect("loader thread ended without an error")
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Unblock the sender, then wait for it so no decode outlives the run.
+        let (_, dummy) = sync_channel(1);
+        drop(std::mem::replace(&mut self.rx, dummy));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_orders_are_permutations_that_differ() {
+        let a = epoch_order(100, 1, 0);
+        let mut s = a.clone();
+        s.sort();
+        assert_eq!(s, (0..100).collect::<Vec<_>>());
+        assert_ne!(a, epoch_order(100, 1, 1));
+        assert_eq!(a, epoch_order(100, 1, 0));
+    }
+}

@@ -1,0 +1,91 @@
+//! The pre-training losses: cross-entropy on visual tokens and SplitMask's symmetric InfoNCE.
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+/// Mean cross-entropy of `logits` against integer `targets`, as log-softmax + gather: the
+/// vocabulary is 8192 wide, so no dense one-hot is built (burn's `CrossEntropyLoss` would).
+///
+/// # Shapes
+/// - logits: `[n, classes]`
+/// - targets: `[n]`
+/// - output: `[1]`
+pub fn token_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let [n, _] = logits.dims();
+    let logp = log_softmax(logits, 1);
+    let picked = logp.gather(1, targets.reshape([n, 1])); // [n, 1]
+    picked.mean().neg()
+}
+
+/// Symmetric InfoNCE between two views' embeddings: pair i of `a` and `b` is the positive,
+/// the other images of the batch the negatives; the mean of both directions' cross-entropy.
+/// Inputs are L2-normalized here.
+///
+/// # Shapes
+/// - a, b: `[batch, dim]`
+/// - output: `[1]`
+pub fn info_nce<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, temperature: f64) -> Tensor<B, 1> {
+    let [n, _] = a.dims();
+    let a = l2_normalize(a);
+    let b = l2_normalize(b);
+    let logits = a.matmul(b.transpose()) / temperature; // [batch, batch]
+    let labels = Tensor::<B, 1, Int>::arange(0..n as i64, &logits.device());
+    let ab = token_cross_entropy(logits.clone(), labels.clone());
+    let ba = token_cross_entropy(logits.transpose(), labels);
+    (ab + ba) / 2.0
+}
+
+/// Rows scaled to unit L2 norm (with a floor, as `F.normalize`'s eps = 1e-12).
+pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+    x / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+
+    fn t2(v: &[f32], shape: [usize; 2]) -> Tensor<TestBackend, 2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+    }
+
+    fn scalar(t: Tensor<TestBackend, 1>) -> f64 {
+        t.into_scalar() as f64
+    }
+
+    #[test]
+    fn cross_entropy_matches_hand_values() {
+        // Row 0: logits (1, 2, 3), target 2: -log(e^3 / (e + e^2 + e^3)) = 0.407606.
+        // Row 1: logits (0, 0, 0), target 0: log 3 = 1.098612.
+        let logits = t2(&[1.0, 2.0, 3.0, 0.0, 0.0, 0.0], [2, 3]);
+        let targets = Tensor::<TestBackend, 1, Int>::from_data(TensorData::new(vec![2i64, 0], [2]), &Default::default());
+        let got = scalar(token_cross_entropy(logits, targets));
+        assert!((got - (0.407606 + 1.098612) / 2.0).abs() < 1e-5, "{got}");
+    }
+
+    #[test]
+    fn info_nce_matches_hand_values() {
+        // a = [(1,0), (0,1)], b = [(1,0), (0.6,0.8)] (already unit), tau = 0.5.
+        // Similarities s = a b^T = [[1, 0.6], [0, 0.8]], logits = s / 0.5 = [[2, 1.2], [0, 1.6]].
+        // a->b: row 0 target 0: -log(e^2/(e^2+e^1.2)) = 0.371101; row 1 target 1: -log(e^1.6/(1+e^1.6)) = 0.183926.
+        // b->a (columns): col 0 target 0: -log(e^2/(e^2+e^0)) = 0.126928; col 1 target 1: -log(e^1.6/(e^1.2+e^1.6)) = 0.513015.
+        let a = t2(&[1.0, 0.0, 0.0, 1.0], [2, 2]);
+        let b = t2(&[1.0, 0.0, 0.6, 0.8], [2, 2]);
+        let got = scalar(info_nce(a, b, 0.5));
+        let expect = ((0.371101 + 0.183926) / 2.0 + (0.126928 + 0.513015) / 2.0) / 2.0;
+        assert!((got - expect).abs() < 1e-5, "{got} vs {expect}");
+    }
+
+    #[test]
+    fn info_nce_normalizes_and_rewards_alignment() {
+        // Scaling an input does not change the loss; aligned pairs beat shuffled ones.
+        let a = t2(&[3.0, 0.0, 0.0, 0.5, 1.0, 1.0], [3, 2]);
+        let b = t2(&[1.0, 0.1, 0.1, 1.0, 0.7, 0.7], [3, 2]);
+        let base = scalar(info_nce(a.clone(), b.clone(), 0.2));
+        let scaled = scalar(info_nce(a.clone() * 10.0, b.clone(), 0.2));
+        assert!((base - scaled).abs() < 1e-5);
+        let shuffled = t2(&[0.1, 1.0, 0.7, 0.7, 1.0, 0.1], [3, 2]);
+        assert!(scalar(info_nce(a, shuffled, 0.2)) > base + 1.0);
+    }
+}

@@ -1,0 +1,110 @@
+//! `trainer`: pre-train a ViT with BEiT or SplitMask on a prepared dataset.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use trainer::config::PretrainArgs;
+use trainer::engine::pretrain;
+
+#[derive(Parser)]
+#[command(version, about = "BEiT / SplitMask pre-training of Vision Transformers (burn)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DeviceKind {
+    /// burn's flex backend (pure Rust, all cores).
+    Cpu,
+    /// NVIDIA GPU through CubeCL (build with `--features cuda`).
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Precision {
+    F32,
+    /// bfloat16 weights, activations and optimizer state (burn 0.21 has no autocast).
+    Bf16,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pre-train (or resume) a run.
+    Pretrain {
+        #[command(flatten)]
+        args: PretrainArgs,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+        /// Float type on the GPU (the CPU always trains in f32).
+        #[arg(long, value_enum, default_value = "bf16")]
+        precision: Precision,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Pretrain {
+            args,
+            device,
+            precision,
+            quiet,
+        } => {
+            let cfg = args.resolve().context("resolving the configuration")?;
+            eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
+            let summary = match device {
+                DeviceKind::Cpu => {
+                    let _ = precision;
+                    pretrain::<trainer::CpuAutodiff>(&cfg, args.resume, &Default::default(), !quiet)?
+                }
+                DeviceKind::Cuda => cuda_pretrain(&cfg, args.resume, precision, !quiet)?,
+            };
+            println!(
+                "pre-trained {} steps in {:.0} s ({:.1} img/s); run folder {}",
+                summary.steps,
+                summary.seconds,
+                summary.images_per_s,
+                cfg.out.display()
+            );
+            if let Some(last) = summary.last {
+                println!(
+                    "last logged step {}: loss {:.4}, mim {:.4}{}, token accuracy {:.3}",
+                    last.step,
+                    last.loss,
+                    last.mim,
+                    last.nce.map(|n| format!(", infonce {n:.4}")).unwrap_or_default(),
+                    last.mim_accuracy
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_pretrain(
+    cfg: &trainer::config::PretrainConfig,
+    resume: bool,
+    precision: Precision,
+    progress: bool,
+) -> Result<trainer::engine::RunSummary> {
+    use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
+    let device = CudaDevice::default();
+    Ok(match precision {
+        Precision::F32 => pretrain::<Autodiff<Cuda<f32>>>(cfg, resume, &device, progress)?,
+        Precision::Bf16 => pretrain::<Autodiff<Cuda<half::bf16>>>(cfg, resume, &device, progress)?,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_pretrain(
+    _: &trainer::config::PretrainConfig,
+    _: bool,
+    _: Precision,
+    _: bool,
+) -> Result<trainer::engine::RunSummary> {
+    bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
+}

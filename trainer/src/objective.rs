@@ -1,0 +1,109 @@
+//! What BEiT and SplitMask share: the batch they train on, the losses they report and the
+//! trait the training engine drives.
+
+use burn::prelude::*;
+
+use crate::vit::Vit;
+
+/// Which pre-training method; selects the model and the masks drawn for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Beit,
+    Splitmask,
+}
+
+/// Masks of one batch as index tensors.
+#[derive(Debug, Clone)]
+pub enum Masks<B: Backend> {
+    /// BEiT: positions replaced by the mask token (and predicted).
+    Masked {
+        /// `[batch, m]` masked positions, ascending.
+        index: Tensor<B, 2, Int>,
+        /// `[batch, patches, 1]`: 1 at masked positions, 0 elsewhere.
+        weight: Tensor<B, 3>,
+    },
+    /// SplitMask: the two halves, `[batch, patches / 2]` each.
+    Split { a: Tensor<B, 2, Int>, b: Tensor<B, 2, Int> },
+}
+
+impl<B: Backend> Masks<B> {
+    /// From per-sample boolean masks (all with the same count).
+    pub fn masked(masks: &[Vec<bool>], device: &B::Device) -> Self {
+        let n = masks[0].len();
+        let index: Vec<i64> = masks
+            .iter()
+            .flat_map(|m| (0..n).filter(|&i| m[i]).map(|i| i as i64))
+            .collect();
+        let m = index.len() / masks.len();
+        let weight: Vec<f32> = masks.iter().flatten().map(|&b| b as u8 as f32).collect();
+        Masks::Masked {
+            index: Tensor::from_data(TensorData::new(index, [masks.len(), m]), device),
+            weight: Tensor::from_data(TensorData::new(weight, [masks.len(), n, 1]), device),
+        }
+    }
+
+    /// From per-sample (A, B) halves.
+    pub fn split(halves: &[(Vec<usize>, Vec<usize>)], device: &B::Device) -> Self {
+        let k = halves[0].0.len();
+        let flat = |pick: fn(&(Vec<usize>, Vec<usize>)) -> &Vec<usize>| -> Tensor<B, 2, Int> {
+            let v: Vec<i64> = halves.iter().flat_map(|h| pick(h).iter().map(|&i| i as i64)).collect();
+            Tensor::from_data(TensorData::new(v, [halves.len(), k]), device)
+        };
+        Masks::Split {
+            a: flat(|h| &h.0),
+            b: flat(|h| &h.1),
+        }
+    }
+}
+
+/// One training batch on the device.
+#[derive(Debug, Clone)]
+pub struct MimBatch<B: Backend> {
+    /// `[batch, 3, height, width]`, normalized.
+    pub images: Tensor<B, 4>,
+    /// `[batch, patches]` visual tokens.
+    pub targets: Tensor<B, 2, Int>,
+    pub masks: Masks<B>,
+}
+
+/// Losses of one forward pass; scalars stay on the device until logged.
+#[derive(Debug, Clone)]
+pub struct MimOutput<B: Backend> {
+    /// What is minimized.
+    pub loss: Tensor<B, 1>,
+    /// Token cross-entropy on the predicted positions.
+    pub mim: Tensor<B, 1>,
+    /// SplitMask's InfoNCE term.
+    pub nce: Option<Tensor<B, 1>>,
+    /// Share of predicted positions whose argmax is the target token.
+    pub accuracy: Tensor<B, 1>,
+}
+
+impl<B: Backend> MimOutput<B> {
+    pub fn new(
+        loss: Tensor<B, 1>,
+        mim: Tensor<B, 1>,
+        nce: Option<Tensor<B, 1>>,
+        logits: &Tensor<B, 2>,
+        targets: &Tensor<B, 1, Int>,
+    ) -> Self {
+        let n = targets.dims()[0];
+        let pred = logits.clone().detach().argmax(1).reshape([n]);
+        let accuracy = pred.equal(targets.clone()).float().mean();
+        MimOutput {
+            loss,
+            mim,
+            nce,
+            accuracy,
+        }
+    }
+}
+
+/// A pre-training objective the engine can drive.
+pub trait Objective<B: Backend> {
+    /// The encoder being pre-trained (what is evaluated and exported).
+    fn encoder(&self) -> &Vit<B>;
+
+    fn forward(&self, batch: &MimBatch<B>, train: bool) -> MimOutput<B>;
+}

@@ -1,0 +1,200 @@
+//! SplitMask: the patches are split into halves A (a 50% block mask) and B (its complement).
+//! One shared encoder sees each half alone; a small decoder gets the encoded half plus mask
+//! tokens at the other half's positions and predicts that half's visual tokens, so every patch
+//! has a loss. The average-pooled decoder outputs of the two branches are matched with a
+//! symmetric InfoNCE, the other images of the batch being the negatives.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use rand::Rng;
+
+use crate::init::{linear, param, trunc_normal};
+use crate::losses::{info_nce, token_cross_entropy};
+use crate::objective::{Masks, MimBatch, MimOutput, Objective};
+use crate::vit::{gather_tokens, Block, BlockConfig, Vit, VitConfig, LN_EPS};
+
+#[derive(Config, Debug, PartialEq)]
+pub struct SplitMaskConfig {
+    /// Decoder blocks (the paper uses 2, of the encoder's width).
+    #[config(default = 2)]
+    pub decoder_depth: usize,
+    /// InfoNCE temperature.
+    #[config(default = 0.2)]
+    pub temperature: f64,
+    /// Weight of the InfoNCE term in the total loss.
+    #[config(default = 1.0)]
+    pub contrastive_weight: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct SplitMask<B: Backend> {
+    pub encoder: Vit<B>,
+    pub decoder_blocks: Vec<Block<B>>,
+    pub decoder_norm: LayerNorm<B>,
+    /// `[1, 1, dim]`
+    pub mask_token: Param<Tensor<B, 3>>,
+    /// `[1, patches, dim]`
+    pub decoder_pos: Param<Tensor<B, 3>>,
+    /// `[dim, vocab]`
+    pub head: Linear<B>,
+    #[module(skip)]
+    pub temperature: f64,
+    #[module(skip)]
+    pub contrastive_weight: f64,
+}
+
+impl<B: Backend> SplitMask<B> {
+    pub fn new<R: Rng>(vit: &VitConfig, cfg: &SplitMaskConfig, vocab: usize, rng: &mut R, device: &B::Device) -> Self {
+        let d = vit.dim;
+        let encoder = vit.init(rng, device);
+        let decoder_blocks = (0..cfg.decoder_depth)
+            .map(|i| {
+                BlockConfig {
+                    dim: d,
+                    heads: vit.heads,
+                    mlp_ratio: vit.mlp_ratio,
+                    drop_path: 0.0,
+                    layer_scale_init: vit.layer_scale_init,
+                    residual_scale: 1.0 / (2.0 * (i + 1) as f64).sqrt(),
+                }
+                .init(rng, device)
+            })
+            .collect();
+        let n = vit.num_patches();
+        SplitMask {
+            encoder,
+            decoder_blocks,
+            decoder_norm: LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device),
+            mask_token: param(trunc_normal(rng, d, 0.02), [1, 1, d], device),
+            decoder_pos: param(trunc_normal(rng, n * d, 0.02), [1, n, d], device),
+            head: linear(rng, d, vocab, 1.0, device),
+            temperature: cfg.temperature,
+            contrastive_weight: cfg.contrastive_weight,
+        }
+    }
+}
+
+impl<B: Backend> Objective<B> for SplitMask<B> {
+    fn encoder(&self) -> &Vit<B> {
+        &self.encoder
+    }
+
+    /// # Shapes
+    /// - batch.images: `[batch, 3, height, width]`
+    /// - batch.targets: `[batch, patches]`
+    /// - masks: `Masks::Split`, halves of `[batch, patches / 2]`
+    fn forward(&self, batch: &MimBatch<B>, train: bool) -> MimOutput<B> {
+        let Masks::Split { a, b: b_idx } = &batch.masks else {
+            panic!("SplitMask trains on Masks::Split, the engine drew BEiT masks");
+        };
+        let enc = &self.encoder;
+        let (a, b_idx) = (a.clone(), b_idx.clone());
+        let [b, k] = a.dims();
+        let x = enc.embed(batch.images.clone()); // [batch, patches, dim]
+        let d = x.dims()[2];
+        // Both halves through the shared encoder in one call: [2 * batch, k, dim].
+        let halves = Tensor::cat(vec![gather_tokens(x.clone(), a.clone()), gather_tokens(x, b_idx.clone())], 0);
+        let h = enc.encode(halves, train);
+        let h = h.slice([0..2 * b, 1..k + 1, 0..d]); // drop the class token: [2 * batch, k, dim]
+        let visible = Tensor::cat(vec![a.clone(), b_idx.clone()], 0); // [2 * batch, k]
+        let missing = Tensor::cat(vec![b_idx.clone(), a.clone()], 0);
+        let pos = self.decoder_pos.val().expand([2 * b, 2 * k, d]);
+        let vis = h + gather_tokens(pos.clone(), visible);
+        let miss = self.mask_token.val().expand([2 * b, k, d]) + gather_tokens(pos, missing.clone());
+        // Attention is permutation-equivariant, so visible and predicted tokens need not be put
+        // back in grid order: each carries its position embedding.
+        let mut z = Tensor::cat(vec![vis, miss], 1); // [2 * batch, patches, dim]
+        for block in &self.decoder_blocks {
+            z = block.forward(z, train);
+        }
+        let z = self.decoder_norm.forward(z);
+        let pred = z.clone().slice([0..2 * b, k..2 * k, 0..d]); // [2 * batch, k, dim]
+        let logits = self.head.forward(pred);
+        let vocab = logits.dims()[2];
+        let logits = logits.reshape([2 * b * k, vocab]);
+        let targets = Tensor::cat(vec![batch.targets.clone(), batch.targets.clone()], 0)
+            .gather(1, missing)
+            .reshape([2 * b * k]);
+        let mim = token_cross_entropy(logits.clone(), targets.clone());
+        let pooled = z.mean_dim(1).reshape([2 * b, d]); // [2 * batch, dim]
+        let za = pooled.clone().slice([0..b, 0..d]);
+        let zb = pooled.slice([b..2 * b, 0..d]);
+        let nce = info_nce(za, zb, self.temperature);
+        let loss = mim.clone() + nce.clone() * self.contrastive_weight;
+        MimOutput::new(loss, mim, Some(nce), &logits, &targets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objective::Masks;
+    use crate::optim::{AdamW, AdamWSettings};
+    use crate::{TestAutodiff, TestBackend};
+    use burn::optim::GradientsParams;
+    use burn::tensor::Distribution;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn tiny() -> VitConfig {
+        VitConfig::cpu_tiny()
+            .with_image_size(32)
+            .with_dim(32)
+            .with_depth(2)
+            .with_heads(2)
+    }
+
+    /// Random images and tokens with fixed split masks (grid 4x4, 8 patches per half).
+    pub(crate) fn batch<B: Backend>(b: usize, vocab: usize, seed: u64, device: &B::Device) -> MimBatch<B> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        B::seed(device, seed);
+        let halves: Vec<_> = (0..b)
+            .map(|_| crate::masking::draw_split(&mut rng, 4, 4, crate::masking::MaskSpec::block_for_grid(16)))
+            .collect();
+        MimBatch {
+            images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
+            targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
+            masks: Masks::split(&halves, device),
+        }
+    }
+
+    #[test]
+    fn forward_shapes_and_both_losses() {
+        let device = Default::default();
+        let model =
+            SplitMask::<TestBackend>::new(&tiny(), &SplitMaskConfig::new(), 64, &mut ChaCha8Rng::seed_from_u64(0), &device);
+        assert_eq!(model.decoder_blocks.len(), 2);
+        assert_eq!(model.decoder_pos.dims(), [1, 16, 32]);
+        let out = model.forward(&batch(3, 64, 1, &device), false);
+        let mim = out.mim.into_scalar();
+        let nce = out.nce.unwrap().into_scalar();
+        let loss = out.loss.into_scalar();
+        // Untrained: token CE near ln 64, InfoNCE near ln 3 (batch of 3).
+        assert!((mim - 64f32.ln()).abs() < 0.5, "{mim}");
+        assert!((nce - 3f32.ln()).abs() < 0.5, "{nce}");
+        assert!((loss - (mim + nce)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn overfits_one_batch() {
+        let device = Default::default();
+        let mut model = SplitMask::<TestAutodiff>::new(
+            &tiny().with_drop_path(0.0),
+            &SplitMaskConfig::new(),
+            32,
+            &mut ChaCha8Rng::seed_from_u64(0),
+            &device,
+        );
+        let batch = batch(4, 32, 2, &device);
+        let mut opt = AdamW::<TestAutodiff>::new(AdamWSettings::default());
+        let mut losses = Vec::new();
+        for _ in 0..60 {
+            let out = model.forward(&batch, true);
+            losses.push(out.mim.clone().into_scalar());
+            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);
+        }
+        assert!(losses[59] < losses[0] * 0.3, "{losses:?}");
+    }
+}

@@ -1,0 +1,92 @@
+//! Visual-token targets computed on the device from the encoder's own input, with the
+//! pipeline's vocabulary file: box-mean the normalized view down to the tokenizer's view (2x2
+//! for 16 px ViT patches and 8 px token patches: 224 -> 112), cut 8x8 patches in the pipeline's
+//! (y, x, channel) order, one matmul with the unit entries, argmax. Because normalization is
+//! per-channel affine, the box mean of the normalized view equals the pipeline's normalized
+//! box mean, so the tokens agree with `pipeline tokenize` up to float rounding of near-ties.
+
+use burn::prelude::*;
+use pipeline::tokenizer::Vocabulary;
+use schemas::Preprocessing;
+
+#[derive(Debug, Clone)]
+pub struct DeviceTokenizer<B: Backend> {
+    /// `[dim, vocab]`: the entries as columns.
+    entries: Tensor<B, 2>,
+    /// Token patch side (8 in the paper).
+    patch: usize,
+    /// Encoder pixels per tokenizer pixel along a side.
+    factor: usize,
+    pub vocab_size: usize,
+}
+
+/// Why a vocabulary cannot serve an encoder configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("ViT patch {vit_patch} px is not a multiple of the vocabulary's {token_patch} px patches")]
+    PatchMismatch { vit_patch: usize, token_patch: usize },
+    #[error("vocabulary normalization mean {vocab:?} / std differs from the trainer's {trainer:?}")]
+    Normalization { vocab: [f32; 3], trainer: [f32; 3] },
+}
+
+impl<B: Backend> DeviceTokenizer<B> {
+    /// A tokenizer whose token grid matches a ViT with `vit_patch` px patches.
+    pub fn new(vocab: &Vocabulary, vit_patch: usize, device: &B::Device) -> Result<Self, TargetError> {
+        let p = &vocab.header.preprocessing;
+        let token_patch = p.patch_size as usize;
+        if vit_patch % token_patch != 0 {
+            return Err(TargetError::PatchMismatch { vit_patch, token_patch });
+        }
+        let paper = Preprocessing::paper();
+        if p.mean != paper.mean || p.std != paper.std {
+            return Err(TargetError::Normalization {
+                vocab: p.mean,
+                trainer: paper.mean,
+            });
+        }
+        let (v, d) = (vocab.header.size, vocab.header.dim);
+        let entries = Tensor::<B, 2>::from_data(TensorData::new(vocab.embeddings.clone(), [v, d]), device).transpose();
+        Ok(DeviceTokenizer {
+            entries,
+            patch: token_patch,
+            factor: vit_patch / token_patch,
+            vocab_size: v,
+        })
+    }
+
+    /// Tokenizer patch vectors of normalized encoder views.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - output: `[batch, patches, patch * patch * 3]`
+    pub fn patch_vectors(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, c, h, w] = images.dims();
+        let f = self.factor;
+        let (h2, w2) = (h / f, w / f);
+        let small = if f == 1 {
+            images
+        } else {
+            images
+                .reshape([b, c, h2, f, w2, f])
+                .mean_dim(5)
+                .mean_dim(3)
+                .reshape([b, c, h2, w2]) // [batch, 3, h / f, w / f]
+        };
+        let p = self.patch;
+        let (gh, gw) = (h2 / p, w2 / p);
+        small
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 3, 5, 1]) // [batch, gh, gw, y, x, channel]
+            .reshape([b, gh * gw, p * p * c])
+    }
+
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`, normalized
+    /// - output: `[batch, patches]`
+    pub fn tokens(&self, images: Tensor<B, 4>) -> Tensor<B, 2, Int> {
+        let v = self.patch_vectors(images);
+        let [b, n, _] = v.dims();
+        let scores = v.matmul(self.entries.clone().unsqueeze::<3>()); // [batch, patches, vocab]
+        scores.argmax(2).reshape([b, n])
+    }
+}

@@ -1,0 +1,500 @@
+//! Vision Transformer encoder (pre-norm, fused qkv, layer scale, drop path) with timm's
+//! parameter layout, so `export` is a renaming plus transposes of linear weights.
+//!
+//! The patch embedding is a linear map on flattened `(channel, y, x)` patches: the same
+//! function as timm's stride-`p` convolution, whose `[dim, 3, p, p]` weight is this weight's
+//! transpose reshaped, and one GEMM instead of a convolution on every backend.
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::Distribution;
+use rand::Rng;
+
+use crate::init::{linear, param, trunc_normal};
+
+/// timm and BEiT use 1e-6 (burn's default is 1e-5).
+pub const LN_EPS: f64 = 1e-6;
+
+#[derive(Config, Debug, PartialEq)]
+pub struct VitConfig {
+    /// Side of the square input image in pixels.
+    #[config(default = 224)]
+    pub image_size: usize,
+    /// Side of a square patch in pixels; the token grid is `image_size / patch_size` square.
+    #[config(default = 16)]
+    pub patch_size: usize,
+    /// Embedding width.
+    #[config(default = 384)]
+    pub dim: usize,
+    /// Number of transformer blocks.
+    #[config(default = 12)]
+    pub depth: usize,
+    /// Attention heads (must divide `dim`).
+    #[config(default = 6)]
+    pub heads: usize,
+    /// Hidden width of the MLP as a multiple of `dim`.
+    #[config(default = 4.0)]
+    pub mlp_ratio: f64,
+    /// Stochastic depth rate of the last block (linearly increasing from 0 over the blocks).
+    #[config(default = 0.1)]
+    pub drop_path: f64,
+    /// Initial value of the per-channel layer scale; `None` disables layer scale.
+    #[config(default = "Some(0.1)")]
+    pub layer_scale_init: Option<f64>,
+    /// Fixed 2-D sin-cos position embeddings instead of learned ones.
+    #[config(default = false)]
+    pub sinusoidal_pos: bool,
+}
+
+impl VitConfig {
+    /// ViT-Ti/16 (timm `vit_tiny_patch16_224`).
+    pub fn tiny() -> Self {
+        Self::new().with_dim(192).with_heads(3)
+    }
+
+    /// ViT-S/16 (timm `vit_small_patch16_224`), the paper's main model.
+    pub fn small() -> Self {
+        Self::new()
+    }
+
+    /// ViT-B/16 (timm `vit_base_patch16_224`).
+    pub fn base() -> Self {
+        Self::new().with_dim(768).with_heads(12)
+    }
+
+    /// CPU preset for tests and demos: 64 px images, 8 px patches (an 8x8 grid), 4 blocks of
+    /// width 128.
+    pub fn cpu_tiny() -> Self {
+        Self::new()
+            .with_image_size(64)
+            .with_patch_size(8)
+            .with_dim(128)
+            .with_depth(4)
+            .with_heads(4)
+            .with_drop_path(0.0)
+    }
+
+    /// CPU preset for the hour-long experiment: 64 px images, 8 px patches, 6 blocks of 192.
+    pub fn cpu_small() -> Self {
+        Self::new()
+            .with_image_size(64)
+            .with_patch_size(8)
+            .with_dim(192)
+            .with_depth(6)
+            .with_heads(3)
+            .with_drop_path(0.05)
+    }
+
+    /// A preset by name.
+    pub fn preset(name: &str) -> Option<Self> {
+        Some(match name {
+            "tiny" => Self::tiny(),
+            "small" => Self::small(),
+            "base" => Self::base(),
+            "cpu-tiny" => Self::cpu_tiny(),
+            "cpu-small" => Self::cpu_small(),
+            _ => return None,
+        })
+    }
+
+    pub const PRESETS: [&'static str; 5] = ["tiny", "small", "base", "cpu-tiny", "cpu-small"];
+
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Checks the sizes fit together; the message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+            return Err(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if self.heads == 0 || self.dim % self.heads != 0 {
+            return Err(format!("heads {} does not divide dim {}", self.heads, self.dim));
+        }
+        if self.depth == 0 {
+            return Err("depth must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.drop_path) {
+            return Err(format!("drop_path {} is not in [0, 1)", self.drop_path));
+        }
+        Ok(())
+    }
+
+    /// Builds the encoder with BEiT/MAE initialization drawn from `rng`.
+    pub fn init<B: Backend, R: Rng>(&self, rng: &mut R, device: &B::Device) -> Vit<B> {
+        let d = self.dim;
+        let n = self.num_patches();
+        let patch_dim = 3 * self.patch_size * self.patch_size;
+        let pos = if self.sinusoidal_pos {
+            Param::from_tensor(sincos_pos_embed::<B>(self.grid(), d, device)).set_require_grad(false)
+        } else {
+            param(trunc_normal(rng, (n + 1) * d, 0.02), [1, n + 1, d], device)
+        };
+        let blocks = (0..self.depth)
+            .map(|i| {
+                let rate = if self.depth > 1 {
+                    self.drop_path * i as f64 / (self.depth - 1) as f64
+                } else {
+                    0.0
+                };
+                BlockConfig {
+                    dim: d,
+                    heads: self.heads,
+                    mlp_ratio: self.mlp_ratio,
+                    drop_path: rate,
+                    layer_scale_init: self.layer_scale_init,
+                    // BEiT's `fix_init_weight`: residual projections of block i scaled by 1/sqrt(2(i+1)).
+                    residual_scale: 1.0 / (2.0 * (i + 1) as f64).sqrt(),
+                }
+                .init(rng, device)
+            })
+            .collect();
+        Vit {
+            patch_embed: PatchEmbed {
+                proj: linear(rng, patch_dim, d, 1.0, device),
+                patch_size: self.patch_size,
+            },
+            cls_token: param(trunc_normal(rng, d, 0.02), [1, 1, d], device),
+            pos_embed: pos,
+            blocks,
+            norm: LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device),
+        }
+    }
+}
+
+/// 2-D sin-cos position embeddings (MAE's `get_2d_sincos_pos_embed`), zero for the class token.
+pub fn sincos_pos_embed<B: Backend>(grid: usize, dim: usize, device: &B::Device) -> Tensor<B, 3> {
+    assert!(dim % 4 == 0, "sin-cos position embeddings need dim divisible by 4");
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64))
+        .collect();
+    let mut values = vec![0f32; dim];
+    // First half encodes the column (MAE's meshgrid puts w first), second half the row.
+    for y in 0..grid {
+        for x in 0..grid {
+            for coord in [x, y] {
+                values.extend(omega.iter().map(|w| (coord as f64 * w).sin() as f32));
+                values.extend(omega.iter().map(|w| (coord as f64 * w).cos() as f32));
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(values, [1, grid * grid + 1, dim]), device)
+}
+
+#[derive(Module, Debug)]
+pub struct PatchEmbed<B: Backend> {
+    /// `[3 * p * p, dim]`, inputs in (channel, y, x) order.
+    pub proj: Linear<B>,
+    #[module(skip)]
+    pub patch_size: usize,
+}
+
+impl<B: Backend> PatchEmbed<B> {
+    /// Flattened patches in (channel, y, x) order, row-major over the grid.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - output: `[batch, patches, 3 * p * p]`
+    pub fn patchify(images: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
+        let [b, c, h, w] = images.dims();
+        let (gh, gw) = (h / p, w / p);
+        images
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5]) // [batch, gh, gw, c, p, p]
+            .reshape([b, gh * gw, c * p * p])
+    }
+
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - output: `[batch, patches, dim]`
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.proj.forward(Self::patchify(images, self.patch_size))
+    }
+}
+
+/// One transformer block's settings (the encoder's blocks and SplitMask's decoder blocks).
+pub struct BlockConfig {
+    pub dim: usize,
+    pub heads: usize,
+    pub mlp_ratio: f64,
+    pub drop_path: f64,
+    pub layer_scale_init: Option<f64>,
+    /// Multiplier of the init std of the residual projections (attn.proj, mlp.fc2).
+    pub residual_scale: f64,
+}
+
+impl BlockConfig {
+    pub fn init<B: Backend, R: Rng>(&self, rng: &mut R, device: &B::Device) -> Block<B> {
+        let d = self.dim;
+        let hidden = (d as f64 * self.mlp_ratio) as usize;
+        let ls = || {
+            self.layer_scale_init.map(|v| LayerScale {
+                gamma: param(vec![v as f32; d], [d], device),
+            })
+        };
+        Block {
+            norm1: LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device),
+            attn: Attention {
+                qkv: linear(rng, d, 3 * d, 1.0, device),
+                proj: linear(rng, d, d, self.residual_scale, device),
+                heads: self.heads,
+            },
+            ls1: ls(),
+            norm2: LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device),
+            mlp: Mlp {
+                fc1: linear(rng, d, hidden, 1.0, device),
+                fc2: linear(rng, hidden, d, self.residual_scale, device),
+            },
+            ls2: ls(),
+            drop_path: self.drop_path,
+        }
+    }
+}
+
+/// Multi-head self-attention with one fused qkv projection (timm's `Attention`).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub qkv: Linear<B>,
+    pub proj: Linear<B>,
+    #[module(skip)]
+    pub heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Goes through burn's `attention` op: fused kernels where the backend has them (flex
+    /// and CubeCL at inference); under autodiff 0.21 runs its matmul-softmax-matmul fallback.
+    ///
+    /// # Shapes
+    /// - x: `[batch, tokens, dim]`
+    /// - output: `[batch, tokens, dim]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, l, d] = x.dims();
+        let h = self.heads;
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, l, 3, h, d / h])
+            .permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
+        let mut parts = qkv.chunk(3, 0).into_iter().map(|t| t.squeeze_dim::<4>(0));
+        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = out.swap_dims(1, 2).reshape([b, l, d]); // [batch, tokens, dim]
+        self.proj.forward(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub fc1: Linear<B>,
+    pub fc2: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.fc2.forward(gelu(self.fc1.forward(x)))
+    }
+}
+
+/// Per-channel residual scale (CaiT / BEiT), timm's `LayerScale`.
+#[derive(Module, Debug)]
+pub struct LayerScale<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> LayerScale<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x * self.gamma.val().unsqueeze::<3>()
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub norm1: LayerNorm<B>,
+    pub attn: Attention<B>,
+    pub ls1: Option<LayerScale<B>>,
+    pub norm2: LayerNorm<B>,
+    pub mlp: Mlp<B>,
+    pub ls2: Option<LayerScale<B>>,
+    #[module(skip)]
+    pub drop_path: f64,
+}
+
+impl<B: Backend> Block<B> {
+    /// # Shapes
+    /// - x: `[batch, tokens, dim]`
+    /// - output: `[batch, tokens, dim]`
+    pub fn forward(&self, x: Tensor<B, 3>, train: bool) -> Tensor<B, 3> {
+        let mut a = self.attn.forward(self.norm1.forward(x.clone()));
+        if let Some(ls) = &self.ls1 {
+            a = ls.forward(a);
+        }
+        let x = x + drop_path(a, self.drop_path, train);
+        let mut m = self.mlp.forward(self.norm2.forward(x.clone()));
+        if let Some(ls) = &self.ls2 {
+            m = ls.forward(m);
+        }
+        x + drop_path(m, self.drop_path, train)
+    }
+}
+
+/// Stochastic depth: drops the whole residual branch of a sample with probability `rate`,
+/// scaling kept ones by 1 / (1 - rate). Draws from the backend RNG (seeded per step).
+pub fn drop_path<B: Backend>(x: Tensor<B, 3>, rate: f64, train: bool) -> Tensor<B, 3> {
+    if !train || rate == 0.0 {
+        return x;
+    }
+    let keep = 1.0 - rate;
+    let [b, _, _] = x.dims();
+    let mask = Tensor::<B, 3>::random([b, 1, 1], Distribution::Bernoulli(keep), &x.device());
+    x * (mask / keep)
+}
+
+/// The encoder. Parameter names mirror timm's `VisionTransformer`.
+#[derive(Module, Debug)]
+pub struct Vit<B: Backend> {
+    pub patch_embed: PatchEmbed<B>,
+    /// `[1, 1, dim]`
+    pub cls_token: Param<Tensor<B, 3>>,
+    /// `[1, 1 + patches, dim]`, the class token's position first (timm layout).
+    pub pos_embed: Param<Tensor<B, 3>>,
+    pub blocks: Vec<Block<B>>,
+    pub norm: LayerNorm<B>,
+}
+
+impl<B: Backend> Vit<B> {
+    pub fn dim(&self) -> usize {
+        self.cls_token.dims()[2]
+    }
+
+    /// Position embeddings of the patches (without the class token's).
+    ///
+    /// # Shapes
+    /// - output: `[1, patches, dim]`
+    pub fn patch_pos(&self) -> Tensor<B, 3> {
+        let [_, n1, d] = self.pos_embed.dims();
+        self.pos_embed.val().slice([0..1, 1..n1, 0..d])
+    }
+
+    /// Patch embeddings plus their position embeddings.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - output: `[batch, patches, dim]`
+    pub fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.patch_embed.forward(images) + self.patch_pos()
+    }
+
+    /// Prepends the class token and runs the blocks and the final norm on any set of
+    /// position-embedded patch tokens (all of them, a masked-out version, or a subset).
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, n, dim]`
+    /// - output: `[batch, 1 + n, dim]`
+    pub fn encode(&self, tokens: Tensor<B, 3>, train: bool) -> Tensor<B, 3> {
+        let [b, _, d] = tokens.dims();
+        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
+        let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
+        for block in &self.blocks {
+            x = block.forward(x, train);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Features of whole images.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - output: `[batch, 1 + patches, dim]`
+    pub fn forward(&self, images: Tensor<B, 4>, train: bool) -> Tensor<B, 3> {
+        self.encode(self.embed(images), train)
+    }
+}
+
+/// Selects tokens per sample.
+///
+/// # Shapes
+/// - x: `[batch, n, dim]`
+/// - index: `[batch, k]` positions into `n`
+/// - output: `[batch, k, dim]`
+pub fn gather_tokens<B: Backend>(x: Tensor<B, 3>, index: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    let [b, _, d] = x.dims();
+    let [_, k] = index.dims();
+    let index = index.unsqueeze_dim::<3>(2).expand([b, k, d]);
+    x.gather(1, index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn patchify_orders_channel_y_x() {
+        let device = Default::default();
+        // Pixel value encodes (c, y, x).
+        let values: Vec<f32> = (0..2 * 3 * 4 * 4).map(|i| i as f32).collect();
+        let img = Tensor::<TestBackend, 4>::from_data(TensorData::new(values, [2, 3, 4, 4]), &device);
+        let p = PatchEmbed::patchify(img, 2);
+        assert_eq!(p.dims(), [2, 4, 12]);
+        let v: Vec<f32> = p.into_data().to_vec().unwrap();
+        // Sample 1, patch (gy=1, gx=0) -> index 2; element (c=2, y=1, x=0).
+        let got = v[(4 + 2) * 12 + 2 * 4 + 2];
+        let expect = (48 + 2 * 16 + (2 + 1) * 4) as f32;
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn presets_are_valid_and_shapes_flow() {
+        for name in VitConfig::PRESETS {
+            VitConfig::preset(name).unwrap().validate().unwrap();
+        }
+        let cfg = VitConfig::cpu_tiny().with_depth(2).with_dim(32).with_heads(2);
+        let device = Default::default();
+        let vit: Vit<TestBackend> = cfg.init(&mut ChaCha8Rng::seed_from_u64(0), &device);
+        let img = Tensor::<TestBackend, 4>::random([3, 3, 64, 64], Distribution::Default, &device);
+        let out = vit.forward(img, false);
+        assert_eq!(out.dims(), [3, 65, 32]);
+        assert_eq!(
+            VitConfig::small().with_image_size(60).validate().unwrap_err(),
+            "image_size 60 is not a multiple of patch_size 16"
+        );
+    }
+
+    #[test]
+    fn vit_small_has_timm_parameter_count() {
+        // timm vit_small_patch16_224 without the 1000-way head: 22,050,664 - (384 * 1000 + 1000)
+        // = 21,665,664; layer scale adds 2 * 384 per block.
+        let device = Default::default();
+        let vit: Vit<TestBackend> = VitConfig::small()
+            .with_layer_scale_init(None)
+            .init(&mut ChaCha8Rng::seed_from_u64(0), &device);
+        assert_eq!(vit.num_params(), 21_665_664);
+    }
+
+    #[test]
+    fn attention_is_permutation_equivariant() {
+        // The SplitMask decoder relies on this: token order does not matter, only positions.
+        let device = Default::default();
+        let cfg = VitConfig::cpu_tiny().with_depth(1).with_dim(16).with_heads(2);
+        let vit: Vit<TestBackend> = cfg.init(&mut ChaCha8Rng::seed_from_u64(1), &device);
+        let x = Tensor::<TestBackend, 3>::random([1, 5, 16], Distribution::Default, &device);
+        let perm = Tensor::<TestBackend, 1, Int>::from_data(TensorData::new(vec![3i64, 0, 4, 1, 2], [5]), &device);
+        let y = vit.blocks[0].forward(x.clone(), false).select(1, perm.clone());
+        let y2 = vit.blocks[0].forward(x.select(1, perm), false);
+        y.into_data().assert_approx_eq::<f32>(&y2.into_data(), burn::tensor::Tolerance::default());
+    }
+}

@@ -1,0 +1,134 @@
+//! Trainer integration tests on the real Imagenette in ../shared, prepared small (72 px shorter
+//! side, a class-balanced 30% of train) once per test run under target/tmp.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use pipeline::adapters::AdapterOptions;
+use pipeline::prepare::{prepare, PrepareConfig, Subset, Worker};
+use pipeline::tokenizer::Vocabulary;
+use pipeline::transcode::TranscodeSettings;
+use pipeline::vocab::VocabConfig;
+use schemas::VocabKind;
+use trainer::config::{PretrainArgs, PretrainConfig};
+use trainer::engine::{pretrain, MetricsLine};
+use trainer::CpuAutodiff;
+
+mod pretrain_runs;
+mod targets;
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let p = workspace().join("../shared").join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIP: {} is absent (shared data not checked out beside the repo)", p.display());
+        None
+    }
+}
+
+pub struct Fixture {
+    pub dir: PathBuf,
+    /// Random-patches vocabulary of 256 entries, with token shards.
+    pub vocab_small: PathBuf,
+    /// Random-patches vocabulary of 8192 entries (the paper's size).
+    pub vocab_full: PathBuf,
+}
+
+/// Imagenette at 72 px, 30% of train, with two vocabularies; None without shared data.
+pub fn fixture() -> Option<&'static Fixture> {
+    static F: OnceLock<Option<Fixture>> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = shared("data/imagenette")?;
+        let synsets = shared("fixtures/imagenet/LOC_synset_mapping.txt")?;
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("imagenette-72");
+        let cfg = PrepareConfig {
+            dataset: "imagenette".into(),
+            adapter: "imagenet".into(),
+            source: root,
+            out_dir: dir.clone(),
+            options: AdapterOptions {
+                synsets: Some(synsets),
+                ..Default::default()
+            },
+            transcode: TranscodeSettings {
+                max_short_side: Some(72),
+                ..Default::default()
+            },
+            subset: Some(Subset {
+                fraction: 0.3,
+                seed: 0,
+            }),
+            shard_bytes: 256_000_000,
+            row_group_bytes: 64_000_000,
+        };
+        prepare(&cfg, Worker::ALL, false).unwrap();
+        let vocab = |size: usize| {
+            let vc = VocabConfig {
+                kind: VocabKind::RandomPatches,
+                size,
+                seed: 0,
+                sample: 0,
+                iterations: 0,
+                progress: false,
+            };
+            let path = dir.join(vc.file_name());
+            if !path.exists() {
+                pipeline::vocab::build(&dir, &vc).unwrap().save(&path).unwrap();
+            }
+            path
+        };
+        let vocab_small = vocab(256);
+        pipeline::tokenize::tokenize_dataset(&dir, &vocab_small, false).unwrap();
+        let vocab_full = vocab(8192);
+        Some(Fixture {
+            dir,
+            vocab_small,
+            vocab_full,
+        })
+    })
+    .as_ref()
+}
+
+/// Arguments as the CLI would parse them, for a run in `out`.
+pub fn args(f: &Fixture, vocab: &Path, out: &Path, extra: &[&str]) -> PretrainArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: PretrainArgs,
+    }
+    let mut argv = vec![
+        "trainer".to_string(),
+        "--data".into(),
+        f.dir.display().to_string(),
+        "--vocab".into(),
+        vocab.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--recipes".into(),
+        workspace().join("datasets").display().to_string(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    Cli::try_parse_from(argv).unwrap().args
+}
+
+pub fn metrics(cfg: &PretrainConfig) -> Vec<MetricsLine> {
+    std::fs::read_to_string(cfg.metrics_path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn run(cfg: &PretrainConfig, resume: bool) -> trainer::engine::RunSummary {
+    pretrain::<CpuAutodiff>(cfg, resume, &Default::default(), false).unwrap()
+}
+
+pub fn load_vocab(path: &Path) -> Vocabulary {
+    Vocabulary::load(path).unwrap().0
+}

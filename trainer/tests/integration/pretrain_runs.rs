@@ -1,0 +1,125 @@
+//! Pre-training runs on the small real Imagenette: resume equality, a short run that learns,
+//! configuration errors.
+
+use trainer::config::PretrainConfig;
+use trainer::vit::VitConfig;
+
+use crate::{args, fixture, metrics, run};
+
+/// A model small enough for several runs per test on 2 cores.
+fn micro_vit() -> VitConfig {
+    VitConfig::cpu_tiny().with_dim(64).with_depth(2).with_heads(2).with_drop_path(0.1)
+}
+
+#[test]
+fn resumed_run_continues_with_identical_losses() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for method in ["beit", "splitmask"] {
+        let common = [
+            "--method", method, "--model", "cpu-tiny", "--batch-size", "16", "--accum", "2", "--max-steps", "6",
+            "--epochs", "1", "--log-every", "1", "--warmup-epochs", "0.1", "--limit-images", "256",
+        ];
+        let resolve = |out: &str, extra: &[&str]| -> PretrainConfig {
+            let mut all: Vec<&str> = common.to_vec();
+            all.extend_from_slice(extra);
+            let mut cfg = args(f, &f.vocab_small, &tmp.path().join(out), &all).resolve().unwrap();
+            cfg.vit = micro_vit();
+            cfg
+        };
+        let whole = resolve(&format!("{method}-whole"), &[]);
+        run(&whole, false);
+        let a = metrics(&whole);
+        assert_eq!(a.len(), 6);
+
+        let part = resolve(&format!("{method}-part"), &["--stop-after", "3"]);
+        let s = run(&part, false);
+        assert_eq!(s.steps, 3);
+        assert!(part.checkpoint_path().exists());
+        // Resuming with a different configuration is refused, naming the field.
+        let mut other = part.clone();
+        other.lr *= 2.0;
+        let err = trainer::engine::pretrain::<trainer::CpuAutodiff>(&other, true, &Default::default(), false).unwrap_err();
+        assert!(err.to_string().contains("lr"), "{err}");
+        let mut rest = part.clone();
+        rest.stop_after = None;
+        run(&rest, true);
+        let b = metrics(&part);
+        assert_eq!(b.len(), 6);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.step, y.step);
+            assert_eq!(x.lr, y.lr);
+            assert!((x.loss - y.loss).abs() < 1e-5, "{method} step {}: {} vs {}", x.step, x.loss, y.loss);
+            assert!((x.grad_norm - y.grad_norm).abs() < 1e-4 * x.grad_norm.max(1.0));
+        }
+        if method == "splitmask" {
+            assert!(a.iter().all(|l| l.nce.is_some()));
+        }
+        // The run folder holds the resolved config, metrics and the checkpoint.
+        let written = trainer::config::load_config(&whole.out).unwrap();
+        assert_eq!(written, whole);
+    }
+}
+
+#[test]
+fn short_real_run_predicts_tokens_better_than_their_frequencies() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("splitmask");
+    let cfg = args(
+        f,
+        &f.vocab_full,
+        &out,
+        &[
+            "--method", "splitmask", "--model", "cpu-tiny", "--batch-size", "32", "--max-steps", "300",
+            "--epochs", "100", "--blr", "1.2e-1", "--warmup-epochs", "0.5", "--log-every", "10",
+            "--checkpoint-every", "1000",
+        ],
+    )
+    .resolve()
+    .unwrap();
+    let summary = run(&cfg, false);
+    let lines = metrics(&cfg);
+    let last: Vec<f64> = lines.iter().rev().take(5).map(|l| l.mim).collect();
+    let mim = last.iter().sum::<f64>() / last.len() as f64;
+    let entropy = token_entropy(f, &cfg);
+    eprintln!(
+        "300 SplitMask steps: mim {mim:.3} (ln 8192 = {:.3}, target unigram entropy {entropy:.3}), first {:.3}, {:.1} img/s",
+        (8192f64).ln(),
+        lines[0].mim,
+        summary.images_per_s
+    );
+    assert!(mim < (8192f64).ln() - 1.0, "{mim}");
+    assert!(mim < entropy, "the model must beat the token frequencies: {mim} vs {entropy}");
+    assert!(lines.iter().all(|l| l.nce.unwrap().is_finite()));
+}
+
+/// Entropy (nats) of the train targets' token frequencies, from a few augmented batches.
+fn token_entropy(f: &crate::Fixture, cfg: &PretrainConfig) -> f64 {
+    use burn::prelude::*;
+    let set = trainer::loader::ImageSet::load(&f.dir, "train").unwrap();
+    let vocab = crate::load_vocab(&cfg.vocab);
+    let device = Default::default();
+    let tok = trainer::targets::DeviceTokenizer::<trainer::CpuBackend>::new(&vocab, 8, &device).unwrap();
+    let mut counts = vec![0f64; 8192];
+    for i in 0..8 {
+        let b = trainer::loader::make_batch(&set, &cfg.augment, 64, 99, i).unwrap();
+        let t = Tensor::<trainer::CpuBackend, 4>::from_data(TensorData::new(b.images, [64, 3, 64, 64]), &device);
+        for v in tok.tokens(t).into_data().iter::<i64>() {
+            counts[v as usize] += 1.0;
+        }
+    }
+    let n: f64 = counts.iter().sum();
+    counts.iter().filter(|&&c| c > 0.0).map(|&c| -(c / n) * (c / n).ln()).sum()
+}
+
+#[test]
+fn bad_configuration_is_an_error_naming_the_field() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let err = |extra: &[&str]| args(f, &f.vocab_small, tmp.path(), extra).resolve().unwrap_err().to_string();
+    assert!(err(&["--model", "huge"]).contains("--model \"huge\": unknown preset"));
+    assert!(err(&["--batch-size", "100000"]).contains("--batch-size"));
+    assert!(err(&["--method", "splitmask", "--mask-ratio", "0.4"]).contains("50/50"));
+    assert!(err(&["--masking", "diagonal"]).contains("block or uniform"));
+}

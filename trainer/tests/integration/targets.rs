@@ -1,0 +1,60 @@
+//! The trainer's on-device tokenizer against the pipeline's pre-tokenized grids.
+
+use burn::prelude::*;
+use pipeline::tokenize::read_token_shard;
+use pipeline::views::patch_vectors;
+use trainer::augment::to_chw;
+use trainer::loader::ImageSet;
+use trainer::targets::DeviceTokenizer;
+use trainer::CpuBackend;
+
+use crate::{fixture, load_vocab};
+
+#[test]
+fn device_targets_equal_pretokenized_grids() {
+    let Some(f) = fixture() else { return };
+    let vocab = load_vocab(&f.vocab_small);
+    let manifest = pipeline::prepare::load_manifest(&f.dir).unwrap();
+    let set = manifest.tokens.iter().find(|t| f.vocab_small.ends_with(&t.vocab)).unwrap();
+    let shard = set.shards.iter().find(|s| s.file.contains("val")).unwrap();
+    let grids = read_token_shard(&f.dir.join(&set.dir).join(&shard.file)).unwrap();
+    let images = ImageSet::load(&f.dir, "val").unwrap();
+    let device = Default::default();
+    // ViT-S/16 geometry: 224 views, targets from their 2x2 box mean (112), 8x8 patches.
+    let tok = DeviceTokenizer::<CpuBackend>::new(&vocab, 16, &device).unwrap();
+    let p = &vocab.header.preprocessing;
+    let n = 96;
+    let (mut total, mut differ) = (0, 0);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let mut chw = Vec::new();
+        let mut views = Vec::new();
+        for &i in chunk {
+            let s = &images.samples[i];
+            assert_eq!(s.id, grids[i].id, "token rows follow image rows");
+            let view = vocab.canonical_views(&images.decode(i).unwrap())[0].clone();
+            to_chw(&view, &mut chw);
+            views.push(view);
+        }
+        let t = Tensor::<CpuBackend, 4>::from_data(TensorData::new(chw, [chunk.len(), 3, 224, 224]), &device);
+        let got: Vec<i64> = tok.tokens(t).into_data().iter::<i64>().collect();
+        for (k, &i) in chunk.iter().enumerate() {
+            let mut pv = Vec::new();
+            patch_vectors(&views[k], p, &mut pv);
+            for j in 0..196 {
+                total += 1;
+                let (ours, theirs) = (got[k * 196 + j] as usize, grids[i].tokens[j] as usize);
+                if ours == theirs {
+                    continue;
+                }
+                differ += 1;
+                // A disagreement must be a near-tie of the pipeline's own scores.
+                let x = &pv[j * 192..(j + 1) * 192];
+                let dot = |e: usize| -> f32 { x.iter().zip(&vocab.embeddings[e * 192..(e + 1) * 192]).map(|(a, b)| a * b).sum() };
+                let gap = (dot(ours) - dot(theirs)).abs();
+                assert!(gap < 1e-3 * dot(theirs).abs().max(1.0), "image {i} patch {j}: token {ours} vs {theirs}, score gap {gap}");
+            }
+        }
+    }
+    assert!(differ * 1000 <= total, "{differ} of {total} tokens differ");
+    eprintln!("device tokens: {differ} of {total} differ (near-ties)");
+}
