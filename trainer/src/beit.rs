@@ -9,7 +9,7 @@ use rand::Rng;
 use crate::init::{linear, param, trunc_normal};
 use crate::losses::token_cross_entropy;
 use crate::objective::{Masks, MimBatch, MimOutput, Objective};
-use crate::vit::{gather_tokens, Vit, VitConfig};
+use crate::vit::{gather_tokens, Mode, Vit, VitConfig};
 
 #[derive(Module, Debug)]
 pub struct Beit<B: Backend> {
@@ -39,7 +39,7 @@ impl<B: Backend> Objective<B> for Beit<B> {
     /// - batch.images: `[batch, 3, height, width]`
     /// - batch.targets: `[batch, patches]`
     /// - masks: `Masks::Masked` (`[batch, m]` positions and their `[batch, patches, 1]` weights)
-    fn forward(&self, batch: &MimBatch<B>, train: bool) -> MimOutput<B> {
+    fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B> {
         let Masks::Masked { index, weight } = &batch.masks else {
             panic!("BEiT trains on Masks::Masked, the engine drew split masks");
         };
@@ -47,7 +47,7 @@ impl<B: Backend> Objective<B> for Beit<B> {
         let x = enc.patch_embed.forward(batch.images.clone()); // [batch, patches, dim]
         let w = weight.clone();
         let x = x * (w.clone().neg() + 1.0) + self.mask_token.val() * w + enc.patch_pos();
-        let h = enc.encode(x, train);
+        let h = enc.encode(x, mode);
         let [b, n1, d] = h.dims();
         let h = h.slice([0..b, 1..n1, 0..d]); // [batch, patches, dim]
         let [_, m] = index.dims();
@@ -101,11 +101,11 @@ mod tests {
         let Masks::Masked { index, .. } = &b.masks else { unreachable!() };
         let first: Vec<i64> = index.clone().into_data().iter::<i64>().collect();
         let (gy, gx) = (first[0] as usize / 4, first[0] as usize % 4);
-        let before = model.forward(&b, false).loss.into_scalar();
+        let before = model.forward(&b, Mode::Eval).loss.into_scalar();
         let mut changed = b.clone();
         let patch = Tensor::<TestBackend, 4>::ones([1, 3, 8, 8], &device) * 5.0;
         changed.images = changed.images.slice_assign([0..1, 0..3, gy * 8..gy * 8 + 8, gx * 8..gx * 8 + 8], patch);
-        let after = model.forward(&changed, false).loss.into_scalar();
+        let after = model.forward(&changed, Mode::Eval).loss.into_scalar();
         assert!((before - after).abs() < 1e-6, "{before} vs {after}");
         assert!((before - 64f32.ln()).abs() < 0.5);
     }
@@ -118,7 +118,7 @@ mod tests {
         let mut opt = AdamW::<TestAutodiff>::new(AdamWSettings::default());
         let mut losses = Vec::new();
         for _ in 0..60 {
-            let out = model.forward(&batch, true);
+            let out = model.forward(&batch, Mode::Train { seed: 0 });
             losses.push(out.loss.clone().into_scalar());
             let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
             model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);

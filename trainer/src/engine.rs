@@ -31,6 +31,7 @@ use crate::objective::{Masks, Method, MimBatch, Objective};
 use crate::optim::{accumulate, clip_scale, global_grad_norm, AdamW, CosineSchedule, Moments};
 use crate::splitmask::SplitMask;
 use crate::targets::{DeviceTokenizer, TargetError};
+use crate::vit::Mode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -206,7 +207,6 @@ where
     let mut images_done = 0usize;
     while state.step < end {
         let step = state.step;
-        B::seed(device, mix(cfg.seed, step, 1));
         let mut grads: Option<GradientsParams> = None;
         let mut logged = None;
         let log_now = (step + 1) % cfg.log_every == 0 || step + 1 == end;
@@ -219,7 +219,7 @@ where
             let index = step * cfg.accum as u64 + micro;
             debug_assert_eq!(host.index, index);
             let batch = device_batch::<B>(cfg, &tokenizer, &host, mix(cfg.seed, index, 2), device);
-            let out = model.forward(&batch, true);
+            let out = model.forward(&batch, Mode::Train { seed: mix(cfg.seed, index, 4) });
             if log_now && micro == 0 {
                 logged = Some(Logged {
                     loss: out.loss.clone().into_scalar().elem::<f64>(),

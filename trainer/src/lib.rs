@@ -6,6 +6,7 @@
 
 pub mod augment;
 pub mod beit;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod engine;

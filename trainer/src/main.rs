@@ -3,7 +3,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use trainer::config::PretrainArgs;
+use trainer::bench::bench_steps;
 use trainer::engine::pretrain;
+use trainer::objective::Method;
+use trainer::vit::VitConfig;
 
 #[derive(Parser)]
 #[command(version, about = "BEiT / SplitMask pre-training of Vision Transformers (burn)")]
@@ -41,6 +44,26 @@ enum Command {
         /// Hide the progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Time training steps on synthetic data (one JSON line per run on stdout).
+    Bench {
+        #[arg(long, value_enum, default_value = "splitmask")]
+        method: Method,
+        #[arg(long, default_value = "small")]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 8192)]
+        vocab_size: usize,
+        /// Untimed steps first (kernel compilation and autotuning on GPUs).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+        #[arg(long, value_enum, default_value = "bf16")]
+        precision: Precision,
     },
 }
 
@@ -80,8 +103,70 @@ fn main() -> Result<()> {
                 );
             }
         }
+        Command::Bench {
+            method,
+            model,
+            batch_size,
+            vocab_size,
+            warmup,
+            steps,
+            device,
+            precision,
+        } => {
+            let vit = VitConfig::preset(&model)
+                .with_context(|| format!("--model {model:?}: known presets are {}", VitConfig::PRESETS.join(", ")))?;
+            let r = match device {
+                DeviceKind::Cpu => bench_steps::<trainer::CpuAutodiff>(
+                    &model,
+                    &vit,
+                    method,
+                    batch_size,
+                    vocab_size,
+                    warmup,
+                    steps,
+                    &Default::default(),
+                ),
+                DeviceKind::Cuda => cuda_bench(&model, &vit, method, batch_size, vocab_size, warmup, steps, precision)?,
+            };
+            println!("{}", serde_json::to_string(&r)?);
+        }
     }
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+fn cuda_bench(
+    model: &str,
+    vit: &VitConfig,
+    method: Method,
+    batch: usize,
+    vocab: usize,
+    warmup: usize,
+    steps: usize,
+    precision: Precision,
+) -> Result<trainer::bench::BenchResult> {
+    use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
+    let device = CudaDevice::default();
+    Ok(match precision {
+        Precision::F32 => bench_steps::<Autodiff<Cuda<f32>>>(model, vit, method, batch, vocab, warmup, steps, &device),
+        Precision::Bf16 => bench_steps::<Autodiff<Cuda<half::bf16>>>(model, vit, method, batch, vocab, warmup, steps, &device),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+fn cuda_bench(
+    _: &str,
+    _: &VitConfig,
+    _: Method,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: Precision,
+) -> Result<trainer::bench::BenchResult> {
+    bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
 }
 
 #[cfg(feature = "cuda")]

@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 
-use crate::vit::Vit;
+use crate::vit::{Mode, Vit};
 
 /// Which pre-training method; selects the model and the masks drawn for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -105,5 +105,5 @@ pub trait Objective<B: Backend> {
     /// The encoder being pre-trained (what is evaluated and exported).
     fn encoder(&self) -> &Vit<B>;
 
-    fn forward(&self, batch: &MimBatch<B>, train: bool) -> MimOutput<B>;
+    fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B>;
 }

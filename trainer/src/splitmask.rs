@@ -12,7 +12,7 @@ use rand::Rng;
 use crate::init::{linear, param, trunc_normal};
 use crate::losses::{info_nce, token_cross_entropy};
 use crate::objective::{Masks, MimBatch, MimOutput, Objective};
-use crate::vit::{gather_tokens, Block, BlockConfig, Vit, VitConfig, LN_EPS};
+use crate::vit::{gather_tokens, Block, BlockConfig, Mode, Vit, VitConfig, LN_EPS};
 
 #[derive(Config, Debug, PartialEq)]
 pub struct SplitMaskConfig {
@@ -84,7 +84,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
     /// - batch.images: `[batch, 3, height, width]`
     /// - batch.targets: `[batch, patches]`
     /// - masks: `Masks::Split`, halves of `[batch, patches / 2]`
-    fn forward(&self, batch: &MimBatch<B>, train: bool) -> MimOutput<B> {
+    fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B> {
         let Masks::Split { a, b: b_idx } = &batch.masks else {
             panic!("SplitMask trains on Masks::Split, the engine drew BEiT masks");
         };
@@ -95,7 +95,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         let d = x.dims()[2];
         // Both halves through the shared encoder in one call: [2 * batch, k, dim].
         let halves = Tensor::cat(vec![gather_tokens(x.clone(), a.clone()), gather_tokens(x, b_idx.clone())], 0);
-        let h = enc.encode(halves, train);
+        let h = enc.encode(halves, mode);
         let h = h.slice([0..2 * b, 1..k + 1, 0..d]); // drop the class token: [2 * batch, k, dim]
         let visible = Tensor::cat(vec![a.clone(), b_idx.clone()], 0); // [2 * batch, k]
         let missing = Tensor::cat(vec![b_idx.clone(), a.clone()], 0);
@@ -105,8 +105,8 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         // Attention is permutation-equivariant, so visible and predicted tokens need not be put
         // back in grid order: each carries its position embedding.
         let mut z = Tensor::cat(vec![vis, miss], 1); // [2 * batch, patches, dim]
-        for block in &self.decoder_blocks {
-            z = block.forward(z, train);
+        for (i, block) in self.decoder_blocks.iter().enumerate() {
+            z = block.forward(z, mode.for_layer(1000 + i as u64));
         }
         let z = self.decoder_norm.forward(z);
         let pred = z.clone().slice([0..2 * b, k..2 * k, 0..d]); // [2 * batch, k, dim]
@@ -166,7 +166,7 @@ mod tests {
             SplitMask::<TestBackend>::new(&tiny(), &SplitMaskConfig::new(), 64, &mut ChaCha8Rng::seed_from_u64(0), &device);
         assert_eq!(model.decoder_blocks.len(), 2);
         assert_eq!(model.decoder_pos.dims(), [1, 16, 32]);
-        let out = model.forward(&batch(3, 64, 1, &device), false);
+        let out = model.forward(&batch(3, 64, 1, &device), Mode::Eval);
         let mim = out.mim.into_scalar();
         let nce = out.nce.unwrap().into_scalar();
         let loss = out.loss.into_scalar();
@@ -190,7 +190,7 @@ mod tests {
         let mut opt = AdamW::<TestAutodiff>::new(AdamWSettings::default());
         let mut losses = Vec::new();
         for _ in 0..60 {
-            let out = model.forward(&batch, true);
+            let out = model.forward(&batch, Mode::Train { seed: 0 });
             losses.push(out.mim.clone().into_scalar());
             let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
             model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);

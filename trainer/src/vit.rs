@@ -11,10 +11,30 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::Distribution;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::init::{linear, param, trunc_normal};
+use crate::loader::mix;
+
+/// Whether a forward pass trains (drop path active, its per-sample draws seeded by `seed`) or
+/// evaluates. Drop-path draws come from a host RNG rather than the backend's global one, so a
+/// step is reproducible on every backend and under concurrent use of the backend RNG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Eval,
+    Train { seed: u64 },
+}
+
+impl Mode {
+    /// The mode of layer `i`: its own seed, derived from the pass's.
+    pub fn for_layer(self, i: u64) -> Mode {
+        match self {
+            Mode::Eval => Mode::Eval,
+            Mode::Train { seed } => Mode::Train { seed: mix(seed, i, 6) },
+        }
+    }
+}
 
 /// timm and BEiT use 1e-6 (burn's default is 1e-5).
 pub const LN_EPS: f64 = 1e-6;
@@ -335,30 +355,33 @@ impl<B: Backend> Block<B> {
     /// # Shapes
     /// - x: `[batch, tokens, dim]`
     /// - output: `[batch, tokens, dim]`
-    pub fn forward(&self, x: Tensor<B, 3>, train: bool) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, mode: Mode) -> Tensor<B, 3> {
         let mut a = self.attn.forward(self.norm1.forward(x.clone()));
         if let Some(ls) = &self.ls1 {
             a = ls.forward(a);
         }
-        let x = x + drop_path(a, self.drop_path, train);
+        let x = x + drop_path(a, self.drop_path, mode, 0);
         let mut m = self.mlp.forward(self.norm2.forward(x.clone()));
         if let Some(ls) = &self.ls2 {
             m = ls.forward(m);
         }
-        x + drop_path(m, self.drop_path, train)
+        x + drop_path(m, self.drop_path, mode, 1)
     }
 }
 
 /// Stochastic depth: drops the whole residual branch of a sample with probability `rate`,
-/// scaling kept ones by 1 / (1 - rate). Draws from the backend RNG (seeded per step).
-pub fn drop_path<B: Backend>(x: Tensor<B, 3>, rate: f64, train: bool) -> Tensor<B, 3> {
-    if !train || rate == 0.0 {
+/// scaling kept ones by 1 / (1 - rate). `branch` tells a block's two branches apart.
+pub fn drop_path<B: Backend>(x: Tensor<B, 3>, rate: f64, mode: Mode, branch: u64) -> Tensor<B, 3> {
+    let Mode::Train { seed } = mode else { return x };
+    if rate == 0.0 {
         return x;
     }
     let keep = 1.0 - rate;
     let [b, _, _] = x.dims();
-    let mask = Tensor::<B, 3>::random([b, 1, 1], Distribution::Bernoulli(keep), &x.device());
-    x * (mask / keep)
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, branch, 5));
+    let mask: Vec<f32> = (0..b).map(|_| rng.random_bool(keep) as u8 as f32 / keep as f32).collect();
+    let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [b, 1, 1]), &x.device());
+    x * mask
 }
 
 /// The encoder. Parameter names mirror timm's `VisionTransformer`.
@@ -402,12 +425,12 @@ impl<B: Backend> Vit<B> {
     /// # Shapes
     /// - tokens: `[batch, n, dim]`
     /// - output: `[batch, 1 + n, dim]`
-    pub fn encode(&self, tokens: Tensor<B, 3>, train: bool) -> Tensor<B, 3> {
+    pub fn encode(&self, tokens: Tensor<B, 3>, mode: Mode) -> Tensor<B, 3> {
         let [b, _, d] = tokens.dims();
         let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
         let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
-        for block in &self.blocks {
-            x = block.forward(x, train);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, mode.for_layer(i as u64));
         }
         self.norm.forward(x)
     }
@@ -417,8 +440,8 @@ impl<B: Backend> Vit<B> {
     /// # Shapes
     /// - images: `[batch, 3, height, width]`
     /// - output: `[batch, 1 + patches, dim]`
-    pub fn forward(&self, images: Tensor<B, 4>, train: bool) -> Tensor<B, 3> {
-        self.encode(self.embed(images), train)
+    pub fn forward(&self, images: Tensor<B, 4>, mode: Mode) -> Tensor<B, 3> {
+        self.encode(self.embed(images), mode)
     }
 }
 
@@ -439,8 +462,7 @@ pub fn gather_tokens<B: Backend>(x: Tensor<B, 3>, index: Tensor<B, 2, Int>) -> T
 mod tests {
     use super::*;
     use crate::TestBackend;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use burn::tensor::Distribution;
 
     #[test]
     fn patchify_orders_channel_y_x() {
@@ -466,7 +488,7 @@ mod tests {
         let device = Default::default();
         let vit: Vit<TestBackend> = cfg.init(&mut ChaCha8Rng::seed_from_u64(0), &device);
         let img = Tensor::<TestBackend, 4>::random([3, 3, 64, 64], Distribution::Default, &device);
-        let out = vit.forward(img, false);
+        let out = vit.forward(img, Mode::Eval);
         assert_eq!(out.dims(), [3, 65, 32]);
         assert_eq!(
             VitConfig::small().with_image_size(60).validate().unwrap_err(),
@@ -493,8 +515,8 @@ mod tests {
         let vit: Vit<TestBackend> = cfg.init(&mut ChaCha8Rng::seed_from_u64(1), &device);
         let x = Tensor::<TestBackend, 3>::random([1, 5, 16], Distribution::Default, &device);
         let perm = Tensor::<TestBackend, 1, Int>::from_data(TensorData::new(vec![3i64, 0, 4, 1, 2], [5]), &device);
-        let y = vit.blocks[0].forward(x.clone(), false).select(1, perm.clone());
-        let y2 = vit.blocks[0].forward(x.select(1, perm), false);
+        let y = vit.blocks[0].forward(x.clone(), Mode::Eval).select(1, perm.clone());
+        let y2 = vit.blocks[0].forward(x.select(1, perm), Mode::Eval);
         y.into_data().assert_approx_eq::<f32>(&y2.into_data(), burn::tensor::Tolerance::default());
     }
 }

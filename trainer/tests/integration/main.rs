@@ -35,7 +35,7 @@ pub struct Fixture {
     pub dir: PathBuf,
     /// Random-patches vocabulary of 256 entries, with token shards.
     pub vocab_small: PathBuf,
-    /// Random-patches vocabulary of 8192 entries (the paper's size).
+    /// Random-projection vocabulary of 8192 entries (the paper's size and one of its tokenizers).
     pub vocab_full: PathBuf,
 }
 
@@ -67,9 +67,9 @@ pub fn fixture() -> Option<&'static Fixture> {
             row_group_bytes: 64_000_000,
         };
         prepare(&cfg, Worker::ALL, false).unwrap();
-        let vocab = |size: usize| {
+        let vocab = |kind: VocabKind, size: usize| {
             let vc = VocabConfig {
-                kind: VocabKind::RandomPatches,
+                kind,
                 size,
                 seed: 0,
                 sample: 0,
@@ -82,9 +82,9 @@ pub fn fixture() -> Option<&'static Fixture> {
             }
             path
         };
-        let vocab_small = vocab(256);
+        let vocab_small = vocab(VocabKind::RandomPatches, 256);
         pipeline::tokenize::tokenize_dataset(&dir, &vocab_small, false).unwrap();
-        let vocab_full = vocab(8192);
+        let vocab_full = vocab(VocabKind::RandomProjection, 8192);
         Some(Fixture {
             dir,
             vocab_small,

@@ -71,8 +71,8 @@ fn short_real_run_predicts_tokens_better_than_their_frequencies() {
         &f.vocab_full,
         &out,
         &[
-            "--method", "splitmask", "--model", "cpu-tiny", "--batch-size", "32", "--max-steps", "300",
-            "--epochs", "100", "--blr", "1.2e-1", "--warmup-epochs", "0.5", "--log-every", "10",
+            "--method", "splitmask", "--model", "cpu-tiny", "--batch-size", "16", "--max-steps", "150",
+            "--epochs", "100", "--blr", "0.2", "--warmup-epochs", "0.2", "--log-every", "10",
             "--checkpoint-every", "1000",
         ],
     )
@@ -80,16 +80,16 @@ fn short_real_run_predicts_tokens_better_than_their_frequencies() {
     .unwrap();
     let summary = run(&cfg, false);
     let lines = metrics(&cfg);
-    let last: Vec<f64> = lines.iter().rev().take(5).map(|l| l.mim).collect();
+    let last: Vec<f64> = lines.iter().rev().take(3).map(|l| l.mim).collect();
     let mim = last.iter().sum::<f64>() / last.len() as f64;
     let entropy = token_entropy(f, &cfg);
     eprintln!(
-        "300 SplitMask steps: mim {mim:.3} (ln 8192 = {:.3}, target unigram entropy {entropy:.3}), first {:.3}, {:.1} img/s",
+        "150 SplitMask steps: mim {mim:.3} (ln 8192 = {:.3}, target unigram entropy {entropy:.3}), first {:.3}, {:.1} img/s",
         (8192f64).ln(),
         lines[0].mim,
         summary.images_per_s
     );
-    assert!(mim < (8192f64).ln() - 1.0, "{mim}");
+    assert!(mim < (8192f64).ln() - 2.5, "{mim}");
     assert!(mim < entropy, "the model must beat the token frequencies: {mim} vs {entropy}");
     assert!(lines.iter().all(|l| l.nce.unwrap().is_finite()));
 }

@@ -1,0 +1,149 @@
+//! Step throughput on synthetic data, for comparing backends and devices with the PyTorch
+//! reference (`bench/gpu/`). A timed step is what a training step does on the device: upload
+//! of normalized images, tokenization, forward, backward, global gradient norm, AdamW.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::beit::Beit;
+use crate::masking::{draw_mask, draw_split, MaskSpec};
+use crate::objective::{Masks, Method, MimBatch, Objective};
+use crate::optim::{clip_scale, global_grad_norm, AdamW, AdamWSettings};
+use crate::splitmask::{SplitMask, SplitMaskConfig};
+use crate::vit::{Mode, VitConfig};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub impl_name: &'static str,
+    pub method: Method,
+    pub model: String,
+    pub batch: usize,
+    pub steps: usize,
+    /// The first step (kernel compilation and autotuning on GPUs).
+    pub first_step_s: f64,
+    pub step_ms: f64,
+    pub images_per_s: f64,
+    pub final_loss: f64,
+}
+
+/// Times `steps` training steps after `warmup` untimed ones.
+pub fn bench_steps<B: AutodiffBackend>(
+    model_name: &str,
+    vit: &VitConfig,
+    method: Method,
+    batch: usize,
+    vocab: usize,
+    warmup: usize,
+    steps: usize,
+    device: &B::Device,
+) -> BenchResult {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    match method {
+        Method::Beit => {
+            let m = Beit::<B>::new(vit, vocab, &mut rng, device);
+            run::<B, _>(m, model_name, vit, method, batch, vocab, warmup, steps, device)
+        }
+        Method::Splitmask => {
+            let m = SplitMask::<B>::new(vit, &SplitMaskConfig::new(), vocab, &mut rng, device);
+            run::<B, _>(m, model_name, vit, method, batch, vocab, warmup, steps, device)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
+    mut model: M,
+    model_name: &str,
+    vit: &VitConfig,
+    method: Method,
+    batch: usize,
+    vocab: usize,
+    warmup: usize,
+    steps: usize,
+    device: &B::Device,
+) -> BenchResult {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let g = vit.grid();
+    let s = vit.image_size;
+    // A random-projection vocabulary, as the reference's tokenizer.
+    let d = 192;
+    let mut e: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    for row in e.chunks_mut(d) {
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= n);
+    }
+    let vocabulary = pipeline::tokenizer::Vocabulary {
+        header: schemas::VocabHeader {
+            version: schemas::vocab::VOCAB_VERSION,
+            kind: schemas::VocabKind::RandomProjection,
+            seed: 0,
+            size: vocab,
+            dim: d,
+            preprocessing: schemas::Preprocessing::paper(),
+            source_manifest_sha256: None,
+            kmeans: None,
+        },
+        embeddings: e,
+    };
+    let tokenizer = crate::targets::DeviceTokenizer::<B>::new(&vocabulary, vit.patch_size, device).expect("8 px tokens");
+    let images: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+    let mut opt = AdamW::<B>::new(AdamWSettings::default());
+    let (mut first, mut timed_start, mut loss) = (0.0, Instant::now(), 0.0);
+    for step in 0..warmup + steps {
+        if step == warmup {
+            timed_start = Instant::now();
+        }
+        let t0 = Instant::now();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(images.clone(), [batch, 3, s, s]), device);
+        let targets = tokenizer.tokens(x.clone());
+        let masks = match method {
+            Method::Beit => {
+                let m: Vec<_> = (0..batch)
+                    .map(|_| draw_mask(&mut rng, g, g, (g * g * 2) / 5, MaskSpec::block_for_grid(g * g)))
+                    .collect();
+                Masks::masked(&m, device)
+            }
+            Method::Splitmask => {
+                let h: Vec<_> = (0..batch)
+                    .map(|_| draw_split(&mut rng, g, g, MaskSpec::block_for_grid(g * g)))
+                    .collect();
+                Masks::split(&h, device)
+            }
+        };
+        let b = MimBatch {
+            images: x,
+            targets,
+            masks,
+        };
+        let out = model.forward(&b, Mode::Train { seed: step as u64 });
+        let l = out.loss.clone();
+        let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let norm = global_grad_norm::<B, M>(&model, &grads);
+        model = opt.step(model, &mut grads, 1e-4, clip_scale(norm, Some(3.0)), &|_| 1.0);
+        if step == 0 || step + 1 == warmup + steps {
+            loss = l.into_scalar().elem::<f64>();
+        }
+        if step == 0 {
+            first = t0.elapsed().as_secs_f64();
+        }
+    }
+    let secs = timed_start.elapsed().as_secs_f64();
+    BenchResult {
+        impl_name: "burn",
+        method,
+        model: model_name.to_string(),
+        batch,
+        steps,
+        first_step_s: first,
+        step_ms: secs * 1e3 / steps.max(1) as f64,
+        images_per_s: (batch * steps) as f64 / secs,
+        final_loss: loss,
+    }
+}
