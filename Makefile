@@ -13,8 +13,16 @@ VOCAB_SIZE    ?= 8192
 KMEANS_SAMPLE ?= 1000000
 KMEANS_ITERS  ?= 10
 PIPELINE := target/release/pipeline
+# Pre-training (`make pretrain`): method, ViT preset, device (cpu | cuda) and run folder.
+METHOD   ?= splitmask
+MODEL    ?= cpu-small
+DEVICE   ?= cpu
+BATCH    ?= 64
+RUN      ?= runs/$(DATASET)-$(METHOD)-$(MODEL)-$(VOCAB)
+TRAIN_ARGS ?=
+TRAINER  := target/release/trainer
 
-.PHONY: all build prepare images vocab tokenize inspect demo test lint fmt python-deps bench-ingest bench-kmeans
+.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain test lint fmt python-deps bench-ingest bench-kmeans bench-gpu
 
 all: build
 
@@ -43,6 +51,15 @@ inspect: build
 
 demo: prepare inspect
 
+# The CUDA build needs no GPU to compile (kernels are JIT-compiled by NVRTC on the GPU host).
+build-trainer:
+	$(CARGO) build --release -p trainer $(if $(filter cuda,$(DEVICE)),--features cuda)
+
+# Pre-train on the prepared dataset in $(OUT) with its $(VOCAB) vocabulary; RESUME=1 continues $(RUN).
+pretrain: build-trainer
+	$(TRAINER) pretrain --data $(OUT) --vocab $(VOCAB_FILE) --method $(METHOD) --model $(MODEL) \
+		--device $(DEVICE) --batch-size $(BATCH) --out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
+
 python-deps:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
@@ -59,6 +76,11 @@ fmt:
 bench-ingest: build python-deps
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check pillow
 	$(PYTHON) bench/ingest/run.py
+
+# Builds the CUDA trainer here and writes bench/gpu/carry/ (binary + scripts) for the GPU machine;
+# bench/gpu/run_device.sh runs there (see bench/gpu/README.md).
+bench-gpu:
+	bash bench/gpu/build.sh
 
 # Needs the prepared dataset (make images). OPENBLAS_* are unset for numpy's fastest kernels.
 bench-kmeans: python-deps

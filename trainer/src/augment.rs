@@ -24,6 +24,9 @@ pub struct AugmentConfig {
     /// Aspect-ratio range of crops.
     pub ratio: (f64, f64),
     pub flip: bool,
+    /// Random resized crops; `false` takes the canonical view (shorter side to `size`, center
+    /// crop), the view that `pipeline tokenize` pre-tokenized.
+    pub random_crop: bool,
     /// Color jitter, grayscale, blur and solarization (the paper's small-dataset setting).
     pub strong: bool,
 }
@@ -35,6 +38,7 @@ impl AugmentConfig {
             scale: (0.08, 1.0),
             ratio: (3.0 / 4.0, 4.0 / 3.0),
             flip: true,
+            random_crop: true,
             strong,
         }
     }
@@ -82,18 +86,24 @@ pub fn resize_crop(img: &RgbImage, crop: (f64, f64, f64, f64), size: u32) -> Rgb
     RgbImage::from_raw(size, size, dst.into_vec()).expect("buffer matches dimensions")
 }
 
-/// A training view: random resized crop, flip, optional strong augmentation.
-pub fn train_view<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let (l, t, cw, ch) = crop_box(rng, w, h, cfg.scale, cfg.ratio);
-    let mut view = resize_crop(img, (l as f64, t as f64, cw as f64, ch as f64), cfg.size);
-    if cfg.flip && rng.random_bool(0.5) {
+/// A training view (random resized crop or the canonical view, flip, optional strong
+/// augmentation) and whether it was flipped.
+pub fn train_view<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> (RgbImage, bool) {
+    let mut view = if cfg.random_crop {
+        let (w, h) = img.dimensions();
+        let (l, t, cw, ch) = crop_box(rng, w, h, cfg.scale, cfg.ratio);
+        resize_crop(img, (l as f64, t as f64, cw as f64, ch as f64), cfg.size)
+    } else {
+        pipeline::views::canonical_view(img, cfg.size)
+    };
+    let flipped = cfg.flip && rng.random_bool(0.5);
+    if flipped {
         image::imageops::flip_horizontal_in_place(&mut view);
     }
     if cfg.strong {
         strong_augment(&mut view, rng);
     }
-    view
+    (view, flipped)
 }
 
 /// Evaluation view: resize so the center crop of `crop_ratio` of the shorter side becomes
@@ -101,7 +111,11 @@ pub fn train_view<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> R
 pub fn eval_view(img: &RgbImage, size: u32, crop_ratio: f64) -> RgbImage {
     let (w, h) = img.dimensions();
     let side = w.min(h) as f64 * crop_ratio;
-    resize_crop(img, ((w as f64 - side) / 2.0, (h as f64 - side) / 2.0, side, side), size)
+    resize_crop(
+        img,
+        ((w as f64 - side) / 2.0, (h as f64 - side) / 2.0, side, side),
+        size,
+    )
 }
 
 /// BYOL/DINO-style strong augmentation in place: color jitter (p 0.8: brightness and
@@ -117,7 +131,8 @@ pub fn strong_augment<R: Rng>(view: &mut RgbImage, rng: &mut R) {
         let s = rng.random_range(0.8..=1.2f32);
         px.iter_mut().for_each(|v| *v = (*v * b).clamp(0.0, 1.0));
         let mean = px.chunks(3).map(gray).sum::<f32>() / (px.len() / 3) as f32;
-        px.iter_mut().for_each(|v| *v = ((*v - mean) * c + mean).clamp(0.0, 1.0));
+        px.iter_mut()
+            .for_each(|v| *v = ((*v - mean) * c + mean).clamp(0.0, 1.0));
         for p in px.chunks_mut(3) {
             let g = gray(p);
             p.iter_mut().for_each(|v| *v = ((*v - g) * s + g).clamp(0.0, 1.0));
@@ -221,8 +236,13 @@ mod tests {
         });
         let v = eval_view(&img, 32, 0.5);
         // The resampling kernel reaches one source pixel past the crop: skip a 1 px border.
-        let inner = v.enumerate_pixels().filter(|(x, y, _)| (1..31).contains(x) && (1..31).contains(y));
-        assert!(inner.clone().all(|(_, _, p)| p.0[0] > 250), "only the white square is left");
+        let inner = v
+            .enumerate_pixels()
+            .filter(|(x, y, _)| (1..31).contains(x) && (1..31).contains(y));
+        assert!(
+            inner.clone().all(|(_, _, p)| p.0[0] > 250),
+            "only the white square is left"
+        );
         assert_eq!(inner.count(), 30 * 30);
     }
 

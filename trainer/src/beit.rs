@@ -83,7 +83,9 @@ mod tests {
     fn batch<B: Backend>(b: usize, vocab: usize, device: &B::Device) -> MimBatch<B> {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         B::seed(device, 3);
-        let masks: Vec<_> = (0..b).map(|_| draw_mask(&mut rng, 4, 4, 6, MaskSpec::Uniform)).collect();
+        let masks: Vec<_> = (0..b)
+            .map(|_| draw_mask(&mut rng, 4, 4, 6, MaskSpec::Uniform))
+            .collect();
         MimBatch {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
             targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
@@ -98,13 +100,17 @@ mod tests {
         let device = Default::default();
         let model = Beit::<TestBackend>::new(&tiny(), 64, &mut ChaCha8Rng::seed_from_u64(0), &device);
         let b = batch::<TestBackend>(2, 64, &device);
-        let Masks::Masked { index, .. } = &b.masks else { unreachable!() };
+        let Masks::Masked { index, .. } = &b.masks else {
+            unreachable!()
+        };
         let first: Vec<i64> = index.clone().into_data().iter::<i64>().collect();
         let (gy, gx) = (first[0] as usize / 4, first[0] as usize % 4);
         let before = model.forward(&b, Mode::Eval).loss.into_scalar();
         let mut changed = b.clone();
         let patch = Tensor::<TestBackend, 4>::ones([1, 3, 8, 8], &device) * 5.0;
-        changed.images = changed.images.slice_assign([0..1, 0..3, gy * 8..gy * 8 + 8, gx * 8..gx * 8 + 8], patch);
+        changed.images = changed
+            .images
+            .slice_assign([0..1, 0..3, gy * 8..gy * 8 + 8, gx * 8..gx * 8 + 8], patch);
         let after = model.forward(&changed, Mode::Eval).loss.into_scalar();
         assert!((before - after).abs() < 1e-6, "{before} vs {after}");
         assert!((before - 64f32.ln()).abs() < 0.5);

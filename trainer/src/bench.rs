@@ -92,7 +92,8 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
         },
         embeddings: e,
     };
-    let tokenizer = crate::targets::DeviceTokenizer::<B>::new(&vocabulary, vit.patch_size, device).expect("8 px tokens");
+    let tokenizer =
+        crate::targets::DeviceTokenizer::<B>::new(&vocabulary, vit.patch_size, device).expect("8 px tokens");
     let images: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.random_range(-2.0f32..2.0)).collect();
     let mut opt = AdamW::<B>::new(AdamWSettings::default());
     let (mut first, mut timed_start, mut loss) = (0.0, Instant::now(), 0.0);

@@ -1,6 +1,6 @@
 //! Checkpoints as safetensors: every parameter under its module path
-//! (`encoder.blocks.0.attn.qkv.weight`, burn layout, f32), the optimizer moments under
-//! `optim.m.<path>` / `optim.v.<path>`, and the training state (step, data position, config
+//! (`encoder.blocks.0.attn.qkv.weight`, burn layout, f32), the optimizer moments and master
+//! weights under `optim.{m,v,master}.<path>`, and the training state (step, data position, config
 //! hash) as JSON in the header. Written atomically; loading is strict about names and shapes.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,8 +11,6 @@ use burn::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 pub const STATE_KEY: &str = "splitmask.state";
-const MOMENT_M: &str = "optim.m.";
-const MOMENT_V: &str = "optim.v.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -153,14 +151,29 @@ pub fn load_params<B: Backend, M: Module<B>>(
 }
 
 /// Writes named tensors (and optional JSON metadata) atomically.
-pub fn save_tensors(path: &Path, tensors: &NamedTensors, meta: Option<HashMap<String, String>>) -> Result<(), CheckpointError> {
+pub fn save_tensors(
+    path: &Path,
+    tensors: &NamedTensors,
+    meta: Option<HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, (shape, v))| (k.clone(), shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(k, (shape, v))| {
+            (
+                k.clone(),
+                shape.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(k, shape, b)| (k.clone(), TensorView::new(Dtype::F32, shape.clone(), b).expect("sizes match")))
+        .map(|(k, shape, b)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), b).expect("sizes match"),
+            )
+        })
         .collect();
     let out = safetensors::serialize(views, meta).map_err(|e| CheckpointError::Format {
         path: path.to_path_buf(),
@@ -189,7 +202,10 @@ pub fn load_tensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String
     for (name, view) in st.tensors() {
         let data = view.data();
         let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
             Dtype::BF16 => data
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32())
@@ -198,33 +214,42 @@ pub fn load_tensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32())
                 .collect(),
-            other => return Err(bad(format!("tensor {name:?} has dtype {other:?}; f32, bf16 or f16 expected"))),
+            other => {
+                return Err(bad(format!(
+                    "tensor {name:?} has dtype {other:?}; f32, bf16 or f16 expected"
+                )))
+            }
         };
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok((out, meta))
 }
 
-/// Splits a checkpoint's tensors into model parameters and optimizer moments.
-pub fn split_moments(all: NamedTensors) -> (NamedTensors, NamedTensors, NamedTensors) {
-    let (mut model, mut m, mut v) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-    for (k, t) in all {
-        if let Some(p) = k.strip_prefix(MOMENT_M) {
-            m.insert(p.to_string(), t);
-        } else if let Some(p) = k.strip_prefix(MOMENT_V) {
-            v.insert(p.to_string(), t);
-        } else {
-            model.insert(k, t);
+/// The optimizer's per-parameter tensors in a checkpoint: moments and master weights.
+pub const OPTIM_PARTS: [&str; 3] = ["m", "v", "master"];
+
+/// Splits a checkpoint's tensors into model parameters and the optimizer's parts (keyed as
+/// `optim.<part>.<path>`), in the order of [`OPTIM_PARTS`].
+pub fn split_optimizer(all: NamedTensors) -> (NamedTensors, [NamedTensors; 3]) {
+    let mut model = BTreeMap::new();
+    let mut parts: [NamedTensors; 3] = Default::default();
+    'next: for (k, t) in all {
+        for (i, part) in OPTIM_PARTS.iter().enumerate() {
+            if let Some(p) = k.strip_prefix(&format!("optim.{part}.")) {
+                parts[i].insert(p.to_string(), t);
+                continue 'next;
+            }
         }
+        model.insert(k, t);
     }
-    (model, m, v)
+    (model, parts)
 }
 
-/// Prefixes moment names for storage next to the parameters.
-pub fn moment_entries(m: NamedTensors, v: NamedTensors) -> NamedTensors {
-    m.into_iter()
-        .map(|(k, t)| (format!("{MOMENT_M}{k}"), t))
-        .chain(v.into_iter().map(|(k, t)| (format!("{MOMENT_V}{k}"), t)))
+/// Names an optimizer part's tensors for storage next to the parameters.
+pub fn optimizer_entries(part: &str, tensors: NamedTensors) -> NamedTensors {
+    tensors
+        .into_iter()
+        .map(|(k, t)| (format!("optim.{part}.{k}"), t))
         .collect()
 }
 
@@ -248,7 +273,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ckpt.safetensors");
         let named = named_params(&a);
-        assert!(named.contains_key("blocks.1.attn.qkv.weight"), "{:?}", named.keys().collect::<Vec<_>>());
+        assert!(
+            named.contains_key("blocks.1.attn.qkv.weight"),
+            "{:?}",
+            named.keys().collect::<Vec<_>>()
+        );
         assert!(named.contains_key("norm.gamma"));
         save_tensors(&file, &named, None).unwrap();
         let (loaded, _) = load_tensors(&file).unwrap();
@@ -272,6 +301,10 @@ mod tests {
         let mut named = named_params(&vit);
         named.insert("norm.beta".into(), (vec![3], vec![0.0; 3]));
         let err = load_params(vit, &named, &|_| false, file, &device).unwrap_err();
-        assert!(err.to_string().contains("\"norm.beta\" has shape [3], the model expects [16]"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("\"norm.beta\" has shape [3], the model expects [16]"),
+            "{err}"
+        );
     }
 }

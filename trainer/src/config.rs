@@ -96,6 +96,11 @@ pub struct PretrainArgs {
     /// Strong augmentation on/off (default: on for small datasets).
     #[arg(long)]
     pub strong_aug: Option<bool>,
+    /// Where targets come from: `device` tokenizes each augmented view on the device;
+    /// `pretokenized` reads `pipeline tokenize`'s grids (canonical view and flip, so no crops
+    /// and no strong augmentation).
+    #[arg(long, value_enum, default_value = "device")]
+    pub targets: Targets,
     /// Upper bound of the random-resized-crop area (the paper uses 0.25 for ADE20k).
     #[arg(long, default_value_t = 1.0)]
     pub max_crop_scale: f64,
@@ -115,6 +120,13 @@ pub struct PretrainArgs {
     /// Updates between checkpoints (the last one is always written).
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: u64,
+    /// k-NN accuracy of the frozen encoder every N updates (0: off), with train images as the
+    /// bank and val images as queries.
+    #[arg(long, default_value_t = 0)]
+    pub knn_every: u64,
+    /// Images of each split used by the k-NN monitor.
+    #[arg(long, default_value_t = 2000)]
+    pub knn_images: usize,
     /// Non-finite updates in a row before rolling back to the last checkpoint.
     #[arg(long, default_value_t = 3)]
     pub max_bad_steps: u32,
@@ -148,16 +160,26 @@ pub struct PretrainConfig {
     pub adamw: AdamWSettings,
     pub clip_grad: Option<f64>,
     pub augment: AugmentConfig,
+    pub targets: Targets,
     pub limit_images: Option<usize>,
     pub seed: u64,
     pub prefetch: usize,
     pub log_every: u64,
     pub checkpoint_every: u64,
+    pub knn_every: u64,
+    pub knn_images: usize,
     pub max_bad_steps: u32,
     pub out: PathBuf,
 }
 
 pub const CONFIG_FILE: &str = "config.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Targets {
+    Device,
+    Pretokenized,
+}
 
 impl PretrainArgs {
     /// Resolves against the dataset (its manifest and recipe) and the vocabulary.
@@ -180,7 +202,11 @@ impl PretrainArgs {
         let train = manifest.splits.get("train").map(|s| s.images as usize).unwrap_or(0);
         let train_images = self.limit_images.map_or(train, |l| l.min(train));
         if self.batch_size == 0 || self.accum == 0 {
-            return Err(invalid("batch-size", self.batch_size, "batch size and --accum must be positive"));
+            return Err(invalid(
+                "batch-size",
+                self.batch_size,
+                "batch size and --accum must be positive",
+            ));
         }
         if train_images < self.batch_size {
             return Err(invalid(
@@ -221,7 +247,11 @@ impl PretrainArgs {
                     return Err(invalid("mask-ratio", ratio, "SplitMask always splits 50/50"));
                 }
                 if n % 2 != 0 {
-                    return Err(invalid("model", &self.model, format!("SplitMask needs an even patch count, got {n}")));
+                    return Err(invalid(
+                        "model",
+                        &self.model,
+                        format!("SplitMask needs an even patch count, got {n}"),
+                    ));
                 }
                 n / 2
             }
@@ -244,6 +274,34 @@ impl PretrainArgs {
         }
         let mut augment = AugmentConfig::pretrain(vit.image_size as u32, self.strong_aug.unwrap_or(small));
         augment.scale.1 = self.max_crop_scale;
+        if self.targets == Targets::Pretokenized {
+            let p = &vocab.header.preprocessing;
+            if vit.image_size != p.source_view_size as usize || vit.grid() != p.grid() as usize {
+                return Err(invalid(
+                    "targets",
+                    "pretokenized",
+                    format!(
+                        "the grids were computed for {} px views and a {}x{} grid; --model {} has {} px and {}x{}",
+                        p.source_view_size,
+                        p.grid(),
+                        p.grid(),
+                        self.model,
+                        vit.image_size,
+                        vit.grid(),
+                        vit.grid()
+                    ),
+                ));
+            }
+            if self.strong_aug == Some(true) {
+                return Err(invalid(
+                    "targets",
+                    "pretokenized",
+                    "strong augmentation changes the pixels the grids were computed from",
+                ));
+            }
+            augment.random_crop = false;
+            augment.strong = false;
+        }
         Ok(PretrainConfig {
             data: self.data.clone(),
             dataset: manifest.dataset.clone(),
@@ -272,11 +330,14 @@ impl PretrainArgs {
             },
             clip_grad: (self.clip_grad > 0.0).then_some(self.clip_grad),
             augment,
+            targets: self.targets,
             limit_images: self.limit_images,
             seed: self.seed,
             prefetch: self.prefetch,
             log_every: self.log_every.max(1),
             checkpoint_every: self.checkpoint_every.max(1),
+            knn_every: self.knn_every,
+            knn_images: self.knn_images,
             max_bad_steps: self.max_bad_steps.max(1),
             out: self.out.clone(),
         })
@@ -306,7 +367,9 @@ impl PretrainConfig {
             return Ok(());
         }
         if path.exists() {
-            return Err(folder_err("already holds a run: pass --resume or choose a new --out".into()));
+            return Err(folder_err(
+                "already holds a run: pass --resume or choose a new --out".into(),
+            ));
         }
         std::fs::create_dir_all(&self.out).map_err(|e| folder_err(e.to_string()))?;
         let text = serde_json::to_string_pretty(self).expect("serializable");

@@ -15,16 +15,17 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::FloatDType;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::beit::Beit;
 use crate::checkpoint::{
-    load_params, load_tensors, moment_entries, named_params, save_tensors, split_moments, CheckpointError, NamedTensors,
-    STATE_KEY,
+    load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, CheckpointError,
+    NamedTensors, STATE_KEY,
 };
-use crate::config::PretrainConfig;
+use crate::config::{PretrainConfig, Targets};
 use crate::loader::{mix, DataError, HostBatch, ImageSet, Loader};
 use crate::masking::{draw_mask, draw_split};
 use crate::objective::{Masks, Method, MimBatch, Objective};
@@ -46,7 +47,10 @@ pub enum TrainError {
     #[error(transparent)]
     Pipeline(#[from] pipeline::PipelineError),
     #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     BadCheckpoint { path: std::path::PathBuf, message: String },
     #[error("{0} non-finite updates in a row and no checkpoint to roll back to (lower the learning rate)")]
@@ -80,6 +84,9 @@ pub struct MetricsLine {
     /// Seconds of the logging window spent waiting for the loader.
     pub data_wait_s: f64,
     pub skipped_steps: u64,
+    /// k-NN top-1 of the frozen encoder (train bank, val queries), on monitor steps.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub knn_top1: Option<f64>,
 }
 
 /// Summary of a finished (or stopped) run.
@@ -122,7 +129,10 @@ pub fn device_batch<B: Backend>(
 ) -> MimBatch<B> {
     let (b, s) = (host.len(), host.size);
     let images = Tensor::<B, 4>::from_data(TensorData::new(host.images.clone(), [b, 3, s, s]), device);
-    let targets = tokenizer.tokens(images.clone());
+    let targets = match &host.tokens {
+        Some(t) => Tensor::from_data(TensorData::new(t.clone(), [b, t.len() / b]), device),
+        None => tokenizer.tokens(images.clone()),
+    };
     let g = cfg.vit.grid();
     let mut rng = ChaCha8Rng::seed_from_u64(mask_seed);
     let masks = match cfg.method {
@@ -137,11 +147,7 @@ pub fn device_batch<B: Backend>(
             Masks::split(&h, device)
         }
     };
-    MimBatch {
-        images,
-        targets,
-        masks,
-    }
+    MimBatch { images, targets, masks }
 }
 
 struct Logged {
@@ -151,16 +157,31 @@ struct Logged {
     accuracy: f64,
 }
 
-fn run<B, M>(cfg: &PretrainConfig, model: M, resume: bool, device: &B::Device, progress: bool) -> Result<RunSummary, TrainError>
+fn run<B, M>(
+    cfg: &PretrainConfig,
+    model: M,
+    resume: bool,
+    device: &B::Device,
+    progress: bool,
+) -> Result<RunSummary, TrainError>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Objective<B>,
+    M::InnerModule: Objective<B::InnerBackend>,
 {
+    let knn_sets = if cfg.knn_every > 0 {
+        Some((ImageSet::load(&cfg.data, "train")?, ImageSet::load(&cfg.data, "val")?))
+    } else {
+        None
+    };
     let (vocab, _) = pipeline::tokenizer::Vocabulary::load(&cfg.vocab)?;
     let tokenizer = DeviceTokenizer::<B>::new(&vocab, cfg.vit.patch_size, device)?;
     let mut set = ImageSet::load(&cfg.data, "train")?;
     if let Some(n) = cfg.limit_images {
         set = set.truncate(n);
+    }
+    if cfg.targets == Targets::Pretokenized {
+        set.attach_tokens(&cfg.vocab_sha256)?;
     }
     let set = Arc::new(set);
     let schedule = CosineSchedule {
@@ -209,7 +230,8 @@ where
         let step = state.step;
         let mut grads: Option<GradientsParams> = None;
         let mut logged = None;
-        let log_now = (step + 1) % cfg.log_every == 0 || step + 1 == end;
+        let knn_now = knn_sets.is_some() && ((step + 1) % cfg.knn_every == 0 || step + 1 == end);
+        let log_now = (step + 1) % cfg.log_every == 0 || step + 1 == end || knn_now;
         let mut epoch = 0;
         for micro in 0..cfg.accum as u64 {
             let t0 = Instant::now();
@@ -219,7 +241,12 @@ where
             let index = step * cfg.accum as u64 + micro;
             debug_assert_eq!(host.index, index);
             let batch = device_batch::<B>(cfg, &tokenizer, &host, mix(cfg.seed, index, 2), device);
-            let out = model.forward(&batch, Mode::Train { seed: mix(cfg.seed, index, 4) });
+            let out = model.forward(
+                &batch,
+                Mode::Train {
+                    seed: mix(cfg.seed, index, 4),
+                },
+            );
             if log_now && micro == 0 {
                 logged = Some(Logged {
                     loss: out.loss.clone().into_scalar().elem::<f64>(),
@@ -277,6 +304,10 @@ where
         }
         state.step += 1;
         bar.inc(1);
+        let knn_top1 = match (&knn_sets, knn_now) {
+            (Some((bank, queries)), true) => Some(knn_monitor(cfg, model.valid().encoder(), bank, queries, device)?),
+            _ => None,
+        };
         if let Some(l) = logged {
             let secs = window_start.elapsed().as_secs_f64();
             let line = MetricsLine {
@@ -291,6 +322,7 @@ where
                 images_per_s: window_images as f64 / secs.max(1e-9),
                 data_wait_s: window_wait,
                 skipped_steps: state.skipped_steps,
+                knn_top1,
             };
             let json = serde_json::to_string(&line).expect("serializable");
             writeln!(metrics, "{json}").map_err(|source| TrainError::Io {
@@ -298,12 +330,15 @@ where
                 source,
             })?;
             bar.set_message(format!(
-                "loss {:.3} mim {:.3}{} acc {:.3} {:.0} img/s",
+                "loss {:.3} mim {:.3}{} acc {:.3} {:.0} img/s{}",
                 line.loss,
                 line.mim,
                 line.nce.map(|n| format!(" nce {n:.3}")).unwrap_or_default(),
                 line.mim_accuracy,
-                line.images_per_s
+                line.images_per_s,
+                line.knn_top1
+                    .map(|k| format!(" knn {:.1}%", 100.0 * k))
+                    .unwrap_or_default()
             ));
             last_line = Some(line);
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
@@ -320,6 +355,37 @@ where
         seconds,
         images_per_s: images_done as f64 / seconds.max(1e-9),
     })
+}
+
+/// k-NN top-1 of the frozen encoder: `knn_images` train images (spread over the set) vote
+/// for as many val images (eval views, 0.875 center crop).
+fn knn_monitor<B: Backend>(
+    cfg: &PretrainConfig,
+    encoder: &crate::vit::Vit<B>,
+    bank: &ImageSet,
+    queries: &ImageSet,
+    device: &B::Device,
+) -> Result<f64, TrainError> {
+    let size = cfg.vit.image_size;
+    let (bf, bl) = crate::eval::features(
+        encoder,
+        bank,
+        &bank.spread(cfg.knn_images),
+        size,
+        0.875,
+        cfg.batch_size,
+        device,
+    )?;
+    let (qf, ql) = crate::eval::features(
+        encoder,
+        queries,
+        &queries.spread(cfg.knn_images),
+        size,
+        0.875,
+        cfg.batch_size,
+        device,
+    )?;
+    Ok(crate::eval::knn(&bf, &bl, &qf, &ql, cfg.vit.dim, 20, 0.07).top1)
 }
 
 fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
@@ -347,10 +413,23 @@ pub fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     let host = |t: &Tensor<B::InnerBackend, 1>| (t.dims().to_vec(), t.clone().into_data().iter::<f32>().collect());
     let m: NamedTensors = opt.moments.iter().map(|(k, mo)| (k.clone(), host(&mo.m))).collect();
     let v: NamedTensors = opt.moments.iter().map(|(k, mo)| (k.clone(), host(&mo.v))).collect();
-    tensors.extend(moment_entries(m, v));
+    let master: NamedTensors = opt
+        .moments
+        .iter()
+        .filter_map(|(k, mo)| mo.master.as_ref().map(|t| (k.clone(), host(t))))
+        .collect();
+    tensors.extend(optimizer_entries("m", m));
+    tensors.extend(optimizer_entries("v", v));
+    tensors.extend(optimizer_entries("master", master));
     let mut meta = HashMap::new();
-    meta.insert(STATE_KEY.to_string(), serde_json::to_string(state).expect("serializable"));
-    meta.insert("splitmask.config".to_string(), serde_json::to_string(cfg).expect("serializable"));
+    meta.insert(
+        STATE_KEY.to_string(),
+        serde_json::to_string(state).expect("serializable"),
+    );
+    meta.insert(
+        "splitmask.config".to_string(),
+        serde_json::to_string(cfg).expect("serializable"),
+    );
     save_tensors(&cfg.checkpoint_path(), &tensors, Some(meta))?;
     Ok(())
 }
@@ -371,7 +450,7 @@ pub fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
             path: path.clone(),
             message: format!("no {STATE_KEY} in the header"),
         })?;
-    let (params, m, v) = split_moments(all);
+    let (params, [m, v, mut master]) = split_optimizer(all);
     let (model, unexpected) = load_params(model, &params, &|_| false, &path, device)?;
     if !unexpected.is_empty() {
         return Err(CheckpointError::Unexpected { path, unexpected }.into());
@@ -383,11 +462,17 @@ pub fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
             message: format!("optimizer moment v of {k:?} missing"),
         })?;
         let n: usize = shape.iter().product();
+        // Moments and masters are f32 whatever the backend's float type (see `optim`).
+        let f32_tensor = |values: Vec<f32>| {
+            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [n]), device).cast(FloatDType::F32)
+        };
+        let master = master.remove(&k).map(|(_, values)| f32_tensor(values));
         opt.moments.insert(
             k,
             Moments {
-                m: Tensor::from_data(TensorData::new(mv, [n]), device),
-                v: Tensor::from_data(TensorData::new(vv.clone(), [n]), device),
+                m: f32_tensor(mv),
+                v: f32_tensor(vv.clone()),
+                master,
             },
         );
     }

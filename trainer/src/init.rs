@@ -27,7 +27,11 @@ pub fn tensor<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], d
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-pub fn param<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+pub fn param<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
     Param::from_tensor(tensor(values, shape, device))
 }
 

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod engine;
+pub mod eval;
 pub mod init;
 pub mod loader;
 pub mod losses;

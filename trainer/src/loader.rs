@@ -31,6 +31,19 @@ pub enum DataError {
     },
     #[error("{shard}: row {id:?} does not decode: {reason}")]
     Decode { shard: String, id: String, reason: String },
+    #[error("{dir}: no pre-tokenized targets for the vocabulary with sha256 {vocab_sha} (run `pipeline tokenize`)")]
+    NoTokens { dir: PathBuf, vocab_sha: String },
+    #[error(
+        "{path}: token shard missing or computed from another version of its image shard (rerun `pipeline tokenize`)"
+    )]
+    StaleTokens { path: PathBuf },
+    #[error("{path}: row {row} has id {found:?}, the image shard has {expected:?}")]
+    TokenRow {
+        path: PathBuf,
+        row: usize,
+        expected: String,
+        found: String,
+    },
     #[error("{dir}: split {split:?} has {rows} images, fewer than one batch of {batch}")]
     TooSmall {
         dir: PathBuf,
@@ -48,6 +61,8 @@ pub struct Sample {
     pub bytes: Vec<u8>,
     /// The shard it came from, for error messages.
     pub shard: Arc<str>,
+    /// Pre-tokenized grids of the canonical view and of its flip ([`ImageSet::attach_tokens`]).
+    pub tokens: Option<Box<[Vec<u16>; 2]>>,
 }
 
 /// All rows of one split, in manifest order.
@@ -83,6 +98,7 @@ impl ImageSet {
                             label: row.label,
                             bytes: row.image,
                             shard: shard.clone(),
+                            tokens: None,
                         })
                     })
                     .collect()
@@ -98,6 +114,53 @@ impl ImageSet {
             samples,
             class_names: manifest.class_names,
         })
+    }
+
+    /// Attaches the grids `pipeline tokenize` wrote with the vocabulary of sha256 `vocab_sha`.
+    /// Token shards mirror image shards row by row; any disagreement is an error.
+    pub fn attach_tokens(&mut self, vocab_sha: &str) -> Result<(), DataError> {
+        let manifest = pipeline::prepare::load_manifest(&self.dir)?;
+        let set = manifest
+            .tokens
+            .iter()
+            .find(|t| t.vocab_sha256 == vocab_sha)
+            .ok_or_else(|| DataError::NoTokens {
+                dir: self.dir.clone(),
+                vocab_sha: vocab_sha.to_string(),
+            })?;
+        let mut i = 0;
+        for shard in manifest.shards.iter().filter(|s| s.split == self.split) {
+            let path = self.dir.join(&set.dir).join(&shard.file);
+            if !set
+                .shards
+                .iter()
+                .any(|t| t.file == shard.file && t.image_sha256 == shard.sha256)
+            {
+                return Err(DataError::StaleTokens { path });
+            }
+            for row in pipeline::tokenize::read_token_shard(&path)? {
+                let Some(s) = self.samples.get_mut(i) else { break };
+                if s.id != row.id {
+                    return Err(DataError::TokenRow {
+                        path,
+                        row: i,
+                        expected: s.id.clone(),
+                        found: row.id,
+                    });
+                }
+                s.tokens = Some(Box::new([row.tokens, row.tokens_flip]));
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// `n` indices spread evenly over the set (manifest order is grouped by class, so a
+    /// prefix would miss classes).
+    pub fn spread(&self, n: usize) -> Vec<usize> {
+        let len = self.samples.len();
+        let n = n.min(len);
+        (0..n).map(|i| i * len / n).collect()
     }
 
     /// The first `n` samples (tests and quick runs).
@@ -127,6 +190,8 @@ pub struct HostBatch {
     /// `[batch, 3, size, size]` flattened.
     pub images: Vec<f32>,
     pub labels: Vec<i64>,
+    /// `[batch, grid²]` pre-tokenized targets, when the set has them attached.
+    pub tokens: Option<Vec<i64>>,
     pub size: usize,
 }
 
@@ -158,45 +223,61 @@ pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
 }
 
 /// Builds batch `index` of a run: decode and augment its samples in parallel.
-pub fn make_batch(set: &ImageSet, aug: &AugmentConfig, batch: usize, seed: u64, index: u64) -> Result<HostBatch, DataError> {
+pub fn make_batch(
+    set: &ImageSet,
+    aug: &AugmentConfig,
+    batch: usize,
+    seed: u64,
+    index: u64,
+) -> Result<HostBatch, DataError> {
     let per_epoch = (set.samples.len() / batch) as u64;
     let epoch = index / per_epoch;
     let j = (index % per_epoch) as usize;
     let order = epoch_order(set.samples.len(), seed, epoch);
     let picks = &order[j * batch..(j + 1) * batch];
-    let views: Vec<Result<(Vec<f32>, i64), DataError>> = picks
+    type View = (Vec<f32>, i64, Option<Vec<i64>>);
+    let views: Vec<Result<View, DataError>> = picks
         .par_iter()
         .map(|&i| {
             let img = set.decode(i)?;
             let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, epoch, i as u64));
-            let view = train_view(&img, aug, &mut rng);
+            let (view, flipped) = train_view(&img, aug, &mut rng);
             let mut chw = Vec::new();
             to_chw(&view, &mut chw);
-            Ok((chw, set.samples[i].label as i64))
+            let s = &set.samples[i];
+            let tokens = s
+                .tokens
+                .as_ref()
+                .map(|t| t[flipped as usize].iter().map(|&v| v as i64).collect());
+            Ok((chw, s.label as i64, tokens))
         })
         .collect();
     let mut images = Vec::with_capacity(batch * 3 * (aug.size * aug.size) as usize);
     let mut labels = Vec::with_capacity(batch);
+    let mut tokens: Option<Vec<i64>> = None;
     for v in views {
-        let (chw, label) = v?;
+        let (chw, label, t) = v?;
         images.extend(chw);
         labels.push(label);
+        if let Some(t) = t {
+            tokens.get_or_insert_with(Vec::new).extend(t);
+        }
     }
     Ok(HostBatch {
         index,
         epoch,
         images,
         labels,
+        tokens,
         size: aug.size as usize,
     })
 }
 
-/// Eval views (resize + center crop) of samples `range`, for k-NN / probes / fine-tune eval.
-pub fn eval_batch(set: &ImageSet, range: std::ops::Range<usize>, size: u32, crop_ratio: f64) -> Result<HostBatch, DataError> {
-    let views: Vec<Result<(Vec<f32>, i64), DataError>> = range
-        .clone()
-        .into_par_iter()
-        .map(|i| {
+/// Eval views (resize + center crop) of the samples at `indices`, for k-NN / probes / eval.
+pub fn eval_batch(set: &ImageSet, indices: &[usize], size: u32, crop_ratio: f64) -> Result<HostBatch, DataError> {
+    let views: Vec<Result<(Vec<f32>, i64), DataError>> = indices
+        .par_iter()
+        .map(|&i| {
             let view = eval_view(&set.decode(i)?, size, crop_ratio);
             let mut chw = Vec::new();
             to_chw(&view, &mut chw);
@@ -211,10 +292,11 @@ pub fn eval_batch(set: &ImageSet, range: std::ops::Range<usize>, size: u32, crop
         labels.push(label);
     }
     Ok(HostBatch {
-        index: range.start as u64,
+        index: indices.first().copied().unwrap_or(0) as u64,
         epoch: 0,
         images,
         labels,
+        tokens: None,
         size: size as usize,
     })
 }

@@ -59,7 +59,8 @@ mod tests {
         // Row 0: logits (1, 2, 3), target 2: -log(e^3 / (e + e^2 + e^3)) = 0.407606.
         // Row 1: logits (0, 0, 0), target 0: log 3 = 1.098612.
         let logits = t2(&[1.0, 2.0, 3.0, 0.0, 0.0, 0.0], [2, 3]);
-        let targets = Tensor::<TestBackend, 1, Int>::from_data(TensorData::new(vec![2i64, 0], [2]), &Default::default());
+        let targets =
+            Tensor::<TestBackend, 1, Int>::from_data(TensorData::new(vec![2i64, 0], [2]), &Default::default());
         let got = scalar(token_cross_entropy(logits, targets));
         assert!((got - (0.407606 + 1.098612) / 2.0).abs() < 1e-5, "{got}");
     }

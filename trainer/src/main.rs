@@ -1,9 +1,9 @@
 //! `trainer`: pre-train a ViT with BEiT or SplitMask on a prepared dataset.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use trainer::config::PretrainArgs;
 use trainer::bench::bench_steps;
+use trainer::config::PretrainArgs;
 use trainer::engine::pretrain;
 use trainer::objective::Method;
 use trainer::vit::VitConfig;
@@ -150,7 +150,9 @@ fn cuda_bench(
     let device = CudaDevice::default();
     Ok(match precision {
         Precision::F32 => bench_steps::<Autodiff<Cuda<f32>>>(model, vit, method, batch, vocab, warmup, steps, &device),
-        Precision::Bf16 => bench_steps::<Autodiff<Cuda<half::bf16>>>(model, vit, method, batch, vocab, warmup, steps, &device),
+        Precision::Bf16 => {
+            bench_steps::<Autodiff<Cuda<half::bf16>>>(model, vit, method, batch, vocab, warmup, steps, &device)
+        }
     })
 }
 
@@ -166,7 +168,7 @@ fn cuda_bench(
     _: usize,
     _: Precision,
 ) -> Result<trainer::bench::BenchResult> {
-    bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
+    anyhow::bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
 }
 
 #[cfg(feature = "cuda")]
@@ -191,5 +193,5 @@ fn cuda_pretrain(
     _: Precision,
     _: bool,
 ) -> Result<trainer::engine::RunSummary> {
-    bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
+    anyhow::bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
 }

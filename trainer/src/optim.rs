@@ -7,6 +7,12 @@
 //! learning rate per block. So the update is written here as a `ModuleMapper` that knows each
 //! parameter's path (`encoder.blocks.3.attn.qkv.weight`); its moments are keyed by that path,
 //! which is also how checkpoints store them.
+//!
+//! Mixed precision: burn 0.21 has no autocast, so a `Cuda<bf16>` backend holds parameters in
+//! bf16, where an update below ~0.4% of a weight rounds away. The optimizer therefore keeps an
+//! f32 master copy of every parameter whose dtype is not f32 (and f32 moments), updates the
+//! master and writes its bf16 rounding back into the model. On f32 backends the parameter is
+//! its own master and nothing extra is stored.
 
 use std::collections::HashMap;
 
@@ -14,6 +20,7 @@ use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, FloatDType};
 use serde::{Deserialize, Serialize};
 
 /// AdamW hyper-parameters (PyTorch's defaults for eps; burn's differ).
@@ -43,11 +50,13 @@ pub fn decays(path: &str, ndim: usize) -> bool {
     ndim > 1 && !matches!(last, "cls_token" | "mask_token" | "pos_embed" | "decoder_pos")
 }
 
-/// First and second moments of one parameter, flattened.
+/// First and second moments of one parameter, flattened, in f32; and the f32 master copy of
+/// a parameter stored in lower precision.
 #[derive(Debug, Clone)]
 pub struct Moments<B: Backend> {
     pub m: Tensor<B, 1>,
     pub v: Tensor<B, 1>,
+    pub master: Option<Tensor<B, 1>>,
 }
 
 /// Learning-rate multiplier of a parameter, from its path (layer-wise decay in fine-tuning).
@@ -122,10 +131,16 @@ impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
         let n = shape.num_elements();
         let require_grad = tensor.is_require_grad();
         let p = tensor.inner().reshape([n]);
-        let g = grad.reshape([n]) * self.clip_scale;
-        let (m, v) = match self.opt.moments.remove(&path) {
-            Some(mo) => (mo.m, mo.v),
-            None => (g.zeros_like(), g.zeros_like()),
+        let dtype = p.dtype();
+        let low_precision = dtype != DType::F32;
+        let g = grad.reshape([n]).cast(FloatDType::F32) * self.clip_scale;
+        let (m, v, master) = match self.opt.moments.remove(&path) {
+            Some(mo) => (mo.m, mo.v, mo.master),
+            None => (g.zeros_like(), g.zeros_like(), None),
+        };
+        let p = match master {
+            Some(master) if low_precision => master,
+            _ => p.cast(FloatDType::F32),
         };
         let m = m * s.beta1 + g.clone() * (1.0 - s.beta1);
         let v = v * s.beta2 + g.powi_scalar(2) * (1.0 - s.beta2);
@@ -138,7 +153,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
         let denom = (v.clone() / bc2).sqrt() + s.eps;
         let update = (m.clone() / bc1) / denom;
         let p = p * (1.0 - lr * wd) - update * lr;
-        self.opt.moments.insert(path, Moments { m, v });
+        let master = low_precision.then(|| p.clone());
+        self.opt.moments.insert(path, Moments { m, v, master });
+        let p = if low_precision { p.cast(dtype) } else { p };
         let mut t = Tensor::<B, D>::from_inner(p.reshape(shape));
         if require_grad {
             t = t.require_grad();
@@ -178,7 +195,11 @@ pub fn clip_scale(norm: f64, max_norm: Option<f64>) -> f64 {
 }
 
 /// Adds `b`'s gradients into `a` (gradient accumulation over micro-batches).
-pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, a: GradientsParams, b: GradientsParams) -> GradientsParams {
+pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    a: GradientsParams,
+    b: GradientsParams,
+) -> GradientsParams {
     struct Sum<'a, B: AutodiffBackend> {
         acc: GradientsParams,
         add: GradientsParams,
@@ -265,7 +286,10 @@ mod tests {
         let device = Default::default();
         let mut lin: Linear<B> = LinearConfig::new(2, 1).init(&device);
         lin.weight = Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, -1.0], [2, 1]), &device));
-        lin.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32], [1]), &device)));
+        lin.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![0.5f32], [1]),
+            &device,
+        )));
         let x = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]), &device);
         let settings = AdamWSettings {
             weight_decay: 0.1,
@@ -289,6 +313,40 @@ mod tests {
         assert_eq!(opt.moments.len(), 2);
         let m = opt.moments["weight"].m.clone().into_data().to_vec::<f32>().unwrap();
         let expect = 0.1 * 4.0 / (56f64.sqrt() + 1e-6);
-        assert!((m[0] as f64 - expect).abs() < 1e-5, "m holds the clipped gradient: {m:?}");
+        assert!(
+            (m[0] as f64 - expect).abs() < 1e-5,
+            "m holds the clipped gradient: {m:?}"
+        );
+        assert!(
+            opt.moments["weight"].master.is_none(),
+            "f32 parameters are their own master"
+        );
+    }
+
+    #[test]
+    fn bf16_parameters_keep_f32_master_weights() {
+        // 200 updates of 1e-4 on a weight of 1.0: each is below bf16's resolution at 1.0
+        // (2^-8 = 0.0039), so updating the bf16 value directly would never move it.
+        type B = TestAutodiff;
+        let device = Default::default();
+        let mut lin: Linear<B> = LinearConfig::new(1, 1).with_bias(false).init(&device);
+        let w = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32], [1, 1]), &device).cast(FloatDType::BF16);
+        lin.weight = Param::from_tensor(w);
+        let mut opt = AdamW::<B>::new(AdamWSettings {
+            weight_decay: 0.0,
+            ..Default::default()
+        });
+        for _ in 0..200 {
+            let mut grads = GradientsParams::new();
+            let g = Tensor::<<B as AutodiffBackend>::InnerBackend, 2>::ones([1, 1], &device).cast(FloatDType::BF16);
+            grads.register(lin.weight.id, g);
+            lin = opt.step(lin, &mut grads, 1e-4, 1.0, &|_| 1.0);
+        }
+        assert_eq!(lin.weight.val().dtype(), DType::BF16);
+        let master = opt.moments["weight"].master.clone().expect("a master copy for bf16");
+        let m = master.into_data().to_vec::<f32>().unwrap()[0];
+        assert!((m - 0.98).abs() < 1e-4, "master {m}");
+        let w: f32 = lin.weight.val().into_data().iter::<f32>().next().unwrap();
+        assert!((w - 0.98).abs() < 0.004, "the bf16 weight follows its master: {w}");
     }
 }

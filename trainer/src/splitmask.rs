@@ -94,7 +94,10 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         let x = enc.embed(batch.images.clone()); // [batch, patches, dim]
         let d = x.dims()[2];
         // Both halves through the shared encoder in one call: [2 * batch, k, dim].
-        let halves = Tensor::cat(vec![gather_tokens(x.clone(), a.clone()), gather_tokens(x, b_idx.clone())], 0);
+        let halves = Tensor::cat(
+            vec![gather_tokens(x.clone(), a.clone()), gather_tokens(x, b_idx.clone())],
+            0,
+        );
         let h = enc.encode(halves, mode);
         let h = h.slice([0..2 * b, 1..k + 1, 0..d]); // drop the class token: [2 * batch, k, dim]
         let visible = Tensor::cat(vec![a.clone(), b_idx.clone()], 0); // [2 * batch, k]
@@ -162,8 +165,13 @@ mod tests {
     #[test]
     fn forward_shapes_and_both_losses() {
         let device = Default::default();
-        let model =
-            SplitMask::<TestBackend>::new(&tiny(), &SplitMaskConfig::new(), 64, &mut ChaCha8Rng::seed_from_u64(0), &device);
+        let model = SplitMask::<TestBackend>::new(
+            &tiny(),
+            &SplitMaskConfig::new(),
+            64,
+            &mut ChaCha8Rng::seed_from_u64(0),
+            &device,
+        );
         assert_eq!(model.decoder_blocks.len(), 2);
         assert_eq!(model.decoder_pos.dims(), [1, 16, 32]);
         let out = model.forward(&batch(3, 64, 1, &device), Mode::Eval);

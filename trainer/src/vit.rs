@@ -379,7 +379,9 @@ pub fn drop_path<B: Backend>(x: Tensor<B, 3>, rate: f64, mode: Mode, branch: u64
     let keep = 1.0 - rate;
     let [b, _, _] = x.dims();
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, branch, 5));
-    let mask: Vec<f32> = (0..b).map(|_| rng.random_bool(keep) as u8 as f32 / keep as f32).collect();
+    let mask: Vec<f32> = (0..b)
+        .map(|_| rng.random_bool(keep) as u8 as f32 / keep as f32)
+        .collect();
     let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [b, 1, 1]), &x.device());
     x * mask
 }
@@ -517,6 +519,7 @@ mod tests {
         let perm = Tensor::<TestBackend, 1, Int>::from_data(TensorData::new(vec![3i64, 0, 4, 1, 2], [5]), &device);
         let y = vit.blocks[0].forward(x.clone(), Mode::Eval).select(1, perm.clone());
         let y2 = vit.blocks[0].forward(x.select(1, perm), Mode::Eval);
-        y.into_data().assert_approx_eq::<f32>(&y2.into_data(), burn::tensor::Tolerance::default());
+        y.into_data()
+            .assert_approx_eq::<f32>(&y2.into_data(), burn::tensor::Tolerance::default());
     }
 }

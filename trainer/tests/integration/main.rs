@@ -26,7 +26,10 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: {} is absent (shared data not checked out beside the repo)", p.display());
+        eprintln!(
+            "SKIP: {} is absent (shared data not checked out beside the repo)",
+            p.display()
+        );
         None
     }
 }
@@ -59,10 +62,7 @@ pub fn fixture() -> Option<&'static Fixture> {
                 max_short_side: Some(72),
                 ..Default::default()
             },
-            subset: Some(Subset {
-                fraction: 0.3,
-                seed: 0,
-            }),
+            subset: Some(Subset { fraction: 0.3, seed: 0 }),
             shard_bytes: 256_000_000,
             row_group_bytes: 64_000_000,
         };
