@@ -49,7 +49,10 @@ tokenize: build
 inspect: build
 	$(PIPELINE) inspect $(OUT)
 
+# The demo pre-trains briefly on the CPU; `make pretrain` runs the full schedule.
+DEMO_STEPS ?= 300
 demo: prepare inspect
+	$(MAKE) pretrain MODEL=cpu-tiny BATCH=32 RUN=runs/demo-$(DATASET) RESUME=1 TRAIN_ARGS="--max-steps $(DEMO_STEPS) --knn-every $(DEMO_STEPS) --knn-images 1000"
 
 # The CUDA build needs no GPU to compile (kernels are JIT-compiled by NVRTC on the GPU host).
 build-trainer:

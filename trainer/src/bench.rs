@@ -33,42 +33,48 @@ pub struct BenchResult {
     pub final_loss: f64,
 }
 
-/// Times `steps` training steps after `warmup` untimed ones.
-pub fn bench_steps<B: AutodiffBackend>(
-    model_name: &str,
-    vit: &VitConfig,
-    method: Method,
-    batch: usize,
-    vocab: usize,
-    warmup: usize,
-    steps: usize,
-    device: &B::Device,
-) -> BenchResult {
+/// What to time.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub model_name: String,
+    pub vit: VitConfig,
+    pub method: Method,
+    pub batch: usize,
+    pub vocab: usize,
+    /// Untimed steps first.
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+/// Times `spec.steps` training steps after `spec.warmup` untimed ones.
+pub fn bench_steps<B: AutodiffBackend>(spec: &BenchSpec, device: &B::Device) -> BenchResult {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    match method {
+    match spec.method {
         Method::Beit => {
-            let m = Beit::<B>::new(vit, vocab, &mut rng, device);
-            run::<B, _>(m, model_name, vit, method, batch, vocab, warmup, steps, device)
+            let m = Beit::<B>::new(&spec.vit, spec.vocab, &mut rng, device);
+            run::<B, _>(m, spec, device)
         }
         Method::Splitmask => {
-            let m = SplitMask::<B>::new(vit, &SplitMaskConfig::new(), vocab, &mut rng, device);
-            run::<B, _>(m, model_name, vit, method, batch, vocab, warmup, steps, device)
+            let m = SplitMask::<B>::new(&spec.vit, &SplitMaskConfig::new(), spec.vocab, &mut rng, device);
+            run::<B, _>(m, spec, device)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
     mut model: M,
-    model_name: &str,
-    vit: &VitConfig,
-    method: Method,
-    batch: usize,
-    vocab: usize,
-    warmup: usize,
-    steps: usize,
+    spec: &BenchSpec,
     device: &B::Device,
 ) -> BenchResult {
+    let BenchSpec {
+        model_name,
+        vit,
+        method,
+        batch,
+        vocab,
+        warmup,
+        steps,
+    } = spec.clone();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let g = vit.grid();
     let s = vit.image_size;
@@ -139,7 +145,7 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
     BenchResult {
         impl_name: "burn",
         method,
-        model: model_name.to_string(),
+        model: model_name,
         batch,
         steps,
         first_step_s: first,

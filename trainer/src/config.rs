@@ -53,7 +53,7 @@ pub struct PretrainArgs {
     /// Run folder (config, metrics.jsonl, checkpoints).
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue the run in --out from its last checkpoint.
+    /// Continue the run in --out from its last checkpoint (starts it if --out holds no run).
     #[arg(long)]
     pub resume: bool,
     /// Recipe folder, for the dataset's default epochs and small-dataset setting.
@@ -276,7 +276,7 @@ impl PretrainArgs {
         augment.scale.1 = self.max_crop_scale;
         if self.targets == Targets::Pretokenized {
             let p = &vocab.header.preprocessing;
-            if vit.image_size != p.source_view_size as usize || vit.grid() != p.grid() as usize {
+            if vit.image_size != p.source_view_size as usize || vit.grid() != p.grid() {
                 return Err(invalid(
                     "targets",
                     "pretokenized",
@@ -346,14 +346,15 @@ impl PretrainArgs {
 
 impl PretrainConfig {
     /// Writes `config.json` into a new run folder, or checks that a resumed run's folder was
-    /// written by the same configuration (apart from when to stop).
+    /// written by the same configuration (apart from when to stop). Resuming a folder that
+    /// holds no run yet starts it, so `--resume` can always be passed.
     pub fn prepare_run_folder(&self, resume: bool) -> Result<(), ConfigError> {
         let path = self.out.join(CONFIG_FILE);
         let folder_err = |message: String| ConfigError::RunFolder {
             path: path.clone(),
             message,
         };
-        if resume {
+        if resume && path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| folder_err(format!("cannot resume: {e}")))?;
             let old: PretrainConfig = serde_json::from_str(&text).map_err(|e| folder_err(e.to_string()))?;
             let mut a = old.clone();

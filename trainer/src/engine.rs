@@ -230,8 +230,8 @@ where
         let step = state.step;
         let mut grads: Option<GradientsParams> = None;
         let mut logged = None;
-        let knn_now = knn_sets.is_some() && ((step + 1) % cfg.knn_every == 0 || step + 1 == end);
-        let log_now = (step + 1) % cfg.log_every == 0 || step + 1 == end || knn_now;
+        let knn_now = knn_sets.is_some() && ((step + 1).is_multiple_of(cfg.knn_every) || step + 1 == end);
+        let log_now = (step + 1).is_multiple_of(cfg.log_every) || step + 1 == end || knn_now;
         let mut epoch = 0;
         for micro in 0..cfg.accum as u64 {
             let t0 = Instant::now();
@@ -343,7 +343,7 @@ where
             last_line = Some(line);
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
         }
-        if state.step % cfg.checkpoint_every == 0 || state.step == end {
+        if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == end {
             save_checkpoint(cfg, &model, &opt, &state)?;
         }
     }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use trainer::bench::bench_steps;
+use trainer::bench::{bench_steps, BenchSpec};
 use trainer::config::PretrainArgs;
 use trainer::engine::pretrain;
 use trainer::objective::Method;
@@ -35,7 +35,7 @@ enum Command {
     /// Pre-train (or resume) a run.
     Pretrain {
         #[command(flatten)]
-        args: PretrainArgs,
+        args: Box<PretrainArgs>,
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
         /// Float type on the GPU (the CPU always trains in f32).
@@ -115,18 +115,18 @@ fn main() -> Result<()> {
         } => {
             let vit = VitConfig::preset(&model)
                 .with_context(|| format!("--model {model:?}: known presets are {}", VitConfig::PRESETS.join(", ")))?;
+            let spec = BenchSpec {
+                model_name: model,
+                vit,
+                method,
+                batch: batch_size,
+                vocab: vocab_size,
+                warmup,
+                steps,
+            };
             let r = match device {
-                DeviceKind::Cpu => bench_steps::<trainer::CpuAutodiff>(
-                    &model,
-                    &vit,
-                    method,
-                    batch_size,
-                    vocab_size,
-                    warmup,
-                    steps,
-                    &Default::default(),
-                ),
-                DeviceKind::Cuda => cuda_bench(&model, &vit, method, batch_size, vocab_size, warmup, steps, precision)?,
+                DeviceKind::Cpu => bench_steps::<trainer::CpuAutodiff>(&spec, &Default::default()),
+                DeviceKind::Cuda => cuda_bench(&spec, precision)?,
             };
             println!("{}", serde_json::to_string(&r)?);
         }
@@ -135,39 +135,17 @@ fn main() -> Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-#[allow(clippy::too_many_arguments)]
-fn cuda_bench(
-    model: &str,
-    vit: &VitConfig,
-    method: Method,
-    batch: usize,
-    vocab: usize,
-    warmup: usize,
-    steps: usize,
-    precision: Precision,
-) -> Result<trainer::bench::BenchResult> {
+fn cuda_bench(spec: &BenchSpec, precision: Precision) -> Result<trainer::bench::BenchResult> {
     use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
     let device = CudaDevice::default();
     Ok(match precision {
-        Precision::F32 => bench_steps::<Autodiff<Cuda<f32>>>(model, vit, method, batch, vocab, warmup, steps, &device),
-        Precision::Bf16 => {
-            bench_steps::<Autodiff<Cuda<half::bf16>>>(model, vit, method, batch, vocab, warmup, steps, &device)
-        }
+        Precision::F32 => bench_steps::<Autodiff<Cuda<f32>>>(spec, &device),
+        Precision::Bf16 => bench_steps::<Autodiff<Cuda<half::bf16>>>(spec, &device),
     })
 }
 
 #[cfg(not(feature = "cuda"))]
-#[allow(clippy::too_many_arguments)]
-fn cuda_bench(
-    _: &str,
-    _: &VitConfig,
-    _: Method,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: Precision,
-) -> Result<trainer::bench::BenchResult> {
+fn cuda_bench(_: &BenchSpec, _: Precision) -> Result<trainer::bench::BenchResult> {
     anyhow::bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
 }
 

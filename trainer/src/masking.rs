@@ -131,7 +131,10 @@ fn add_block<R: Rng>(
 /// 50% block mask, half B its complement. Returns (A, B) as sorted patch indices.
 pub fn draw_split<R: Rng>(rng: &mut R, height: usize, width: usize, spec: MaskSpec) -> (Vec<usize>, Vec<usize>) {
     let n = height * width;
-    assert!(n % 2 == 0, "SplitMask needs an even number of patches, got {n}");
+    assert!(
+        n.is_multiple_of(2),
+        "SplitMask needs an even number of patches, got {n}"
+    );
     let mask = draw_mask(rng, height, width, n / 2, spec);
     let a = (0..n).filter(|&i| mask[i]).collect();
     let b = (0..n).filter(|&i| !mask[i]).collect();

@@ -46,14 +46,14 @@ impl<B: Backend> Masks<B> {
     /// From per-sample (A, B) halves.
     pub fn split(halves: &[(Vec<usize>, Vec<usize>)], device: &B::Device) -> Self {
         let k = halves[0].0.len();
-        let flat = |pick: fn(&(Vec<usize>, Vec<usize>)) -> &Vec<usize>| -> Tensor<B, 2, Int> {
-            let v: Vec<i64> = halves.iter().flat_map(|h| pick(h).iter().map(|&i| i as i64)).collect();
+        let flat = |side: usize| -> Tensor<B, 2, Int> {
+            let v: Vec<i64> = halves
+                .iter()
+                .flat_map(|h| if side == 0 { &h.0 } else { &h.1 }.iter().map(|&i| i as i64))
+                .collect();
             Tensor::from_data(TensorData::new(v, [halves.len(), k]), device)
         };
-        Masks::Split {
-            a: flat(|h| &h.0),
-            b: flat(|h| &h.1),
-        }
+        Masks::Split { a: flat(0), b: flat(1) }
     }
 }
 

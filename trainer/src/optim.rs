@@ -308,7 +308,7 @@ mod tests {
         let w: Vec<f32> = lin.weight.val().into_data().to_vec().unwrap();
         let b: Vec<f32> = lin.bias.as_ref().unwrap().val().into_data().to_vec().unwrap();
         assert!((w[0] - (1.0 * (1.0 - 0.01) - 0.1)).abs() < 1e-5, "{w:?}");
-        assert!((w[1] - (-1.0 * (1.0 - 0.01) - 0.1)).abs() < 1e-5, "{w:?}");
+        assert!((w[1] - (-(1.0 - 0.01) - 0.1)).abs() < 1e-5, "{w:?}");
         assert!((b[0] - (0.5 - 0.1)).abs() < 1e-5, "bias is not decayed: {b:?}");
         assert_eq!(opt.moments.len(), 2);
         let m = opt.moments["weight"].m.clone().into_data().to_vec::<f32>().unwrap();

@@ -34,7 +34,7 @@ impl<B: Backend> DeviceTokenizer<B> {
     pub fn new(vocab: &Vocabulary, vit_patch: usize, device: &B::Device) -> Result<Self, TargetError> {
         let p = &vocab.header.preprocessing;
         let token_patch = p.patch_size as usize;
-        if vit_patch % token_patch != 0 {
+        if !vit_patch.is_multiple_of(token_patch) {
             return Err(TargetError::PatchMismatch { vit_patch, token_patch });
         }
         let paper = Preprocessing::paper();

@@ -133,13 +133,13 @@ impl VitConfig {
 
     /// Checks the sizes fit together; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
             ));
         }
-        if self.heads == 0 || self.dim % self.heads != 0 {
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return Err(format!("heads {} does not divide dim {}", self.heads, self.dim));
         }
         if self.depth == 0 {
@@ -195,7 +195,10 @@ impl VitConfig {
 
 /// 2-D sin-cos position embeddings (MAE's `get_2d_sincos_pos_embed`), zero for the class token.
 pub fn sincos_pos_embed<B: Backend>(grid: usize, dim: usize, device: &B::Device) -> Tensor<B, 3> {
-    assert!(dim % 4 == 0, "sin-cos position embeddings need dim divisible by 4");
+    assert!(
+        dim.is_multiple_of(4),
+        "sin-cos position embeddings need dim divisible by 4"
+    );
     let quarter = dim / 4;
     let omega: Vec<f64> = (0..quarter)
         .map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64))
