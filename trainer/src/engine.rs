@@ -123,14 +123,17 @@ pub fn pretrain<B: AutodiffBackend>(
 pub fn device_batch<B: Backend>(
     cfg: &PretrainConfig,
     tokenizer: &DeviceTokenizer<B>,
-    host: &HostBatch,
+    host: HostBatch,
     mask_seed: u64,
     device: &B::Device,
 ) -> MimBatch<B> {
     let (b, s) = (host.len(), host.size);
-    let images = Tensor::<B, 4>::from_data(TensorData::new(host.images.clone(), [b, 3, s, s]), device);
-    let targets = match &host.tokens {
-        Some(t) => Tensor::from_data(TensorData::new(t.clone(), [b, t.len() / b]), device),
+    let images = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, s, s]), device);
+    let targets = match host.tokens {
+        Some(t) => {
+            let n = t.len() / b;
+            Tensor::from_data(TensorData::new(t, [b, n]), device)
+        }
         None => tokenizer.tokens(images.clone()),
     };
     let g = cfg.vit.grid();
@@ -169,11 +172,6 @@ where
     M: AutodiffModule<B> + Objective<B>,
     M::InnerModule: Objective<B::InnerBackend>,
 {
-    let knn_sets = if cfg.knn_every > 0 {
-        Some((ImageSet::load(&cfg.data, "train")?, ImageSet::load(&cfg.data, "val")?))
-    } else {
-        None
-    };
     let (vocab, _) = pipeline::tokenizer::Vocabulary::load(&cfg.vocab)?;
     let tokenizer = DeviceTokenizer::<B>::new(&vocab, cfg.vit.patch_size, device)?;
     let mut set = ImageSet::load(&cfg.data, "train")?;
@@ -184,6 +182,12 @@ where
         set.attach_tokens(&cfg.vocab_sha256)?;
     }
     let set = Arc::new(set);
+    // The k-NN monitor's bank is the training set itself; its queries the val split.
+    let knn_queries = if cfg.knn_every > 0 {
+        Some(ImageSet::load(&cfg.data, "val")?)
+    } else {
+        None
+    };
     let schedule = CosineSchedule {
         base: cfg.lr,
         min: cfg.min_lr,
@@ -230,7 +234,7 @@ where
         let step = state.step;
         let mut grads: Option<GradientsParams> = None;
         let mut logged = None;
-        let knn_now = knn_sets.is_some() && ((step + 1).is_multiple_of(cfg.knn_every) || step + 1 == end);
+        let knn_now = knn_queries.is_some() && ((step + 1).is_multiple_of(cfg.knn_every) || step + 1 == end);
         let log_now = (step + 1).is_multiple_of(cfg.log_every) || step + 1 == end || knn_now;
         let mut epoch = 0;
         for micro in 0..cfg.accum as u64 {
@@ -240,7 +244,8 @@ where
             epoch = host.epoch;
             let index = step * cfg.accum as u64 + micro;
             debug_assert_eq!(host.index, index);
-            let batch = device_batch::<B>(cfg, &tokenizer, &host, mix(cfg.seed, index, 2), device);
+            let images = host.len();
+            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.seed, index, 2), device);
             let out = model.forward(
                 &batch,
                 Mode::Train {
@@ -260,8 +265,8 @@ where
                 Some(acc) => accumulate::<B, M>(&model, acc, g),
                 None => g,
             });
-            window_images += host.len();
-            images_done += host.len();
+            window_images += images;
+            images_done += images;
         }
         let mut grads = grads.expect("accum >= 1");
         let k = cfg.accum as f64;
@@ -304,8 +309,8 @@ where
         }
         state.step += 1;
         bar.inc(1);
-        let knn_top1 = match (&knn_sets, knn_now) {
-            (Some((bank, queries)), true) => Some(knn_monitor(cfg, model.valid().encoder(), bank, queries, device)?),
+        let knn_top1 = match (&knn_queries, knn_now) {
+            (Some(queries), true) => Some(knn_monitor(cfg, model.valid().encoder(), &set, queries, device)?),
             _ => None,
         };
         if let Some(l) = logged {

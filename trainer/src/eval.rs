@@ -103,17 +103,23 @@ mod tests {
 
     #[test]
     fn knn_votes_by_weighted_neighbours() {
-        // Two clusters on the unit circle; a query near each is classified by its cluster, and
-        // a query between them goes to the class with more close neighbours.
+        // Class 0 at angles 0, 0.1, 0.2 and class 1 at 1.5, 1.6 on the unit circle. A query at
+        // 0.86 rad has a class-1 nearest neighbour (0.64 away, against 0.66) but three class-0
+        // neighbours within k = 5.
         let ang = |a: f32| [a.cos(), a.sin()];
         let bank: Vec<f32> = [0.0, 0.1, 0.2, 1.5, 1.6].iter().flat_map(|&a| ang(a)).collect();
         let labels = [0, 0, 0, 1, 1];
-        let queries: Vec<f32> = [0.05, 1.55, 0.9].iter().flat_map(|&a| ang(a)).collect();
-        let r = knn(&bank, &labels, &queries, &[0, 1, 0], 2, 5, 0.07);
-        assert_eq!(r.top1, 1.0);
-        assert_eq!(r.top5, 1.0);
-        // k = 1 at 0.9 rad: nearest is 1.5 (0.6 away) vs 0.2 (0.7 away) -> class 1, wrong.
-        let r = knn(&bank, &labels, &queries, &[0, 1, 0], 2, 1, 0.07);
+        let queries: Vec<f32> = [0.05, 1.55, 0.86].iter().flat_map(|&a| ang(a)).collect();
+        let truth = [0, 1, 0];
+        // Nearly uniform weights (T = 1): the majority of the 5 wins.
+        let r = knn(&bank, &labels, &queries, &truth, 2, 5, 1.0);
+        assert_eq!((r.top1, r.top5, r.k, r.bank), (1.0, 1.0, 5, 5));
+        // k = 1: the nearest neighbour decides, and is wrong for the third query.
+        let r = knn(&bank, &labels, &queries, &truth, 2, 1, 1.0);
         assert!((r.top1 - 2.0 / 3.0).abs() < 1e-9);
+        // T = 0.07 weights by exp(sim / T): the two close class-1 points outweigh three farther ones.
+        let r = knn(&bank, &labels, &queries, &truth, 2, 5, 0.07);
+        assert!((r.top1 - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(r.top5, 1.0);
     }
 }

@@ -230,10 +230,29 @@ pub fn make_batch(
     seed: u64,
     index: u64,
 ) -> Result<HostBatch, DataError> {
+    let epoch = index / (set.samples.len() / batch) as u64;
+    batch_in_order(
+        set,
+        aug,
+        batch,
+        seed,
+        index,
+        &epoch_order(set.samples.len(), seed, epoch),
+    )
+}
+
+/// [`make_batch`] with the epoch's order already drawn (the loader keeps it for the epoch).
+fn batch_in_order(
+    set: &ImageSet,
+    aug: &AugmentConfig,
+    batch: usize,
+    seed: u64,
+    index: u64,
+    order: &[usize],
+) -> Result<HostBatch, DataError> {
     let per_epoch = (set.samples.len() / batch) as u64;
     let epoch = index / per_epoch;
     let j = (index % per_epoch) as usize;
-    let order = epoch_order(set.samples.len(), seed, epoch);
     let picks = &order[j * batch..(j + 1) * batch];
     type View = (Vec<f32>, i64, Option<Vec<i64>>);
     let views: Vec<Result<View, DataError>> = picks
@@ -328,8 +347,14 @@ impl Loader {
         let handle = std::thread::Builder::new()
             .name("loader".into())
             .spawn(move || {
+                let per_epoch = (set.samples.len() / batch) as u64;
+                let mut order: Option<(u64, Vec<usize>)> = None;
                 for index in start.. {
-                    let b = make_batch(&set, &aug, batch, seed, index);
+                    let epoch = index / per_epoch;
+                    if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                        order = Some((epoch, epoch_order(set.samples.len(), seed, epoch)));
+                    }
+                    let b = batch_in_order(&set, &aug, batch, seed, index, &order.as_ref().unwrap().1);
                     let failed = b.is_err();
                     if tx.send(b).is_err() || failed {
                         break;
