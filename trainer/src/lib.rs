@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod eval;
+pub mod export;
 pub mod init;
 pub mod loader;
 pub mod losses;

@@ -45,6 +45,17 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Write a run's pre-trained encoder as a timm ViT state dict (safetensors).
+    Export {
+        /// Run folder (holds config.json and checkpoint.safetensors).
+        #[arg(long)]
+        run: std::path::PathBuf,
+        /// Only `timm` for now.
+        #[arg(long, default_value = "timm")]
+        format: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Time training steps on synthetic data (one JSON line per run on stdout).
     Bench {
         #[arg(long, value_enum, default_value = "splitmask")]
@@ -102,6 +113,13 @@ fn main() -> Result<()> {
                     last.mim_accuracy
                 );
             }
+        }
+        Command::Export { run, format, out } => {
+            if format != "timm" {
+                anyhow::bail!("--format {format:?}: only \"timm\" is supported");
+            }
+            let n = trainer::export::export_run(&run, &out)?;
+            println!("wrote {n} tensors with timm names to {}", out.display());
         }
         Command::Bench {
             method,
