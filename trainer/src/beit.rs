@@ -64,21 +64,11 @@ impl<B: Backend> Objective<B> for Beit<B> {
 mod tests {
     use super::*;
     use crate::masking::{draw_mask, MaskSpec};
-    use crate::optim::{AdamW, AdamWSettings};
+    use crate::objective::test_support::{overfit_losses, tiny_vit as tiny};
     use crate::{TestAutodiff, TestBackend};
-    use burn::optim::GradientsParams;
     use burn::tensor::Distribution;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-
-    fn tiny() -> VitConfig {
-        VitConfig::cpu_tiny()
-            .with_image_size(32)
-            .with_dim(32)
-            .with_depth(2)
-            .with_heads(2)
-            .with_drop_path(0.0)
-    }
 
     fn batch<B: Backend>(b: usize, vocab: usize, device: &B::Device) -> MimBatch<B> {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -119,16 +109,8 @@ mod tests {
     #[test]
     fn overfits_one_batch() {
         let device = Default::default();
-        let mut model = Beit::<TestAutodiff>::new(&tiny(), 32, &mut ChaCha8Rng::seed_from_u64(0), &device);
-        let batch = batch::<TestAutodiff>(4, 32, &device);
-        let mut opt = AdamW::<TestAutodiff>::new(AdamWSettings::default());
-        let mut losses = Vec::new();
-        for _ in 0..60 {
-            let out = model.forward(&batch, Mode::Train { seed: 0 });
-            losses.push(out.loss.clone().into_scalar());
-            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);
-        }
+        let model = Beit::<TestAutodiff>::new(&tiny(), 32, &mut ChaCha8Rng::seed_from_u64(0), &device);
+        let losses = overfit_losses(model, &batch::<TestAutodiff>(4, 32, &device), 60);
         assert!(losses[59] < losses[0] * 0.3, "{losses:?}");
     }
 }

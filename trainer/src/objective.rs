@@ -107,3 +107,42 @@ pub trait Objective<B: Backend> {
 
     fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B>;
 }
+
+/// What the BEiT and SplitMask unit tests share: a ViT small enough for many CPU steps, and
+/// the loss curve of training on one fixed batch.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::optim::{AdamW, AdamWSettings};
+    use crate::vit::VitConfig;
+    use burn::module::AutodiffModule;
+    use burn::optim::GradientsParams;
+    use burn::tensor::backend::AutodiffBackend;
+
+    /// 32 px images, 8 px patches (a 4x4 grid), 2 blocks of width 32, no drop path.
+    pub fn tiny_vit() -> VitConfig {
+        VitConfig::cpu_tiny()
+            .with_image_size(32)
+            .with_dim(32)
+            .with_depth(2)
+            .with_heads(2)
+            .with_drop_path(0.0)
+    }
+
+    /// Token losses over `steps` AdamW updates (lr 2e-3) on the same batch.
+    pub fn overfit_losses<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
+        mut model: M,
+        batch: &MimBatch<B>,
+        steps: usize,
+    ) -> Vec<f32> {
+        let mut opt = AdamW::<B>::new(AdamWSettings::default());
+        let mut losses = Vec::new();
+        for _ in 0..steps {
+            let out = model.forward(batch, Mode::Train { seed: 0 });
+            losses.push(out.mim.clone().into_scalar().elem::<f32>());
+            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);
+        }
+        losses
+    }
+}

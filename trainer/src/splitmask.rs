@@ -132,21 +132,12 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objective::test_support::{overfit_losses, tiny_vit as tiny};
     use crate::objective::Masks;
-    use crate::optim::{AdamW, AdamWSettings};
     use crate::{TestAutodiff, TestBackend};
-    use burn::optim::GradientsParams;
     use burn::tensor::Distribution;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-
-    fn tiny() -> VitConfig {
-        VitConfig::cpu_tiny()
-            .with_image_size(32)
-            .with_dim(32)
-            .with_depth(2)
-            .with_heads(2)
-    }
 
     /// Random images and tokens with fixed split masks (grid 4x4, 8 patches per half).
     pub(crate) fn batch<B: Backend>(b: usize, vocab: usize, seed: u64, device: &B::Device) -> MimBatch<B> {
@@ -187,22 +178,14 @@ mod tests {
     #[test]
     fn overfits_one_batch() {
         let device = Default::default();
-        let mut model = SplitMask::<TestAutodiff>::new(
-            &tiny().with_drop_path(0.0),
+        let model = SplitMask::<TestAutodiff>::new(
+            &tiny(),
             &SplitMaskConfig::new(),
             32,
             &mut ChaCha8Rng::seed_from_u64(0),
             &device,
         );
-        let batch = batch(4, 32, 2, &device);
-        let mut opt = AdamW::<TestAutodiff>::new(AdamWSettings::default());
-        let mut losses = Vec::new();
-        for _ in 0..60 {
-            let out = model.forward(&batch, Mode::Train { seed: 0 });
-            losses.push(out.mim.clone().into_scalar());
-            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);
-        }
+        let losses = overfit_losses(model, &batch(4, 32, 2, &device), 60);
         assert!(losses[59] < losses[0] * 0.3, "{losses:?}");
     }
 }
