@@ -205,6 +205,7 @@ where
     let ckpt = cfg.checkpoint_path();
     if resume && ckpt.exists() {
         (model, state) = load_checkpoint(cfg, model, &mut opt, device)?;
+        trim_metrics(&cfg.metrics_path(), state.step)?;
     }
     let end = cfg.stop_after.map_or(cfg.total_steps, |s| s.min(cfg.total_steps));
     let mut loader = Loader::spawn(
@@ -216,14 +217,7 @@ where
         cfg.prefetch,
     )?;
     let metrics_path = cfg.metrics_path();
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|source| TrainError::Io {
-            path: metrics_path.clone(),
-            source,
-        })?;
+    let mut metrics = open_metrics(&metrics_path)?;
     let bar = progress_bar(progress, cfg.total_steps, state.step);
     let started = Instant::now();
     let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
@@ -287,6 +281,8 @@ where
                 let skipped = state.skipped_steps;
                 let rollbacks = state.rollbacks + 1;
                 (model, state) = load_checkpoint(cfg, model, &mut opt, device)?;
+                trim_metrics(&metrics_path, state.step)?;
+                metrics = open_metrics(&metrics_path)?;
                 state.skipped_steps = skipped;
                 state.rollbacks = rollbacks;
                 bar.println(format!(
@@ -391,6 +387,37 @@ fn knn_monitor<B: Backend>(
         device,
     )?;
     Ok(crate::eval::knn(&bf, &bl, &qf, &ql, cfg.vit.dim, 20, 0.07).top1)
+}
+
+fn open_metrics(path: &std::path::Path) -> Result<std::fs::File, TrainError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Drops the metrics of steps after `step` (written after the checkpoint a run resumes or rolls
+/// back from), so metrics.jsonl holds each step once.
+fn trim_metrics(path: &std::path::Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        pipeline::shard::write_atomic(path, kept.as_bytes()).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    Ok(())
 }
 
 fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
