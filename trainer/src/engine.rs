@@ -53,8 +53,8 @@ pub enum TrainError {
     },
     #[error("{path}: {message}")]
     BadCheckpoint { path: std::path::PathBuf, message: String },
-    #[error("{0} non-finite updates in a row and no checkpoint to roll back to (lower the learning rate)")]
-    Diverged(u32),
+    #[error("training diverged at step {step}: {bad} non-finite updates in a row after {rollbacks} rollbacks to the last checkpoint (lower the learning rate)")]
+    Diverged { step: u64, bad: u32, rollbacks: u64 },
 }
 
 /// What a checkpoint records besides tensors.
@@ -68,17 +68,23 @@ pub struct TrainState {
     pub rollbacks: u64,
 }
 
-/// One line of metrics.jsonl.
+/// One line of metrics.jsonl. Non-finite values (a diverging step) are written as `null`
+/// (JSON has no NaN) and read back as NaN.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsLine {
     pub step: u64,
     pub epoch: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub loss: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub mim: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub nce: Option<f64>,
+    #[serde(deserialize_with = "nan_from_null")]
     pub mim_accuracy: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub lr: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub grad_norm: f64,
     pub images_per_s: f64,
     /// Seconds of the logging window spent waiting for the loader.
@@ -87,6 +93,10 @@ pub struct MetricsLine {
     /// k-NN top-1 of the frozen encoder (train bank, val queries), on monitor steps.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub knn_top1: Option<f64>,
+}
+
+fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Option::<f64>::deserialize(d).map(|v| v.unwrap_or(f64::NAN))
 }
 
 /// Summary of a finished (or stopped) run.
@@ -275,11 +285,16 @@ where
             state.skipped_steps += 1;
             bad_in_row += 1;
             if bad_in_row >= cfg.max_bad_steps {
-                if !ckpt.exists() {
-                    return Err(TrainError::Diverged(bad_in_row));
+                let rollbacks = state.rollbacks + 1;
+                // Without a checkpoint, or when rolling back keeps ending here, stop.
+                if !ckpt.exists() || rollbacks > cfg.max_bad_steps as u64 {
+                    return Err(TrainError::Diverged {
+                        step,
+                        bad: bad_in_row,
+                        rollbacks: state.rollbacks,
+                    });
                 }
                 let skipped = state.skipped_steps;
-                let rollbacks = state.rollbacks + 1;
                 (model, state) = load_checkpoint(cfg, model, &mut opt, device)?;
                 trim_metrics(&metrics_path, state.step)?;
                 metrics = open_metrics(&metrics_path)?;
@@ -289,7 +304,8 @@ where
                     "{bad_in_row} non-finite updates in a row at step {step}: rolled back to step {}",
                     state.step
                 ));
-                // The rolled-back steps are redrawn with other masks and drop paths.
+                // The rolled-back steps see other batches (the loader's seed changes; masks and
+                // drop paths keep their per-step seeds).
                 bad_in_row = 0;
                 drop(loader);
                 loader = Loader::spawn(

@@ -186,6 +186,50 @@ fn token_entropy(f: &crate::Fixture, cfg: &PretrainConfig) -> f64 {
 }
 
 #[test]
+fn divergence_skips_updates_rolls_back_then_stops() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // An absurd learning rate makes the weights overflow within a few updates.
+    let mut cfg = args(
+        f,
+        &f.vocab_small,
+        &tmp.path().join("diverge"),
+        &[
+            "--method",
+            "beit",
+            "--model",
+            "cpu-tiny",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "40",
+            "--epochs",
+            "10",
+            "--blr",
+            "1e30",
+            "--warmup-epochs",
+            "0",
+            "--log-every",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--limit-images",
+            "64",
+        ],
+    )
+    .resolve()
+    .unwrap();
+    cfg.vit = micro_vit();
+    let err = trainer::engine::pretrain::<trainer::CpuAutodiff>(&cfg, false, &Default::default(), false).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("diverged") && msg.contains("after 3 rollbacks"), "{msg}");
+    let lines = metrics(&cfg);
+    assert!(lines.last().unwrap().skipped_steps >= 3, "skipped updates are counted");
+    // Rolled-back steps were logged once: steps are strictly increasing.
+    assert!(lines.windows(2).all(|w| w[0].step < w[1].step));
+}
+
+#[test]
 fn bad_configuration_is_an_error_naming_the_field() {
     let Some(f) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
