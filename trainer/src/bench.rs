@@ -81,10 +81,7 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
     // A random-projection vocabulary, as the reference's tokenizer.
     let d = 192;
     let mut e: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    for row in e.chunks_mut(d) {
-        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        row.iter_mut().for_each(|v| *v /= n);
-    }
+    pipeline::kmeans::normalize_rows(&mut e, d);
     let vocabulary = pipeline::tokenizer::Vocabulary {
         header: schemas::VocabHeader {
             version: schemas::vocab::VOCAB_VERSION,

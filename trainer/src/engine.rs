@@ -383,25 +383,12 @@ fn knn_monitor<B: Backend>(
     queries: &ImageSet,
     device: &B::Device,
 ) -> Result<f64, TrainError> {
-    let size = cfg.vit.image_size;
-    let (bf, bl) = crate::eval::features(
-        encoder,
-        bank,
-        &bank.spread(cfg.knn_images),
-        size,
-        0.875,
-        cfg.batch_size,
-        device,
-    )?;
-    let (qf, ql) = crate::eval::features(
-        encoder,
-        queries,
-        &queries.spread(cfg.knn_images),
-        size,
-        0.875,
-        cfg.batch_size,
-        device,
-    )?;
+    let features = |set: &ImageSet| {
+        let picks = set.spread(cfg.knn_images);
+        crate::eval::features(encoder, set, &picks, cfg.vit.image_size, 0.875, cfg.batch_size, device)
+    };
+    let (bf, bl) = features(bank)?;
+    let (qf, ql) = features(queries)?;
     Ok(crate::eval::knn(&bf, &bl, &qf, &ql, cfg.vit.dim, 20, 0.07).top1)
 }
 
