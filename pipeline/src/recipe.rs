@@ -28,6 +28,9 @@ pub struct Recipe {
     #[serde(default)]
     pub prepare: PrepareDefaults,
     pub pretrain: PretrainDefaults,
+    /// Classification fine-tuning schedule; absent for detection/segmentation sets.
+    #[serde(default)]
+    pub finetune: Option<FinetuneDefaults>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +66,13 @@ pub struct PretrainDefaults {
     pub epochs: u32,
     /// Small datasets use 75% uniform masking and strong augmentation.
     pub small_dataset: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneDefaults {
+    pub epochs: u32,
+    pub warmup_epochs: f64,
 }
 
 /// Epochs that match the updates of 300 ImageNet epochs, capped at 5000.

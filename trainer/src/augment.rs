@@ -10,6 +10,8 @@ use image::RgbImage;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::randaugment::{rand_augment, RandAugmentConfig};
+
 /// ImageNet normalization, shared with the tokenizer (`schemas::Preprocessing::paper`).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -29,6 +31,16 @@ pub struct AugmentConfig {
     pub random_crop: bool,
     /// Color jitter, grayscale, blur and solarization (the paper's small-dataset setting).
     pub strong: bool,
+    /// RandAugment after the crop and flip (fine-tuning).
+    #[serde(default)]
+    pub randaugment: Option<RandAugmentConfig>,
+    /// Probability of timm's random erasing (one box of normal noise on the normalized view).
+    #[serde(default)]
+    pub erase_prob: f64,
+    /// Repeated augmentation: each image drawn for an epoch appears this many times with
+    /// different views (DeiT's sampler); 0 or 1 is off.
+    #[serde(default)]
+    pub repeats: u32,
 }
 
 impl AugmentConfig {
@@ -40,6 +52,20 @@ impl AugmentConfig {
             flip: true,
             random_crop: true,
             strong,
+            randaugment: None,
+            erase_prob: 0.0,
+            repeats: 1,
+        }
+    }
+
+    /// The fine-tuning views of BEiT / DeiT: random resized crop, flip, RandAugment, random
+    /// erasing.
+    pub fn finetune(size: u32, randaugment: Option<RandAugmentConfig>, erase_prob: f64, repeats: u32) -> Self {
+        AugmentConfig {
+            randaugment,
+            erase_prob,
+            repeats,
+            ..Self::pretrain(size, false)
         }
     }
 }
@@ -102,6 +128,9 @@ pub fn train_view<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> (
     }
     if cfg.strong {
         strong_augment(&mut view, rng);
+    }
+    if let Some(ra) = &cfg.randaugment {
+        rand_augment(&mut view, ra, rng);
     }
     (view, flipped)
 }
@@ -193,6 +222,36 @@ fn gaussian_blur(px: &mut [f32], w: usize, h: usize, sigma: f32) {
     pass(&tmp, px, false);
 }
 
+/// timm's `RandomErasing` (mode `pixel`, one box) on a normalized `[3, size, size]` view: with
+/// probability `prob`, a box of 2%-33% of the area and aspect 0.3-3.3 becomes N(0, 1) noise.
+pub fn random_erase<R: Rng>(chw: &mut [f32], size: usize, prob: f64, rng: &mut R) {
+    if prob <= 0.0 || !rng.random_bool(prob.min(1.0)) {
+        return;
+    }
+    let area = (size * size) as f64;
+    let (lr0, lr1) = ((0.3f64).ln(), (1.0 / 0.3f64).ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(0.02..1.0 / 3.0);
+        let aspect = rng.random_range(lr0..lr1).exp();
+        let h = (target * aspect).sqrt().round() as usize;
+        let w = (target / aspect).sqrt().round() as usize;
+        if w == 0 || h == 0 || w >= size || h >= size {
+            continue;
+        }
+        let top = rng.random_range(0..=size - h);
+        let left = rng.random_range(0..=size - w);
+        let normal = rand_distr::StandardNormal;
+        for c in 0..3 {
+            for y in top..top + h {
+                for x in left..left + w {
+                    chw[(c * size + y) * size + x] = rng.sample::<f32, _>(normal);
+                }
+            }
+        }
+        return;
+    }
+}
+
 /// Normalized CHW floats of a view, appended to `out`.
 pub fn to_chw(view: &RgbImage, out: &mut Vec<f32>) {
     let (w, h) = view.dimensions();
@@ -272,6 +331,31 @@ mod tests {
         gaussian_blur(&mut dot, 9, 9, 1.0);
         let sum: f32 = dot.iter().step_by(3).sum();
         assert!((sum - 1.0).abs() < 1e-3 && dot[(4 * 9 + 4) * 3] < 0.5);
+    }
+
+    #[test]
+    fn random_erasing_replaces_one_box() {
+        let size = 32;
+        let mut erased = 0;
+        for seed in 0..50 {
+            let mut chw = vec![7.0f32; 3 * size * size];
+            random_erase(&mut chw, size, 0.5, &mut ChaCha8Rng::seed_from_u64(seed));
+            let changed: Vec<usize> = (0..size * size).filter(|&i| chw[i] != 7.0).collect();
+            if changed.is_empty() {
+                continue;
+            }
+            erased += 1;
+            // The changed pixels form a filled rectangle of 2%-34% of the view, in every channel.
+            let (xs, ys): (Vec<usize>, Vec<usize>) = changed.iter().map(|&i| (i % size, i / size)).unzip();
+            let w = xs.iter().max().unwrap() - xs.iter().min().unwrap() + 1;
+            let h = ys.iter().max().unwrap() - ys.iter().min().unwrap() + 1;
+            assert_eq!(w * h, changed.len());
+            let share = changed.len() as f64 / (size * size) as f64;
+            assert!((0.015..0.35).contains(&share), "{share}");
+            assert!(changed.iter().all(|&i| chw[2 * size * size + i] != 7.0));
+        }
+        // Probability 0.5 over 50 seeds.
+        assert!((10..40).contains(&erased), "{erased}");
     }
 
     #[test]

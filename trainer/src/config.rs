@@ -346,60 +346,22 @@ impl PretrainArgs {
 }
 
 impl PretrainConfig {
-    /// Writes `config.json` into a new run folder, or checks that a resumed run's folder was
-    /// written by the same configuration (apart from when to stop). Resuming a folder that
-    /// holds no run yet starts it, so `--resume` can always be passed.
-    pub fn prepare_run_folder(&self, resume: bool) -> Result<(), ConfigError> {
-        let path = self.out.join(CONFIG_FILE);
-        let folder_err = |message: String| ConfigError::RunFolder {
-            path: path.clone(),
-            message,
-        };
-        if resume && path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(|e| folder_err(format!("cannot resume: {e}")))?;
-            let old: PretrainConfig = serde_json::from_str(&text).map_err(|e| folder_err(e.to_string()))?;
-            let mut a = old.clone();
-            a.stop_after = self.stop_after;
-            if a != *self {
-                let diff = diff_fields(&old, self);
-                return Err(folder_err(format!(
-                    "the run was started with a different configuration ({diff}); start a new --out"
-                )));
-            }
-            return Ok(());
-        }
-        if path.exists() {
-            return Err(folder_err(
-                "already holds a run: pass --resume or choose a new --out".into(),
-            ));
-        }
-        std::fs::create_dir_all(&self.out).map_err(|e| folder_err(e.to_string()))?;
-        let text = serde_json::to_string_pretty(self).expect("serializable");
-        pipeline::shard::write_atomic(&path, text.as_bytes()).map_err(|e| folder_err(e.to_string()))
-    }
-
     pub fn checkpoint_path(&self) -> PathBuf {
-        self.out.join("checkpoint.safetensors")
+        self.out.join(crate::run_folder::CHECKPOINT_FILE)
     }
 
     pub fn metrics_path(&self) -> PathBuf {
-        self.out.join("metrics.jsonl")
+        self.out.join(crate::run_folder::METRICS_FILE)
     }
 }
 
-/// Names of the top-level fields that differ between two configs.
-fn diff_fields(a: &PretrainConfig, b: &PretrainConfig) -> String {
-    let (a, b) = (serde_json::to_value(a).unwrap(), serde_json::to_value(b).unwrap());
-    let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
-    a.iter()
-        .filter(|(k, v)| b.get(*k) != Some(v) && k.as_str() != "stop_after")
-        .map(|(k, _)| k.clone())
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The configuration of a pre-training run folder, for commands that read a finished run.
+pub fn load_config(run: &Path) -> Result<PretrainConfig, ConfigError> {
+    crate::run_folder::read_config(run)
 }
 
-/// The run folder of a config file, for commands that read a finished run.
-pub fn load_config(run: &Path) -> Result<PretrainConfig, ConfigError> {
+/// Reads `<run>/config.json` as `C`.
+pub(crate) fn read_json<C: serde::de::DeserializeOwned>(run: &Path) -> Result<C, ConfigError> {
     let path = run.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::RunFolder {
         path: path.clone(),
@@ -409,4 +371,275 @@ pub fn load_config(run: &Path) -> Result<PretrainConfig, ConfigError> {
         path,
         message: e.to_string(),
     })
+}
+
+/// `trainer finetune` arguments: BEiT's fine-tuning recipe, per-dataset epochs from the recipe.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FinetuneArgs {
+    /// Prepared dataset folder (its train split trains, its val split evaluates).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Pre-training run folder whose encoder starts the model; without it, random init (the
+    /// from-scratch baseline of the same recipe).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// ViT preset (default: the pre-training run's; `small` for random init).
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "datasets")]
+    pub recipes: PathBuf,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Epochs (default: the recipe's `[finetune]`, else 100).
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Learning rate at batch 256, scaled linearly (BEiT: 4e-3 at 1024).
+    #[arg(long, default_value_t = 1e-3)]
+    pub blr: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    pub min_lr: f64,
+    /// Warmup epochs (default: the recipe's).
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    /// Layer-wise learning-rate decay; 1 disables it.
+    #[arg(long, default_value_t = 0.65)]
+    pub layer_decay: f64,
+    /// Global gradient-norm clip; 0 (BEiT's fine-tuning default) disables it.
+    #[arg(long, default_value_t = 0.0)]
+    pub clip_grad: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub label_smoothing: f64,
+    #[arg(long, default_value_t = 0.8)]
+    pub mixup: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub cutmix: f64,
+    /// Probability of mixing a batch.
+    #[arg(long, default_value_t = 1.0)]
+    pub mixup_prob: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub mixup_switch_prob: f64,
+    /// RandAugment operations per image (0 disables it).
+    #[arg(long, default_value_t = 2)]
+    pub randaug_ops: usize,
+    #[arg(long, default_value_t = 9.0)]
+    pub randaug_magnitude: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub randaug_std: f64,
+    /// Random-erasing probability.
+    #[arg(long, default_value_t = 0.25)]
+    pub reprob: f64,
+    /// Repeated augmentation (copies of each drawn image per epoch); 1 is off.
+    #[arg(long, default_value_t = 1)]
+    pub repeated_aug: u32,
+    #[arg(long, default_value_t = 0.1)]
+    pub drop_path: f64,
+    /// Center-crop ratio of the evaluation view.
+    #[arg(long, default_value_t = 0.875)]
+    pub crop_ratio: f64,
+    /// Evaluate on val every N epochs (and at the end).
+    #[arg(long, default_value_t = 1.0)]
+    pub eval_every_epochs: f64,
+    /// Evaluate on at most this many val images during training (all at the end).
+    #[arg(long)]
+    pub eval_images: Option<usize>,
+    #[arg(long)]
+    pub limit_images: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 4)]
+    pub prefetch: usize,
+    #[arg(long, default_value_t = 20)]
+    pub log_every: u64,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+}
+
+/// Where a fine-tuning run's encoder came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitSource {
+    pub run: PathBuf,
+    pub method: Method,
+    pub vocab: PathBuf,
+    pub pretrain_steps: u64,
+}
+
+/// The resolved configuration of a fine-tuning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneConfig {
+    pub data: PathBuf,
+    pub dataset: String,
+    pub classes: usize,
+    /// `None`: random init.
+    pub init: Option<InitSource>,
+    pub model: String,
+    pub vit: VitConfig,
+    pub train_images: usize,
+    pub batch_size: usize,
+    pub epochs: u64,
+    pub steps_per_epoch: u64,
+    pub total_steps: u64,
+    pub stop_after: Option<u64>,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub layer_decay: f64,
+    pub adamw: AdamWSettings,
+    pub clip_grad: Option<f64>,
+    pub mixup: crate::mixup::MixupConfig,
+    pub augment: AugmentConfig,
+    pub crop_ratio: f64,
+    pub eval_every: u64,
+    pub eval_images: Option<usize>,
+    pub limit_images: Option<usize>,
+    pub seed: u64,
+    pub prefetch: usize,
+    pub log_every: u64,
+    pub checkpoint_every: u64,
+    pub out: PathBuf,
+}
+
+impl FinetuneArgs {
+    pub fn resolve(&self) -> Result<FinetuneConfig, ConfigError> {
+        let manifest = pipeline::prepare::load_manifest(&self.data)?;
+        let pre = match &self.init {
+            Some(run) => Some(load_config(run)?),
+            None => None,
+        };
+        let model = match (&self.model, &pre) {
+            (Some(m), _) => m.clone(),
+            (None, Some(p)) => p.model.clone(),
+            (None, None) => "small".to_string(),
+        };
+        let vit = VitConfig::preset(&model).ok_or_else(|| {
+            invalid(
+                "model",
+                &model,
+                format!("unknown preset (known: {})", VitConfig::PRESETS.join(", ")),
+            )
+        })?;
+        let vit = vit.with_drop_path(self.drop_path);
+        vit.validate().map_err(|m| invalid("drop-path", self.drop_path, m))?;
+        let classes = manifest.class_names.len();
+        if classes < 2 {
+            return Err(invalid(
+                "data",
+                self.data.display(),
+                format!("fine-tuning needs class labels; the manifest lists {classes} classes"),
+            ));
+        }
+        if !manifest.splits.contains_key("val") {
+            return Err(invalid(
+                "data",
+                self.data.display(),
+                "no val split to evaluate on".to_string(),
+            ));
+        }
+        let recipe = Recipe::load(&self.recipes, &manifest.dataset).ok();
+        let defaults = recipe.and_then(|r| r.finetune);
+        let train = manifest.splits.get("train").map(|s| s.images as usize).unwrap_or(0);
+        let train_images = self.limit_images.map_or(train, |l| l.min(train));
+        if self.batch_size < 2 || !self.batch_size.is_multiple_of(2) {
+            return Err(invalid("batch-size", self.batch_size, "mixup pairs images: use an even batch of at least 2"));
+        }
+        if train_images < self.batch_size {
+            return Err(invalid(
+                "batch-size",
+                self.batch_size,
+                format!("larger than the {train_images} train images of {}", self.data.display()),
+            ));
+        }
+        let epochs = self
+            .epochs
+            .unwrap_or(defaults.as_ref().map_or(100, |d| d.epochs as u64));
+        let warmup_epochs = self
+            .warmup_epochs
+            .unwrap_or(defaults.as_ref().map_or(5.0, |d| d.warmup_epochs));
+        let steps_per_epoch = (train_images / self.batch_size).max(1) as u64;
+        let mut total_steps = epochs * steps_per_epoch;
+        if let Some(m) = self.max_steps {
+            total_steps = total_steps.min(m);
+        }
+        if total_steps == 0 {
+            return Err(invalid("epochs", epochs, "the schedule has no updates"));
+        }
+        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+            return Err(invalid("layer-decay", self.layer_decay, "must be in (0, 1]"));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(invalid("label-smoothing", self.label_smoothing, "must be in [0, 1)"));
+        }
+        if !(self.crop_ratio > 0.0 && self.crop_ratio <= 1.0) {
+            return Err(invalid("crop-ratio", self.crop_ratio, "must be in (0, 1]"));
+        }
+        if self.mixup < 0.0 || self.cutmix < 0.0 {
+            return Err(invalid("mixup", self.mixup.min(self.cutmix), "Beta parameters must be >= 0"));
+        }
+        let init = match (&self.init, pre) {
+            (Some(run), Some(p)) => Some(InitSource {
+                run: run.clone(),
+                method: p.method,
+                vocab: p.vocab.clone(),
+                pretrain_steps: p.total_steps,
+            }),
+            _ => None,
+        };
+        let randaugment = (self.randaug_ops > 0).then(|| crate::randaugment::RandAugmentConfig {
+            ops: self.randaug_ops,
+            magnitude: self.randaug_magnitude,
+            magnitude_std: self.randaug_std,
+            prob: 0.5,
+        });
+        let warmup_steps = ((warmup_epochs * steps_per_epoch as f64).round() as u64).min(total_steps / 2);
+        let eval_every = ((self.eval_every_epochs * steps_per_epoch as f64).round() as u64).max(1);
+        Ok(FinetuneConfig {
+            data: self.data.clone(),
+            dataset: manifest.dataset.clone(),
+            classes,
+            init,
+            model,
+            augment: AugmentConfig::finetune(vit.image_size as u32, randaugment, self.reprob, self.repeated_aug.max(1)),
+            vit,
+            train_images,
+            batch_size: self.batch_size,
+            epochs,
+            steps_per_epoch,
+            total_steps,
+            stop_after: self.stop_after,
+            lr: self.blr * self.batch_size as f64 / 256.0,
+            min_lr: self.min_lr,
+            warmup_steps,
+            layer_decay: self.layer_decay,
+            adamw: AdamWSettings {
+                weight_decay: self.weight_decay,
+                ..Default::default()
+            },
+            clip_grad: (self.clip_grad > 0.0).then_some(self.clip_grad),
+            mixup: crate::mixup::MixupConfig {
+                mixup_alpha: self.mixup,
+                cutmix_alpha: self.cutmix,
+                prob: self.mixup_prob,
+                switch_prob: self.mixup_switch_prob,
+                label_smoothing: self.label_smoothing,
+            },
+            crop_ratio: self.crop_ratio,
+            eval_every,
+            eval_images: self.eval_images,
+            limit_images: self.limit_images,
+            seed: self.seed,
+            prefetch: self.prefetch,
+            log_every: self.log_every.max(1),
+            checkpoint_every: self.checkpoint_every.max(1),
+            out: self.out.clone(),
+        })
+    }
 }

@@ -6,7 +6,6 @@
 //! masks and the backend RNG (drop path) of update `t` are seeded from (seed, t). A resumed run
 //! therefore continues with the same losses as an uninterrupted one.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,21 +14,18 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::FloatDType;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::beit::Beit;
-use crate::checkpoint::{
-    load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, CheckpointError,
-    NamedTensors, STATE_KEY,
-};
+use crate::checkpoint::CheckpointError;
 use crate::config::{PretrainConfig, Targets};
 use crate::loader::{mix, DataError, HostBatch, ImageSet, Loader};
 use crate::masking::{draw_mask, draw_split};
 use crate::objective::{Masks, Method, MimBatch, Objective};
-use crate::optim::{accumulate, clip_scale, global_grad_norm, AdamW, CosineSchedule, Moments};
+use crate::optim::{accumulate, clip_scale, global_grad_norm, AdamW, CosineSchedule};
+use crate::run_folder::{load_checkpoint, open_metrics, prepare_run_folder, save_checkpoint, trim_metrics, TrainState};
 use crate::splitmask::SplitMask;
 use crate::targets::{DeviceTokenizer, TargetError};
 use crate::vit::Mode;
@@ -45,6 +41,8 @@ pub enum TrainError {
     #[error(transparent)]
     Targets(#[from] TargetError),
     #[error(transparent)]
+    Init(#[from] crate::classifier::InitError),
+    #[error(transparent)]
     Pipeline(#[from] pipeline::PipelineError),
     #[error("{path}: {source}")]
     Io {
@@ -55,17 +53,6 @@ pub enum TrainError {
     BadCheckpoint { path: std::path::PathBuf, message: String },
     #[error("training diverged at step {step}: {bad} non-finite updates in a row after {rollbacks} rollbacks to the last checkpoint (lower the learning rate)")]
     Diverged { step: u64, bad: u32, rollbacks: u64 },
-}
-
-/// What a checkpoint records besides tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Updates done.
-    pub step: u64,
-    /// Optimizer updates taken (differs from `step` by the skipped non-finite ones).
-    pub optimizer_steps: u64,
-    pub skipped_steps: u64,
-    pub rollbacks: u64,
 }
 
 /// One line of metrics.jsonl. Non-finite values (a diverging step) are written as `null`
@@ -115,7 +102,7 @@ pub fn pretrain<B: AutodiffBackend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<RunSummary, TrainError> {
-    cfg.prepare_run_folder(resume)?;
+    prepare_run_folder(&cfg.out, cfg, resume)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     match cfg.method {
         Method::Beit => {
@@ -214,7 +201,7 @@ where
     };
     let ckpt = cfg.checkpoint_path();
     if resume && ckpt.exists() {
-        (model, state) = load_checkpoint(cfg, model, &mut opt, device)?;
+        (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
         trim_metrics(&cfg.metrics_path(), state.step)?;
     }
     let end = cfg.stop_after.map_or(cfg.total_steps, |s| s.min(cfg.total_steps));
@@ -295,7 +282,7 @@ where
                     });
                 }
                 let skipped = state.skipped_steps;
-                (model, state) = load_checkpoint(cfg, model, &mut opt, device)?;
+                (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
                 trim_metrics(&metrics_path, state.step)?;
                 metrics = open_metrics(&metrics_path)?;
                 state.skipped_steps = skipped;
@@ -361,7 +348,7 @@ where
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
         }
         if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == end {
-            save_checkpoint(cfg, &model, &opt, &state)?;
+            save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;
         }
     }
     bar.finish();
@@ -392,38 +379,7 @@ fn knn_monitor<B: Backend>(
     Ok(crate::eval::knn(&bf, &bl, &qf, &ql, cfg.vit.dim, 20, 0.07).top1)
 }
 
-fn open_metrics(path: &std::path::Path) -> Result<std::fs::File, TrainError> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-/// Drops the metrics of steps after `step` (written after the checkpoint a run resumes or rolls
-/// back from), so metrics.jsonl holds each step once.
-fn trim_metrics(path: &std::path::Path, step: u64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if kept.len() != text.len() {
-        pipeline::shard::write_atomic(path, kept.as_bytes()).map_err(|e| TrainError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    }
-    Ok(())
-}
-
-fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
@@ -435,82 +391,4 @@ fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
     );
     bar.set_position(at);
     bar
-}
-
-/// Writes model, optimizer moments and state to the run's checkpoint (atomically).
-pub fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
-    cfg: &PretrainConfig,
-    model: &M,
-    opt: &AdamW<B>,
-    state: &TrainState,
-) -> Result<(), TrainError> {
-    let mut tensors = named_params(model);
-    let host = |t: &Tensor<B::InnerBackend, 1>| (t.dims().to_vec(), t.clone().into_data().iter::<f32>().collect());
-    let m: NamedTensors = opt.moments.iter().map(|(k, mo)| (k.clone(), host(&mo.m))).collect();
-    let v: NamedTensors = opt.moments.iter().map(|(k, mo)| (k.clone(), host(&mo.v))).collect();
-    let master: NamedTensors = opt
-        .moments
-        .iter()
-        .filter_map(|(k, mo)| mo.master.as_ref().map(|t| (k.clone(), host(t))))
-        .collect();
-    tensors.extend(optimizer_entries("m", m));
-    tensors.extend(optimizer_entries("v", v));
-    tensors.extend(optimizer_entries("master", master));
-    let mut meta = HashMap::new();
-    meta.insert(
-        STATE_KEY.to_string(),
-        serde_json::to_string(state).expect("serializable"),
-    );
-    meta.insert(
-        "splitmask.config".to_string(),
-        serde_json::to_string(cfg).expect("serializable"),
-    );
-    save_tensors(&cfg.checkpoint_path(), &tensors, Some(meta))?;
-    Ok(())
-}
-
-/// Restores model, optimizer and state from the run's checkpoint.
-pub fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
-    cfg: &PretrainConfig,
-    model: M,
-    opt: &mut AdamW<B>,
-    device: &B::Device,
-) -> Result<(M, TrainState), TrainError> {
-    let path = cfg.checkpoint_path();
-    let (all, meta) = load_tensors(&path)?;
-    let state: TrainState = meta
-        .get(STATE_KEY)
-        .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| TrainError::BadCheckpoint {
-            path: path.clone(),
-            message: format!("no {STATE_KEY} in the header"),
-        })?;
-    let (params, [m, v, mut master]) = split_optimizer(all);
-    let (model, unexpected) = load_params(model, &params, &|_| false, &path, device)?;
-    if !unexpected.is_empty() {
-        return Err(CheckpointError::Unexpected { path, unexpected }.into());
-    }
-    opt.moments.clear();
-    for (k, (shape, mv)) in m {
-        let (_, vv) = v.get(&k).ok_or_else(|| TrainError::BadCheckpoint {
-            path: path.clone(),
-            message: format!("optimizer moment v of {k:?} missing"),
-        })?;
-        let n: usize = shape.iter().product();
-        // Moments and masters are f32 whatever the backend's float type (see `optim`).
-        let f32_tensor = |values: Vec<f32>| {
-            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [n]), device).cast(FloatDType::F32)
-        };
-        let master = master.remove(&k).map(|(_, values)| f32_tensor(values));
-        opt.moments.insert(
-            k,
-            Moments {
-                m: f32_tensor(mv),
-                v: f32_tensor(vv.clone()),
-                master,
-            },
-        );
-    }
-    opt.step = state.optimizer_steps;
-    Ok((model, state))
 }

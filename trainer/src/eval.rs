@@ -1,11 +1,16 @@
-//! Frozen-encoder evaluation: features of eval views and weighted k-NN classification
-//! (DINO's protocol: cosine similarity, k = 20 neighbours voting with weight exp(sim / 0.07)).
-//! The pre-training loop runs it every few epochs to catch the overfitting that long
+//! Evaluation: classifier accuracy (top-1 / top-5), and the frozen encoder by weighted k-NN
+//! and per-layer linear probes (`trainer eval`). k-NN follows DINO's protocol (cosine
+//! similarity, k = 20 neighbours voting with weight exp(sim / 0.07)). The pre-training loop
+//! runs it every few epochs to catch the overfitting that long
 //! schedules show on small datasets (the paper's Fig. 6).
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use burn::tensor::activation::log_softmax;
+
+use crate::classifier::Classifier;
+use crate::probe::{Features, ProbeConfig, ProbeResult};
 use crate::loader::{eval_batch, DataError, ImageSet};
 use crate::vit::{Mode, Vit};
 
@@ -36,6 +41,53 @@ pub fn features<B: Backend>(
         labels.extend(b.labels);
     }
     Ok((feats, labels))
+}
+
+/// Accuracy of a classifier on eval views.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyResult {
+    pub top1: f64,
+    pub top5: f64,
+    /// Mean cross-entropy (no smoothing).
+    pub loss: f64,
+    pub images: usize,
+}
+
+/// Top-1 / top-5 accuracy and loss of `model` on the images at `indices`.
+pub fn classify<B: Backend>(
+    model: &Classifier<B>,
+    set: &ImageSet,
+    indices: &[usize],
+    image_size: usize,
+    crop_ratio: f64,
+    batch: usize,
+    device: &B::Device,
+) -> Result<ClassifyResult, DataError> {
+    let (mut top1, mut top5, mut loss) = (0usize, 0usize, 0f64);
+    for chunk in indices.chunks(batch.max(1)) {
+        let b = eval_batch(set, chunk, image_size as u32, crop_ratio)?;
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(b.images, [chunk.len(), 3, image_size, image_size]),
+            device,
+        );
+        let logits = model.forward(x, Mode::Eval);
+        let classes = logits.dims()[1];
+        let logp: Vec<f32> = log_softmax(logits, 1).into_data().iter::<f32>().collect();
+        for (row, &label) in logp.chunks(classes).zip(&b.labels) {
+            let l = label as usize;
+            let better = row.iter().filter(|&&v| v > row[l]).count();
+            top1 += (better == 0) as usize;
+            top5 += (better < 5) as usize;
+            loss -= row[l] as f64;
+        }
+    }
+    let n = indices.len().max(1) as f64;
+    Ok(ClassifyResult {
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+        loss: loss / n,
+        images: indices.len(),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -122,4 +174,145 @@ mod tests {
         assert!((r.top1 - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(r.top5, 1.0);
     }
+}
+
+/// What `trainer eval` measures: the frozen encoder of a pre-training run (or a random-init
+/// one) by weighted k-NN and per-layer linear probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSpec {
+    /// Pre-training run folder; `None` evaluates a random-init encoder of `model`.
+    pub run: Option<std::path::PathBuf>,
+    pub model: String,
+    pub vit: crate::vit::VitConfig,
+    pub data: std::path::PathBuf,
+    /// Train images for the k-NN bank and probe training (spread over the split).
+    pub train_images: usize,
+    pub val_images: usize,
+    pub crop_ratio: f64,
+    pub batch: usize,
+    pub probe: ProbeConfig,
+    pub seed: u64,
+}
+
+/// `results.json` of `trainer eval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResults {
+    pub kind: String,
+    pub dataset: String,
+    pub model: String,
+    /// `random`, `beit` or `splitmask`.
+    pub init: String,
+    pub run: Option<std::path::PathBuf>,
+    pub vocab: Option<std::path::PathBuf>,
+    pub pretrain_steps: u64,
+    pub knn: KnnResult,
+    /// One probe per block output, then the final norm's.
+    pub probes: Vec<ProbeResult>,
+    pub best_probe: ProbeResult,
+    pub seconds: f64,
+}
+
+/// Evaluates the encoder described by `spec`.
+pub fn evaluate<B: Backend>(spec: &EvalSpec, device: &B::Device) -> Result<EvalResults, crate::engine::TrainError> {
+    use rand::SeedableRng;
+    let started = std::time::Instant::now();
+    let mut encoder: Vit<B> = spec
+        .vit
+        .init(&mut rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed), device);
+    let (init, vocab, steps) = match &spec.run {
+        Some(run) => {
+            let (pre, tensors) = crate::classifier::pretrained_encoder(run, &spec.vit)?;
+            let stripped: crate::checkpoint::NamedTensors = tensors
+                .into_iter()
+                .map(|(k, v)| (k["encoder.".len()..].to_string(), v))
+                .collect();
+            let file = pre.checkpoint_path();
+            let (loaded, unexpected) = crate::checkpoint::load_params(encoder, &stripped, &|_| false, &file, device)?;
+            if !unexpected.is_empty() {
+                return Err(crate::checkpoint::CheckpointError::Unexpected {
+                    path: file,
+                    unexpected,
+                }
+                .into());
+            }
+            encoder = loaded;
+            let method = match pre.method {
+                crate::objective::Method::Beit => "beit",
+                crate::objective::Method::Splitmask => "splitmask",
+            };
+            (method.to_string(), Some(pre.vocab.clone()), pre.total_steps)
+        }
+        None => ("random".to_string(), None, 0),
+    };
+    let train = ImageSet::load(&spec.data, "train")?;
+    let val = ImageSet::load(&spec.data, "val")?;
+    let classes = train.class_names.len().max(1);
+    let layer_features = |set: &ImageSet, n: usize| -> Result<(Vec<Vec<f32>>, Vec<i64>), DataError> {
+        let picks = set.spread(n);
+        let mut per_layer: Vec<Vec<f32>> = vec![Vec::new(); spec.vit.depth + 1];
+        let mut labels = Vec::new();
+        for chunk in picks.chunks(spec.batch.max(1)) {
+            let b = eval_batch(set, chunk, spec.vit.image_size as u32, spec.crop_ratio)?;
+            let s = spec.vit.image_size;
+            let x = Tensor::<B, 4>::from_data(TensorData::new(b.images, [chunk.len(), 3, s, s]), device);
+            for (l, f) in encoder.pooled_layers(x).into_iter().enumerate() {
+                per_layer[l].extend(f.into_data().iter::<f32>());
+            }
+            labels.extend(b.labels);
+        }
+        Ok((per_layer, labels))
+    };
+    let (train_f, train_y) = layer_features(&train, spec.train_images)?;
+    let (val_f, val_y) = layer_features(&val, spec.val_images)?;
+    let dim = spec.vit.dim;
+    // k-NN on the final (normed) layer, L2-normalized as in `features`.
+    let unit = |x: &[f32]| -> Vec<f32> {
+        x.chunks(dim)
+            .flat_map(|r| {
+                let n = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                r.iter().map(move |v| v / n)
+            })
+            .collect()
+    };
+    let last = spec.vit.depth;
+    let knn_result = knn(&unit(&train_f[last]), &train_y, &unit(&val_f[last]), &val_y, dim, 20, 0.07);
+    let probes: Vec<ProbeResult> = (0..=last)
+        .map(|l| {
+            let (top1, top5, train_top1) = crate::probe::linear_probe::<B>(
+                Features {
+                    x: &train_f[l],
+                    y: &train_y,
+                },
+                Features { x: &val_f[l], y: &val_y },
+                dim,
+                classes,
+                &spec.probe,
+                device,
+            );
+            ProbeResult {
+                layer: l + 1,
+                top1,
+                top5,
+                train_top1,
+            }
+        })
+        .collect();
+    let best_probe = *probes
+        .iter()
+        .max_by(|a, b| a.top1.total_cmp(&b.top1))
+        .expect("depth >= 1");
+    let manifest = pipeline::prepare::load_manifest(&spec.data)?;
+    Ok(EvalResults {
+        kind: "eval".into(),
+        dataset: manifest.dataset,
+        model: spec.model.clone(),
+        init,
+        run: spec.run.clone(),
+        vocab,
+        pretrain_steps: steps,
+        knn: knn_result,
+        probes,
+        best_probe,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

@@ -1,4 +1,5 @@
-//! Pre-training Vision Transformers with BEiT and SplitMask on burn, generic over the backend:
+//! Pre-training Vision Transformers with BEiT and SplitMask on burn, then fine-tuning,
+//! evaluation (k-NN, linear probes), timm export and reports; generic over the backend:
 //! `flex` (CPU) in tests and small runs, CUDA behind the `cuda` feature.
 //!
 //! Data comes from `pipeline` (shards, image decoding, the vocabulary file), so the trainer
@@ -8,16 +9,24 @@ pub mod augment;
 pub mod beit;
 pub mod bench;
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod engine;
 pub mod eval;
 pub mod export;
+pub mod finetune;
 pub mod init;
 pub mod loader;
 pub mod losses;
 pub mod masking;
+pub mod mixup;
 pub mod objective;
 pub mod optim;
+pub mod plot;
+pub mod probe;
+pub mod randaugment;
+pub mod report;
+pub mod run_folder;
 pub mod splitmask;
 pub mod targets;
 pub mod vit;

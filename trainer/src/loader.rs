@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::augment::{eval_view, to_chw, train_view, AugmentConfig};
+use crate::augment::{eval_view, random_erase, to_chw, train_view, AugmentConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -205,10 +205,20 @@ impl HostBatch {
     }
 }
 
-/// The sample order of an epoch.
-pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+/// The sample order of an epoch. With `repeats` > 1 (repeated augmentation), `n / repeats`
+/// images are drawn and each appears `repeats` times, spread over the epoch.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64, repeats: u32) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, epoch, u64::MAX));
     let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed, epoch, u64::MAX)));
+    order.shuffle(&mut rng);
+    if repeats > 1 {
+        let r = repeats as usize;
+        order.truncate(n.div_ceil(r));
+        let mut repeated: Vec<usize> = order.iter().flat_map(|&i| std::iter::repeat_n(i, r)).collect();
+        repeated.shuffle(&mut rng);
+        repeated.truncate(n);
+        order = repeated;
+    }
     order
 }
 
@@ -237,7 +247,7 @@ pub fn make_batch(
         batch,
         seed,
         index,
-        &epoch_order(set.samples.len(), seed, epoch),
+        &epoch_order(set.samples.len(), seed, epoch, aug.repeats),
     )
 }
 
@@ -255,14 +265,23 @@ fn batch_in_order(
     let j = (index % per_epoch) as usize;
     let picks = &order[j * batch..(j + 1) * batch];
     type View = (Vec<f32>, i64, Option<Vec<i64>>);
+    let n = set.samples.len();
     let views: Vec<Result<View, DataError>> = picks
         .par_iter()
-        .map(|&i| {
+        .enumerate()
+        .map(|(k, &i)| {
             let img = set.decode(i)?;
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, epoch, i as u64));
+            // Repeated copies of an image need their own views: seed by position then.
+            let view_seed = if aug.repeats > 1 {
+                mix(seed, epoch, (n + j * batch + k) as u64)
+            } else {
+                mix(seed, epoch, i as u64)
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(view_seed);
             let (view, flipped) = train_view(&img, aug, &mut rng);
             let mut chw = Vec::new();
             to_chw(&view, &mut chw);
+            random_erase(&mut chw, aug.size as usize, aug.erase_prob, &mut rng);
             let s = &set.samples[i];
             let tokens = s
                 .tokens
@@ -352,7 +371,7 @@ impl Loader {
                 for index in start.. {
                     let epoch = index / per_epoch;
                     if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                        order = Some((epoch, epoch_order(set.samples.len(), seed, epoch)));
+                        order = Some((epoch, epoch_order(set.samples.len(), seed, epoch, aug.repeats)));
                     }
                     let b = batch_in_order(&set, &aug, batch, seed, index, &order.as_ref().unwrap().1);
                     let failed = b.is_err();
@@ -391,11 +410,20 @@ mod tests {
 
     #[test]
     fn epoch_orders_are_permutations_that_differ() {
-        let a = epoch_order(100, 1, 0);
+        let a = epoch_order(100, 1, 0, 1);
         let mut s = a.clone();
         s.sort();
         assert_eq!(s, (0..100).collect::<Vec<_>>());
-        assert_ne!(a, epoch_order(100, 1, 1));
-        assert_eq!(a, epoch_order(100, 1, 0));
+        assert_ne!(a, epoch_order(100, 1, 1, 1));
+        assert_eq!(a, epoch_order(100, 1, 0, 1));
+        // Repeated augmentation: 34 images, three times each, cut to 100 positions.
+        let r = epoch_order(100, 1, 0, 3);
+        assert_eq!(r.len(), 100);
+        let mut counts = std::collections::HashMap::new();
+        r.iter().for_each(|&i| *counts.entry(i).or_insert(0) += 1);
+        // The two cut positions take one or two images below three copies.
+        assert!((33..=34).contains(&counts.len()));
+        assert!(counts.values().all(|&c| (1..=3).contains(&c)));
+        assert!(counts.values().filter(|&&c| c == 3).count() >= 32);
     }
 }

@@ -1,4 +1,5 @@
-//! The pre-training losses: cross-entropy on visual tokens and SplitMask's symmetric InfoNCE.
+//! The losses: cross-entropy on visual tokens, SplitMask's symmetric InfoNCE, and the
+//! soft-target cross-entropy of fine-tuning (mixup / cutmix / label smoothing).
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -15,6 +16,17 @@ pub fn token_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 
     let logp = log_softmax(logits, 1);
     let picked = logp.gather(1, targets.reshape([n, 1])); // [n, 1]
     picked.mean().neg()
+}
+
+/// Mean over the batch of `-sum(targets * log_softmax(logits))` (timm's
+/// `SoftTargetCrossEntropy`; with one-hot smoothed targets it is label-smoothing CE).
+///
+/// # Shapes
+/// - logits, targets: `[batch, classes]`
+/// - output: `[1]`
+pub fn soft_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B, 1> {
+    let [b, _] = logits.dims();
+    (log_softmax(logits, 1) * targets).sum().neg() / b as f64
 }
 
 /// Symmetric InfoNCE between two views' embeddings: pair i of `a` and `b` is the positive,
@@ -43,6 +55,20 @@ pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn soft_cross_entropy_by_hand() {
+        use super::*;
+        let device = Default::default();
+        // logits [0, ln 3] -> p = [1/4, 3/4]; targets [0.5, 0.5] -> -(ln 1/4 + ln 3/4) / 2;
+        // second row one-hot on class 0 with logits [0, 0] -> ln 2. Mean of the two.
+        let logits = Tensor::<crate::TestBackend, 2>::from_floats([[0.0, 3f32.ln()], [0.0, 0.0]], &device);
+        let targets = Tensor::<crate::TestBackend, 2>::from_floats([[0.5, 0.5], [1.0, 0.0]], &device);
+        let got: f32 = soft_cross_entropy(logits, targets).into_scalar();
+        let row0 = -(0.25f32.ln() + 0.75f32.ln()) / 2.0;
+        let want = (row0 + 2f32.ln()) / 2.0;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
     use super::*;
     use crate::TestBackend;
 

@@ -448,6 +448,27 @@ impl<B: Backend> Vit<B> {
     pub fn forward(&self, images: Tensor<B, 4>, mode: Mode) -> Tensor<B, 3> {
         self.encode(self.embed(images), mode)
     }
+
+    /// The mean of the patch tokens after each block, and after the final norm (the paper's
+    /// per-layer linear probes): `depth + 1` entries.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - output: `depth + 1` x `[batch, dim]`
+    pub fn pooled_layers(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
+        let tokens = self.embed(images);
+        let [b, n, d] = tokens.dims();
+        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
+        let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
+        let pool = |x: Tensor<B, 3>| x.slice([0..b, 1..n + 1, 0..d]).mean_dim(1).reshape([b, d]); // [batch, dim]
+        let mut out = Vec::with_capacity(self.blocks.len() + 1);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, Mode::Eval.for_layer(i as u64));
+            out.push(pool(x.clone()));
+        }
+        out.push(pool(self.norm.forward(x)));
+        out
+    }
 }
 
 /// Selects tokens per sample.

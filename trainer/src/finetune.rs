@@ -1,0 +1,276 @@
+//! The fine-tuning loop (BEiT's recipe): a pre-trained (or random-init) encoder with a pooled
+//! classification head, RandAugment + random-erasing views, mixup / cutmix with label
+//! smoothing, AdamW with layer-wise learning-rate decay on a warmup + cosine schedule, periodic
+//! top-1 / top-5 on the val split, resumable checkpoints, and `results.json` at the end.
+//!
+//! Determinism follows the pre-training loop: batch `i` is a function of (seed, i), and the
+//! mixing and drop-path draws of step `t` of (seed, t).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::classifier::{layer_decay_scale, load_encoder, pretrained_encoder, Classifier};
+use crate::config::FinetuneConfig;
+use crate::engine::{progress_bar, TrainError};
+use crate::eval::{classify, ClassifyResult};
+use crate::loader::{mix, ImageSet, Loader};
+use crate::losses::soft_cross_entropy;
+use crate::mixup::mix_batch;
+use crate::objective::Method;
+use crate::optim::{clip_scale, global_grad_norm, AdamW, CosineSchedule};
+use crate::run_folder::{
+    load_checkpoint, open_metrics, prepare_run_folder, save_checkpoint, trim_metrics, write_results, TrainState,
+    CHECKPOINT_FILE, METRICS_FILE,
+};
+use crate::vit::Mode;
+
+/// Non-finite updates in a row before fine-tuning gives up (it has no rollback: its
+/// learning rates are small and a diverging recipe needs a lower one, not a retry).
+const MAX_BAD_STEPS: u32 = 3;
+
+/// One line of a fine-tuning run's metrics.jsonl; the `val_*` fields on evaluation steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneLine {
+    pub step: u64,
+    pub epoch: f64,
+    /// Soft-target cross-entropy of the logged training batch.
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub images_per_s: f64,
+    pub data_wait_s: f64,
+    pub skipped_steps: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_top1: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_top5: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_loss: Option<f64>,
+}
+
+/// `results.json` of a fine-tuning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneResults {
+    pub kind: String,
+    pub dataset: String,
+    pub model: String,
+    /// `random`, `beit` or `splitmask`.
+    pub init: String,
+    pub init_run: Option<PathBuf>,
+    pub vocab: Option<PathBuf>,
+    pub seed: u64,
+    pub epochs: u64,
+    pub steps: u64,
+    /// The final model on every val image.
+    pub val: ClassifyResult,
+    /// Best top-1 among the periodic evaluations (possibly on a val subset).
+    pub best_top1: f64,
+    pub best_step: u64,
+    pub seconds: f64,
+}
+
+/// Fine-tunes (or resumes) as configured; writes `results.json` when the schedule ends.
+/// Returns `None` when `stop_after` ended the run early.
+pub fn finetune<B: AutodiffBackend>(
+    cfg: &FinetuneConfig,
+    resume: bool,
+    device: &B::Device,
+    progress: bool,
+) -> Result<Option<FinetuneResults>, TrainError> {
+    prepare_run_folder(&cfg.out, cfg, resume)?;
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut model = Classifier::<B>::new(&cfg.vit, cfg.classes, &mut rng, device);
+    let ckpt = cfg.out.join(CHECKPOINT_FILE);
+    let metrics_path = cfg.out.join(METRICS_FILE);
+    let mut opt = AdamW::<B>::new(cfg.adamw);
+    let mut state = TrainState {
+        step: 0,
+        optimizer_steps: 0,
+        skipped_steps: 0,
+        rollbacks: 0,
+    };
+    if resume && ckpt.exists() {
+        (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
+        trim_metrics(&metrics_path, state.step)?;
+    } else if let Some(init) = &cfg.init {
+        let (pre, encoder) = pretrained_encoder(&init.run, &cfg.vit)?;
+        model = load_encoder(model, &encoder, &pre.checkpoint_path(), device)?;
+    }
+    let mut train = ImageSet::load(&cfg.data, "train")?;
+    if let Some(n) = cfg.limit_images {
+        train = train.truncate(n);
+    }
+    let val = ImageSet::load(&cfg.data, "val")?;
+    let val_during = cfg.eval_images.map_or_else(|| (0..val.samples.len()).collect(), |n| val.spread(n));
+    let schedule = CosineSchedule {
+        base: cfg.lr,
+        min: cfg.min_lr,
+        warmup: cfg.warmup_steps,
+        total: cfg.total_steps,
+    };
+    let depth = cfg.vit.depth;
+    let decay = cfg.layer_decay;
+    let lr_scale = move |path: &str| layer_decay_scale(path, depth, decay);
+    let end = cfg.stop_after.map_or(cfg.total_steps, |s| s.min(cfg.total_steps));
+    let mut loader = Loader::spawn(
+        Arc::new(train),
+        cfg.augment,
+        cfg.batch_size,
+        cfg.seed,
+        state.step,
+        cfg.prefetch,
+    )?;
+    let mut metrics = open_metrics(&metrics_path)?;
+    let bar = progress_bar(progress, cfg.total_steps, state.step);
+    let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
+    let mut bad_in_row = 0u32;
+    let size = cfg.vit.image_size;
+    while state.step < end {
+        let step = state.step;
+        let t0 = Instant::now();
+        let mut host = loader.next_batch()?;
+        window_wait += t0.elapsed().as_secs_f64();
+        let b = host.len();
+        let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, step, 7));
+        let (targets, _) = mix_batch(&mut host.images, &host.labels, size, cfg.classes, &cfg.mixup, &mut mix_rng);
+        let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
+        let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, cfg.classes]), device);
+        let logits = model.forward(
+            x,
+            Mode::Train {
+                seed: mix(cfg.seed, step, 4),
+            },
+        );
+        let loss = soft_cross_entropy(logits, t);
+        let done = step + 1 == cfg.total_steps;
+        let eval_now = !done && ((step + 1).is_multiple_of(cfg.eval_every) || step + 1 == end);
+        let log_now = (step + 1).is_multiple_of(cfg.log_every) || step + 1 == end || eval_now || done;
+        let loss_value = log_now.then(|| loss.clone().into_scalar().elem::<f64>());
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let norm = global_grad_norm::<B, _>(&model, &grads);
+        let lr = schedule.lr(step);
+        if norm.is_finite() {
+            model = opt.step(model, &mut grads, lr, clip_scale(norm, cfg.clip_grad), &lr_scale);
+            state.optimizer_steps += 1;
+            bad_in_row = 0;
+        } else {
+            state.skipped_steps += 1;
+            bad_in_row += 1;
+            if bad_in_row >= MAX_BAD_STEPS {
+                return Err(TrainError::Diverged {
+                    step,
+                    bad: bad_in_row,
+                    rollbacks: 0,
+                });
+            }
+        }
+        state.step += 1;
+        window_images += b;
+        bar.inc(1);
+        // Periodic evaluations may use a val subset; the final one uses every val image.
+        let val_result = if done {
+            let all: Vec<usize> = (0..val.samples.len()).collect();
+            Some(classify(&model.valid(), &val, &all, size, cfg.crop_ratio, cfg.batch_size, device)?)
+        } else if eval_now {
+            Some(classify(&model.valid(), &val, &val_during, size, cfg.crop_ratio, cfg.batch_size, device)?)
+        } else {
+            None
+        };
+        if let Some(loss) = loss_value {
+            let secs = window_start.elapsed().as_secs_f64();
+            let v = val_result;
+            let line = FinetuneLine {
+                step: state.step,
+                epoch: state.step as f64 / cfg.steps_per_epoch as f64,
+                loss,
+                lr,
+                grad_norm: norm,
+                images_per_s: window_images as f64 / secs.max(1e-9),
+                data_wait_s: window_wait,
+                skipped_steps: state.skipped_steps,
+                val_top1: v.map(|v| v.top1),
+                val_top5: v.map(|v| v.top5),
+                val_loss: v.map(|v| v.loss),
+            };
+            writeln!(metrics, "{}", serde_json::to_string(&line).expect("serializable")).map_err(|source| {
+                TrainError::Io {
+                    path: metrics_path.clone(),
+                    source,
+                }
+            })?;
+            bar.set_message(format!(
+                "loss {:.3} {:.0} img/s{}",
+                line.loss,
+                line.images_per_s,
+                v.map(|v| format!(" val top-1 {:.1}%", 100.0 * v.top1)).unwrap_or_default()
+            ));
+            (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
+        }
+        if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == end {
+            save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;
+        }
+        if let (true, Some(val)) = (done, val_result) {
+            bar.finish();
+            let (best_top1, best_step) = best_eval(&metrics_path);
+            let results = FinetuneResults {
+                kind: "finetune".into(),
+                dataset: cfg.dataset.clone(),
+                model: cfg.model.clone(),
+                init: match cfg.init.as_ref().map(|i| i.method) {
+                    None => "random".into(),
+                    Some(Method::Beit) => "beit".into(),
+                    Some(Method::Splitmask) => "splitmask".into(),
+                },
+                init_run: cfg.init.as_ref().map(|i| i.run.clone()),
+                vocab: cfg.init.as_ref().map(|i| i.vocab.clone()),
+                seed: cfg.seed,
+                epochs: cfg.epochs,
+                steps: state.step,
+                val,
+                best_top1: best_top1.max(val.top1),
+                best_step: if val.top1 >= best_top1 { state.step } else { best_step },
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            write_results(&cfg.out, &results)?;
+            return Ok(Some(results));
+        }
+    }
+    bar.finish();
+    if state.step == cfg.total_steps {
+        // Resumed after the end: the results are already written.
+        return read_results(&cfg.out).map(Some);
+    }
+    Ok(None)
+}
+
+fn read_results(run: &std::path::Path) -> Result<FinetuneResults, TrainError> {
+    let path = run.join(crate::run_folder::RESULTS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
+        path,
+        message: e.to_string(),
+    })
+}
+
+/// The best periodic val top-1 in metrics.jsonl and its step (0, 0 when none).
+fn best_eval(path: &std::path::Path) -> (f64, u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<FinetuneLine>(l).ok())
+        .filter_map(|l| l.val_top1.map(|t| (t, l.step)))
+        .fold((0.0, 0), |best, (t, s)| if t > best.0 { (t, s) } else { best })
+}

@@ -1,0 +1,284 @@
+//! `trainer report`: gathers the run folders under a directory (pre-training, `trainer eval`
+//! and fine-tuning runs) into `report.md` with the results tables, and PNG plots of the
+//! pre-training losses, the fine-tuning val accuracy and the final accuracy per initialization.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::eval::EvalResults;
+use crate::finetune::{FinetuneLine, FinetuneResults};
+use crate::plot::{bar_chart, line_chart, Series};
+use crate::run_folder::{METRICS_FILE, RESULTS_FILE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    BadResults { path: PathBuf, message: String },
+    #[error("{dir}: no run folders with metrics.jsonl or results.json")]
+    Empty { dir: PathBuf },
+}
+
+/// The written files.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub markdown: PathBuf,
+    pub plots: Vec<PathBuf>,
+    pub finetune_runs: usize,
+    pub eval_runs: usize,
+}
+
+struct Run {
+    name: String,
+    eval: Option<EvalResults>,
+    finetune: Option<FinetuneResults>,
+    /// (step, mim) of a pre-training run.
+    mim: Vec<(f64, f64)>,
+    /// (epoch, val top-1) of a fine-tuning run.
+    val: Vec<(f64, f64)>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Run folders directly under `dir` (and `dir` itself when it is one), by name.
+fn find_runs(dir: &Path) -> Result<Vec<Run>, ReportError> {
+    let mut dirs = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        if e.file_type().map_err(io(dir))?.is_dir() {
+            dirs.push(e.path());
+        }
+    }
+    dirs.sort();
+    let mut runs = Vec::new();
+    for d in dirs {
+        let results = d.join(RESULTS_FILE);
+        let metrics = d.join(METRICS_FILE);
+        if !results.exists() && !metrics.exists() {
+            continue;
+        }
+        let mut run = Run {
+            name: d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into()),
+            eval: None,
+            finetune: None,
+            mim: Vec::new(),
+            val: Vec::new(),
+        };
+        if results.exists() {
+            let text = std::fs::read_to_string(&results).map_err(io(&results))?;
+            let bad = |e: serde_json::Error| ReportError::BadResults {
+                path: results.clone(),
+                message: e.to_string(),
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+            match v.get("kind").and_then(|k| k.as_str()) {
+                Some("eval") => run.eval = Some(serde_json::from_value(v).map_err(bad)?),
+                Some("finetune") => run.finetune = Some(serde_json::from_value(v).map_err(bad)?),
+                other => {
+                    return Err(ReportError::BadResults {
+                        path: results,
+                        message: format!("unknown kind {other:?} (expected \"eval\" or \"finetune\")"),
+                    })
+                }
+            }
+        }
+        if metrics.exists() {
+            let text = std::fs::read_to_string(&metrics).map_err(io(&metrics))?;
+            for l in text.lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+                    continue;
+                };
+                if let (Some(step), Some(mim)) = (v["step"].as_f64(), v["mim"].as_f64()) {
+                    run.mim.push((step, mim));
+                } else if let Ok(f) = serde_json::from_value::<FinetuneLine>(v) {
+                    if let Some(t) = f.val_top1 {
+                        run.val.push((f.epoch, 100.0 * t));
+                    }
+                }
+            }
+        }
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+fn tokenizer(vocab: &Option<PathBuf>) -> String {
+    vocab
+        .as_ref()
+        .and_then(|v| v.file_stem())
+        .map_or_else(|| "-".to_string(), |s| s.to_string_lossy().trim_start_matches("vocab-").to_string())
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}", 100.0 * v)
+}
+
+/// Writes `report.md` and the plots into `out`.
+pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> {
+    let runs = find_runs(runs_dir)?;
+    if runs.is_empty() {
+        return Err(ReportError::Empty {
+            dir: runs_dir.to_path_buf(),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Results: `{}`\n", runs_dir.display());
+    let evals: Vec<&Run> = runs.iter().filter(|r| r.eval.is_some()).collect();
+    let fts: Vec<&Run> = runs.iter().filter(|r| r.finetune.is_some()).collect();
+    if !evals.is_empty() {
+        let _ = writeln!(md, "## Frozen encoders: k-NN (k=20, T=0.07) and linear probes (val %)\n");
+        let _ = writeln!(
+            md,
+            "| run | init | tokenizer | pre-train steps | k-NN top-1 | best probe top-1 (layer) | last-layer probe top-1 |"
+        );
+        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|");
+        for r in &evals {
+            let e = r.eval.as_ref().expect("filtered");
+            let last = e.probes.last().map_or(0.0, |p| p.top1);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} ({}) | {} |",
+                r.name,
+                e.init,
+                tokenizer(&e.vocab),
+                e.pretrain_steps,
+                pct(e.knn.top1),
+                pct(e.best_probe.top1),
+                e.best_probe.layer,
+                pct(last)
+            );
+        }
+        md.push('\n');
+    }
+    if !fts.is_empty() {
+        let _ = writeln!(md, "## Fine-tuning (val %, every val image, center crop)\n");
+        let _ = writeln!(
+            md,
+            "| run | init | tokenizer | seed | epochs | steps | top-1 | top-5 | best top-1 (step) | minutes |"
+        );
+        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &fts {
+            let f = r.finetune.as_ref().expect("filtered");
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {:.1} |",
+                r.name,
+                f.init,
+                tokenizer(&f.vocab),
+                f.seed,
+                f.epochs,
+                f.steps,
+                pct(f.val.top1),
+                pct(f.val.top5),
+                pct(f.best_top1),
+                f.best_step,
+                f.seconds / 60.0
+            );
+        }
+        // Mean and spread over seeds per (init, tokenizer).
+        let mut groups: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+        for r in &fts {
+            let f = r.finetune.as_ref().expect("filtered");
+            groups
+                .entry((f.init.clone(), tokenizer(&f.vocab)))
+                .or_default()
+                .push(100.0 * f.val.top1);
+        }
+        let _ = writeln!(md, "\n### Fine-tuning top-1 by initialization\n");
+        let _ = writeln!(md, "| init | tokenizer | runs | mean top-1 | min | max |");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+        for ((init, tok), v) in &groups {
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            let _ = writeln!(md, "| {init} | {tok} | {} | {mean:.1} | {lo:.1} | {hi:.1} |", v.len());
+        }
+        md.push('\n');
+    }
+    let mut plots = Vec::new();
+    let mut save = |img: image::RgbImage, name: &str, md: &mut String, caption: &str| -> Result<(), ReportError> {
+        let path = out.join(name);
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .map_err(|e| ReportError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        pipeline::shard::write_atomic(&path, &bytes).map_err(|e| ReportError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let _ = writeln!(md, "![{caption}]({name})\n");
+        plots.push(path);
+        Ok(())
+    };
+    let mim: Vec<Series> = runs
+        .iter()
+        .filter(|r| !r.mim.is_empty())
+        .map(|r| Series {
+            name: r.name.clone(),
+            points: r.mim.clone(),
+        })
+        .collect();
+    if !mim.is_empty() {
+        save(
+            line_chart("Pre-training: masked token prediction loss", "step", "MIM loss (nats)", &mim),
+            "pretrain_loss.png",
+            &mut md,
+            "pre-training loss",
+        )?;
+    }
+    let val: Vec<Series> = runs
+        .iter()
+        .filter(|r| !r.val.is_empty())
+        .map(|r| Series {
+            name: r.name.clone(),
+            points: r.val.clone(),
+        })
+        .collect();
+    if !val.is_empty() {
+        save(
+            line_chart("Fine-tuning: val top-1 during training", "epoch", "top-1 %", &val),
+            "finetune_val.png",
+            &mut md,
+            "fine-tuning val accuracy",
+        )?;
+    }
+    if !fts.is_empty() {
+        let bars: Vec<(String, f64)> = fts
+            .iter()
+            .map(|r| {
+                let f = r.finetune.as_ref().expect("filtered");
+                (r.name.clone(), 100.0 * f.val.top1)
+            })
+            .collect();
+        save(
+            bar_chart("Fine-tuned top-1 by run", "top-1 %", &bars),
+            "accuracy.png",
+            &mut md,
+            "fine-tuned accuracy",
+        )?;
+    }
+    let markdown = out.join("report.md");
+    pipeline::shard::write_atomic(&markdown, md.as_bytes()).map_err(|e| ReportError::Io {
+        path: markdown.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(Report {
+        markdown,
+        plots,
+        finetune_runs: fts.len(),
+        eval_runs: evals.len(),
+    })
+}

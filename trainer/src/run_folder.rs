@@ -1,0 +1,209 @@
+//! The run folder every command writes: `config.json` (the resolved configuration, checked on
+//! resume), `metrics.jsonl` (one JSON object per logged step) and `checkpoint.safetensors`
+//! (parameters, optimizer state and the training state, written atomically).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::FloatDType;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{
+    load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, CheckpointError,
+    NamedTensors, STATE_KEY,
+};
+use crate::config::{ConfigError, CONFIG_FILE};
+use crate::engine::TrainError;
+use crate::optim::{AdamW, Moments};
+
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// What `trainer eval` and fine-tuning write at the end of a run.
+pub const RESULTS_FILE: &str = "results.json";
+
+/// Writes `config.json` into a new run folder, or checks that a resumed run's folder was
+/// written by the same configuration (apart from `stop_after`, when to stop). Resuming a
+/// folder that holds no run yet starts it, so `--resume` can always be passed.
+pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(out: &Path, cfg: &C, resume: bool) -> Result<(), ConfigError> {
+    let path = out.join(CONFIG_FILE);
+    let folder_err = |message: String| ConfigError::RunFolder {
+        path: path.clone(),
+        message,
+    };
+    if resume && path.exists() {
+        let old: serde_json::Value = read_config(out)?;
+        let new = serde_json::to_value(cfg).expect("serializable");
+        let diff = diff_fields(&old, &new);
+        if !diff.is_empty() {
+            return Err(folder_err(format!(
+                "the run was started with a different configuration ({}); start a new --out",
+                diff.join(", ")
+            )));
+        }
+        return Ok(());
+    }
+    if path.exists() {
+        return Err(folder_err(
+            "already holds a run: pass --resume or choose a new --out".into(),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| folder_err(e.to_string()))?;
+    let text = serde_json::to_string_pretty(cfg).expect("serializable");
+    pipeline::shard::write_atomic(&path, text.as_bytes()).map_err(|e| folder_err(e.to_string()))
+}
+
+/// Top-level fields that differ between two configs, ignoring `stop_after`.
+fn diff_fields(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (a, b) = (a.as_object().unwrap_or(&empty), b.as_object().unwrap_or(&empty));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| k.as_str() != "stop_after" && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// Reads `<run>/config.json`.
+pub fn read_config<C: DeserializeOwned>(run: &Path) -> Result<C, ConfigError> {
+    crate::config::read_json(run)
+}
+
+/// Writes `value` as pretty JSON to `<run>/results.json` (atomically).
+pub fn write_results<T: Serialize>(run: &Path, value: &T) -> Result<(), TrainError> {
+    let path = run.join(RESULTS_FILE);
+    let text = serde_json::to_string_pretty(value).expect("serializable");
+    pipeline::shard::write_atomic(&path, text.as_bytes()).map_err(|e| TrainError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Updates done.
+    pub step: u64,
+    /// Optimizer updates taken (differs from `step` by the skipped non-finite ones).
+    pub optimizer_steps: u64,
+    pub skipped_steps: u64,
+    pub rollbacks: u64,
+}
+
+pub fn open_metrics(path: &std::path::Path) -> Result<std::fs::File, TrainError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Drops the metrics of steps after `step` (written after the checkpoint a run resumes or rolls
+/// back from), so metrics.jsonl holds each step once.
+pub fn trim_metrics(path: &std::path::Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|m| m.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s <= step))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        pipeline::shard::write_atomic(path, kept.as_bytes()).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes model, optimizer moments and state to the run's checkpoint (atomically).
+pub fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
+    path: &Path,
+    cfg: &C,
+    model: &M,
+    opt: &AdamW<B>,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let mut tensors = named_params(model);
+    let host = |t: &Tensor<B::InnerBackend, 1>| (t.dims().to_vec(), t.clone().into_data().iter::<f32>().collect());
+    let m: NamedTensors = opt.moments.iter().map(|(k, mo)| (k.clone(), host(&mo.m))).collect();
+    let v: NamedTensors = opt.moments.iter().map(|(k, mo)| (k.clone(), host(&mo.v))).collect();
+    let master: NamedTensors = opt
+        .moments
+        .iter()
+        .filter_map(|(k, mo)| mo.master.as_ref().map(|t| (k.clone(), host(t))))
+        .collect();
+    tensors.extend(optimizer_entries("m", m));
+    tensors.extend(optimizer_entries("v", v));
+    tensors.extend(optimizer_entries("master", master));
+    let mut meta = HashMap::new();
+    meta.insert(
+        STATE_KEY.to_string(),
+        serde_json::to_string(state).expect("serializable"),
+    );
+    meta.insert(
+        "splitmask.config".to_string(),
+        serde_json::to_string(cfg).expect("serializable"),
+    );
+    save_tensors(path, &tensors, Some(meta))?;
+    Ok(())
+}
+
+/// Restores model, optimizer and state from the run's checkpoint.
+pub fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
+    path: &Path,
+    model: M,
+    opt: &mut AdamW<B>,
+    device: &B::Device,
+) -> Result<(M, TrainState), TrainError> {
+    let path = path.to_path_buf();
+    let (all, meta) = load_tensors(&path)?;
+    let state: TrainState = meta
+        .get(STATE_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| TrainError::BadCheckpoint {
+            path: path.clone(),
+            message: format!("no {STATE_KEY} in the header"),
+        })?;
+    let (params, [m, v, mut master]) = split_optimizer(all);
+    let (model, unexpected) = load_params(model, &params, &|_| false, &path, device)?;
+    if !unexpected.is_empty() {
+        return Err(CheckpointError::Unexpected { path, unexpected }.into());
+    }
+    opt.moments.clear();
+    for (k, (shape, mv)) in m {
+        let (_, vv) = v.get(&k).ok_or_else(|| TrainError::BadCheckpoint {
+            path: path.clone(),
+            message: format!("optimizer moment v of {k:?} missing"),
+        })?;
+        let n: usize = shape.iter().product();
+        // Moments and masters are f32 whatever the backend's float type (see `optim`).
+        let f32_tensor = |values: Vec<f32>| {
+            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [n]), device).cast(FloatDType::F32)
+        };
+        let master = master.remove(&k).map(|(_, values)| f32_tensor(values));
+        opt.moments.insert(
+            k,
+            Moments {
+                m: f32_tensor(mv),
+                v: f32_tensor(vv.clone()),
+                master,
+            },
+        );
+    }
+    opt.step = state.optimizer_steps;
+    Ok((model, state))
+}
