@@ -22,7 +22,7 @@ RUN      ?= runs/$(DATASET)-$(METHOD)-$(MODEL)-$(VOCAB)
 TRAIN_ARGS ?=
 TRAINER  := target/release/trainer
 
-.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain test lint fmt python-deps bench-ingest bench-kmeans bench-gpu
+.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment test lint fmt python-deps bench-ingest bench-kmeans bench-gpu
 
 all: build
 
@@ -63,6 +63,29 @@ build-trainer:
 pretrain: build-trainer
 	$(TRAINER) pretrain --data $(OUT) --vocab $(VOCAB_FILE) --method $(METHOD) --model $(MODEL) \
 		--device $(DEVICE) --batch-size $(BATCH) --out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
+
+# Fine-tune a pre-training run (INIT=<run folder>; without INIT: random init, the baseline).
+FT_RUN   ?= $(RUN)-finetune
+FT_ARGS  ?=
+finetune: build-trainer
+	$(TRAINER) finetune --data $(OUT) $(if $(INIT),--init $(INIT),--model $(MODEL)) --device $(DEVICE) \
+		--batch-size $(BATCH) --out $(FT_RUN) $(if $(RESUME),--resume) $(FT_ARGS)
+
+# k-NN and per-layer linear probes of a pre-training run's frozen encoder -> $(RUN)/results.json.
+eval: build-trainer
+	$(TRAINER) eval --run $(RUN) --device $(DEVICE)
+
+# report.md and PNG plots of every run folder under RUNS.
+RUNS ?= runs
+report: build-trainer
+	$(TRAINER) report --runs $(RUNS)
+
+# The paper's comparison on $(EXP)'s own images at CPU scale (about an hour on 2 cores):
+# BEiT and SplitMask x k-means and random-projection tokenizers vs random init, fine-tuned with
+# one recipe, plus probes; see experiments/run.sh for the sizes (EXP_* variables).
+EXP ?= imagenette
+experiment: build build-trainer
+	EXP=$(EXP) bash experiments/run.sh
 
 python-deps:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt

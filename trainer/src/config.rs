@@ -515,18 +515,32 @@ impl FinetuneArgs {
             Some(run) => Some(load_config(run)?),
             None => None,
         };
-        let model = match (&self.model, &pre) {
-            (Some(m), _) => m.clone(),
-            (None, Some(p)) => p.model.clone(),
-            (None, None) => "small".to_string(),
+        // A pre-trained encoder fixes the architecture; --model may only name the same one.
+        let preset = |m: &str| {
+            VitConfig::preset(m).ok_or_else(|| {
+                invalid(
+                    "model",
+                    m,
+                    format!("unknown preset (known: {})", VitConfig::PRESETS.join(", ")),
+                )
+            })
         };
-        let vit = VitConfig::preset(&model).ok_or_else(|| {
-            invalid(
-                "model",
-                &model,
-                format!("unknown preset (known: {})", VitConfig::PRESETS.join(", ")),
-            )
-        })?;
+        let (model, vit) = match (&self.model, &pre) {
+            (Some(m), Some(p)) => {
+                let v = preset(m)?;
+                if v.with_drop_path(p.vit.drop_path) != p.vit {
+                    return Err(invalid(
+                        "model",
+                        m,
+                        format!("the pre-training run {} used --model {}", p.out.display(), p.model),
+                    ));
+                }
+                (m.clone(), p.vit.clone())
+            }
+            (None, Some(p)) => (p.model.clone(), p.vit.clone()),
+            (Some(m), None) => (m.clone(), preset(m)?),
+            (None, None) => ("small".to_string(), preset("small")?),
+        };
         let vit = vit.with_drop_path(self.drop_path);
         vit.validate().map_err(|m| invalid("drop-path", self.drop_path, m))?;
         let classes = manifest.class_names.len();

@@ -14,6 +14,7 @@ use trainer::config::{PretrainArgs, PretrainConfig};
 use trainer::engine::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
 
+mod finetune_runs;
 mod pretrain_runs;
 mod targets;
 

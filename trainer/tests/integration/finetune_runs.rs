@@ -1,0 +1,214 @@
+//! Fine-tuning, evaluation and reports on the small real Imagenette: a pre-trained encoder
+//! loads strictly and fine-tunes above chance, resume reproduces an uninterrupted run, probes
+//! and k-NN write results.json, and the report gathers them with plots.
+
+use std::path::Path;
+
+use clap::Parser;
+use trainer::checkpoint::{load_tensors, save_tensors};
+use trainer::config::{FinetuneArgs, FinetuneConfig, PretrainConfig};
+use trainer::finetune::{finetune, FinetuneLine, FinetuneResults};
+use trainer::vit::VitConfig;
+use trainer::CpuAutodiff;
+
+use crate::{args, fixture, run, workspace, Fixture};
+
+fn micro_vit() -> VitConfig {
+    VitConfig::cpu_tiny().with_dim(64).with_depth(2).with_heads(2)
+}
+
+/// A 40-step SplitMask run of the micro ViT in `out`.
+fn pretrained(f: &Fixture, out: &Path) -> PretrainConfig {
+    let extra = [
+        "--model",
+        "cpu-tiny",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "40",
+        "--epochs",
+        "1",
+        "--blr",
+        "0.2",
+        "--warmup-epochs",
+        "0.05",
+        "--limit-images",
+        "640",
+    ];
+    let mut cfg = args(f, &f.vocab_small, out, &extra).resolve().unwrap();
+    cfg.vit = micro_vit();
+    run(&cfg, false);
+    cfg
+}
+
+fn ft_args(f: &Fixture, init: Option<&Path>, out: &Path, extra: &[&str]) -> FinetuneArgs {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: FinetuneArgs,
+    }
+    let mut argv = vec![
+        "trainer".to_string(),
+        "--data".into(),
+        f.dir.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--recipes".into(),
+        workspace().join("datasets").display().to_string(),
+    ];
+    if let Some(init) = init {
+        argv.extend(["--init".to_string(), init.display().to_string()]);
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    Cli::try_parse_from(argv).unwrap().args
+}
+
+/// A short fine-tuning recipe for the micro model (the paper's augmentations on).
+const SHORT: [&str; 16] = [
+    "--batch-size",
+    "32",
+    "--max-steps",
+    "60",
+    "--epochs",
+    "1",
+    "--blr",
+    "4e-3",
+    "--warmup-epochs",
+    "0.1",
+    "--eval-every-epochs",
+    "0.25",
+    "--eval-images",
+    "300",
+    "--log-every",
+    "5",
+];
+
+fn lines(cfg: &FinetuneConfig) -> Vec<FinetuneLine> {
+    std::fs::read_to_string(cfg.out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ft(cfg: &FinetuneConfig, resume: bool) -> Option<FinetuneResults> {
+    finetune::<CpuAutodiff>(cfg, resume, &Default::default(), false).unwrap()
+}
+
+#[test]
+fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let pre_dir = tmp.path().join("pre");
+    let pre = pretrained(f, &pre_dir);
+
+    // The architecture comes from the pre-training run; another preset is refused.
+    let err = ft_args(f, Some(&pre_dir), &tmp.path().join("x"), &["--model", "cpu-small"])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--model") && err.contains("cpu-small"), "{err}");
+
+    let cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("whole"), &SHORT).resolve().unwrap();
+    assert_eq!(cfg.vit, pre.vit.clone().with_drop_path(0.1));
+    assert_eq!(cfg.classes, 10);
+    let whole = ft(&cfg, false).expect("ran to the end");
+    assert_eq!(whole.init, "splitmask");
+    assert_eq!(whole.steps, 60);
+    assert_eq!(whole.val.images, 3925, "the final evaluation covers all of val");
+    // 60 steps of 32 images: clearly above the 10% of chance on 3925 val images.
+    assert!(whole.val.top1 > 0.15, "top-1 {}", whole.val.top1);
+    eprintln!("fine-tuned micro ViT: {:?}", whole.val);
+    assert!(whole.val.top5 > whole.val.top1 && whole.val.top5 > 0.55);
+    let a = lines(&cfg);
+    let evals: Vec<&FinetuneLine> = a.iter().filter(|l| l.val_top1.is_some()).collect();
+    // Every 22 steps (a quarter of the 88 steps per epoch), then the final one.
+    assert_eq!(evals.len(), 3, "periodic evaluations");
+    assert!(a.iter().all(|l| l.loss.is_finite()));
+    let on_disk: FinetuneResults =
+        serde_json::from_str(&std::fs::read_to_string(cfg.out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(on_disk, whole);
+
+    // Stop at 25, resume: the same losses and the same final accuracy.
+    let mut extra = SHORT.to_vec();
+    extra.extend(["--stop-after", "25"]);
+    let part_cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("part"), &extra).resolve().unwrap();
+    assert!(ft(&part_cfg, false).is_none());
+    let mut resumed_cfg = part_cfg.clone();
+    resumed_cfg.stop_after = None;
+    let resumed = ft(&resumed_cfg, true).expect("finished");
+    let b = lines(&resumed_cfg);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.step, y.step);
+        assert!((x.loss - y.loss).abs() < 1e-4, "step {}: {} vs {}", x.step, x.loss, y.loss);
+    }
+    assert_eq!(resumed.val, whole.val);
+
+    // A checkpoint with a key that is neither encoder nor pre-training head is refused.
+    let (mut tensors, meta) = load_tensors(&pre.checkpoint_path()).unwrap();
+    tensors.insert("projector.weight".into(), (vec![2, 2], vec![0.0; 4]));
+    save_tensors(&pre.checkpoint_path(), &tensors, Some(meta)).unwrap();
+    let bad = ft_args(f, Some(&pre_dir), &tmp.path().join("bad"), &SHORT).resolve().unwrap();
+    let err = finetune::<CpuAutodiff>(&bad, false, &Default::default(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("projector.weight") && err.contains("checkpoint.safetensors"), "{err}");
+}
+
+#[test]
+fn eval_writes_probes_and_knn_and_report_gathers_runs() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let pre_dir = runs.join("splitmask");
+    let pre = pretrained(f, &pre_dir);
+    let spec = |run: Option<&Path>| trainer::eval::EvalSpec {
+        run: run.map(Path::to_path_buf),
+        model: "micro".into(),
+        vit: pre.vit.clone(),
+        data: f.dir.clone(),
+        train_images: 400,
+        val_images: 300,
+        crop_ratio: 0.875,
+        batch: 100,
+        probe: trainer::probe::ProbeConfig {
+            epochs: 30,
+            ..Default::default()
+        },
+        seed: 0,
+    };
+    let device = Default::default();
+    let trained = trainer::eval::evaluate::<trainer::CpuBackend>(&spec(Some(&pre_dir)), &device).unwrap();
+    let random = trainer::eval::evaluate::<trainer::CpuBackend>(&spec(None), &device).unwrap();
+    for r in [&trained, &random] {
+        assert_eq!(r.probes.len(), 3, "two blocks and the final norm");
+        assert_eq!((r.knn.bank, r.knn.queries), (400, 300));
+        // Even random features separate Imagenette's classes somewhat; chance is 10%.
+        assert!(r.best_probe.top1 > 0.12, "{:?}", r.best_probe);
+        assert!(r.probes.iter().all(|p| (0.0..=1.0).contains(&p.top1) && p.top5 >= p.top1));
+    }
+    assert_eq!((trained.init.as_str(), random.init.as_str()), ("splitmask", "random"));
+    assert_eq!(trained.pretrain_steps, 40);
+    // Different encoders, different features.
+    assert_ne!(trained.probes, random.probes);
+    trainer::run_folder::write_results(&pre_dir, &trained).unwrap();
+    let random_dir = runs.join("random");
+    std::fs::create_dir_all(&random_dir).unwrap();
+    trainer::run_folder::write_results(&random_dir, &random).unwrap();
+
+    let out = tmp.path().join("report");
+    let report = trainer::report::write_report(&runs, &out).unwrap();
+    assert_eq!((report.eval_runs, report.finetune_runs), (2, 0));
+    let md = std::fs::read_to_string(&report.markdown).unwrap();
+    assert!(md.contains("| splitmask | splitmask |") && md.contains("| random | random |"), "{md}");
+    assert!(md.contains(&format!("{:.1}", 100.0 * trained.knn.top1)));
+    // The pre-training run's loss curve is plotted and decodes as a PNG.
+    assert_eq!(report.plots.len(), 1);
+    let png = image::open(&report.plots[0]).unwrap();
+    assert_eq!((png.width(), png.height()), (900, 520));
+    // An unknown results kind is an error naming the file.
+    std::fs::write(random_dir.join("results.json"), r#"{"kind": "mystery"}"#).unwrap();
+    let err = trainer::report::write_report(&runs, &out).unwrap_err().to_string();
+    assert!(err.contains("random/results.json") && err.contains("mystery"), "{err}");
+}
