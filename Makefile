@@ -22,7 +22,7 @@ RUN      ?= runs/$(DATASET)-$(METHOD)-$(MODEL)-$(VOCAB)
 TRAIN_ARGS ?=
 TRAINER  := target/release/trainer
 
-.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment test lint fmt python-deps bench-ingest bench-kmeans bench-gpu
+.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm test lint fmt python-deps bench-ingest bench-kmeans bench-gpu
 
 all: build
 
@@ -74,6 +74,17 @@ finetune: build-trainer
 # k-NN and per-layer linear probes of a pre-training run's frozen encoder -> $(RUN)/results.json.
 eval: build-trainer
 	$(TRAINER) eval --run $(RUN) --device $(DEVICE)
+
+# The pre-trained encoder of $(RUN) as a timm state dict.
+export: build-trainer
+	$(TRAINER) export --run $(RUN) --out $(RUN)/timm.safetensors
+
+# Loads that export into timm (strict) and compares its features with ours on one input.
+# Installs torch + timm (gigabytes): not part of `make test`.
+check-timm: build-trainer
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check torch timm safetensors
+	$(TRAINER) export --run $(RUN) --out $(RUN)/timm.safetensors --check $(RUN)/timm-check.safetensors
+	$(PYTHON) tests/python/timm_check.py $(RUN)/timm.safetensors $(RUN)/timm-check.safetensors
 
 # report.md and PNG plots of every run folder under RUNS.
 RUNS ?= runs

@@ -112,7 +112,8 @@ pub fn pretrained_encoder(run: &Path, vit: &VitConfig) -> Result<(PretrainConfig
     let path = cfg.checkpoint_path();
     let (all, _) = load_tensors(&path)?;
     let (params, _optimizer) = split_optimizer(all);
-    let (encoder, rest): (NamedTensors, NamedTensors) = params.into_iter().partition(|(k, _)| k.starts_with("encoder."));
+    let (encoder, rest): (NamedTensors, NamedTensors) =
+        params.into_iter().partition(|(k, _)| k.starts_with("encoder."));
     let stray: Vec<String> = rest
         .keys()
         .filter(|k| !PRETRAIN_ONLY.iter().any(|p| k.as_str() == *p || k.starts_with(p)))
@@ -169,7 +170,11 @@ mod tests {
         assert_eq!(s("encoder.norm.gamma"), 1.0);
         assert_eq!(s("encoder.blocks.3.attn.qkv.weight"), 0.5);
         assert_eq!(s("encoder.blocks.0.mlp.fc1.bias"), 0.5f64.powi(4));
-        for p in ["encoder.cls_token", "encoder.pos_embed", "encoder.patch_embed.proj.weight"] {
+        for p in [
+            "encoder.cls_token",
+            "encoder.pos_embed",
+            "encoder.patch_embed.proj.weight",
+        ] {
             assert_eq!(s(p), 0.5f64.powi(5), "{p}");
         }
         // Block 10 of 12 is not block 1.
@@ -196,7 +201,10 @@ mod tests {
         let mut missing = encoder.clone();
         missing.remove("encoder.blocks.0.attn.proj.bias");
         let err = load_encoder(fresh(), &missing, file, &device).unwrap_err().to_string();
-        assert!(err.contains("encoder.blocks.0.attn.proj.bias") && err.contains("pretrained.safetensors"), "{err}");
+        assert!(
+            err.contains("encoder.blocks.0.attn.proj.bias") && err.contains("pretrained.safetensors"),
+            "{err}"
+        );
         // So is an encoder key the model lacks.
         let mut extra = encoder.clone();
         extra.insert("encoder.blocks.9.ls1.gamma".into(), (vec![vit.dim], vec![0.0; vit.dim]));

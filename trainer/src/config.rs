@@ -563,7 +563,11 @@ impl FinetuneArgs {
         let train = manifest.splits.get("train").map(|s| s.images as usize).unwrap_or(0);
         let train_images = self.limit_images.map_or(train, |l| l.min(train));
         if self.batch_size < 2 || !self.batch_size.is_multiple_of(2) {
-            return Err(invalid("batch-size", self.batch_size, "mixup pairs images: use an even batch of at least 2"));
+            return Err(invalid(
+                "batch-size",
+                self.batch_size,
+                "mixup pairs images: use an even batch of at least 2",
+            ));
         }
         if train_images < self.batch_size {
             return Err(invalid(
@@ -596,7 +600,11 @@ impl FinetuneArgs {
             return Err(invalid("crop-ratio", self.crop_ratio, "must be in (0, 1]"));
         }
         if self.mixup < 0.0 || self.cutmix < 0.0 {
-            return Err(invalid("mixup", self.mixup.min(self.cutmix), "Beta parameters must be >= 0"));
+            return Err(invalid(
+                "mixup",
+                self.mixup.min(self.cutmix),
+                "Beta parameters must be >= 0",
+            ));
         }
         let init = match (&self.init, pre) {
             (Some(run), Some(p)) => Some(InitSource {
@@ -607,7 +615,7 @@ impl FinetuneArgs {
             }),
             _ => None,
         };
-        let randaugment = (self.randaug_ops > 0).then(|| crate::randaugment::RandAugmentConfig {
+        let randaugment = (self.randaug_ops > 0).then_some(crate::randaugment::RandAugmentConfig {
             ops: self.randaug_ops,
             magnitude: self.randaug_magnitude,
             magnitude_std: self.randaug_std,
@@ -621,7 +629,12 @@ impl FinetuneArgs {
             classes,
             init,
             model,
-            augment: AugmentConfig::finetune(vit.image_size as u32, randaugment, self.reprob, self.repeated_aug.max(1)),
+            augment: AugmentConfig::finetune(
+                vit.image_size as u32,
+                randaugment,
+                self.reprob,
+                self.repeated_aug.max(1),
+            ),
             vit,
             train_images,
             batch_size: self.batch_size,

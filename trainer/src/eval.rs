@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use burn::tensor::activation::log_softmax;
 
 use crate::classifier::Classifier;
-use crate::probe::{Features, ProbeConfig, ProbeResult};
 use crate::loader::{eval_batch, DataError, ImageSet};
+use crate::probe::{Features, ProbeConfig, ProbeResult};
 use crate::vit::{Mode, Vit};
 
 /// Mean-pooled final-norm patch features of the images at `indices` (eval view: resize and
@@ -229,11 +229,7 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, device: &B::Device) -> Result<EvalR
             let file = pre.checkpoint_path();
             let (loaded, unexpected) = crate::checkpoint::load_params(encoder, &stripped, &|_| false, &file, device)?;
             if !unexpected.is_empty() {
-                return Err(crate::checkpoint::CheckpointError::Unexpected {
-                    path: file,
-                    unexpected,
-                }
-                .into());
+                return Err(crate::checkpoint::CheckpointError::Unexpected { path: file, unexpected }.into());
             }
             encoder = loaded;
             let method = match pre.method {
@@ -275,7 +271,15 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, device: &B::Device) -> Result<EvalR
             .collect()
     };
     let last = spec.vit.depth;
-    let knn_result = knn(&unit(&train_f[last]), &train_y, &unit(&val_f[last]), &val_y, dim, 20, 0.07);
+    let knn_result = knn(
+        &unit(&train_f[last]),
+        &train_y,
+        &unit(&val_f[last]),
+        &val_y,
+        dim,
+        20,
+        0.07,
+    );
     let probes: Vec<ProbeResult> = (0..=last)
         .map(|l| {
             let (top1, top5, train_top1) = crate::probe::linear_probe::<B>(
@@ -283,7 +287,10 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, device: &B::Device) -> Result<EvalR
                     x: &train_f[l],
                     y: &train_y,
                 },
-                Features { x: &val_f[l], y: &val_y },
+                Features {
+                    x: &val_f[l],
+                    y: &val_y,
+                },
                 dim,
                 classes,
                 &spec.probe,

@@ -92,6 +92,35 @@ pub fn export_run(run: &Path, out: &Path) -> Result<usize, ExportError> {
     Ok(n)
 }
 
+/// Writes a reference pair for checking an export in PyTorch: a seeded `input`
+/// `[2, 3, size, size]` (normalized-image scale) and our encoder's `features` on it
+/// `[2, 1 + patches, dim]` (timm's `forward_features`). `tests/python/timm_check.py` loads the
+/// export into `timm` and compares.
+pub fn write_check(run: &Path, out: &Path) -> Result<(), ExportError> {
+    use rand::{Rng, SeedableRng};
+    let cfg = load_config(run)?;
+    let path = cfg.checkpoint_path();
+    let (all, _) = load_tensors(&path)?;
+    let encoder: NamedTensors = all
+        .into_iter()
+        .filter_map(|(k, t)| k.strip_prefix("encoder.").map(|k| (k.to_string(), t)))
+        .collect();
+    let device = Default::default();
+    let vit: Vit<crate::CpuBackend> = skeleton(&cfg.vit, &device);
+    let (vit, _) = load_params(vit, &encoder, &|_| false, &path, &device)?;
+    let s = cfg.vit.image_size;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let input: Vec<f32> = (0..2 * 3 * s * s).map(|_| rng.random_range(-2.0..2.0f32)).collect();
+    let x = Tensor::<crate::CpuBackend, 4>::from_data(TensorData::new(input.clone(), [2, 3, s, s]), &device);
+    let features = vit.forward(x, crate::vit::Mode::Eval);
+    let shape = features.dims().to_vec();
+    let mut tensors = NamedTensors::new();
+    tensors.insert("input".into(), (vec![2, 3, s, s], input));
+    tensors.insert("features".into(), (shape, features.into_data().iter::<f32>().collect()));
+    save_tensors(out, &tensors, None)?;
+    Ok(())
+}
+
 /// An encoder of the configured shape whose values are about to be replaced.
 fn skeleton<B: Backend>(cfg: &VitConfig, device: &B::Device) -> Vit<B> {
     use rand::SeedableRng;

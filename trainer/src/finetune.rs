@@ -112,7 +112,9 @@ pub fn finetune<B: AutodiffBackend>(
         train = train.truncate(n);
     }
     let val = ImageSet::load(&cfg.data, "val")?;
-    let val_during = cfg.eval_images.map_or_else(|| (0..val.samples.len()).collect(), |n| val.spread(n));
+    let val_during = cfg
+        .eval_images
+        .map_or_else(|| (0..val.samples.len()).collect(), |n| val.spread(n));
     let schedule = CosineSchedule {
         base: cfg.lr,
         min: cfg.min_lr,
@@ -143,7 +145,14 @@ pub fn finetune<B: AutodiffBackend>(
         window_wait += t0.elapsed().as_secs_f64();
         let b = host.len();
         let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, step, 7));
-        let (targets, _) = mix_batch(&mut host.images, &host.labels, size, cfg.classes, &cfg.mixup, &mut mix_rng);
+        let (targets, _) = mix_batch(
+            &mut host.images,
+            &host.labels,
+            size,
+            cfg.classes,
+            &cfg.mixup,
+            &mut mix_rng,
+        );
         let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
         let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, cfg.classes]), device);
         let logits = model.forward(
@@ -181,9 +190,25 @@ pub fn finetune<B: AutodiffBackend>(
         // Periodic evaluations may use a val subset; the final one uses every val image.
         let val_result = if done {
             let all: Vec<usize> = (0..val.samples.len()).collect();
-            Some(classify(&model.valid(), &val, &all, size, cfg.crop_ratio, cfg.batch_size, device)?)
+            Some(classify(
+                &model.valid(),
+                &val,
+                &all,
+                size,
+                cfg.crop_ratio,
+                cfg.batch_size,
+                device,
+            )?)
         } else if eval_now {
-            Some(classify(&model.valid(), &val, &val_during, size, cfg.crop_ratio, cfg.batch_size, device)?)
+            Some(classify(
+                &model.valid(),
+                &val,
+                &val_during,
+                size,
+                cfg.crop_ratio,
+                cfg.batch_size,
+                device,
+            )?)
         } else {
             None
         };
@@ -213,7 +238,8 @@ pub fn finetune<B: AutodiffBackend>(
                 "loss {:.3} {:.0} img/s{}",
                 line.loss,
                 line.images_per_s,
-                v.map(|v| format!(" val top-1 {:.1}%", 100.0 * v.top1)).unwrap_or_default()
+                v.map(|v| format!(" val top-1 {:.1}%", 100.0 * v.top1))
+                    .unwrap_or_default()
             ));
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
         }

@@ -104,6 +104,9 @@ enum Command {
         format: String,
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Also write a reference input and our features on it (for tests/python/timm_check.py).
+        #[arg(long)]
+        check: Option<std::path::PathBuf>,
     },
     /// Time training steps on synthetic data (one JSON line per run on stdout).
     Bench {
@@ -214,7 +217,10 @@ fn main() -> Result<()> {
                 }
                 (None, Some(model)) => {
                     let vit = VitConfig::preset(model).with_context(|| {
-                        format!("--random-init {model:?}: known presets are {}", VitConfig::PRESETS.join(", "))
+                        format!(
+                            "--random-init {model:?}: known presets are {}",
+                            VitConfig::PRESETS.join(", ")
+                        )
                     })?;
                     let data = data.context("--random-init needs --data")?;
                     let out = out.context("--random-init needs --out")?;
@@ -267,12 +273,16 @@ fn main() -> Result<()> {
                 r.plots.len()
             );
         }
-        Command::Export { run, format, out } => {
+        Command::Export { run, format, out, check } => {
             if format != "timm" {
                 anyhow::bail!("--format {format:?}: only \"timm\" is supported");
             }
             let n = trainer::export::export_run(&run, &out)?;
             println!("wrote {n} tensors with timm names to {}", out.display());
+            if let Some(check) = check {
+                trainer::export::write_check(&run, &check)?;
+                println!("wrote a reference input and features to {}", check.display());
+            }
         }
         Command::Bench {
             method,

@@ -30,9 +30,14 @@ impl MixupConfig {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mixed {
     None,
-    Mixup { lam: f64 },
+    Mixup {
+        lam: f64,
+    },
     /// The pasted box `(top, left, height, width)` and the kept share of the area.
-    Cutmix { lam: f64, bbox: (usize, usize, usize, usize) },
+    Cutmix {
+        lam: f64,
+        bbox: (usize, usize, usize, usize),
+    },
 }
 
 /// Mixes a `[batch, 3, size, size]` batch in place and returns the `[batch, classes]` soft
@@ -160,7 +165,14 @@ mod tests {
                 mixup_alpha: 0.0,
                 ..PAPER
             };
-            let (t, mixed) = mix_batch(&mut images, &[0, 1, 2, 3], size, 4, &cfg, &mut ChaCha8Rng::seed_from_u64(seed));
+            let (t, mixed) = mix_batch(
+                &mut images,
+                &[0, 1, 2, 3],
+                size,
+                4,
+                &cfg,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
             let Mixed::Cutmix { lam, bbox } = mixed else {
                 panic!("cutmix only: {mixed:?}")
             };
@@ -181,7 +193,14 @@ mod tests {
         let (mut mixups, mut cutmixes) = (0, 0);
         for seed in 0..40 {
             let mut images: Vec<f32> = (0..b).flat_map(|i| vec![i as f32 * 10.0; 3 * size * size]).collect();
-            let (_, mixed) = mix_batch(&mut images, &[0, 1], size, 2, &PAPER, &mut ChaCha8Rng::seed_from_u64(seed));
+            let (_, mixed) = mix_batch(
+                &mut images,
+                &[0, 1],
+                size,
+                2,
+                &PAPER,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
             match mixed {
                 Mixed::Mixup { lam } => {
                     mixups += 1;

@@ -43,7 +43,8 @@ impl DrawTarget for Canvas {
         let (w, h) = self.0.dimensions();
         for Pixel(p, c) in pixels {
             if p.x >= 0 && p.y >= 0 && (p.x as u32) < w && (p.y as u32) < h {
-                self.0.put_pixel(p.x as u32, p.y as u32, image::Rgb([c.r(), c.g(), c.b()]));
+                self.0
+                    .put_pixel(p.x as u32, p.y as u32, image::Rgb([c.r(), c.g(), c.b()]));
             }
         }
         Ok(())
@@ -71,7 +72,11 @@ fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let span = (hi - lo).max(1e-12);
     let raw = span / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(mag * 10.0);
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(mag * 10.0);
     let first = (lo / step).ceil() * step;
     (0..=10)
         .map(|i| first + i as f64 * step)
@@ -91,7 +96,13 @@ fn fmt_tick(v: f64) -> String {
 
 fn frame(c: &mut Canvas, title: &str, x_label: &str, y_label: &str) {
     text(c, title, W as i32 / 2 - RIGHT / 2, 20, Alignment::Center);
-    text(c, x_label, LEFT + (W as i32 - LEFT - RIGHT) / 2, H as i32 - 12, Alignment::Center);
+    text(
+        c,
+        x_label,
+        LEFT + (W as i32 - LEFT - RIGHT) / 2,
+        H as i32 - 12,
+        Alignment::Center,
+    );
     text(c, y_label, 8, TOP - 10, Alignment::Left);
     let (x0, y0, x1, y1) = (LEFT, TOP, W as i32 - RIGHT, H as i32 - BOTTOM);
     line(c, (x0, y1), (x1, y1), Rgb888::BLACK, 1);
@@ -102,7 +113,10 @@ fn frame(c: &mut Canvas, title: &str, x_label: &str, y_label: &str) {
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> RgbImage {
     let mut c = Canvas(RgbImage::from_pixel(W, H, image::Rgb([255, 255, 255])));
     frame(&mut c, title, x_label, y_label);
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
     let (mut xl, mut xh, mut yl, mut yh) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
         (xl, xh, yl, yh) = (xl.min(x), xh.max(x), yl.min(y), yh.max(y));
@@ -168,9 +182,12 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[(String, f64)]) -> RgbImage
         let color = PALETTE[i % PALETTE.len()];
         let left = x0 + slot * i as i32 + slot / 6;
         let top = py(*v);
-        let _ = Rectangle::new(Point::new(left, top), Size::new((slot * 2 / 3) as u32, (y1 - top).max(0) as u32))
-            .into_styled(PrimitiveStyle::with_fill(color))
-            .draw(&mut c);
+        let _ = Rectangle::new(
+            Point::new(left, top),
+            Size::new((slot * 2 / 3) as u32, (y1 - top).max(0) as u32),
+        )
+        .into_styled(PrimitiveStyle::with_fill(color))
+        .draw(&mut c);
         text(&mut c, &fmt_tick(*v), left + slot / 3, top - 4, Alignment::Center);
         let ly = TOP + 10 + 16 * i as i32;
         let _ = Rectangle::new(Point::new(x1 + 12, ly - 5), Size::new(20, 10))
@@ -210,8 +227,14 @@ mod tests {
         assert!(count(PALETTE[0]) > 800 && count(PALETTE[1]) > 800);
         assert!(img.pixels().any(|p| p.0 == [0, 0, 0]), "axes and labels");
         let bars = bar_chart("t", "%", &[("x".into(), 50.0), ("y".into(), 100.0)]);
-        let tall = bars.pixels().filter(|p| p.0 == [PALETTE[1].r(), PALETTE[1].g(), PALETTE[1].b()]).count();
-        let short = bars.pixels().filter(|p| p.0 == [PALETTE[0].r(), PALETTE[0].g(), PALETTE[0].b()]).count();
+        let tall = bars
+            .pixels()
+            .filter(|p| p.0 == [PALETTE[1].r(), PALETTE[1].g(), PALETTE[1].b()])
+            .count();
+        let short = bars
+            .pixels()
+            .filter(|p| p.0 == [PALETTE[0].r(), PALETTE[0].g(), PALETTE[0].b()])
+            .count();
         // Bar areas scale with value (the legend swatches add the same to both).
         assert!((tall - 200) as f64 / (short - 200) as f64 > 1.8, "{tall} {short}");
     }

@@ -182,15 +182,27 @@ mod tests {
         };
         let (tx, ty) = blobs(300, 1, 3.0);
         let (vx, vy) = blobs(150, 2, 3.0);
-        let (top1, top5, train) =
-            linear_probe::<TestBackend>(Features { x: &tx, y: &ty }, Features { x: &vx, y: &vy }, 8, 3, &cfg, &device);
+        let (top1, top5, train) = linear_probe::<TestBackend>(
+            Features { x: &tx, y: &ty },
+            Features { x: &vx, y: &vy },
+            8,
+            3,
+            &cfg,
+            &device,
+        );
         assert!(top1 > 0.97 && train > 0.97, "{top1} {train}");
         assert_eq!(top5, 1.0);
         // Without signal the probe is at chance on val.
         let (tx, ty) = blobs(300, 3, 0.0);
         let (vx, vy) = blobs(300, 4, 0.0);
-        let (top1, _, _) =
-            linear_probe::<TestBackend>(Features { x: &tx, y: &ty }, Features { x: &vx, y: &vy }, 8, 3, &cfg, &device);
+        let (top1, _, _) = linear_probe::<TestBackend>(
+            Features { x: &tx, y: &ty },
+            Features { x: &vx, y: &vy },
+            8,
+            3,
+            &cfg,
+            &device,
+        );
         assert!((0.2..0.47).contains(&top1), "{top1}");
     }
 }

@@ -167,8 +167,8 @@ fn blend_with(img: &mut RgbImage, f: f64, degenerate: impl Fn(&[u8; 3]) -> [f32;
     let f = f as f32;
     for p in img.pixels_mut() {
         let d = degenerate(&p.0);
-        for c in 0..3 {
-            p.0[c] = (d[c] + f * (p.0[c] as f32 - d[c])).round().clamp(0.0, 255.0) as u8;
+        for (v, d) in p.0.iter_mut().zip(d) {
+            *v = (d + f * (*v as f32 - d)).round().clamp(0.0, 255.0) as u8;
         }
     }
 }

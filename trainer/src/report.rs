@@ -69,7 +69,9 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>, ReportError> {
             continue;
         }
         let mut run = Run {
-            name: d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into()),
+            name: d
+                .file_name()
+                .map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into()),
             eval: None,
             finetune: None,
             mim: Vec::new(),
@@ -114,10 +116,10 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>, ReportError> {
 }
 
 fn tokenizer(vocab: &Option<PathBuf>) -> String {
-    vocab
-        .as_ref()
-        .and_then(|v| v.file_stem())
-        .map_or_else(|| "-".to_string(), |s| s.to_string_lossy().trim_start_matches("vocab-").to_string())
+    vocab.as_ref().and_then(|v| v.file_stem()).map_or_else(
+        || "-".to_string(),
+        |s| s.to_string_lossy().trim_start_matches("vocab-").to_string(),
+    )
 }
 
 fn pct(v: f64) -> String {
@@ -138,7 +140,10 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> 
     let evals: Vec<&Run> = runs.iter().filter(|r| r.eval.is_some()).collect();
     let fts: Vec<&Run> = runs.iter().filter(|r| r.finetune.is_some()).collect();
     if !evals.is_empty() {
-        let _ = writeln!(md, "## Frozen encoders: k-NN (k=20, T=0.07) and linear probes (val %)\n");
+        let _ = writeln!(
+            md,
+            "## Frozen encoders: k-NN (k=20, T=0.07) and linear probes (val %)\n"
+        );
         let _ = writeln!(
             md,
             "| run | init | tokenizer | pre-train steps | k-NN top-1 | best probe top-1 (layer) | last-layer probe top-1 |"
@@ -233,7 +238,12 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> 
         .collect();
     if !mim.is_empty() {
         save(
-            line_chart("Pre-training: masked token prediction loss", "step", "MIM loss (nats)", &mim),
+            line_chart(
+                "Pre-training: masked token prediction loss",
+                "step",
+                "MIM loss (nats)",
+                &mim,
+            ),
             "pretrain_loss.png",
             &mut md,
             "pre-training loss",

@@ -28,7 +28,11 @@ pub const RESULTS_FILE: &str = "results.json";
 /// Writes `config.json` into a new run folder, or checks that a resumed run's folder was
 /// written by the same configuration (apart from `stop_after`, when to stop). Resuming a
 /// folder that holds no run yet starts it, so `--resume` can always be passed.
-pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(out: &Path, cfg: &C, resume: bool) -> Result<(), ConfigError> {
+pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(
+    out: &Path,
+    cfg: &C,
+    resume: bool,
+) -> Result<(), ConfigError> {
     let path = out.join(CONFIG_FILE);
     let folder_err = |message: String| ConfigError::RunFolder {
         path: path.clone(),

@@ -109,7 +109,9 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
         .to_string();
     assert!(err.contains("--model") && err.contains("cpu-small"), "{err}");
 
-    let cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("whole"), &SHORT).resolve().unwrap();
+    let cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("whole"), &SHORT)
+        .resolve()
+        .unwrap();
     assert_eq!(cfg.vit, pre.vit.clone().with_drop_path(0.1));
     assert_eq!(cfg.classes, 10);
     let whole = ft(&cfg, false).expect("ran to the end");
@@ -132,7 +134,9 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     // Stop at 25, resume: the same losses and the same final accuracy.
     let mut extra = SHORT.to_vec();
     extra.extend(["--stop-after", "25"]);
-    let part_cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("part"), &extra).resolve().unwrap();
+    let part_cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("part"), &extra)
+        .resolve()
+        .unwrap();
     assert!(ft(&part_cfg, false).is_none());
     let mut resumed_cfg = part_cfg.clone();
     resumed_cfg.stop_after = None;
@@ -141,7 +145,13 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.step, y.step);
-        assert!((x.loss - y.loss).abs() < 1e-4, "step {}: {} vs {}", x.step, x.loss, y.loss);
+        assert!(
+            (x.loss - y.loss).abs() < 1e-4,
+            "step {}: {} vs {}",
+            x.step,
+            x.loss,
+            y.loss
+        );
     }
     assert_eq!(resumed.val, whole.val);
 
@@ -149,11 +159,16 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     let (mut tensors, meta) = load_tensors(&pre.checkpoint_path()).unwrap();
     tensors.insert("projector.weight".into(), (vec![2, 2], vec![0.0; 4]));
     save_tensors(&pre.checkpoint_path(), &tensors, Some(meta)).unwrap();
-    let bad = ft_args(f, Some(&pre_dir), &tmp.path().join("bad"), &SHORT).resolve().unwrap();
+    let bad = ft_args(f, Some(&pre_dir), &tmp.path().join("bad"), &SHORT)
+        .resolve()
+        .unwrap();
     let err = finetune::<CpuAutodiff>(&bad, false, &Default::default(), false)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("projector.weight") && err.contains("checkpoint.safetensors"), "{err}");
+    assert!(
+        err.contains("projector.weight") && err.contains("checkpoint.safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -186,7 +201,10 @@ fn eval_writes_probes_and_knn_and_report_gathers_runs() {
         assert_eq!((r.knn.bank, r.knn.queries), (400, 300));
         // Even random features separate Imagenette's classes somewhat; chance is 10%.
         assert!(r.best_probe.top1 > 0.12, "{:?}", r.best_probe);
-        assert!(r.probes.iter().all(|p| (0.0..=1.0).contains(&p.top1) && p.top5 >= p.top1));
+        assert!(r
+            .probes
+            .iter()
+            .all(|p| (0.0..=1.0).contains(&p.top1) && p.top5 >= p.top1));
     }
     assert_eq!((trained.init.as_str(), random.init.as_str()), ("splitmask", "random"));
     assert_eq!(trained.pretrain_steps, 40);
@@ -201,7 +219,10 @@ fn eval_writes_probes_and_knn_and_report_gathers_runs() {
     let report = trainer::report::write_report(&runs, &out).unwrap();
     assert_eq!((report.eval_runs, report.finetune_runs), (2, 0));
     let md = std::fs::read_to_string(&report.markdown).unwrap();
-    assert!(md.contains("| splitmask | splitmask |") && md.contains("| random | random |"), "{md}");
+    assert!(
+        md.contains("| splitmask | splitmask |") && md.contains("| random | random |"),
+        "{md}"
+    );
     assert!(md.contains(&format!("{:.1}", 100.0 * trained.knn.top1)));
     // The pre-training run's loss curve is plotted and decodes as a PNG.
     assert_eq!(report.plots.len(), 1);
