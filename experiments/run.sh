@@ -22,6 +22,11 @@ DEVICE=${EXP_DEVICE:-cpu}
 PIPELINE=${PIPELINE:-target/release/pipeline}
 TRAINER=${TRAINER:-target/release/trainer}
 
+# Seed 0 runs are named <method>-<tokenizer>; other seeds add -s<seed>, so several seeds share
+# one EXP_DIR and the report's per-initialization summary spans them.
+SUFFIX=""
+[ "$SEED" = 0 ] || SUFFIX="-s$SEED"
+
 say() { printf '\n== %s\n' "$*"; }
 
 say "data: $EXP at ${SHORT_SIDE} px -> $EXP_DATA"
@@ -36,7 +41,7 @@ done
 mkdir -p "$EXP_DIR"
 for method in beit splitmask; do
   for kind in kmeans random_projection; do
-    run="$EXP_DIR/$method-$kind"
+    run="$EXP_DIR/$method-$kind$SUFFIX"
     say "pre-train $method with the $kind tokenizer -> $run"
     "$TRAINER" pretrain --data "$EXP_DATA" --vocab "$EXP_DATA/vocab-$kind-$VOCAB_SIZE-s0.safetensors" \
       --method "$method" --model "$MODEL" --batch-size "$BATCH" --max-steps "$PRETRAIN_STEPS" \
@@ -46,8 +51,8 @@ for method in beit splitmask; do
   done
 done
 say "random-init encoder probes"
-[ -f "$EXP_DIR/random/results.json" ] || "$TRAINER" eval --random-init "$MODEL" --data "$EXP_DATA" \
-  --out "$EXP_DIR/random" --train-images 3000 --val-images 1000 --probe-epochs 50 --seed "$SEED" \
+[ -f "$EXP_DIR/random$SUFFIX/results.json" ] || "$TRAINER" eval --random-init "$MODEL" --data "$EXP_DATA" \
+  --out "$EXP_DIR/random$SUFFIX" --train-images 3000 --val-images 1000 --probe-epochs 50 --seed "$SEED" \
   --device "$DEVICE" > /dev/null
 
 finetune() { # <out> [--init <run>]
@@ -58,10 +63,10 @@ finetune() { # <out> [--init <run>]
     --max-steps "$FINETUNE_STEPS" --blr 2e-3 --warmup-epochs 0.2 --eval-every-epochs 0.5 \
     --eval-images 1000 --seed "$SEED" --device "$DEVICE" --out "$out" --resume --quiet
 }
-finetune "$EXP_DIR/ft-random"
+finetune "$EXP_DIR/ft-random$SUFFIX"
 for method in beit splitmask; do
   for kind in kmeans random_projection; do
-    finetune "$EXP_DIR/ft-$method-$kind" --init "$EXP_DIR/$method-$kind"
+    finetune "$EXP_DIR/ft-$method-$kind$SUFFIX" --init "$EXP_DIR/$method-$kind$SUFFIX"
   done
 done
 

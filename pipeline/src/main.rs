@@ -443,9 +443,13 @@ fn run() -> Result<ExitCode> {
         Command::Recipes { recipes } => {
             for name in Recipe::names(&recipes)? {
                 let r = Recipe::load(&recipes, &name)?;
+                let ft = r
+                    .finetune
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |f| f.epochs.to_string());
                 println!(
-                    "{name:<20} {:<14} {:>5} epochs  {}",
-                    r.adapter, r.pretrain.epochs, r.description
+                    "{name:<20} {:<14} pre-train {:>5} epochs, fine-tune {:>4}  {}",
+                    r.adapter, r.pretrain.epochs, ft, r.description
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -205,6 +205,9 @@ pub struct EvalResults {
     pub run: Option<std::path::PathBuf>,
     pub vocab: Option<std::path::PathBuf>,
     pub pretrain_steps: u64,
+    /// The pre-training run's seed (the init seed for random-init encoders).
+    #[serde(default)]
+    pub seed: u64,
     pub knn: KnnResult,
     /// One probe per block output, then the final norm's.
     pub probes: Vec<ProbeResult>,
@@ -219,7 +222,7 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, device: &B::Device) -> Result<EvalR
     let mut encoder: Vit<B> = spec
         .vit
         .init(&mut rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed), device);
-    let (init, vocab, steps) = match &spec.run {
+    let (init, vocab, steps, seed) = match &spec.run {
         Some(run) => {
             let (pre, tensors) = crate::classifier::pretrained_encoder(run, &spec.vit)?;
             let stripped: crate::checkpoint::NamedTensors = tensors
@@ -236,13 +239,15 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, device: &B::Device) -> Result<EvalR
                 crate::objective::Method::Beit => "beit",
                 crate::objective::Method::Splitmask => "splitmask",
             };
-            (method.to_string(), Some(pre.vocab.clone()), pre.total_steps)
+            (method.to_string(), Some(pre.vocab.clone()), pre.total_steps, pre.seed)
         }
-        None => ("random".to_string(), None, 0),
+        None => ("random".to_string(), None, 0, spec.seed),
     };
-    let train = ImageSet::load(&spec.data, "train")?;
-    let val = ImageSet::load(&spec.data, "val")?;
+    let mut train = ImageSet::load(&spec.data, "train")?;
+    let mut val = ImageSet::load(&spec.data, "val")?;
     let classes = train.class_names.len().max(1);
+    train.keep_labeled(classes);
+    val.keep_labeled(classes);
     let layer_features = |set: &ImageSet, n: usize| -> Result<(Vec<Vec<f32>>, Vec<i64>), DataError> {
         let picks = set.spread(n);
         let mut per_layer: Vec<Vec<f32>> = vec![Vec::new(); spec.vit.depth + 1];
@@ -317,6 +322,7 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, device: &B::Device) -> Result<EvalR
         run: spec.run.clone(),
         vocab,
         pretrain_steps: steps,
+        seed,
         knn: knn_result,
         probes,
         best_probe,

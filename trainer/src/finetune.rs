@@ -108,10 +108,23 @@ pub fn finetune<B: AutodiffBackend>(
         model = load_encoder(model, &encoder, &pre.checkpoint_path(), device)?;
     }
     let mut train = ImageSet::load(&cfg.data, "train")?;
+    let mut val = ImageSet::load(&cfg.data, "val")?;
+    for set in [&mut train, &mut val] {
+        let dropped = set.keep_labeled(cfg.classes);
+        if dropped > 0 {
+            bar_println(
+                progress,
+                format!(
+                    "{}: {dropped} unlabeled {} images left out",
+                    cfg.data.display(),
+                    set.split
+                ),
+            );
+        }
+    }
     if let Some(n) = cfg.limit_images {
         train = train.truncate(n);
     }
-    let val = ImageSet::load(&cfg.data, "val")?;
     let val_during = cfg
         .eval_images
         .map_or_else(|| (0..val.samples.len()).collect(), |n| val.spread(n));
@@ -290,6 +303,12 @@ fn read_results(run: &std::path::Path) -> Result<FinetuneResults, TrainError> {
         path,
         message: e.to_string(),
     })
+}
+
+fn bar_println(progress: bool, line: String) {
+    if progress {
+        eprintln!("{line}");
+    }
 }
 
 /// The best periodic val top-1 in metrics.jsonl and its step (0, 0 when none).

@@ -163,6 +163,14 @@ impl ImageSet {
         (0..n).map(|i| i * len / n).collect()
     }
 
+    /// Only the rows with a class label in `0..classes` (classification needs them; detection
+    /// sets and folders with unsorted files have `-1`). Returns how many were dropped.
+    pub fn keep_labeled(&mut self, classes: usize) -> usize {
+        let before = self.samples.len();
+        self.samples.retain(|s| s.label >= 0 && (s.label as usize) < classes);
+        before - self.samples.len()
+    }
+
     /// The first `n` samples (tests and quick runs).
     pub fn truncate(mut self, n: usize) -> Self {
         self.samples.truncate(n);
@@ -407,6 +415,26 @@ impl Drop for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classification_keeps_labeled_rows_only() {
+        let sample = |label| Sample {
+            id: format!("{label}"),
+            label,
+            bytes: Vec::new(),
+            shard: Arc::from("s.parquet"),
+            tokens: None,
+        };
+        let mut set = ImageSet {
+            dir: PathBuf::from("d"),
+            split: "train".into(),
+            samples: [0, -1, 2, 1, 3].into_iter().map(sample).collect(),
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+        };
+        assert_eq!(set.keep_labeled(3), 2);
+        let ids: Vec<&str> = set.samples.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["0", "2", "1"]);
+    }
 
     #[test]
     fn epoch_orders_are_permutations_that_differ() {

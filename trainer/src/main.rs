@@ -273,7 +273,12 @@ fn main() -> Result<()> {
                 r.plots.len()
             );
         }
-        Command::Export { run, format, out, check } => {
+        Command::Export {
+            run,
+            format,
+            out,
+            check,
+        } => {
             if format != "timm" {
                 anyhow::bail!("--format {format:?}: only \"timm\" is supported");
             }

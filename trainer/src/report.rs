@@ -42,6 +42,8 @@ struct Run {
     mim: Vec<(f64, f64)>,
     /// (epoch, val top-1) of a fine-tuning run.
     val: Vec<(f64, f64)>,
+    /// Updates per epoch, from the run's config.json.
+    steps_per_epoch: Option<f64>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
@@ -76,6 +78,10 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>, ReportError> {
             finetune: None,
             mim: Vec::new(),
             val: Vec::new(),
+            steps_per_epoch: std::fs::read_to_string(d.join(crate::config::CONFIG_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|c| c["steps_per_epoch"].as_f64()),
         };
         if results.exists() {
             let text = std::fs::read_to_string(&results).map_err(io(&results))?;
@@ -146,18 +152,19 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> 
         );
         let _ = writeln!(
             md,
-            "| run | init | tokenizer | pre-train steps | k-NN top-1 | best probe top-1 (layer) | last-layer probe top-1 |"
+            "| run | init | tokenizer | seed | pre-train steps | k-NN top-1 | best probe top-1 (layer) | last-layer probe top-1 |"
         );
-        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|");
         for r in &evals {
             let e = r.eval.as_ref().expect("filtered");
             let last = e.probes.last().map_or(0.0, |p| p.top1);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} ({}) | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
                 r.name,
                 e.init,
                 tokenizer(&e.vocab),
+                e.seed,
                 e.pretrain_steps,
                 pct(e.knn.top1),
                 pct(e.best_probe.top1),
@@ -171,7 +178,7 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> 
         let _ = writeln!(md, "## Fine-tuning (val %, every val image, center crop)\n");
         let _ = writeln!(
             md,
-            "| run | init | tokenizer | seed | epochs | steps | top-1 | top-5 | best top-1 (step) | minutes |"
+            "| run | init | tokenizer | seed | steps | epochs | top-1 | top-5 | best top-1 (step) | minutes |"
         );
         let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in &fts {
@@ -183,8 +190,9 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> 
                 f.init,
                 tokenizer(&f.vocab),
                 f.seed,
-                f.epochs,
                 f.steps,
+                r.steps_per_epoch
+                    .map_or_else(|| "-".to_string(), |s| format!("{:.1}", f.steps as f64 / s)),
                 pct(f.val.top1),
                 pct(f.val.top5),
                 pct(f.best_top1),
