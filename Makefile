@@ -65,7 +65,7 @@ pretrain: build-trainer
 		--device $(DEVICE) --batch-size $(BATCH) --out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
 
 # Fine-tune a pre-training run (INIT=<run folder>; without INIT: random init, the baseline).
-FT_RUN   ?= $(RUN)-finetune
+FT_RUN   ?= $(if $(INIT),$(INIT)-finetune,runs/$(DATASET)-scratch-$(MODEL))
 FT_ARGS  ?=
 finetune: build-trainer
 	$(TRAINER) finetune --data $(OUT) $(if $(INIT),--init $(INIT),--model $(MODEL)) --device $(DEVICE) \

@@ -121,11 +121,18 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>, ReportError> {
     Ok(runs)
 }
 
+/// `kmeans-8192` for `vocab-kmeans-8192-s0.safetensors` (the vocabulary's own seed is left
+/// out so it is not mistaken for the run's).
 fn tokenizer(vocab: &Option<PathBuf>) -> String {
-    vocab.as_ref().and_then(|v| v.file_stem()).map_or_else(
-        || "-".to_string(),
-        |s| s.to_string_lossy().trim_start_matches("vocab-").to_string(),
-    )
+    let Some(stem) = vocab.as_ref().and_then(|v| v.file_stem()) else {
+        return "-".to_string();
+    };
+    let stem = stem.to_string_lossy();
+    let stem = stem.trim_start_matches("vocab-");
+    match stem.rsplit_once("-s") {
+        Some((name, seed)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+        _ => stem.to_string(),
+    }
 }
 
 fn pct(v: f64) -> String {
@@ -171,6 +178,23 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> 
                 e.best_probe.layer,
                 pct(last)
             );
+        }
+        let mut groups: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+        for r in &evals {
+            let e = r.eval.as_ref().expect("filtered");
+            groups
+                .entry((e.init.clone(), tokenizer(&e.vocab)))
+                .or_default()
+                .push((100.0 * e.knn.top1, 100.0 * e.best_probe.top1));
+        }
+        let _ = writeln!(md, "\n### Frozen encoders by initialization (mean over seeds)\n");
+        let _ = writeln!(md, "| init | tokenizer | runs | k-NN top-1 | best probe top-1 |");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|");
+        for ((init, tok), v) in &groups {
+            let n = v.len() as f64;
+            let knn = v.iter().map(|x| x.0).sum::<f64>() / n;
+            let probe = v.iter().map(|x| x.1).sum::<f64>() / n;
+            let _ = writeln!(md, "| {init} | {tok} | {} | {knn:.1} | {probe:.1} |", v.len());
         }
         md.push('\n');
     }
@@ -299,4 +323,21 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> 
         finetune_runs: fts.len(),
         eval_runs: evals.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_names_drop_the_vocabulary_seed() {
+        let t = |p: &str| tokenizer(&Some(PathBuf::from(p)));
+        assert_eq!(t("data/x/vocab-kmeans-8192-s0.safetensors"), "kmeans-8192");
+        assert_eq!(
+            t("vocab-random_projection-1024-s12.safetensors"),
+            "random_projection-1024"
+        );
+        assert_eq!(t("my-vocab-sx.safetensors"), "my-vocab-sx");
+        assert_eq!(tokenizer(&None), "-");
+    }
 }
