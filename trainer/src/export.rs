@@ -62,19 +62,7 @@ pub fn timm_state_dict<B: Backend>(encoder: &Vit<B>, patch_size: usize) -> Named
 /// Reads a pre-training run's checkpoint and writes its encoder as a timm safetensors file.
 /// Returns the number of tensors written.
 pub fn export_run(run: &Path, out: &Path) -> Result<usize, ExportError> {
-    let cfg = load_config(run)?;
-    let path = cfg.checkpoint_path();
-    let (all, _) = load_tensors(&path)?;
-    let encoder: NamedTensors = all
-        .into_iter()
-        .filter_map(|(k, t)| k.strip_prefix("encoder.").map(|k| (k.to_string(), t)))
-        .collect();
-    if encoder.is_empty() {
-        return Err(ExportError::NoEncoder { path });
-    }
-    let device = Default::default();
-    let vit: Vit<crate::CpuBackend> = skeleton(&cfg.vit, &device);
-    let (vit, _) = load_params(vit, &encoder, &|_| false, &path, &device)?;
+    let (cfg, vit) = run_encoder(run)?;
     let dict = timm_state_dict(&vit, cfg.vit.patch_size);
     let n = dict.len();
     let mut meta = std::collections::HashMap::new();
@@ -98,16 +86,8 @@ pub fn export_run(run: &Path, out: &Path) -> Result<usize, ExportError> {
 /// export into `timm` and compares.
 pub fn write_check(run: &Path, out: &Path) -> Result<(), ExportError> {
     use rand::{Rng, SeedableRng};
-    let cfg = load_config(run)?;
-    let path = cfg.checkpoint_path();
-    let (all, _) = load_tensors(&path)?;
-    let encoder: NamedTensors = all
-        .into_iter()
-        .filter_map(|(k, t)| k.strip_prefix("encoder.").map(|k| (k.to_string(), t)))
-        .collect();
+    let (cfg, vit) = run_encoder(run)?;
     let device = Default::default();
-    let vit: Vit<crate::CpuBackend> = skeleton(&cfg.vit, &device);
-    let (vit, _) = load_params(vit, &encoder, &|_| false, &path, &device)?;
     let s = cfg.vit.image_size;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let input: Vec<f32> = (0..2 * 3 * s * s).map(|_| rng.random_range(-2.0..2.0f32)).collect();
@@ -119,6 +99,24 @@ pub fn write_check(run: &Path, out: &Path) -> Result<(), ExportError> {
     tensors.insert("features".into(), (shape, features.into_data().iter::<f32>().collect()));
     save_tensors(out, &tensors, None)?;
     Ok(())
+}
+
+/// A pre-training run's configuration and its encoder with the checkpoint's weights (CPU).
+fn run_encoder(run: &Path) -> Result<(crate::config::PretrainConfig, Vit<crate::CpuBackend>), ExportError> {
+    let cfg = load_config(run)?;
+    let path = cfg.checkpoint_path();
+    let (all, _) = load_tensors(&path)?;
+    let encoder: NamedTensors = all
+        .into_iter()
+        .filter_map(|(k, t)| k.strip_prefix("encoder.").map(|k| (k.to_string(), t)))
+        .collect();
+    if encoder.is_empty() {
+        return Err(ExportError::NoEncoder { path });
+    }
+    let device = Default::default();
+    let vit: Vit<crate::CpuBackend> = skeleton(&cfg.vit, &device);
+    let (vit, _) = load_params(vit, &encoder, &|_| false, &path, &device)?;
+    Ok((cfg, vit))
 }
 
 /// An encoder of the configured shape whose values are about to be replaced.
