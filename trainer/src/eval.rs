@@ -28,19 +28,35 @@ pub fn features<B: Backend>(
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     for chunk in indices.chunks(batch.max(1)) {
-        let b = eval_batch(set, chunk, image_size as u32, crop_ratio)?;
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(b.images, [chunk.len(), 3, image_size, image_size]),
-            device,
-        );
+        let (x, batch_labels) = eval_images::<B>(set, chunk, image_size, crop_ratio, device)?;
         let h = encoder.forward(x, Mode::Eval);
         let [bs, n1, d] = h.dims();
         let pooled = h.slice([0..bs, 1..n1, 0..d]).mean_dim(1).reshape([bs, d]); // [batch, dim]
         let pooled = crate::losses::l2_normalize(pooled);
         feats.extend(pooled.into_data().iter::<f32>());
-        labels.extend(b.labels);
+        labels.extend(batch_labels);
     }
     Ok((feats, labels))
+}
+
+/// The eval views of the samples at `indices` as a `[n, 3, size, size]` tensor, and their labels.
+fn eval_images<B: Backend>(
+    set: &ImageSet,
+    indices: &[usize],
+    size: usize,
+    crop_ratio: f64,
+    device: &B::Device,
+) -> Result<(Tensor<B, 4>, Vec<i64>), DataError> {
+    let b = eval_batch(set, indices, size as u32, crop_ratio)?;
+    let x = Tensor::from_data(TensorData::new(b.images, [indices.len(), 3, size, size]), device);
+    Ok((x, b.labels))
+}
+
+/// Whether `label` has the highest score of `row`, and whether it is among the five highest
+/// (ties count in its favour).
+pub fn top1_top5(row: &[f32], label: i64) -> (bool, bool) {
+    let better = row.iter().filter(|&&v| v > row[label as usize]).count();
+    (better == 0, better < 5)
 }
 
 /// Accuracy of a classifier on eval views.
@@ -65,20 +81,15 @@ pub fn classify<B: Backend>(
 ) -> Result<ClassifyResult, DataError> {
     let (mut top1, mut top5, mut loss) = (0usize, 0usize, 0f64);
     for chunk in indices.chunks(batch.max(1)) {
-        let b = eval_batch(set, chunk, image_size as u32, crop_ratio)?;
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(b.images, [chunk.len(), 3, image_size, image_size]),
-            device,
-        );
+        let (x, labels) = eval_images::<B>(set, chunk, image_size, crop_ratio, device)?;
         let logits = model.forward(x, Mode::Eval);
         let classes = logits.dims()[1];
         let logp: Vec<f32> = log_softmax(logits, 1).into_data().iter::<f32>().collect();
-        for (row, &label) in logp.chunks(classes).zip(&b.labels) {
-            let l = label as usize;
-            let better = row.iter().filter(|&&v| v > row[l]).count();
-            top1 += (better == 0) as usize;
-            top5 += (better < 5) as usize;
-            loss -= row[l] as f64;
+        for (row, &label) in logp.chunks(classes).zip(&labels) {
+            let (in1, in5) = top1_top5(row, label);
+            top1 += in1 as usize;
+            top5 += in5 as usize;
+            loss -= row[label as usize] as f64;
         }
     }
     let n = indices.len().max(1) as f64;
@@ -253,13 +264,11 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, device: &B::Device) -> Result<EvalR
         let mut per_layer: Vec<Vec<f32>> = vec![Vec::new(); spec.vit.depth + 1];
         let mut labels = Vec::new();
         for chunk in picks.chunks(spec.batch.max(1)) {
-            let b = eval_batch(set, chunk, spec.vit.image_size as u32, spec.crop_ratio)?;
-            let s = spec.vit.image_size;
-            let x = Tensor::<B, 4>::from_data(TensorData::new(b.images, [chunk.len(), 3, s, s]), device);
+            let (x, batch_labels) = eval_images::<B>(set, chunk, spec.vit.image_size, spec.crop_ratio, device)?;
             for (l, f) in encoder.pooled_layers(x).into_iter().enumerate() {
                 per_layer[l].extend(f.into_data().iter::<f32>());
             }
-            labels.extend(b.labels);
+            labels.extend(batch_labels);
         }
         Ok((per_layer, labels))
     };

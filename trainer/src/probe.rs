@@ -118,9 +118,9 @@ pub fn linear_probe<B: Backend>(
             .collect();
         let (mut top1, mut top5) = (0usize, 0usize);
         for (row, &l) in logits.chunks(classes).zip(y) {
-            let better = row.iter().filter(|&&v| v > row[l as usize]).count();
-            top1 += (better == 0) as usize;
-            top5 += (better < 5) as usize;
+            let (in1, in5) = crate::eval::top1_top5(row, l);
+            top1 += in1 as usize;
+            top5 += in5 as usize;
         }
         (top1 as f64 / m as f64, top5 as f64 / m as f64)
     };
