@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pipeline::kmeans::{kmeans, KmeansConfig, KmeansInit};
-use pipeline::nearest::argmax_dot;
+use pipeline::vocab::kmeans::{kmeans, KmeansConfig, KmeansInit};
+use pipeline::vocab::nearest::argmax_dot;
 use pipeline::vocab::{sample_train_patches, train_patch_count};
 use rand::seq::index::sample;
 use rand::SeedableRng;

@@ -1,5 +1,18 @@
 //! Dataset ingestion for splitmask-rs: adapters for each dataset's official layout, image
-//! transcoding, Parquet shard writing and reading, manifests, inspection.
+//! transcoding, Parquet shard writing and reading, manifests, visual vocabularies and
+//! pre-tokenized targets, inspection.
+//!
+//! # Layers
+//! Modules import only from their own layer or the layers below it (checked by the
+//! `layering` integration test, which also refuses import loops):
+//!
+//! | layer | modules | what lives there |
+//! |---|---|---|
+//! | 0 | [`error`], [`matfile`] | the crate's error type; the MATLAB v5 reader (Stanford Cars devkit) |
+//! | 1 | [`adapters`], [`shard`], [`transcode`], [`views`] | dataset layouts, the shard format, image decoding and views |
+//! | 2 | [`prepare`], [`recipe`] | listing -> shards with a manifest; dataset recipes |
+//! | 3 | [`vocab`] | visual vocabularies (random projection, random patches, k-means), the tokenizer, token shards |
+//! | 4 | [`inspect`] | checks and contact sheets of a prepared dataset |
 //!
 //! The trainer depends on this crate for the shard reader and image views so that both sides
 //! see the same pixels.
@@ -7,14 +20,10 @@
 pub mod adapters;
 pub mod error;
 pub mod inspect;
-pub mod kmeans;
 pub mod matfile;
-pub mod nearest;
 pub mod prepare;
 pub mod recipe;
 pub mod shard;
-pub mod tokenize;
-pub mod tokenizer;
 pub mod transcode;
 pub mod views;
 pub mod vocab;

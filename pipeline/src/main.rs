@@ -13,8 +13,8 @@ use pipeline::adapters::AdapterOptions;
 use pipeline::inspect;
 use pipeline::prepare::{self, PrepareConfig, Subset, Worker};
 use pipeline::recipe::Recipe;
-use pipeline::tokenizer::Vocabulary;
 use pipeline::transcode::{ResizeFilter, TranscodeSettings};
+use pipeline::vocab::tokenizer::Vocabulary;
 use pipeline::vocab::{self, VocabConfig};
 use schemas::{Manifest, VocabKind};
 
@@ -428,7 +428,7 @@ fn run() -> Result<ExitCode> {
             };
             for p in paths {
                 let start = std::time::Instant::now();
-                let set = pipeline::tokenize::tokenize_dataset(&data, &p, !no_progress)?;
+                let set = pipeline::vocab::tokenize::tokenize_dataset(&data, &p, !no_progress)?;
                 let rows: u64 = set.shards.iter().map(|s| s.rows).sum();
                 let secs = start.elapsed().as_secs_f64();
                 println!(

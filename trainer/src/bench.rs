@@ -12,12 +12,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::beit::Beit;
-use crate::masking::{draw_mask, draw_split, MaskSpec};
-use crate::objective::{Masks, Method, MimBatch, Objective};
-use crate::optim::{clip_scale, global_grad_norm, AdamW, AdamWSettings};
-use crate::splitmask::{SplitMask, SplitMaskConfig};
-use crate::vit::{Mode, VitConfig};
+use crate::error::ConfigError;
+use crate::model::beit::Beit;
+use crate::model::masking::{draw_mask, draw_split, MaskSpec};
+use crate::model::objective::{Masks, Method, MimBatch, Objective};
+use crate::model::splitmask::{SplitMask, SplitMaskConfig};
+use crate::model::tokenizer::DeviceTokenizer;
+use crate::model::vit::{Mode, VitConfig};
+use crate::train::optim::{clip_scale, global_grad_norm, AdamW, AdamWSettings};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
@@ -31,6 +33,39 @@ pub struct BenchResult {
     pub step_ms: f64,
     pub images_per_s: f64,
     pub final_loss: f64,
+}
+
+/// `trainer bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "splitmask")]
+    pub method: Method,
+    #[arg(long, default_value = "small")]
+    pub model: String,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 8192)]
+    pub vocab_size: usize,
+    /// Untimed steps first (kernel compilation and autotuning on GPUs).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+}
+
+impl BenchArgs {
+    pub fn resolve(&self) -> Result<BenchSpec, ConfigError> {
+        let vit = VitConfig::named(&self.model)?;
+        Ok(BenchSpec {
+            model_name: self.model.clone(),
+            vit,
+            method: self.method,
+            batch: self.batch_size,
+            vocab: self.vocab_size,
+            warmup: self.warmup,
+            steps: self.steps,
+        })
+    }
 }
 
 /// What to time.
@@ -81,8 +116,8 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
     // A random-projection vocabulary, as the reference's tokenizer.
     let d = 192;
     let mut e: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    pipeline::kmeans::normalize_rows(&mut e, d);
-    let vocabulary = pipeline::tokenizer::Vocabulary {
+    pipeline::vocab::kmeans::normalize_rows(&mut e, d);
+    let vocabulary = pipeline::vocab::tokenizer::Vocabulary {
         header: schemas::VocabHeader {
             version: schemas::vocab::VOCAB_VERSION,
             kind: schemas::VocabKind::RandomProjection,
@@ -95,8 +130,7 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
         },
         embeddings: e,
     };
-    let tokenizer =
-        crate::targets::DeviceTokenizer::<B>::new(&vocabulary, vit.patch_size, device).expect("8 px tokens");
+    let tokenizer = DeviceTokenizer::<B>::new(&vocabulary, vit.patch_size, device).expect("8 px tokens");
     let images: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.random_range(-2.0f32..2.0)).collect();
     let mut opt = AdamW::<B>::new(AdamWSettings::default());
     let (mut first, mut timed_start, mut loss) = (0.0, Instant::now(), 0.0);

@@ -3,24 +3,15 @@
 //! `[out, in]`, the patch embedding as a `[dim, 3, p, p]` convolution). The pre-training heads
 //! and decoder are not part of it; timm's classifier `head.*` is left for fine-tuning.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::prelude::*;
 
-use crate::checkpoint::{load_params, load_tensors, named_params, save_tensors, CheckpointError, NamedTensors};
-use crate::config::{load_config, ConfigError};
-use crate::objective::Method;
-use crate::vit::{Vit, VitConfig};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{path}: no encoder parameters (keys starting with `encoder.`) in the checkpoint")]
-    NoEncoder { path: PathBuf },
-}
+use crate::backend::CpuBackend;
+use crate::error::Result;
+use crate::model::vit::{Mode, Vit};
+use crate::train::checkpoint::{named_params, save_tensors, NamedTensors};
+use crate::train::pretrained::run_encoder;
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -61,8 +52,8 @@ pub fn timm_state_dict<B: Backend>(encoder: &Vit<B>, patch_size: usize) -> Named
 
 /// Reads a pre-training run's checkpoint and writes its encoder as a timm safetensors file.
 /// Returns the number of tensors written.
-pub fn export_run(run: &Path, out: &Path) -> Result<usize, ExportError> {
-    let (cfg, vit) = run_encoder(run)?;
+pub fn export_run(run: &Path, out: &Path) -> Result<usize> {
+    let (cfg, vit) = run_encoder::<CpuBackend>(run, &Default::default())?;
     let dict = timm_state_dict(&vit, cfg.vit.patch_size);
     let n = dict.len();
     let mut meta = std::collections::HashMap::new();
@@ -70,8 +61,8 @@ pub fn export_run(run: &Path, out: &Path) -> Result<usize, ExportError> {
     meta.insert(
         "splitmask.source".to_string(),
         serde_json::json!({
-            "method": match cfg.method { Method::Beit => "beit", Method::Splitmask => "splitmask" },
-            "dataset": cfg.dataset,
+            "method": cfg.method.name(),
+            "dataset": cfg.run.dataset,
             "vit": cfg.vit,
         })
         .to_string(),
@@ -84,43 +75,25 @@ pub fn export_run(run: &Path, out: &Path) -> Result<usize, ExportError> {
 /// `[2, 3, size, size]` (normalized-image scale) and our encoder's `features` on it
 /// `[2, 1 + patches, dim]` (timm's `forward_features`). `tests/python/timm_check.py` loads the
 /// export into `timm` and compares.
-pub fn write_check(run: &Path, out: &Path) -> Result<(), ExportError> {
+pub fn write_check(run: &Path, out: &Path) -> Result<()> {
     use rand::{Rng, SeedableRng};
-    let (cfg, vit) = run_encoder(run)?;
     let device = Default::default();
+    let (cfg, vit) = run_encoder::<CpuBackend>(run, &device)?;
     let s = cfg.vit.image_size;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let input: Vec<f32> = (0..2 * 3 * s * s).map(|_| rng.random_range(-2.0..2.0f32)).collect();
-    let x = Tensor::<crate::CpuBackend, 4>::from_data(TensorData::new(input.clone(), [2, 3, s, s]), &device);
-    let features = vit.forward(x, crate::vit::Mode::Eval);
+    let x = Tensor::<CpuBackend, 4>::from_data(TensorData::new(input.clone(), [2, 3, s, s]), &device);
+    let features = vit.forward(x, Mode::Eval);
     let shape = features.dims().to_vec();
     let mut tensors = NamedTensors::new();
     tensors.insert("input".into(), (vec![2, 3, s, s], input));
     tensors.insert("features".into(), (shape, features.into_data().iter::<f32>().collect()));
-    save_tensors(out, &tensors, None)?;
-    Ok(())
-}
-
-/// A pre-training run's configuration and its encoder with the checkpoint's weights (CPU).
-fn run_encoder(run: &Path) -> Result<(crate::config::PretrainConfig, Vit<crate::CpuBackend>), ExportError> {
-    let cfg = load_config(run)?;
-    let path = cfg.checkpoint_path();
-    let (all, _) = load_tensors(&path)?;
-    let encoder: NamedTensors = all
-        .into_iter()
-        .filter_map(|(k, t)| k.strip_prefix("encoder.").map(|k| (k.to_string(), t)))
-        .collect();
-    if encoder.is_empty() {
-        return Err(ExportError::NoEncoder { path });
-    }
-    let device = Default::default();
-    let vit: Vit<crate::CpuBackend> = skeleton(&cfg.vit, &device);
-    let (vit, _) = load_params(vit, &encoder, &|_| false, &path, &device)?;
-    Ok((cfg, vit))
+    save_tensors(out, &tensors, None)
 }
 
 /// An encoder of the configured shape whose values are about to be replaced.
-fn skeleton<B: Backend>(cfg: &VitConfig, device: &B::Device) -> Vit<B> {
+#[cfg(test)]
+fn skeleton<B: Backend>(cfg: &crate::model::vit::VitConfig, device: &B::Device) -> Vit<B> {
     use rand::SeedableRng;
     cfg.init(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0), device)
 }
@@ -128,6 +101,7 @@ fn skeleton<B: Backend>(cfg: &VitConfig, device: &B::Device) -> Vit<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::vit::VitConfig;
     use crate::TestBackend;
     use std::collections::BTreeMap;
 

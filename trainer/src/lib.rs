@@ -4,37 +4,43 @@
 //!
 //! Data comes from `pipeline` (shards, image decoding, the vocabulary file), so the trainer
 //! tokenizes exactly as the pre-tokenizer does.
+//!
+//! # Layers
+//! Modules import only from their own layer or the layers below it (checked by the
+//! `layering` integration test, which also refuses import loops):
+//!
+//! | layer | modules | what lives there |
+//! |---|---|---|
+//! | 0 | [`error`], [`seed`], [`progress`], [`backend`] | the crate's error type, derived seeds, progress bars, backend choice |
+//! | 1 | [`model`] | what a forward pass needs: ViT, init, BEiT, SplitMask, masks, losses, the device tokenizer, the classifier |
+//! | 2 | [`data`] | a split's rows in memory, views and augmentation, RandAugment, mixup, the batch loader |
+//! | 3 | [`eval`] | measuring a model on data: top-k accuracy, features, k-NN, linear probes, frozen-encoder evaluation |
+//! | 4 | [`train`] | optimizer and schedule, checkpoints, the run folder, configuration, the pre-training and fine-tuning loops |
+//! | 5 | [`report`], [`export`], [`bench`] | outputs: reports and plots, timm export, step benchmarks |
+//!
+//! Evaluation sits below training because the loops evaluate (the k-NN monitor, periodic
+//! fine-tuning accuracy); loading a finished run's encoder is the run folder's business
+//! (`train::pretrained`), so `trainer eval` composes the two.
 
-pub mod augment;
-pub mod beit;
-pub mod bench;
-pub mod checkpoint;
-pub mod classifier;
-pub mod config;
-pub mod engine;
+pub mod backend;
+pub mod error;
+pub mod progress;
+pub mod seed;
+
+pub mod model;
+
+pub mod data;
+
 pub mod eval;
-pub mod export;
-pub mod finetune;
-pub mod init;
-pub mod loader;
-pub mod losses;
-pub mod masking;
-pub mod mixup;
-pub mod objective;
-pub mod optim;
-pub mod plot;
-pub mod probe;
-pub mod randaugment;
-pub mod report;
-pub mod run_folder;
-pub mod splitmask;
-pub mod targets;
-pub mod vit;
 
-/// The CPU backend (pure Rust, SIMD + rayon).
-pub type CpuBackend = burn::backend::Flex;
-/// The CPU backend with autodiff, for training.
-pub type CpuAutodiff = burn::backend::Autodiff<CpuBackend>;
+pub mod train;
+
+pub mod bench;
+pub mod export;
+pub mod report;
+
+pub use backend::{CpuAutodiff, CpuBackend};
+pub use error::{Error, Result};
 
 #[cfg(test)]
 pub(crate) type TestBackend = CpuBackend;

@@ -1,13 +1,21 @@
 //! `trainer`: pre-train a ViT with BEiT or SplitMask on a prepared dataset, fine-tune and
 //! evaluate it, export it for timm, and report results.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use trainer::bench::{bench_steps, BenchSpec};
-use trainer::config::{FinetuneArgs, PretrainArgs};
-use trainer::engine::pretrain;
-use trainer::objective::Method;
-use trainer::vit::VitConfig;
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Parser, Subcommand};
+use trainer::backend::{BackendArgs, BackendTask, Precision};
+use trainer::bench::{bench_steps, BenchArgs, BenchResult, BenchSpec};
+use trainer::eval::frozen::{evaluate, EvalResults, EvalSpec, FrozenEncoder};
+use trainer::eval::probe::ProbeConfig;
+use trainer::model::vit::VitConfig;
+use trainer::train::config::{load_config, FinetuneArgs, FinetuneConfig, PretrainArgs, PretrainConfig};
+use trainer::train::finetune::{finetune, FinetuneResults};
+use trainer::train::pretrain::{pretrain, RunSummary};
+use trainer::train::pretrained::frozen_encoder;
+use trainer::train::run_folder::write_results;
 
 #[derive(Parser)]
 #[command(version, about = "BEiT / SplitMask pre-training of Vision Transformers (burn)")]
@@ -16,144 +24,184 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum DeviceKind {
-    /// burn's flex backend (pure Rust, all cores).
-    Cpu,
-    /// NVIDIA GPU through CubeCL (build with `--features cuda`).
-    Cuda,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Precision {
-    F32,
-    /// bfloat16 weights, activations and optimizer state (burn 0.21 has no autocast).
-    Bf16,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Pre-train (or resume) a run.
     Pretrain {
         #[command(flatten)]
         args: Box<PretrainArgs>,
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: DeviceKind,
-        /// Float type on the GPU (the CPU always trains in f32).
-        #[arg(long, value_enum, default_value = "bf16")]
-        precision: Precision,
-        /// Hide the progress bar.
-        #[arg(long)]
-        quiet: bool,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Fine-tune a pre-trained encoder (or a random-init one) on the dataset's labels.
     Finetune {
         #[command(flatten)]
         args: Box<FinetuneArgs>,
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: DeviceKind,
-        #[arg(long, value_enum, default_value = "bf16")]
-        precision: Precision,
-        #[arg(long)]
-        quiet: bool,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// k-NN and per-layer linear probes of a frozen encoder; writes results.json.
     Eval {
-        /// Pre-training run folder (results.json goes there unless --out is given).
-        #[arg(long)]
-        run: Option<std::path::PathBuf>,
-        /// Evaluate a random-init encoder of this preset instead of a run.
-        #[arg(long)]
-        random_init: Option<String>,
-        /// Prepared dataset (default: the run's).
-        #[arg(long)]
-        data: Option<std::path::PathBuf>,
-        /// Folder for results.json (required with --random-init).
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-        /// Train images for the k-NN bank and the probes (spread over classes).
-        #[arg(long, default_value_t = 10_000)]
-        train_images: usize,
-        #[arg(long, default_value_t = 10_000)]
-        val_images: usize,
-        #[arg(long, default_value_t = 100)]
-        probe_epochs: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long, default_value_t = 128)]
-        batch_size: usize,
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: DeviceKind,
+        #[command(flatten)]
+        args: EvalArgs,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Gather run folders into report.md with tables and PNG plots.
     Report {
         /// Folder whose subfolders are runs.
         #[arg(long)]
-        runs: std::path::PathBuf,
+        runs: PathBuf,
         /// Output folder (default: --runs).
         #[arg(long)]
-        out: Option<std::path::PathBuf>,
+        out: Option<PathBuf>,
     },
     /// Write a run's pre-trained encoder as a timm ViT state dict (safetensors).
     Export {
         /// Run folder (holds config.json and checkpoint.safetensors).
         #[arg(long)]
-        run: std::path::PathBuf,
+        run: PathBuf,
         /// Only `timm` for now.
         #[arg(long, default_value = "timm")]
         format: String,
         #[arg(long)]
-        out: std::path::PathBuf,
+        out: PathBuf,
         /// Also write a reference input and our features on it (for tests/python/timm_check.py).
         #[arg(long)]
-        check: Option<std::path::PathBuf>,
+        check: Option<PathBuf>,
     },
     /// Time training steps on synthetic data (one JSON line per run on stdout).
     Bench {
-        #[arg(long, value_enum, default_value = "splitmask")]
-        method: Method,
-        #[arg(long, default_value = "small")]
-        model: String,
-        #[arg(long, default_value_t = 256)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 8192)]
-        vocab_size: usize,
-        /// Untimed steps first (kernel compilation and autotuning on GPUs).
-        #[arg(long, default_value_t = 3)]
-        warmup: usize,
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: DeviceKind,
-        #[arg(long, value_enum, default_value = "bf16")]
-        precision: Precision,
+        #[command(flatten)]
+        args: BenchArgs,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
+}
+
+/// `trainer eval` arguments: which encoder, which data, how many images.
+#[derive(Debug, Clone, clap::Args)]
+struct EvalArgs {
+    /// Pre-training run folder (results.json goes there unless --out is given).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// Evaluate a random-init encoder of this preset instead of a run.
+    #[arg(long)]
+    random_init: Option<String>,
+    /// Prepared dataset (default: the run's).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Folder for results.json (required with --random-init).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Train images for the k-NN bank and the probes (spread over classes).
+    #[arg(long, default_value_t = 10_000)]
+    train_images: usize,
+    #[arg(long, default_value_t = 10_000)]
+    val_images: usize,
+    #[arg(long, default_value_t = 100)]
+    probe_epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+}
+
+/// Where the evaluated encoder comes from.
+enum Encoder {
+    Run(PathBuf),
+    Random { model: String, vit: VitConfig, seed: u64 },
+}
+
+impl EvalArgs {
+    /// The encoder, the evaluation and the folder results.json goes to.
+    fn resolve(&self) -> Result<(Encoder, EvalSpec, PathBuf)> {
+        let (encoder, data, out) = match (&self.run, &self.random_init) {
+            (Some(run), None) => {
+                let pre = load_config(run)?;
+                let data = self.data.clone().unwrap_or(pre.run.data);
+                let out = self.out.clone().unwrap_or_else(|| run.clone());
+                (Encoder::Run(run.clone()), data, out)
+            }
+            (None, Some(model)) => {
+                let vit = VitConfig::named(model).context("--random-init")?;
+                let data = self.data.clone().context("--random-init needs --data")?;
+                let out = self.out.clone().context("--random-init needs --out")?;
+                let random = Encoder::Random {
+                    model: model.clone(),
+                    vit,
+                    seed: self.seed,
+                };
+                (random, data, out)
+            }
+            _ => anyhow::bail!("pass exactly one of --run and --random-init"),
+        };
+        let spec = EvalSpec {
+            data,
+            train_images: self.train_images,
+            val_images: self.val_images,
+            crop_ratio: 0.875,
+            batch: self.batch_size,
+            probe: ProbeConfig {
+                epochs: self.probe_epochs,
+                seed: self.seed,
+                ..Default::default()
+            },
+        };
+        Ok((encoder, spec, out))
+    }
+}
+
+struct PretrainTask<'a>(&'a PretrainConfig, bool, bool);
+impl BackendTask for PretrainTask<'_> {
+    type Output = trainer::Result<RunSummary>;
+    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+        pretrain::<B>(self.0, self.1, device, self.2)
+    }
+}
+
+struct FinetuneTask<'a>(&'a FinetuneConfig, bool, bool);
+impl BackendTask for FinetuneTask<'_> {
+    type Output = trainer::Result<Option<FinetuneResults>>;
+    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+        finetune::<B>(self.0, self.1, device, self.2)
+    }
+}
+
+/// Evaluation needs no gradients: it runs on the backend without autodiff.
+struct EvalTask<'a>(&'a Encoder, &'a EvalSpec);
+impl BackendTask for EvalTask<'_> {
+    type Output = trainer::Result<EvalResults>;
+    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+        let frozen = match self.0 {
+            Encoder::Run(run) => frozen_encoder::<B::InnerBackend>(run, device)?,
+            Encoder::Random { model, vit, seed } => FrozenEncoder::random(model, vit, *seed, device),
+        };
+        evaluate(self.1, &frozen, device)
+    }
+}
+
+struct BenchTask<'a>(&'a BenchSpec);
+impl BackendTask for BenchTask<'_> {
+    type Output = BenchResult;
+    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+        bench_steps::<B>(self.0, device)
+    }
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Pretrain {
-            args,
-            device,
-            precision,
-            quiet,
-        } => {
+        Command::Pretrain { args, backend } => {
             let cfg = args.resolve().context("resolving the configuration")?;
             eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
-            let summary = match device {
-                DeviceKind::Cpu => {
-                    let _ = precision;
-                    pretrain::<trainer::CpuAutodiff>(&cfg, args.resume, &Default::default(), !quiet)?
-                }
-                DeviceKind::Cuda => cuda_pretrain(&cfg, args.resume, precision, !quiet)?,
-            };
+            let summary = backend.run(Precision::Bf16, PretrainTask(&cfg, args.run.resume, !args.run.quiet))??;
             println!(
                 "pre-trained {} steps in {:.0} s ({:.1} img/s); run folder {}",
                 summary.steps,
                 summary.seconds,
                 summary.images_per_s,
-                cfg.out.display()
+                cfg.run.out.display()
             );
             if let Some(last) = summary.last {
                 println!(
@@ -166,21 +214,10 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Finetune {
-            args,
-            device,
-            precision,
-            quiet,
-        } => {
+        Command::Finetune { args, backend } => {
             let cfg = args.resolve().context("resolving the configuration")?;
             eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
-            let results = match device {
-                DeviceKind::Cpu => {
-                    trainer::finetune::finetune::<trainer::CpuAutodiff>(&cfg, args.resume, &Default::default(), !quiet)?
-                }
-                DeviceKind::Cuda => cuda_finetune(&cfg, args.resume, precision, !quiet)?,
-            };
-            match results {
+            match backend.run(Precision::Bf16, FinetuneTask(&cfg, args.run.resume, !args.run.quiet))?? {
                 Some(r) => println!(
                     "fine-tuned {} ({}) for {} steps in {:.0} s: val top-1 {:.2}%, top-5 {:.2}% on {} images (best top-1 {:.2}% at step {}); {}",
                     r.model,
@@ -192,64 +229,17 @@ fn main() -> Result<()> {
                     r.val.images,
                     100.0 * r.best_top1,
                     r.best_step,
-                    cfg.out.join("results.json").display()
+                    cfg.run.out.join("results.json").display()
                 ),
                 None => println!("stopped before the end of the schedule; continue with --resume"),
             }
         }
-        Command::Eval {
-            run,
-            random_init,
-            data,
-            out,
-            train_images,
-            val_images,
-            probe_epochs,
-            seed,
-            batch_size,
-            device,
-        } => {
-            let (model, vit, data, out) = match (&run, &random_init) {
-                (Some(run), None) => {
-                    let pre = trainer::config::load_config(run)?;
-                    let out = out.unwrap_or_else(|| run.clone());
-                    (pre.model.clone(), pre.vit.clone(), data.unwrap_or(pre.data), out)
-                }
-                (None, Some(model)) => {
-                    let vit = VitConfig::preset(model).with_context(|| {
-                        format!(
-                            "--random-init {model:?}: known presets are {}",
-                            VitConfig::PRESETS.join(", ")
-                        )
-                    })?;
-                    let data = data.context("--random-init needs --data")?;
-                    let out = out.context("--random-init needs --out")?;
-                    (model.clone(), vit, data, out)
-                }
-                _ => anyhow::bail!("pass exactly one of --run and --random-init"),
-            };
-            let spec = trainer::eval::EvalSpec {
-                run,
-                model,
-                vit,
-                data,
-                train_images,
-                val_images,
-                crop_ratio: 0.875,
-                batch: batch_size,
-                probe: trainer::probe::ProbeConfig {
-                    epochs: probe_epochs,
-                    seed,
-                    ..Default::default()
-                },
-                seed,
-            };
-            let r = match device {
-                DeviceKind::Cpu => trainer::eval::evaluate::<trainer::CpuBackend>(&spec, &Default::default())?,
-                DeviceKind::Cuda => cuda_eval(&spec)?,
-            };
+        Command::Eval { args, backend } => {
+            let (encoder, spec, out) = args.resolve()?;
+            // Probes run in f32: their features are few and the Adam steps small.
+            let r = backend.run(Precision::F32, EvalTask(&encoder, &spec))??;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            trainer::run_folder::write_results(&out, &r)?;
+            write_results(&out, &r)?;
             println!(
                 "{} ({}): k-NN top-1 {:.2}%, best linear probe {:.2}% (layer {} of {}), last layer {:.2}%; {}",
                 r.model,
@@ -289,111 +279,11 @@ fn main() -> Result<()> {
                 println!("wrote a reference input and features to {}", check.display());
             }
         }
-        Command::Bench {
-            method,
-            model,
-            batch_size,
-            vocab_size,
-            warmup,
-            steps,
-            device,
-            precision,
-        } => {
-            let vit = VitConfig::preset(&model)
-                .with_context(|| format!("--model {model:?}: known presets are {}", VitConfig::PRESETS.join(", ")))?;
-            let spec = BenchSpec {
-                model_name: model,
-                vit,
-                method,
-                batch: batch_size,
-                vocab: vocab_size,
-                warmup,
-                steps,
-            };
-            let r = match device {
-                DeviceKind::Cpu => bench_steps::<trainer::CpuAutodiff>(&spec, &Default::default()),
-                DeviceKind::Cuda => cuda_bench(&spec, precision)?,
-            };
+        Command::Bench { args, backend } => {
+            let spec = args.resolve()?;
+            let r = backend.run(Precision::Bf16, BenchTask(&spec))?;
             println!("{}", serde_json::to_string(&r)?);
         }
     }
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_bench(spec: &BenchSpec, precision: Precision) -> Result<trainer::bench::BenchResult> {
-    use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
-    let device = CudaDevice::default();
-    Ok(match precision {
-        Precision::F32 => bench_steps::<Autodiff<Cuda<f32>>>(spec, &device),
-        Precision::Bf16 => bench_steps::<Autodiff<Cuda<half::bf16>>>(spec, &device),
-    })
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_bench(_: &BenchSpec, _: Precision) -> Result<trainer::bench::BenchResult> {
-    anyhow::bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_pretrain(
-    cfg: &trainer::config::PretrainConfig,
-    resume: bool,
-    precision: Precision,
-    progress: bool,
-) -> Result<trainer::engine::RunSummary> {
-    use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
-    let device = CudaDevice::default();
-    Ok(match precision {
-        Precision::F32 => pretrain::<Autodiff<Cuda<f32>>>(cfg, resume, &device, progress)?,
-        Precision::Bf16 => pretrain::<Autodiff<Cuda<half::bf16>>>(cfg, resume, &device, progress)?,
-    })
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_pretrain(
-    _: &trainer::config::PretrainConfig,
-    _: bool,
-    _: Precision,
-    _: bool,
-) -> Result<trainer::engine::RunSummary> {
-    anyhow::bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_finetune(
-    cfg: &trainer::config::FinetuneConfig,
-    resume: bool,
-    precision: Precision,
-    progress: bool,
-) -> Result<Option<trainer::finetune::FinetuneResults>> {
-    use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
-    use trainer::finetune::finetune;
-    let device = CudaDevice::default();
-    Ok(match precision {
-        Precision::F32 => finetune::<Autodiff<Cuda<f32>>>(cfg, resume, &device, progress)?,
-        Precision::Bf16 => finetune::<Autodiff<Cuda<half::bf16>>>(cfg, resume, &device, progress)?,
-    })
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_finetune(
-    _: &trainer::config::FinetuneConfig,
-    _: bool,
-    _: Precision,
-    _: bool,
-) -> Result<Option<trainer::finetune::FinetuneResults>> {
-    anyhow::bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
-}
-
-/// Probes run in f32: their features are few and the Adam steps small.
-#[cfg(feature = "cuda")]
-fn cuda_eval(spec: &trainer::eval::EvalSpec) -> Result<trainer::eval::EvalResults> {
-    use burn::backend::{cuda::CudaDevice, Cuda};
-    Ok(trainer::eval::evaluate::<Cuda<f32>>(spec, &CudaDevice::default())?)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_eval(_: &trainer::eval::EvalSpec) -> Result<trainer::eval::EvalResults> {
-    anyhow::bail!("this binary was built without CUDA: cargo build --release -p trainer --features cuda")
 }

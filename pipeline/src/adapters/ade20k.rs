@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::{walk_files, Listing, SourceImage};
+use super::listing::{walk_files, Listing, SourceImage};
 use crate::error::{PipelineError, Result};
 
 pub fn list(root: &Path) -> Result<Listing> {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{read_lines, Listing, SourceImage};
+use super::listing::{read_lines, Listing, SourceImage};
 use crate::error::{PipelineError, Result};
 use crate::matfile::{read_variable, MatValue};
 
@@ -47,7 +47,7 @@ fn meta_names(path: &Path) -> Result<Vec<String>> {
 }
 
 fn list_devkit(root: &Path, devkit: &Path) -> Result<Listing> {
-    let meta = super::require(devkit.join("cars_meta.mat"), "Stanford Cars class names")?;
+    let meta = super::listing::require(devkit.join("cars_meta.mat"), "Stanford Cars class names")?;
     let mut listing = Listing::new("stanford_cars", meta_names(&meta)?);
     let n_classes = listing.class_names.len() as i32;
     let test_labeled = [

@@ -11,7 +11,7 @@ use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch,
 use arrow_schema::{DataType, Field, Schema};
 use serde::Deserialize;
 
-use super::{read_json, require, Listing, SideTable, SourceImage};
+use super::listing::{read_json, require, Listing, SideTable, SourceImage};
 use crate::error::{PipelineError, Result};
 
 #[derive(Deserialize)]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{read_lines, require, AdapterOptions, Listing, SourceImage};
+use super::listing::{read_lines, require, AdapterOptions, Listing, SourceImage};
 use crate::error::{PipelineError, Result};
 
 pub const DOMAINS: &[&str] = &["clipart", "infograph", "painting", "quickdraw", "real", "sketch"];

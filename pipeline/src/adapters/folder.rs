@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{subdirs, walk_files, Listing, SourceImage};
+use super::listing::{subdirs, walk_files, Listing, SourceImage};
 use crate::error::Result;
 
 const SPLITS: &[&str] = &["train", "val", "test"];
@@ -56,9 +56,11 @@ pub fn list(root: &Path) -> Result<Listing> {
         }
         for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
             if entry.path().is_file() {
-                listing
-                    .images
-                    .push(SourceImage::new(split, super::rel_string(root, &entry.path()), -1));
+                listing.images.push(SourceImage::new(
+                    split,
+                    super::listing::rel_string(root, &entry.path()),
+                    -1,
+                ));
             }
         }
     }
@@ -72,7 +74,7 @@ pub fn list(root: &Path) -> Result<Listing> {
         for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
             if entry.path().is_file() {
                 listing.skip(
-                    super::rel_string(root, &entry.path()),
+                    super::listing::rel_string(root, &entry.path()),
                     "none",
                     "outside the train/val/test folders",
                 );

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{read_lines, require, Listing, SourceImage};
+use super::listing::{read_lines, require, Listing, SourceImage};
 use crate::error::Result;
 
 pub fn list(root: &Path) -> Result<Listing> {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{read_lines, require, subdirs, walk_files, AdapterOptions, Listing, SourceImage};
+use super::listing::{read_lines, require, subdirs, walk_files, AdapterOptions, Listing, SourceImage};
 use crate::error::{PipelineError, Result};
 
 const SYNSETS: &str = "LOC_synset_mapping.txt";
@@ -70,7 +70,7 @@ pub fn list(root: &Path, opts: &AdapterOptions) -> Result<Listing> {
         .collect();
     let label_of: BTreeMap<&str, i32> = wnids.iter().enumerate().map(|(i, w)| (w.as_str(), i as i32)).collect();
     let mut listing = Listing::new("imagenet", class_names);
-    let prefix = super::rel_string(root, &data);
+    let prefix = super::listing::rel_string(root, &data);
     let rel = |p: &str| {
         if prefix.is_empty() {
             p.to_string()

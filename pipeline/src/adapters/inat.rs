@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{read_json, require, AdapterOptions, Listing, SourceImage};
+use super::listing::{read_json, require, AdapterOptions, Listing, SourceImage};
 use crate::error::{PipelineError, Result};
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@
 mod adapters;
 mod bad_input;
 mod common;
+mod layering;
 mod real_data;
 mod resume;
 mod vocab;

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use crate::common::*;
 use pipeline::prepare::load_manifest;
 use pipeline::shard::ShardReader;
-use pipeline::tokenize::{read_token_shard, tokenize_dataset};
-use pipeline::tokenizer::Vocabulary;
 use pipeline::transcode::decode_upright;
+use pipeline::vocab::tokenize::{read_token_shard, tokenize_dataset};
+use pipeline::vocab::tokenizer::Vocabulary;
 use pipeline::vocab::{self, VocabConfig};
 use schemas::VocabKind;
 

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use clap::Parser;
-use trainer::checkpoint::{load_tensors, save_tensors};
-use trainer::config::{FinetuneArgs, FinetuneConfig, PretrainConfig};
-use trainer::finetune::{finetune, FinetuneLine, FinetuneResults};
-use trainer::vit::VitConfig;
+use trainer::model::vit::VitConfig;
+use trainer::train::checkpoint::{load_tensors, save_tensors};
+use trainer::train::config::{FinetuneArgs, FinetuneConfig, PretrainConfig};
+use trainer::train::finetune::{finetune, FinetuneLine, FinetuneResults};
 use trainer::CpuAutodiff;
 
 use crate::{args, fixture, run, workspace, Fixture};
@@ -84,7 +84,7 @@ const SHORT: [&str; 16] = [
 ];
 
 fn lines(cfg: &FinetuneConfig) -> Vec<FinetuneLine> {
-    std::fs::read_to_string(cfg.out.join("metrics.jsonl"))
+    std::fs::read_to_string(cfg.run.out.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -128,7 +128,7 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     assert_eq!(evals.len(), 3, "periodic evaluations");
     assert!(a.iter().all(|l| l.loss.is_finite()));
     let on_disk: FinetuneResults =
-        serde_json::from_str(&std::fs::read_to_string(cfg.out.join("results.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(cfg.run.out.join("results.json")).unwrap()).unwrap();
     assert_eq!(on_disk, whole);
 
     // Stop at 25, resume: the same losses and the same final accuracy.
@@ -139,7 +139,7 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
         .unwrap();
     assert!(ft(&part_cfg, false).is_none());
     let mut resumed_cfg = part_cfg.clone();
-    resumed_cfg.stop_after = None;
+    resumed_cfg.schedule.stop_after = None;
     let resumed = ft(&resumed_cfg, true).expect("finished");
     let b = lines(&resumed_cfg);
     assert_eq!(a.len(), b.len());
@@ -156,9 +156,9 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     assert_eq!(resumed.val, whole.val);
 
     // A checkpoint with a key that is neither encoder nor pre-training head is refused.
-    let (mut tensors, meta) = load_tensors(&pre.checkpoint_path()).unwrap();
+    let (mut tensors, meta) = load_tensors(&pre.run.checkpoint_path()).unwrap();
     tensors.insert("projector.weight".into(), (vec![2, 2], vec![0.0; 4]));
-    save_tensors(&pre.checkpoint_path(), &tensors, Some(meta)).unwrap();
+    save_tensors(&pre.run.checkpoint_path(), &tensors, Some(meta)).unwrap();
     let bad = ft_args(f, Some(&pre_dir), &tmp.path().join("bad"), &SHORT)
         .resolve()
         .unwrap();
@@ -178,24 +178,23 @@ fn eval_writes_probes_and_knn_and_report_gathers_runs() {
     let runs = tmp.path().join("runs");
     let pre_dir = runs.join("splitmask");
     let pre = pretrained(f, &pre_dir);
-    let spec = |run: Option<&Path>| trainer::eval::EvalSpec {
-        run: run.map(Path::to_path_buf),
-        model: "micro".into(),
-        vit: pre.vit.clone(),
+    let spec = trainer::eval::frozen::EvalSpec {
         data: f.dir.clone(),
         train_images: 400,
         val_images: 300,
         crop_ratio: 0.875,
         batch: 100,
-        probe: trainer::probe::ProbeConfig {
+        probe: trainer::eval::probe::ProbeConfig {
             epochs: 30,
             ..Default::default()
         },
-        seed: 0,
     };
     let device = Default::default();
-    let trained = trainer::eval::evaluate::<trainer::CpuBackend>(&spec(Some(&pre_dir)), &device).unwrap();
-    let random = trainer::eval::evaluate::<trainer::CpuBackend>(&spec(None), &device).unwrap();
+    let run_encoder = trainer::train::pretrained::frozen_encoder::<trainer::CpuBackend>(&pre_dir, &device).unwrap();
+    let random_encoder =
+        trainer::eval::frozen::FrozenEncoder::<trainer::CpuBackend>::random("micro", &pre.vit, 0, &device);
+    let trained = trainer::eval::frozen::evaluate(&spec, &run_encoder, &device).unwrap();
+    let random = trainer::eval::frozen::evaluate(&spec, &random_encoder, &device).unwrap();
     for r in [&trained, &random] {
         assert_eq!(r.probes.len(), 3, "two blocks and the final norm");
         assert_eq!((r.knn.bank, r.knn.queries), (400, 300));
@@ -210,10 +209,10 @@ fn eval_writes_probes_and_knn_and_report_gathers_runs() {
     assert_eq!(trained.pretrain_steps, 40);
     // Different encoders, different features.
     assert_ne!(trained.probes, random.probes);
-    trainer::run_folder::write_results(&pre_dir, &trained).unwrap();
+    trainer::train::run_folder::write_results(&pre_dir, &trained).unwrap();
     let random_dir = runs.join("random");
     std::fs::create_dir_all(&random_dir).unwrap();
-    trainer::run_folder::write_results(&random_dir, &random).unwrap();
+    trainer::train::run_folder::write_results(&random_dir, &random).unwrap();
 
     let out = tmp.path().join("report");
     let report = trainer::report::write_report(&runs, &out).unwrap();

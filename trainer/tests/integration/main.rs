@@ -6,15 +6,16 @@ use std::sync::OnceLock;
 
 use pipeline::adapters::AdapterOptions;
 use pipeline::prepare::{prepare, PrepareConfig, Subset, Worker};
-use pipeline::tokenizer::Vocabulary;
 use pipeline::transcode::TranscodeSettings;
+use pipeline::vocab::tokenizer::Vocabulary;
 use pipeline::vocab::VocabConfig;
 use schemas::VocabKind;
-use trainer::config::{PretrainArgs, PretrainConfig};
-use trainer::engine::{pretrain, MetricsLine};
+use trainer::train::config::{PretrainArgs, PretrainConfig};
+use trainer::train::pretrain::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
 
 mod finetune_runs;
+mod layering;
 mod pretrain_runs;
 mod targets;
 
@@ -84,7 +85,7 @@ pub fn fixture() -> Option<&'static Fixture> {
             path
         };
         let vocab_small = vocab(VocabKind::RandomPatches, 256);
-        pipeline::tokenize::tokenize_dataset(&dir, &vocab_small, false).unwrap();
+        pipeline::vocab::tokenize::tokenize_dataset(&dir, &vocab_small, false).unwrap();
         let vocab_full = vocab(VocabKind::RandomProjection, 8192);
         Some(Fixture {
             dir,
@@ -119,14 +120,14 @@ pub fn args(f: &Fixture, vocab: &Path, out: &Path, extra: &[&str]) -> PretrainAr
 }
 
 pub fn metrics(cfg: &PretrainConfig) -> Vec<MetricsLine> {
-    std::fs::read_to_string(cfg.metrics_path())
+    std::fs::read_to_string(cfg.run.metrics_path())
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
 
-pub fn run(cfg: &PretrainConfig, resume: bool) -> trainer::engine::RunSummary {
+pub fn run(cfg: &PretrainConfig, resume: bool) -> trainer::train::pretrain::RunSummary {
     pretrain::<CpuAutodiff>(cfg, resume, &Default::default(), false).unwrap()
 }
 

@@ -1,8 +1,8 @@
 //! Pre-training runs on the small real Imagenette: resume equality, a short run that learns,
 //! configuration errors.
 
-use trainer::config::PretrainConfig;
-use trainer::vit::VitConfig;
+use trainer::model::vit::VitConfig;
+use trainer::train::config::PretrainConfig;
 
 use crate::{args, fixture, metrics, run};
 
@@ -55,22 +55,22 @@ fn resumed_run_continues_with_identical_losses() {
         let part = resolve(&format!("{method}-part"), &["--stop-after", "3"]);
         let s = run(&part, false);
         assert_eq!(s.steps, 3);
-        assert!(part.checkpoint_path().exists());
+        assert!(part.run.checkpoint_path().exists());
         // Resuming with a different configuration is refused, naming the field.
         let mut other = part.clone();
-        other.lr *= 2.0;
-        let err =
-            trainer::engine::pretrain::<trainer::CpuAutodiff>(&other, true, &Default::default(), false).unwrap_err();
+        other.schedule.lr *= 2.0;
+        let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&other, true, &Default::default(), false)
+            .unwrap_err();
         assert!(err.to_string().contains("lr"), "{err}");
         // A process killed after its checkpoint may have logged later steps: resuming drops them.
-        let mut text = std::fs::read_to_string(part.metrics_path()).unwrap();
+        let mut text = std::fs::read_to_string(part.run.metrics_path()).unwrap();
         let mut orphan = metrics(&part).pop().unwrap();
         orphan.step = 4;
         orphan.loss = 123.0;
         text.push_str(&format!("{}\n", serde_json::to_string(&orphan).unwrap()));
-        std::fs::write(part.metrics_path(), text).unwrap();
+        std::fs::write(part.run.metrics_path(), text).unwrap();
         let mut rest = part.clone();
-        rest.stop_after = None;
+        rest.schedule.stop_after = None;
         run(&rest, true);
         let b = metrics(&part);
         assert_eq!(b.len(), 6);
@@ -90,7 +90,7 @@ fn resumed_run_continues_with_identical_losses() {
             assert!(a.iter().all(|l| l.nce.is_some()));
         }
         // The run folder holds the resolved config, metrics and the checkpoint.
-        let written = trainer::config::load_config(&whole.out).unwrap();
+        let written = trainer::train::config::load_config(&whole.run.out).unwrap();
         assert_eq!(written, whole);
     }
 }
@@ -165,13 +165,13 @@ fn short_real_splitmask_run_learns_tokens_and_matches_halves() {
 /// Entropy (nats) of the train targets' token frequencies, from a few augmented batches.
 fn token_entropy(f: &crate::Fixture, cfg: &PretrainConfig) -> f64 {
     use burn::prelude::*;
-    let set = trainer::loader::ImageSet::load(&f.dir, "train").unwrap();
+    let set = trainer::data::images::ImageSet::load(&f.dir, "train").unwrap();
     let vocab = crate::load_vocab(&cfg.vocab);
     let device = Default::default();
-    let tok = trainer::targets::DeviceTokenizer::<trainer::CpuBackend>::new(&vocab, 8, &device).unwrap();
+    let tok = trainer::model::tokenizer::DeviceTokenizer::<trainer::CpuBackend>::new(&vocab, 8, &device).unwrap();
     let mut counts = vec![0f64; 8192];
     for i in 0..8 {
-        let b = trainer::loader::make_batch(&set, &cfg.augment, 64, 99, i).unwrap();
+        let b = trainer::data::loader::make_batch(&set, &cfg.augment, 64, 99, i).unwrap();
         let t = Tensor::<trainer::CpuBackend, 4>::from_data(TensorData::new(b.images, [64, 3, 64, 64]), &device);
         for v in tok.tokens(t).into_data().iter::<i64>() {
             counts[v as usize] += 1.0;
@@ -220,7 +220,8 @@ fn divergence_skips_updates_rolls_back_then_stops() {
     .resolve()
     .unwrap();
     cfg.vit = micro_vit();
-    let err = trainer::engine::pretrain::<trainer::CpuAutodiff>(&cfg, false, &Default::default(), false).unwrap_err();
+    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, false, &Default::default(), false)
+        .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("diverged") && msg.contains("after 3 rollbacks"), "{msg}");
     let lines = metrics(&cfg);

@@ -1,11 +1,11 @@
 //! The trainer's on-device tokenizer against the pipeline's pre-tokenized grids.
 
 use burn::prelude::*;
-use pipeline::tokenize::read_token_shard;
 use pipeline::views::patch_vectors;
-use trainer::augment::to_chw;
-use trainer::loader::ImageSet;
-use trainer::targets::DeviceTokenizer;
+use pipeline::vocab::tokenize::read_token_shard;
+use trainer::data::augment::to_chw;
+use trainer::data::images::ImageSet;
+use trainer::model::tokenizer::DeviceTokenizer;
 use trainer::CpuBackend;
 
 use crate::{fixture, load_vocab};
@@ -106,7 +106,7 @@ fn pretokenized_targets_match_the_device_and_train() {
     let tok = DeviceTokenizer::<CpuBackend>::new(&vocab, 16, &device).unwrap();
     let (mut total, mut differ, mut flips) = (0, 0, 0);
     for index in 0..4 {
-        let b = trainer::loader::make_batch(&set, &cfg.augment, 8, 5, index).unwrap();
+        let b = trainer::data::loader::make_batch(&set, &cfg.augment, 8, 5, index).unwrap();
         let host = b.tokens.clone().expect("tokens attached");
         let t = Tensor::<CpuBackend, 4>::from_data(TensorData::new(b.images.clone(), [8, 3, 224, 224]), &device);
         let got: Vec<i64> = tok.tokens(t).into_data().iter::<i64>().collect();
@@ -114,7 +114,7 @@ fn pretokenized_targets_match_the_device_and_train() {
         differ += got.iter().zip(&host).filter(|(a, b)| a != b).count();
         // Flipped views must have been matched with the flipped grids: count rows that equal the
         // flipped grid and differ from the plain one.
-        let order = trainer::loader::epoch_order(64, 5, 0, 1);
+        let order = trainer::data::loader::epoch_order(64, 5, 0, 1);
         for (k, &i) in order[index as usize * 8..(index as usize + 1) * 8].iter().enumerate() {
             let grids = set.samples[i].tokens.as_ref().unwrap();
             let row: Vec<u16> = host[k * 196..(k + 1) * 196].iter().map(|&v| v as u16).collect();

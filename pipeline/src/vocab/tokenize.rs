@@ -26,8 +26,8 @@ use crate::prepare::load_manifest;
 use std::io::Write;
 
 use crate::shard::{file_sha256, tmp_path, write_atomic, writer_properties, HashingWriter, ShardReader};
-use crate::tokenizer::Vocabulary;
 use crate::transcode::decode_upright;
+use crate::vocab::tokenizer::Vocabulary;
 
 pub const TOKENS: &str = "tokens";
 pub const TOKENS_FLIP: &str = "tokens_flip";

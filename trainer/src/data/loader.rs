@@ -1,193 +1,22 @@
-//! Training data: the rows of one split of a prepared dataset, read from its Parquet shards
-//! into RAM as encoded bytes (a few tens of KB per image at the prepared size), decoded and
-//! augmented by a pool of threads a few batches ahead of the device.
+//! Batches of a split: decoded and augmented in parallel (rayon), by a background thread a
+//! few batches ahead of the device, and evaluation batches of fixed views.
 //!
 //! The order is a pure function of (seed, epoch): batch `i` of the run is batch `i % per_epoch`
 //! of epoch `i / per_epoch`, so a resumed run starts exactly where the checkpoint stopped.
 
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use image::RgbImage;
-use pipeline::shard::ShardReader;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::augment::{eval_view, random_erase, to_chw, train_view, AugmentConfig};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    #[error(transparent)]
-    Pipeline(#[from] pipeline::PipelineError),
-    #[error("{dir}: the manifest lists no {split:?} shards (splits: {available:?})")]
-    NoSplit {
-        dir: PathBuf,
-        split: String,
-        available: Vec<String>,
-    },
-    #[error("{shard}: row {id:?} does not decode: {reason}")]
-    Decode { shard: String, id: String, reason: String },
-    #[error("{dir}: no pre-tokenized targets for the vocabulary with sha256 {vocab_sha} (run `pipeline tokenize`)")]
-    NoTokens { dir: PathBuf, vocab_sha: String },
-    #[error(
-        "{path}: token shard missing or computed from another version of its image shard (rerun `pipeline tokenize`)"
-    )]
-    StaleTokens { path: PathBuf },
-    #[error("{path}: row {row} has id {found:?}, the image shard has {expected:?}")]
-    TokenRow {
-        path: PathBuf,
-        row: usize,
-        expected: String,
-        found: String,
-    },
-    #[error("{dir}: split {split:?} has {rows} images, fewer than one batch of {batch}")]
-    TooSmall {
-        dir: PathBuf,
-        split: String,
-        rows: usize,
-        batch: usize,
-    },
-}
-
-/// One image of a split.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub id: String,
-    pub label: i32,
-    pub bytes: Vec<u8>,
-    /// The shard it came from, for error messages.
-    pub shard: Arc<str>,
-    /// Pre-tokenized grids of the canonical view and of its flip ([`ImageSet::attach_tokens`]).
-    pub tokens: Option<Box<[Vec<u16>; 2]>>,
-}
-
-/// All rows of one split, in manifest order.
-#[derive(Debug, Clone)]
-pub struct ImageSet {
-    pub dir: PathBuf,
-    pub split: String,
-    pub samples: Vec<Sample>,
-    pub class_names: Vec<String>,
-}
-
-impl ImageSet {
-    /// Reads every shard of `split` listed in `<dir>/manifest.json`.
-    pub fn load(dir: &Path, split: &str) -> Result<Self, DataError> {
-        let manifest = pipeline::prepare::load_manifest(dir)?;
-        let shards: Vec<_> = manifest.shards.iter().filter(|s| s.split == split).collect();
-        if shards.is_empty() {
-            return Err(DataError::NoSplit {
-                dir: dir.to_path_buf(),
-                split: split.to_string(),
-                available: manifest.splits.keys().cloned().collect(),
-            });
-        }
-        let per_shard: Vec<Result<Vec<Sample>, DataError>> = shards
-            .par_iter()
-            .map(|s| {
-                let shard: Arc<str> = Arc::from(s.file.as_str());
-                ShardReader::open(&dir.join(&s.file))?
-                    .map(|row| {
-                        let row = row?;
-                        Ok(Sample {
-                            id: row.id,
-                            label: row.label,
-                            bytes: row.image,
-                            shard: shard.clone(),
-                            tokens: None,
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut samples = Vec::new();
-        for s in per_shard {
-            samples.extend(s?);
-        }
-        Ok(ImageSet {
-            dir: dir.to_path_buf(),
-            split: split.to_string(),
-            samples,
-            class_names: manifest.class_names,
-        })
-    }
-
-    /// Attaches the grids `pipeline tokenize` wrote with the vocabulary of sha256 `vocab_sha`.
-    /// Token shards mirror image shards row by row; any disagreement is an error.
-    pub fn attach_tokens(&mut self, vocab_sha: &str) -> Result<(), DataError> {
-        let manifest = pipeline::prepare::load_manifest(&self.dir)?;
-        let set = manifest
-            .tokens
-            .iter()
-            .find(|t| t.vocab_sha256 == vocab_sha)
-            .ok_or_else(|| DataError::NoTokens {
-                dir: self.dir.clone(),
-                vocab_sha: vocab_sha.to_string(),
-            })?;
-        let mut i = 0;
-        for shard in manifest.shards.iter().filter(|s| s.split == self.split) {
-            let path = self.dir.join(&set.dir).join(&shard.file);
-            if !set
-                .shards
-                .iter()
-                .any(|t| t.file == shard.file && t.image_sha256 == shard.sha256)
-            {
-                return Err(DataError::StaleTokens { path });
-            }
-            for row in pipeline::tokenize::read_token_shard(&path)? {
-                let Some(s) = self.samples.get_mut(i) else { break };
-                if s.id != row.id {
-                    return Err(DataError::TokenRow {
-                        path,
-                        row: i,
-                        expected: s.id.clone(),
-                        found: row.id,
-                    });
-                }
-                s.tokens = Some(Box::new([row.tokens, row.tokens_flip]));
-                i += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// `n` indices spread evenly over the set (manifest order is grouped by class, so a
-    /// prefix would miss classes).
-    pub fn spread(&self, n: usize) -> Vec<usize> {
-        let len = self.samples.len();
-        let n = n.min(len);
-        (0..n).map(|i| i * len / n).collect()
-    }
-
-    /// Only the rows with a class label in `0..classes` (classification needs them; detection
-    /// sets and folders with unsorted files have `-1`). Returns how many were dropped.
-    pub fn keep_labeled(&mut self, classes: usize) -> usize {
-        let before = self.samples.len();
-        self.samples.retain(|s| s.label >= 0 && (s.label as usize) < classes);
-        before - self.samples.len()
-    }
-
-    /// The first `n` samples (tests and quick runs).
-    pub fn truncate(mut self, n: usize) -> Self {
-        self.samples.truncate(n);
-        self
-    }
-
-    pub fn decode(&self, i: usize) -> Result<RgbImage, DataError> {
-        let s = &self.samples[i];
-        pipeline::transcode::decode_upright(&s.bytes)
-            .map(|(img, _)| img)
-            .map_err(|e| DataError::Decode {
-                shard: s.shard.to_string(),
-                id: s.id.clone(),
-                reason: e.0,
-            })
-    }
-}
+use crate::data::augment::{eval_view, random_erase, to_chw, train_view, AugmentConfig};
+use crate::data::images::ImageSet;
+use crate::error::DataError;
+use crate::seed::mix;
 
 /// A batch on the host: normalized CHW views and labels.
 #[derive(Debug, Clone)]
@@ -228,16 +57,6 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64, repeats: u32) -> Vec<usize> 
         order = repeated;
     }
     order
-}
-
-/// A well-spread seed for (seed, a, b) (splitmix64 finalizer over a simple combination).
-pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add(a.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(b.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Builds batch `index` of a run: decode and augment its samples in parallel.
@@ -415,26 +234,6 @@ impl Drop for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn classification_keeps_labeled_rows_only() {
-        let sample = |label| Sample {
-            id: format!("{label}"),
-            label,
-            bytes: Vec::new(),
-            shard: Arc::from("s.parquet"),
-            tokens: None,
-        };
-        let mut set = ImageSet {
-            dir: PathBuf::from("d"),
-            split: "train".into(),
-            samples: [0, -1, 2, 1, 3].into_iter().map(sample).collect(),
-            class_names: vec!["a".into(), "b".into(), "c".into()],
-        };
-        assert_eq!(set.keep_labeled(3), 2);
-        let ids: Vec<&str> = set.samples.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["0", "2", "1"]);
-    }
 
     #[test]
     fn epoch_orders_are_permutations_that_differ() {

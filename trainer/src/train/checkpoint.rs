@@ -4,36 +4,15 @@
 //! hash) as JSON in the header. Written atomically; loading is strict about names and shapes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-pub const STATE_KEY: &str = "splitmask.state";
+use crate::error::{CheckpointError, Error, Result};
 
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not a readable safetensors file: {message}")]
-    Format { path: PathBuf, message: String },
-    #[error("{path}: tensor {name:?} has shape {found:?}, the model expects {expected:?}")]
-    Shape {
-        path: PathBuf,
-        name: String,
-        found: Vec<usize>,
-        expected: Vec<usize>,
-    },
-    #[error("{path}: the model's parameters {missing:?} are missing from the file")]
-    Missing { path: PathBuf, missing: Vec<String> },
-    #[error("{path}: the file has parameters the model does not: {unexpected:?}")]
-    Unexpected { path: PathBuf, unexpected: Vec<String> },
-}
+pub const STATE_KEY: &str = "splitmask.state";
 
 /// Host copies of named f32 tensors.
 pub type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
@@ -151,11 +130,7 @@ pub fn load_params<B: Backend, M: Module<B>>(
 }
 
 /// Writes named tensors (and optional JSON metadata) atomically.
-pub fn save_tensors(
-    path: &Path,
-    tensors: &NamedTensors,
-    meta: Option<HashMap<String, String>>,
-) -> Result<(), CheckpointError> {
+pub fn save_tensors(path: &Path, tensors: &NamedTensors, meta: Option<HashMap<String, String>>) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(k, (shape, v))| {
@@ -179,18 +154,13 @@ pub fn save_tensors(
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    pipeline::shard::write_atomic(path, &out).map_err(|e| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    pipeline::shard::write_atomic(path, &out)?;
+    Ok(())
 }
 
 /// Reads all tensors (converted to f32) and the header metadata.
-pub fn load_tensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String>), CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+pub fn load_tensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |message: String| CheckpointError::Format {
         path: path.to_path_buf(),
         message,
@@ -217,7 +187,8 @@ pub fn load_tensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String
             other => {
                 return Err(bad(format!(
                     "tensor {name:?} has dtype {other:?}; f32, bf16 or f16 expected"
-                )))
+                ))
+                .into())
             }
         };
         out.insert(name, (view.shape().to_vec(), values));
@@ -256,7 +227,7 @@ pub fn optimizer_entries(part: &str, tensors: NamedTensors) -> NamedTensors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vit::{Vit, VitConfig};
+    use crate::model::vit::{Vit, VitConfig};
     use crate::TestBackend;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;

@@ -11,9 +11,9 @@ use schemas::vocab::{EMBEDDINGS, VOCAB_HEADER_KEY, VOCAB_VERSION};
 use schemas::VocabHeader;
 
 use crate::error::{IoContext, PipelineError, Result};
-use crate::nearest::argmax_dot;
 use crate::shard::write_atomic;
 use crate::views::{canonical_view, patch_vectors};
+use crate::vocab::nearest::argmax_dot;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vocabulary {
@@ -138,7 +138,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kmeans::normalize_rows;
+    use crate::vocab::kmeans::normalize_rows;
     use rand::{Rng, SeedableRng};
     use schemas::vocab::VocabKind;
     use schemas::Preprocessing;

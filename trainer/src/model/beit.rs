@@ -6,10 +6,10 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use rand::Rng;
 
-use crate::init::{linear, param, trunc_normal};
-use crate::losses::token_cross_entropy;
-use crate::objective::{Masks, MimBatch, MimOutput, Objective};
-use crate::vit::{gather_tokens, Mode, Vit, VitConfig};
+use crate::model::init::{linear, param, trunc_normal};
+use crate::model::losses::token_cross_entropy;
+use crate::model::objective::{Masks, MimBatch, MimOutput, Objective};
+use crate::model::vit::{gather_tokens, Mode, Vit, VitConfig};
 
 #[derive(Module, Debug)]
 pub struct Beit<B: Backend> {
@@ -63,25 +63,10 @@ impl<B: Backend> Objective<B> for Beit<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::{draw_mask, MaskSpec};
-    use crate::objective::test_support::{overfit_losses, tiny_vit as tiny};
-    use crate::{TestAutodiff, TestBackend};
-    use burn::tensor::Distribution;
+    use crate::model::objective::test_support::{beit_batch as batch, tiny_vit as tiny};
+    use crate::TestBackend;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-
-    fn batch<B: Backend>(b: usize, vocab: usize, device: &B::Device) -> MimBatch<B> {
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        B::seed(device, 3);
-        let masks: Vec<_> = (0..b)
-            .map(|_| draw_mask(&mut rng, 4, 4, 6, MaskSpec::Uniform))
-            .collect();
-        MimBatch {
-            images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
-            targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
-            masks: Masks::masked(&masks, device),
-        }
-    }
 
     #[test]
     fn masked_positions_see_only_the_mask_token() {
@@ -104,13 +89,5 @@ mod tests {
         let after = model.forward(&changed, Mode::Eval).loss.into_scalar();
         assert!((before - after).abs() < 1e-6, "{before} vs {after}");
         assert!((before - 64f32.ln()).abs() < 0.5);
-    }
-
-    #[test]
-    fn overfits_one_batch() {
-        let device = Default::default();
-        let model = Beit::<TestAutodiff>::new(&tiny(), 32, &mut ChaCha8Rng::seed_from_u64(0), &device);
-        let losses = overfit_losses(model, &batch::<TestAutodiff>(4, 32, &device), 60);
-        assert!(losses[59] < losses[0] * 0.3, "{losses:?}");
     }
 }

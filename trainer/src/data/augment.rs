@@ -10,7 +10,7 @@ use image::RgbImage;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::randaugment::{rand_augment, RandAugmentConfig};
+use crate::data::randaugment::{rand_augment, RandAugmentConfig};
 
 /// ImageNet normalization, shared with the tokenizer (`schemas::Preprocessing::paper`).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];

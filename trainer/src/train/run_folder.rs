@@ -3,7 +3,8 @@
 //! (parameters, optimizer state and the training state, written atomically).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
@@ -12,14 +13,14 @@ use burn::tensor::FloatDType;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{
-    load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, CheckpointError,
-    NamedTensors, STATE_KEY,
+use crate::error::{CheckpointError, Error, Result, RunFolderError};
+use crate::train::checkpoint::{
+    load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, NamedTensors, STATE_KEY,
 };
-use crate::config::{ConfigError, CONFIG_FILE};
-use crate::engine::TrainError;
-use crate::optim::{AdamW, Moments};
+use crate::train::optim::{AdamW, Moments};
 
+/// The resolved configuration of the run, written at its start.
+pub const CONFIG_FILE: &str = "config.json";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// What `trainer eval` and fine-tuning write at the end of a run.
@@ -28,13 +29,9 @@ pub const RESULTS_FILE: &str = "results.json";
 /// Writes `config.json` into a new run folder, or checks that a resumed run's folder was
 /// written by the same configuration (apart from `stop_after`, when to stop). Resuming a
 /// folder that holds no run yet starts it, so `--resume` can always be passed.
-pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(
-    out: &Path,
-    cfg: &C,
-    resume: bool,
-) -> Result<(), ConfigError> {
+pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(out: &Path, cfg: &C, resume: bool) -> Result<()> {
     let path = out.join(CONFIG_FILE);
-    let folder_err = |message: String| ConfigError::RunFolder {
+    let folder_err = |message: String| RunFolderError {
         path: path.clone(),
         message,
     };
@@ -46,18 +43,16 @@ pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(
             return Err(folder_err(format!(
                 "the run was started with a different configuration ({}); start a new --out",
                 diff.join(", ")
-            )));
+            ))
+            .into());
         }
         return Ok(());
     }
     if path.exists() {
-        return Err(folder_err(
-            "already holds a run: pass --resume or choose a new --out".into(),
-        ));
+        return Err(folder_err("already holds a run: pass --resume or choose a new --out".into()).into());
     }
-    std::fs::create_dir_all(out).map_err(|e| folder_err(e.to_string()))?;
-    let text = serde_json::to_string_pretty(cfg).expect("serializable");
-    pipeline::shard::write_atomic(&path, text.as_bytes()).map_err(|e| folder_err(e.to_string()))
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_json(&path, cfg)
 }
 
 /// Top-level fields that differ between two configs, ignoring `stop_after`.
@@ -73,19 +68,34 @@ fn diff_fields(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// Reads `<run>/config.json`.
-pub fn read_config<C: DeserializeOwned>(run: &Path) -> Result<C, ConfigError> {
-    crate::config::read_json(run)
+/// Reads `<run>/config.json` as `C`.
+pub fn read_config<C: DeserializeOwned>(run: &Path) -> Result<C> {
+    read_json(&run.join(CONFIG_FILE))
 }
 
 /// Writes `value` as pretty JSON to `<run>/results.json` (atomically).
-pub fn write_results<T: Serialize>(run: &Path, value: &T) -> Result<(), TrainError> {
-    let path = run.join(RESULTS_FILE);
+pub fn write_results<T: Serialize>(run: &Path, value: &T) -> Result<()> {
+    write_json(&run.join(RESULTS_FILE), value)
+}
+
+/// Reads `<run>/results.json` as `T`.
+pub fn read_results<T: DeserializeOwned>(run: &Path) -> Result<T> {
+    read_json(&run.join(RESULTS_FILE))
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let err = |message: String| RunFolderError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    Ok(serde_json::from_str(&text).map_err(|e| err(e.to_string()))?)
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("serializable");
-    pipeline::shard::write_atomic(&path, text.as_bytes()).map_err(|e| TrainError::Io {
-        path: path.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    pipeline::shard::write_atomic(path, text.as_bytes())?;
+    Ok(())
 }
 
 /// What a checkpoint records besides tensors.
@@ -99,20 +109,43 @@ pub struct TrainState {
     pub rollbacks: u64,
 }
 
-pub fn open_metrics(path: &std::path::Path) -> Result<std::fs::File, TrainError> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| TrainError::Io {
+/// The run's metrics.jsonl, opened for appending one JSON object per logged step.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(MetricsLog {
             path: path.to_path_buf(),
-            source,
+            file,
         })
+    }
+
+    pub fn append<T: Serialize>(&mut self, line: &T) -> Result<()> {
+        let json = serde_json::to_string(line).expect("serializable");
+        writeln!(self.file, "{json}").map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Every line that parses as `T` (lines of other shapes are skipped).
+    pub fn read<T: DeserializeOwned>(path: &Path) -> Vec<T> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
 }
 
 /// Drops the metrics of steps after `step` (written after the checkpoint a run resumes or rolls
 /// back from), so metrics.jsonl holds each step once.
-pub fn trim_metrics(path: &std::path::Path, step: u64) -> Result<(), TrainError> {
+pub fn trim_metrics(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
@@ -125,10 +158,7 @@ pub fn trim_metrics(path: &std::path::Path, step: u64) -> Result<(), TrainError>
         .map(|l| format!("{l}\n"))
         .collect();
     if kept.len() != text.len() {
-        pipeline::shard::write_atomic(path, kept.as_bytes()).map_err(|e| TrainError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        pipeline::shard::write_atomic(path, kept.as_bytes())?;
     }
     Ok(())
 }
@@ -140,7 +170,7 @@ pub fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
     model: &M,
     opt: &AdamW<B>,
     state: &TrainState,
-) -> Result<(), TrainError> {
+) -> Result<()> {
     let mut tensors = named_params(model);
     let host = |t: &Tensor<B::InnerBackend, 1>| (t.dims().to_vec(), t.clone().into_data().iter::<f32>().collect());
     let m: NamedTensors = opt.moments.iter().map(|(k, mo)| (k.clone(), host(&mo.m))).collect();
@@ -162,8 +192,7 @@ pub fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
         "splitmask.config".to_string(),
         serde_json::to_string(cfg).expect("serializable"),
     );
-    save_tensors(path, &tensors, Some(meta))?;
-    Ok(())
+    save_tensors(path, &tensors, Some(meta))
 }
 
 /// Restores model, optimizer and state from the run's checkpoint.
@@ -172,13 +201,13 @@ pub fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: M,
     opt: &mut AdamW<B>,
     device: &B::Device,
-) -> Result<(M, TrainState), TrainError> {
+) -> Result<(M, TrainState)> {
     let path = path.to_path_buf();
     let (all, meta) = load_tensors(&path)?;
     let state: TrainState = meta
         .get(STATE_KEY)
         .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| TrainError::BadCheckpoint {
+        .ok_or_else(|| CheckpointError::Incomplete {
             path: path.clone(),
             message: format!("no {STATE_KEY} in the header"),
         })?;
@@ -189,7 +218,7 @@ pub fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     }
     opt.moments.clear();
     for (k, (shape, mv)) in m {
-        let (_, vv) = v.get(&k).ok_or_else(|| TrainError::BadCheckpoint {
+        let (_, vv) = v.get(&k).ok_or_else(|| CheckpointError::Incomplete {
             path: path.clone(),
             message: format!("optimizer moment v of {k:?} missing"),
         })?;

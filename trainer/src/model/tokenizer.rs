@@ -6,8 +6,10 @@
 //! box mean, so the tokens agree with `pipeline tokenize` up to float rounding of near-ties.
 
 use burn::prelude::*;
-use pipeline::tokenizer::Vocabulary;
+use pipeline::vocab::tokenizer::Vocabulary;
 use schemas::Preprocessing;
+
+use crate::error::TokenizerError;
 
 #[derive(Debug, Clone)]
 pub struct DeviceTokenizer<B: Backend> {
@@ -20,26 +22,17 @@ pub struct DeviceTokenizer<B: Backend> {
     pub vocab_size: usize,
 }
 
-/// Why a vocabulary cannot serve an encoder configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum TargetError {
-    #[error("ViT patch {vit_patch} px is not a multiple of the vocabulary's {token_patch} px patches")]
-    PatchMismatch { vit_patch: usize, token_patch: usize },
-    #[error("vocabulary normalization mean {vocab:?} / std differs from the trainer's {trainer:?}")]
-    Normalization { vocab: [f32; 3], trainer: [f32; 3] },
-}
-
 impl<B: Backend> DeviceTokenizer<B> {
     /// A tokenizer whose token grid matches a ViT with `vit_patch` px patches.
-    pub fn new(vocab: &Vocabulary, vit_patch: usize, device: &B::Device) -> Result<Self, TargetError> {
+    pub fn new(vocab: &Vocabulary, vit_patch: usize, device: &B::Device) -> Result<Self, TokenizerError> {
         let p = &vocab.header.preprocessing;
         let token_patch = p.patch_size as usize;
         if !vit_patch.is_multiple_of(token_patch) {
-            return Err(TargetError::PatchMismatch { vit_patch, token_patch });
+            return Err(TokenizerError::PatchMismatch { vit_patch, token_patch });
         }
         let paper = Preprocessing::paper();
         if p.mean != paper.mean || p.std != paper.std {
-            return Err(TargetError::Normalization {
+            return Err(TokenizerError::Normalization {
                 vocab: p.mean,
                 trainer: paper.mean,
             });

@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 
-use crate::vit::{Mode, Vit};
+use crate::model::vit::{Mode, Vit};
 
 /// Which pre-training method; selects the model and the masks drawn for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -11,6 +11,16 @@ use crate::vit::{Mode, Vit};
 pub enum Method {
     Beit,
     Splitmask,
+}
+
+impl Method {
+    /// The name used in configs, results and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Beit => "beit",
+            Method::Splitmask => "splitmask",
+        }
+    }
 }
 
 /// Masks of one batch as index tensors.
@@ -108,16 +118,16 @@ pub trait Objective<B: Backend> {
     fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B>;
 }
 
-/// What the BEiT and SplitMask unit tests share: a ViT small enough for many CPU steps, and
-/// the loss curve of training on one fixed batch.
+/// What the model tests (here and in `train`) share: a ViT small enough for many CPU steps
+/// and random batches with BEiT or SplitMask masks.
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
-    use crate::optim::{AdamW, AdamWSettings};
-    use crate::vit::VitConfig;
-    use burn::module::AutodiffModule;
-    use burn::optim::GradientsParams;
-    use burn::tensor::backend::AutodiffBackend;
+    use crate::model::masking::{draw_mask, draw_split, MaskSpec};
+    use crate::model::vit::VitConfig;
+    use burn::tensor::Distribution;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     /// 32 px images, 8 px patches (a 4x4 grid), 2 blocks of width 32, no drop path.
     pub fn tiny_vit() -> VitConfig {
@@ -129,20 +139,31 @@ pub(crate) mod test_support {
             .with_drop_path(0.0)
     }
 
-    /// Token losses over `steps` AdamW updates (lr 2e-3) on the same batch.
-    pub fn overfit_losses<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
-        mut model: M,
-        batch: &MimBatch<B>,
-        steps: usize,
-    ) -> Vec<f32> {
-        let mut opt = AdamW::<B>::new(AdamWSettings::default());
-        let mut losses = Vec::new();
-        for _ in 0..steps {
-            let out = model.forward(batch, Mode::Train { seed: 0 });
-            losses.push(out.mim.clone().into_scalar().elem::<f32>());
-            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);
+    /// Random 32 px images and tokens with uniform BEiT masks of 6 of the 16 patches.
+    pub fn beit_batch<B: Backend>(b: usize, vocab: usize, device: &B::Device) -> MimBatch<B> {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        B::seed(device, 3);
+        let masks: Vec<_> = (0..b)
+            .map(|_| draw_mask(&mut rng, 4, 4, 6, MaskSpec::Uniform))
+            .collect();
+        MimBatch {
+            images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
+            targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
+            masks: Masks::masked(&masks, device),
         }
-        losses
+    }
+
+    /// Random 32 px images and tokens with block split masks (8 patches per half).
+    pub fn split_batch<B: Backend>(b: usize, vocab: usize, seed: u64, device: &B::Device) -> MimBatch<B> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        B::seed(device, seed);
+        let halves: Vec<_> = (0..b)
+            .map(|_| draw_split(&mut rng, 4, 4, MaskSpec::block_for_grid(16)))
+            .collect();
+        MimBatch {
+            images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
+            targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
+            masks: Masks::split(&halves, device),
+        }
     }
 }

@@ -6,7 +6,6 @@
 //! Determinism follows the pre-training loop: batch `i` is a function of (seed, i), and the
 //! mixing and drop-path draws of step `t` of (seed, t).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,20 +18,22 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::classifier::{layer_decay_scale, load_encoder, pretrained_encoder, Classifier};
-use crate::config::FinetuneConfig;
-use crate::engine::{progress_bar, TrainError};
-use crate::eval::{classify, ClassifyResult};
-use crate::loader::{mix, ImageSet, Loader};
-use crate::losses::soft_cross_entropy;
-use crate::mixup::mix_batch;
-use crate::objective::Method;
-use crate::optim::{clip_scale, global_grad_norm, AdamW, CosineSchedule};
-use crate::run_folder::{
-    load_checkpoint, open_metrics, prepare_run_folder, save_checkpoint, trim_metrics, write_results, TrainState,
-    CHECKPOINT_FILE, METRICS_FILE,
+use crate::data::images::ImageSet;
+use crate::data::loader::Loader;
+use crate::data::mixup::mix_batch;
+use crate::error::{Error, Result};
+use crate::eval::accuracy::{classify, ClassifyResult};
+use crate::model::classifier::Classifier;
+use crate::model::losses::soft_cross_entropy;
+use crate::model::vit::Mode;
+use crate::seed::mix;
+use crate::train::config::FinetuneConfig;
+use crate::train::optim::{clip_scale, global_grad_norm, layer_decay_scale, AdamW};
+use crate::train::pretrained::{load_encoder, pretrained_encoder};
+use crate::train::run_folder::{
+    load_checkpoint, prepare_run_folder, read_results, save_checkpoint, trim_metrics, write_results, MetricsLog,
+    TrainState,
 };
-use crate::vit::Mode;
 
 /// Non-finite updates in a row before fine-tuning gives up (it has no rollback: its
 /// learning rates are small and a diverging recipe needs a lower one, not a retry).
@@ -86,14 +87,14 @@ pub fn finetune<B: AutodiffBackend>(
     resume: bool,
     device: &B::Device,
     progress: bool,
-) -> Result<Option<FinetuneResults>, TrainError> {
-    prepare_run_folder(&cfg.out, cfg, resume)?;
+) -> Result<Option<FinetuneResults>> {
+    prepare_run_folder(&cfg.run.out, cfg, resume)?;
     let started = Instant::now();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.run.seed);
     let mut model = Classifier::<B>::new(&cfg.vit, cfg.classes, &mut rng, device);
-    let ckpt = cfg.out.join(CHECKPOINT_FILE);
-    let metrics_path = cfg.out.join(METRICS_FILE);
-    let mut opt = AdamW::<B>::new(cfg.adamw);
+    let ckpt = cfg.run.checkpoint_path();
+    let metrics_path = cfg.run.metrics_path();
+    let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
     let mut state = TrainState {
         step: 0,
         optimizer_steps: 0,
@@ -105,10 +106,10 @@ pub fn finetune<B: AutodiffBackend>(
         trim_metrics(&metrics_path, state.step)?;
     } else if let Some(init) = &cfg.init {
         let (pre, encoder) = pretrained_encoder(&init.run, &cfg.vit)?;
-        model = load_encoder(model, &encoder, &pre.checkpoint_path(), device)?;
+        model = load_encoder(model, &encoder, &pre.run.checkpoint_path(), device)?;
     }
-    let mut train = ImageSet::load(&cfg.data, "train")?;
-    let mut val = ImageSet::load(&cfg.data, "val")?;
+    let mut train = ImageSet::load(&cfg.run.data, "train")?;
+    let mut val = ImageSet::load(&cfg.run.data, "val")?;
     for set in [&mut train, &mut val] {
         let dropped = set.keep_labeled(cfg.classes);
         if dropped > 0 {
@@ -116,38 +117,33 @@ pub fn finetune<B: AutodiffBackend>(
                 progress,
                 format!(
                     "{}: {dropped} unlabeled {} images left out",
-                    cfg.data.display(),
+                    cfg.run.data.display(),
                     set.split
                 ),
             );
         }
     }
-    if let Some(n) = cfg.limit_images {
+    if let Some(n) = cfg.run.limit_images {
         train = train.truncate(n);
     }
     let val_during = cfg
         .eval_images
         .map_or_else(|| (0..val.samples.len()).collect(), |n| val.spread(n));
-    let schedule = CosineSchedule {
-        base: cfg.lr,
-        min: cfg.min_lr,
-        warmup: cfg.warmup_steps,
-        total: cfg.total_steps,
-    };
+    let schedule = cfg.schedule.cosine();
     let depth = cfg.vit.depth;
     let decay = cfg.layer_decay;
     let lr_scale = move |path: &str| layer_decay_scale(path, depth, decay);
-    let end = cfg.stop_after.map_or(cfg.total_steps, |s| s.min(cfg.total_steps));
+    let end = cfg.schedule.end();
     let mut loader = Loader::spawn(
         Arc::new(train),
         cfg.augment,
-        cfg.batch_size,
-        cfg.seed,
+        cfg.schedule.batch_size,
+        cfg.run.seed,
         state.step,
-        cfg.prefetch,
+        cfg.run.prefetch,
     )?;
-    let mut metrics = open_metrics(&metrics_path)?;
-    let bar = progress_bar(progress, cfg.total_steps, state.step);
+    let mut metrics = MetricsLog::open(&metrics_path)?;
+    let bar = crate::progress::steps(progress, cfg.schedule.total_steps, state.step);
     let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
     let mut bad_in_row = 0u32;
     let size = cfg.vit.image_size;
@@ -157,7 +153,7 @@ pub fn finetune<B: AutodiffBackend>(
         let mut host = loader.next_batch()?;
         window_wait += t0.elapsed().as_secs_f64();
         let b = host.len();
-        let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, step, 7));
+        let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, step, 7));
         let (targets, _) = mix_batch(
             &mut host.images,
             &host.labels,
@@ -171,26 +167,32 @@ pub fn finetune<B: AutodiffBackend>(
         let logits = model.forward(
             x,
             Mode::Train {
-                seed: mix(cfg.seed, step, 4),
+                seed: mix(cfg.run.seed, step, 4),
             },
         );
         let loss = soft_cross_entropy(logits, t);
-        let done = step + 1 == cfg.total_steps;
+        let done = step + 1 == cfg.schedule.total_steps;
         let eval_now = !done && ((step + 1).is_multiple_of(cfg.eval_every) || step + 1 == end);
-        let log_now = (step + 1).is_multiple_of(cfg.log_every) || step + 1 == end || eval_now || done;
+        let log_now = (step + 1).is_multiple_of(cfg.run.log_every) || step + 1 == end || eval_now || done;
         let loss_value = log_now.then(|| loss.clone().into_scalar().elem::<f64>());
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let norm = global_grad_norm::<B, _>(&model, &grads);
         let lr = schedule.lr(step);
         if norm.is_finite() {
-            model = opt.step(model, &mut grads, lr, clip_scale(norm, cfg.clip_grad), &lr_scale);
+            model = opt.step(
+                model,
+                &mut grads,
+                lr,
+                clip_scale(norm, cfg.schedule.clip_grad),
+                &lr_scale,
+            );
             state.optimizer_steps += 1;
             bad_in_row = 0;
         } else {
             state.skipped_steps += 1;
             bad_in_row += 1;
             if bad_in_row >= MAX_BAD_STEPS {
-                return Err(TrainError::Diverged {
+                return Err(Error::Diverged {
                     step,
                     bad: bad_in_row,
                     rollbacks: 0,
@@ -209,7 +211,7 @@ pub fn finetune<B: AutodiffBackend>(
                 &all,
                 size,
                 cfg.crop_ratio,
-                cfg.batch_size,
+                cfg.schedule.batch_size,
                 device,
             )?)
         } else if eval_now {
@@ -219,7 +221,7 @@ pub fn finetune<B: AutodiffBackend>(
                 &val_during,
                 size,
                 cfg.crop_ratio,
-                cfg.batch_size,
+                cfg.schedule.batch_size,
                 device,
             )?)
         } else {
@@ -230,7 +232,7 @@ pub fn finetune<B: AutodiffBackend>(
             let v = val_result;
             let line = FinetuneLine {
                 step: state.step,
-                epoch: state.step as f64 / cfg.steps_per_epoch as f64,
+                epoch: state.step as f64 / cfg.schedule.steps_per_epoch as f64,
                 loss,
                 lr,
                 grad_norm: norm,
@@ -241,12 +243,7 @@ pub fn finetune<B: AutodiffBackend>(
                 val_top5: v.map(|v| v.top5),
                 val_loss: v.map(|v| v.loss),
             };
-            writeln!(metrics, "{}", serde_json::to_string(&line).expect("serializable")).map_err(|source| {
-                TrainError::Io {
-                    path: metrics_path.clone(),
-                    source,
-                }
-            })?;
+            metrics.append(&line)?;
             bar.set_message(format!(
                 "loss {:.3} {:.0} img/s{}",
                 line.loss,
@@ -256,7 +253,7 @@ pub fn finetune<B: AutodiffBackend>(
             ));
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
         }
-        if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == end {
+        if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end {
             save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;
         }
         if let (true, Some(val)) = (done, val_result) {
@@ -264,45 +261,29 @@ pub fn finetune<B: AutodiffBackend>(
             let (best_top1, best_step) = best_eval(&metrics_path);
             let results = FinetuneResults {
                 kind: "finetune".into(),
-                dataset: cfg.dataset.clone(),
+                dataset: cfg.run.dataset.clone(),
                 model: cfg.model.clone(),
-                init: match cfg.init.as_ref().map(|i| i.method) {
-                    None => "random".into(),
-                    Some(Method::Beit) => "beit".into(),
-                    Some(Method::Splitmask) => "splitmask".into(),
-                },
+                init: cfg.init.as_ref().map_or("random", |i| i.method.name()).into(),
                 init_run: cfg.init.as_ref().map(|i| i.run.clone()),
                 vocab: cfg.init.as_ref().map(|i| i.vocab.clone()),
-                seed: cfg.seed,
-                epochs: cfg.epochs,
+                seed: cfg.run.seed,
+                epochs: cfg.schedule.epochs,
                 steps: state.step,
                 val,
                 best_top1: best_top1.max(val.top1),
                 best_step: if val.top1 >= best_top1 { state.step } else { best_step },
                 seconds: started.elapsed().as_secs_f64(),
             };
-            write_results(&cfg.out, &results)?;
+            write_results(&cfg.run.out, &results)?;
             return Ok(Some(results));
         }
     }
     bar.finish();
-    if state.step == cfg.total_steps {
+    if state.step == cfg.schedule.total_steps {
         // Resumed after the end: the results are already written.
-        return read_results(&cfg.out).map(Some);
+        return read_results(&cfg.run.out).map(Some);
     }
     Ok(None)
-}
-
-fn read_results(run: &std::path::Path) -> Result<FinetuneResults, TrainError> {
-    let path = run.join(crate::run_folder::RESULTS_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
-        path,
-        message: e.to_string(),
-    })
 }
 
 fn bar_println(progress: bool, line: String) {
@@ -313,9 +294,8 @@ fn bar_println(progress: bool, line: String) {
 
 /// The best periodic val top-1 in metrics.jsonl and its step (0, 0 when none).
 fn best_eval(path: &std::path::Path) -> (f64, u64) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<FinetuneLine>(l).ok())
+    MetricsLog::read::<FinetuneLine>(path)
+        .into_iter()
         .filter_map(|l| l.val_top1.map(|t| (t, l.step)))
         .fold((0.0, 0), |best, (t, s)| if t > best.0 { (t, s) } else { best })
 }

@@ -2,7 +2,7 @@
 //! features (per-dimension mean and std of the train features, the role of MAE's BatchNorm
 //! without affine), trained with full-softmax gradients and Adam on the backend, so the same
 //! code probes a ViT-B on a GPU and a CPU preset in tests. The paper's appendix probes every
-//! layer; [`crate::vit::Vit::pooled_layers`] provides their features in one pass.
+//! layer; [`crate::eval::features::layer_features`] provides their features in one pass.
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -10,6 +10,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::eval::accuracy::TopK;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ProbeConfig {
@@ -116,13 +118,11 @@ pub fn linear_probe<B: Backend>(
             .into_data()
             .iter::<f32>()
             .collect();
-        let (mut top1, mut top5) = (0usize, 0usize);
+        let mut hits = TopK::default();
         for (row, &l) in logits.chunks(classes).zip(y) {
-            let (in1, in5) = crate::eval::top1_top5(row, l);
-            top1 += in1 as usize;
-            top5 += in5 as usize;
+            hits.add(row, l as usize);
         }
-        (top1 as f64 / m as f64, top5 as f64 / m as f64)
+        hits.rates()
     };
     let (top1, top5) = accuracy(val.x, val.y);
     let (train_top1, _) = accuracy(train.x, train.y);

@@ -14,8 +14,9 @@ use burn::tensor::ops::AttentionModuleOptions;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::init::{linear, param, trunc_normal};
-use crate::loader::mix;
+use crate::error::ConfigError;
+use crate::model::init::{linear, param, trunc_normal};
+use crate::seed::mix;
 
 /// Whether a forward pass trains (drop path active, its per-sample draws seeded by `seed`) or
 /// evaluates. Drop-path draws come from a host RNG rather than the backend's global one, so a
@@ -118,6 +119,17 @@ impl VitConfig {
             "cpu-tiny" => Self::cpu_tiny(),
             "cpu-small" => Self::cpu_small(),
             _ => return None,
+        })
+    }
+
+    /// A preset by name, or an error for `--model` listing the known ones.
+    pub fn named(name: &str) -> Result<Self, ConfigError> {
+        Self::preset(name).ok_or_else(|| {
+            ConfigError::invalid(
+                "model",
+                name,
+                format!("unknown preset (known: {})", Self::PRESETS.join(", ")),
+            )
         })
     }
 
@@ -457,18 +469,28 @@ impl<B: Backend> Vit<B> {
     /// - output: `depth + 1` x `[batch, dim]`
     pub fn pooled_layers(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
         let tokens = self.embed(images);
-        let [b, n, d] = tokens.dims();
+        let [b, _, d] = tokens.dims();
         let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
         let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
-        let pool = |x: Tensor<B, 3>| x.slice([0..b, 1..n + 1, 0..d]).mean_dim(1).reshape([b, d]); // [batch, dim]
         let mut out = Vec::with_capacity(self.blocks.len() + 1);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x, Mode::Eval.for_layer(i as u64));
-            out.push(pool(x.clone()));
+            out.push(mean_patch_tokens(x.clone()));
         }
-        out.push(pool(self.norm.forward(x)));
+        out.push(mean_patch_tokens(self.norm.forward(x)));
         out
     }
+}
+
+/// The mean of the patch tokens, the class token left out (the pooling of BEiT's classifier,
+/// of the k-NN features and of the linear probes).
+///
+/// # Shapes
+/// - tokens: `[batch, 1 + patches, dim]`
+/// - output: `[batch, dim]`
+pub fn mean_patch_tokens<B: Backend>(tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [b, n1, d] = tokens.dims();
+    tokens.slice([0..b, 1..n1, 0..d]).mean_dim(1).reshape([b, d])
 }
 
 /// Selects tokens per sample.

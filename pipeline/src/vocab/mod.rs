@@ -1,6 +1,13 @@
-//! Building the paper's three data-free vocabularies (random projection, random patches,
-//! k-means) and inspecting one over a dataset (usage, perplexity, dead tokens, a PNG of its
-//! patches).
+//! Visual vocabularies: building the paper's three data-free vocabularies (random projection,
+//! random patches, k-means: [`kmeans`] over [`nearest`]-neighbour assignment) and inspecting one
+//! over a dataset (usage, perplexity, dead tokens, a PNG of its patches) here; the vocabulary
+//! file and the patch tokenizer in [`tokenizer`]; the pre-tokenized token shards in
+//! [`tokenize`].
+
+pub mod kmeans;
+pub mod nearest;
+pub mod tokenize;
+pub mod tokenizer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,12 +23,12 @@ use schemas::vocab::{KmeansStats, VOCAB_VERSION};
 use schemas::{Manifest, Preprocessing, VocabHeader, VocabKind};
 
 use crate::error::{IoContext, PipelineError, Result};
-use crate::kmeans::{kmeans, normalize_rows, KmeansConfig};
 use crate::prepare::load_manifest;
 use crate::shard::{file_sha256, ShardReader};
-use crate::tokenizer::Vocabulary;
 use crate::transcode::decode_upright;
 use crate::views::{canonical_view, patch_pixels, patch_vectors};
+use crate::vocab::kmeans::{kmeans, normalize_rows, KmeansConfig};
+use crate::vocab::tokenizer::Vocabulary;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VocabConfig {

@@ -6,7 +6,6 @@
 //! masks and the backend RNG (drop path) of update `t` are seeded from (seed, t). A resumed run
 //! therefore continues with the same losses as an uninterrupted one.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,42 +17,23 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::beit::Beit;
-use crate::checkpoint::CheckpointError;
-use crate::config::{PretrainConfig, Targets};
-use crate::loader::{mix, DataError, HostBatch, ImageSet, Loader};
-use crate::masking::{draw_mask, draw_split};
-use crate::objective::{Masks, Method, MimBatch, Objective};
-use crate::optim::{accumulate, clip_scale, global_grad_norm, AdamW, CosineSchedule};
-use crate::run_folder::{load_checkpoint, open_metrics, prepare_run_folder, save_checkpoint, trim_metrics, TrainState};
-use crate::splitmask::SplitMask;
-use crate::targets::{DeviceTokenizer, TargetError};
-use crate::vit::Mode;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Targets(#[from] TargetError),
-    #[error(transparent)]
-    Init(#[from] crate::classifier::InitError),
-    #[error(transparent)]
-    Pipeline(#[from] pipeline::PipelineError),
-    #[error("{path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    BadCheckpoint { path: std::path::PathBuf, message: String },
-    #[error("training diverged at step {step}: {bad} non-finite updates in a row after {rollbacks} rollbacks to the last checkpoint (lower the learning rate)")]
-    Diverged { step: u64, bad: u32, rollbacks: u64 },
-}
+use crate::data::images::ImageSet;
+use crate::data::loader::{HostBatch, Loader};
+use crate::error::{Error, Result};
+use crate::eval::features::features;
+use crate::eval::knn::{knn, K, TEMPERATURE};
+use crate::model::beit::Beit;
+use crate::model::masking::{draw_mask, draw_split};
+use crate::model::objective::{Masks, Method, MimBatch, Objective};
+use crate::model::splitmask::SplitMask;
+use crate::model::tokenizer::DeviceTokenizer;
+use crate::model::vit::{Mode, Vit};
+use crate::seed::mix;
+use crate::train::config::{PretrainConfig, Targets};
+use crate::train::optim::{accumulate, clip_scale, global_grad_norm, AdamW};
+use crate::train::run_folder::{
+    load_checkpoint, prepare_run_folder, save_checkpoint, trim_metrics, MetricsLog, TrainState,
+};
 
 /// One line of metrics.jsonl. Non-finite values (a diverging step) are written as `null`
 /// (JSON has no NaN) and read back as NaN.
@@ -101,9 +81,9 @@ pub fn pretrain<B: AutodiffBackend>(
     resume: bool,
     device: &B::Device,
     progress: bool,
-) -> Result<RunSummary, TrainError> {
-    prepare_run_folder(&cfg.out, cfg, resume)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+) -> Result<RunSummary> {
+    prepare_run_folder(&cfg.run.out, cfg, resume)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.run.seed);
     match cfg.method {
         Method::Beit => {
             let model = Beit::<B>::new(&cfg.vit, cfg.vocab_size, &mut rng, device);
@@ -157,22 +137,16 @@ struct Logged {
     accuracy: f64,
 }
 
-fn run<B, M>(
-    cfg: &PretrainConfig,
-    model: M,
-    resume: bool,
-    device: &B::Device,
-    progress: bool,
-) -> Result<RunSummary, TrainError>
+fn run<B, M>(cfg: &PretrainConfig, model: M, resume: bool, device: &B::Device, progress: bool) -> Result<RunSummary>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Objective<B>,
     M::InnerModule: Objective<B::InnerBackend>,
 {
-    let (vocab, _) = pipeline::tokenizer::Vocabulary::load(&cfg.vocab)?;
+    let (vocab, _) = pipeline::vocab::tokenizer::Vocabulary::load(&cfg.vocab)?;
     let tokenizer = DeviceTokenizer::<B>::new(&vocab, cfg.vit.patch_size, device)?;
-    let mut set = ImageSet::load(&cfg.data, "train")?;
-    if let Some(n) = cfg.limit_images {
+    let mut set = ImageSet::load(&cfg.run.data, "train")?;
+    if let Some(n) = cfg.run.limit_images {
         set = set.truncate(n);
     }
     if cfg.targets == Targets::Pretokenized {
@@ -181,17 +155,12 @@ where
     let set = Arc::new(set);
     // The k-NN monitor's bank is the training set itself; its queries the val split.
     let knn_queries = if cfg.knn_every > 0 {
-        Some(ImageSet::load(&cfg.data, "val")?)
+        Some(ImageSet::load(&cfg.run.data, "val")?)
     } else {
         None
     };
-    let schedule = CosineSchedule {
-        base: cfg.lr,
-        min: cfg.min_lr,
-        warmup: cfg.warmup_steps,
-        total: cfg.total_steps,
-    };
-    let mut opt = AdamW::<B>::new(cfg.adamw);
+    let schedule = cfg.schedule.cosine();
+    let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
     let mut model = model;
     let mut state = TrainState {
         step: 0,
@@ -199,23 +168,23 @@ where
         skipped_steps: 0,
         rollbacks: 0,
     };
-    let ckpt = cfg.checkpoint_path();
+    let ckpt = cfg.run.checkpoint_path();
     if resume && ckpt.exists() {
         (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
-        trim_metrics(&cfg.metrics_path(), state.step)?;
+        trim_metrics(&cfg.run.metrics_path(), state.step)?;
     }
-    let end = cfg.stop_after.map_or(cfg.total_steps, |s| s.min(cfg.total_steps));
+    let end = cfg.schedule.end();
     let mut loader = Loader::spawn(
         set.clone(),
         cfg.augment,
-        cfg.batch_size,
-        cfg.seed,
-        state.step * cfg.accum as u64,
-        cfg.prefetch,
+        cfg.schedule.batch_size,
+        cfg.run.seed,
+        state.step * cfg.schedule.accum as u64,
+        cfg.run.prefetch,
     )?;
-    let metrics_path = cfg.metrics_path();
-    let mut metrics = open_metrics(&metrics_path)?;
-    let bar = progress_bar(progress, cfg.total_steps, state.step);
+    let metrics_path = cfg.run.metrics_path();
+    let mut metrics = MetricsLog::open(&metrics_path)?;
+    let bar = crate::progress::steps(progress, cfg.schedule.total_steps, state.step);
     let started = Instant::now();
     let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
     let mut bad_in_row = 0u32;
@@ -226,21 +195,21 @@ where
         let mut grads: Option<GradientsParams> = None;
         let mut logged = None;
         let knn_now = knn_queries.is_some() && ((step + 1).is_multiple_of(cfg.knn_every) || step + 1 == end);
-        let log_now = (step + 1).is_multiple_of(cfg.log_every) || step + 1 == end || knn_now;
+        let log_now = (step + 1).is_multiple_of(cfg.run.log_every) || step + 1 == end || knn_now;
         let mut epoch = 0;
-        for micro in 0..cfg.accum as u64 {
+        for micro in 0..cfg.schedule.accum as u64 {
             let t0 = Instant::now();
             let host = loader.next_batch()?;
             window_wait += t0.elapsed().as_secs_f64();
             epoch = host.epoch;
-            let index = step * cfg.accum as u64 + micro;
+            let index = step * cfg.schedule.accum as u64 + micro;
             debug_assert_eq!(host.index, index);
             let images = host.len();
-            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.seed, index, 2), device);
+            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), device);
             let out = model.forward(
                 &batch,
                 Mode::Train {
-                    seed: mix(cfg.seed, index, 4),
+                    seed: mix(cfg.run.seed, index, 4),
                 },
             );
             if log_now && micro == 0 {
@@ -260,11 +229,11 @@ where
             images_done += images;
         }
         let mut grads = grads.expect("accum >= 1");
-        let k = cfg.accum as f64;
+        let k = cfg.schedule.accum as f64;
         let norm = global_grad_norm::<B, M>(&model, &grads) / k;
         let lr = schedule.lr(step);
         if norm.is_finite() {
-            let scale = clip_scale(norm, cfg.clip_grad) / k;
+            let scale = clip_scale(norm, cfg.schedule.clip_grad) / k;
             model = opt.step(model, &mut grads, lr, scale, &|_| 1.0);
             state.optimizer_steps += 1;
             bad_in_row = 0;
@@ -275,7 +244,7 @@ where
                 let rollbacks = state.rollbacks + 1;
                 // Without a checkpoint, or when rolling back keeps ending here, stop.
                 if !ckpt.exists() || rollbacks > cfg.max_bad_steps as u64 {
-                    return Err(TrainError::Diverged {
+                    return Err(Error::Diverged {
                         step,
                         bad: bad_in_row,
                         rollbacks: state.rollbacks,
@@ -284,7 +253,7 @@ where
                 let skipped = state.skipped_steps;
                 (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
                 trim_metrics(&metrics_path, state.step)?;
-                metrics = open_metrics(&metrics_path)?;
+                metrics = MetricsLog::open(&metrics_path)?;
                 state.skipped_steps = skipped;
                 state.rollbacks = rollbacks;
                 bar.println(format!(
@@ -298,10 +267,10 @@ where
                 loader = Loader::spawn(
                     set.clone(),
                     cfg.augment,
-                    cfg.batch_size,
-                    mix(cfg.seed, rollbacks, 3),
-                    state.step * cfg.accum as u64,
-                    cfg.prefetch,
+                    cfg.schedule.batch_size,
+                    mix(cfg.run.seed, rollbacks, 3),
+                    state.step * cfg.schedule.accum as u64,
+                    cfg.run.prefetch,
                 )?;
                 continue;
             }
@@ -316,7 +285,8 @@ where
             let secs = window_start.elapsed().as_secs_f64();
             let line = MetricsLine {
                 step: state.step,
-                epoch: epoch as f64 + (step % cfg.steps_per_epoch.max(1)) as f64 / cfg.steps_per_epoch as f64,
+                epoch: epoch as f64
+                    + (step % cfg.schedule.steps_per_epoch.max(1)) as f64 / cfg.schedule.steps_per_epoch as f64,
                 loss: l.loss,
                 mim: l.mim,
                 nce: l.nce,
@@ -328,11 +298,7 @@ where
                 skipped_steps: state.skipped_steps,
                 knn_top1,
             };
-            let json = serde_json::to_string(&line).expect("serializable");
-            writeln!(metrics, "{json}").map_err(|source| TrainError::Io {
-                path: metrics_path.clone(),
-                source,
-            })?;
+            metrics.append(&line)?;
             bar.set_message(format!(
                 "loss {:.3} mim {:.3}{} acc {:.3} {:.0} img/s{}",
                 line.loss,
@@ -347,7 +313,7 @@ where
             last_line = Some(line);
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
         }
-        if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == end {
+        if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end {
             save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;
         }
     }
@@ -365,30 +331,24 @@ where
 /// for as many val images (eval views, 0.875 center crop).
 fn knn_monitor<B: Backend>(
     cfg: &PretrainConfig,
-    encoder: &crate::vit::Vit<B>,
+    encoder: &Vit<B>,
     bank: &ImageSet,
     queries: &ImageSet,
     device: &B::Device,
-) -> Result<f64, TrainError> {
+) -> Result<f64> {
     let features = |set: &ImageSet| {
         let picks = set.spread(cfg.knn_images);
-        crate::eval::features(encoder, set, &picks, cfg.vit.image_size, 0.875, cfg.batch_size, device)
+        features(
+            encoder,
+            set,
+            &picks,
+            cfg.vit.image_size,
+            0.875,
+            cfg.schedule.batch_size,
+            device,
+        )
     };
     let (bf, bl) = features(bank)?;
     let (qf, ql) = features(queries)?;
-    Ok(crate::eval::knn(&bf, &bl, &qf, &ql, cfg.vit.dim, 20, 0.07).top1)
-}
-
-pub(crate) fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, eta {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(at);
-    bar
+    Ok(knn(&bf, &bl, &qf, &ql, cfg.vit.dim, K, TEMPERATURE).top1)
 }

@@ -1,5 +1,5 @@
-//! AdamW with per-parameter weight decay and learning-rate scale, global-norm gradient
-//! clipping, and the warmup + cosine schedule.
+//! AdamW with per-parameter weight decay and learning-rate scale (layer-wise decay in
+//! fine-tuning), global-norm gradient clipping, and gradient accumulation.
 //!
 //! burn 0.21 has no parameter groups, and its `GradientClippingConfig::Norm` clips each tensor
 //! by its own norm. BEiT's recipe needs no weight decay on norms, biases, tokens and position
@@ -226,48 +226,41 @@ pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
     s.acc
 }
 
-/// Linear warmup from 0 to `base` over `warmup` steps, then cosine decay to `min`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CosineSchedule {
-    pub base: f64,
-    pub min: f64,
-    pub warmup: u64,
-    pub total: u64,
+/// Depth of a parameter for layer-wise decay: 0 for the embeddings, `i + 1` for block `i`,
+/// `depth + 1` for the final norms and the head (BEiT's `get_layer_id_for_vit`).
+pub fn layer_id(path: &str, depth: usize) -> usize {
+    let Some(rest) = path.strip_prefix("encoder.") else {
+        return depth + 1;
+    };
+    if let Some(block) = rest.strip_prefix("blocks.") {
+        let i: usize = block.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(depth);
+        return i + 1;
+    }
+    if rest.starts_with("norm.") {
+        depth + 1
+    } else {
+        0
+    }
 }
 
-impl CosineSchedule {
-    /// Learning rate of update `step` (0-based).
-    pub fn lr(&self, step: u64) -> f64 {
-        if step < self.warmup {
-            return self.base * (step + 1) as f64 / self.warmup as f64;
-        }
-        let span = self.total.saturating_sub(self.warmup).max(1);
-        let progress = ((step - self.warmup) as f64 / span as f64).min(1.0);
-        self.min + 0.5 * (self.base - self.min) * (1.0 + (std::f64::consts::PI * progress).cos())
-    }
+/// Learning-rate multiplier `decay^(depth + 1 - layer_id)`: the head trains at the full rate,
+/// each block below at `decay` times the one above.
+pub fn layer_decay_scale(path: &str, depth: usize, decay: f64) -> f64 {
+    decay.powi((depth + 1 - layer_id(path, depth)) as i32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::beit::Beit;
+    use crate::model::objective::test_support::{beit_batch, split_batch, tiny_vit};
+    use crate::model::objective::{MimBatch, Objective};
+    use crate::model::splitmask::{SplitMask, SplitMaskConfig};
+    use crate::model::vit::Mode;
     use crate::TestAutodiff;
     use burn::nn::{Linear, LinearConfig};
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_min() {
-        let s = CosineSchedule {
-            base: 1.0,
-            min: 0.01,
-            warmup: 10,
-            total: 110,
-        };
-        assert!((s.lr(0) - 0.1).abs() < 1e-12);
-        assert!((s.lr(9) - 1.0).abs() < 1e-12);
-        assert!((s.lr(10) - 1.0).abs() < 1e-12);
-        assert!((s.lr(60) - 0.505).abs() < 1e-12);
-        assert!((s.lr(110) - 0.01).abs() < 1e-12);
-        assert!((1..110).all(|t| t < 10 || s.lr(t) <= s.lr(t - 1)));
-    }
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn decay_rule_follows_beit() {
@@ -348,5 +341,63 @@ mod tests {
         assert!((m - 0.98).abs() < 1e-4, "master {m}");
         let w: f32 = lin.weight.val().into_data().iter::<f32>().next().unwrap();
         assert!((w - 0.98).abs() < 0.004, "the bf16 weight follows its master: {w}");
+    }
+    #[test]
+    fn layer_decay_follows_depth() {
+        let d = 4;
+        let s = |p: &str| layer_decay_scale(p, d, 0.5);
+        assert_eq!(s("head.weight"), 1.0);
+        assert_eq!(s("fc_norm.gamma"), 1.0);
+        assert_eq!(s("encoder.norm.gamma"), 1.0);
+        assert_eq!(s("encoder.blocks.3.attn.qkv.weight"), 0.5);
+        assert_eq!(s("encoder.blocks.0.mlp.fc1.bias"), 0.5f64.powi(4));
+        for p in [
+            "encoder.cls_token",
+            "encoder.pos_embed",
+            "encoder.patch_embed.proj.weight",
+        ] {
+            assert_eq!(s(p), 0.5f64.powi(5), "{p}");
+        }
+        // Block 10 of 12 is not block 1.
+        assert_eq!(layer_id("encoder.blocks.10.norm1.beta", 12), 11);
+    }
+
+    /// Token losses over `steps` AdamW updates (lr 2e-3) on the same batch.
+    fn overfit_losses<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
+        mut model: M,
+        batch: &MimBatch<B>,
+        steps: usize,
+    ) -> Vec<f32> {
+        let mut opt = AdamW::<B>::new(AdamWSettings::default());
+        let mut losses = Vec::new();
+        for _ in 0..steps {
+            let out = model.forward(batch, Mode::Train { seed: 0 });
+            losses.push(out.mim.clone().into_scalar().elem::<f32>());
+            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);
+        }
+        losses
+    }
+
+    #[test]
+    fn beit_overfits_one_batch() {
+        let device = Default::default();
+        let model = Beit::<TestAutodiff>::new(&tiny_vit(), 32, &mut ChaCha8Rng::seed_from_u64(0), &device);
+        let losses = overfit_losses(model, &beit_batch::<TestAutodiff>(4, 32, &device), 60);
+        assert!(losses[59] < losses[0] * 0.3, "{losses:?}");
+    }
+
+    #[test]
+    fn splitmask_overfits_one_batch() {
+        let device = Default::default();
+        let model = SplitMask::<TestAutodiff>::new(
+            &tiny_vit(),
+            &SplitMaskConfig::new(),
+            32,
+            &mut ChaCha8Rng::seed_from_u64(0),
+            &device,
+        );
+        let losses = overfit_losses(model, &split_batch(4, 32, 2, &device), 60);
+        assert!(losses[59] < losses[0] * 0.3, "{losses:?}");
     }
 }

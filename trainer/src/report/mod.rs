@@ -2,28 +2,17 @@
 //! and fine-tuning runs) into `report.md` with the results tables, and PNG plots of the
 //! pre-training losses, the fine-tuning val accuracy and the final accuracy per initialization.
 
+pub mod plot;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::eval::EvalResults;
-use crate::finetune::{FinetuneLine, FinetuneResults};
-use crate::plot::{bar_chart, line_chart, Series};
-use crate::run_folder::{METRICS_FILE, RESULTS_FILE};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    BadResults { path: PathBuf, message: String },
-    #[error("{dir}: no run folders with metrics.jsonl or results.json")]
-    Empty { dir: PathBuf },
-}
+use crate::error::{Error, ReportError, Result};
+use crate::eval::frozen::EvalResults;
+use crate::report::plot::{bar_chart, line_chart, Series};
+use crate::train::finetune::{FinetuneLine, FinetuneResults};
+use crate::train::run_folder::{CONFIG_FILE, METRICS_FILE, RESULTS_FILE};
 
 /// The written files.
 #[derive(Debug, Clone)]
@@ -46,15 +35,12 @@ struct Run {
     steps_per_epoch: Option<f64>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
-    move |source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::io(path, source)
 }
 
 /// Run folders directly under `dir` (and `dir` itself when it is one), by name.
-fn find_runs(dir: &Path) -> Result<Vec<Run>, ReportError> {
+fn find_runs(dir: &Path) -> Result<Vec<Run>> {
     let mut dirs = vec![dir.to_path_buf()];
     for e in std::fs::read_dir(dir).map_err(io(dir))? {
         let e = e.map_err(io(dir))?;
@@ -78,7 +64,7 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>, ReportError> {
             finetune: None,
             mim: Vec::new(),
             val: Vec::new(),
-            steps_per_epoch: std::fs::read_to_string(d.join(crate::config::CONFIG_FILE))
+            steps_per_epoch: std::fs::read_to_string(d.join(CONFIG_FILE))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                 .and_then(|c| c["steps_per_epoch"].as_f64()),
@@ -97,7 +83,8 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>, ReportError> {
                     return Err(ReportError::BadResults {
                         path: results,
                         message: format!("unknown kind {other:?} (expected \"eval\" or \"finetune\")"),
-                    })
+                    }
+                    .into())
                 }
             }
         }
@@ -140,12 +127,13 @@ fn pct(v: f64) -> String {
 }
 
 /// Writes `report.md` and the plots into `out`.
-pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> {
+pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
     let runs = find_runs(runs_dir)?;
     if runs.is_empty() {
         return Err(ReportError::Empty {
             dir: runs_dir.to_path_buf(),
-        });
+        }
+        .into());
     }
     std::fs::create_dir_all(out).map_err(io(out))?;
     let mut md = String::new();
@@ -244,18 +232,12 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> 
         md.push('\n');
     }
     let mut plots = Vec::new();
-    let mut save = |img: image::RgbImage, name: &str, md: &mut String, caption: &str| -> Result<(), ReportError> {
+    let mut save = |img: image::RgbImage, name: &str, md: &mut String, caption: &str| -> Result<()> {
         let path = out.join(name);
         let mut bytes = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-            .map_err(|e| ReportError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        pipeline::shard::write_atomic(&path, &bytes).map_err(|e| ReportError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+            .map_err(|e| Error::io(&path, std::io::Error::other(e.to_string())))?;
+        pipeline::shard::write_atomic(&path, &bytes)?;
         let _ = writeln!(md, "![{caption}]({name})\n");
         plots.push(path);
         Ok(())
@@ -313,10 +295,7 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report, ReportError> 
         )?;
     }
     let markdown = out.join("report.md");
-    pipeline::shard::write_atomic(&markdown, md.as_bytes()).map_err(|e| ReportError::Io {
-        path: markdown.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    pipeline::shard::write_atomic(&markdown, md.as_bytes())?;
     Ok(Report {
         markdown,
         plots,

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::nearest::argmax_dot;
+use crate::vocab::nearest::argmax_dot;
 
 /// Largest k seeded with k-means++ by default.
 pub const PLUS_PLUS_MAX_K: usize = 1024;

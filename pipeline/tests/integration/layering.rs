@@ -1,0 +1,26 @@
+//! The pipeline's layer table (see `src/lib.rs`).
+
+#[path = "../../../tests/layering.rs"]
+mod checker;
+
+#[test]
+fn modules_import_only_their_own_layer_or_below_and_never_in_a_loop() {
+    checker::self_test();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    checker::assert_layered(
+        "pipeline",
+        &src,
+        &[
+            ("error", 0),
+            ("matfile", 0),
+            ("adapters", 1),
+            ("shard", 1),
+            ("transcode", 1),
+            ("views", 1),
+            ("prepare", 2),
+            ("recipe", 2),
+            ("vocab", 3),
+            ("inspect", 4),
+        ],
+    );
+}

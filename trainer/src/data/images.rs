@@ -1,0 +1,175 @@
+//! One split of a prepared dataset in memory: its rows read from the Parquet shards the
+//! manifest lists, as encoded bytes (a few tens of KB per image at the prepared size), with
+//! optional pre-tokenized targets. Decoding happens per batch, in the loader.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::RgbImage;
+use pipeline::shard::ShardReader;
+use rayon::prelude::*;
+
+use crate::error::{DataError, Result};
+
+/// One image of a split.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub id: String,
+    pub label: i32,
+    pub bytes: Vec<u8>,
+    /// The shard it came from, for error messages.
+    pub shard: Arc<str>,
+    /// Pre-tokenized grids of the canonical view and of its flip ([`ImageSet::attach_tokens`]).
+    pub tokens: Option<Box<[Vec<u16>; 2]>>,
+}
+
+/// All rows of one split, in manifest order.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    pub dir: PathBuf,
+    pub split: String,
+    pub samples: Vec<Sample>,
+    pub class_names: Vec<String>,
+}
+
+impl ImageSet {
+    /// Reads every shard of `split` listed in `<dir>/manifest.json`.
+    pub fn load(dir: &Path, split: &str) -> Result<Self> {
+        let manifest = pipeline::prepare::load_manifest(dir)?;
+        let shards: Vec<_> = manifest.shards.iter().filter(|s| s.split == split).collect();
+        if shards.is_empty() {
+            return Err(DataError::NoSplit {
+                dir: dir.to_path_buf(),
+                split: split.to_string(),
+                available: manifest.splits.keys().cloned().collect(),
+            }
+            .into());
+        }
+        let per_shard: Vec<Result<Vec<Sample>>> = shards
+            .par_iter()
+            .map(|s| {
+                let shard: Arc<str> = Arc::from(s.file.as_str());
+                ShardReader::open(&dir.join(&s.file))?
+                    .map(|row| {
+                        let row = row?;
+                        Ok(Sample {
+                            id: row.id,
+                            label: row.label,
+                            bytes: row.image,
+                            shard: shard.clone(),
+                            tokens: None,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut samples = Vec::new();
+        for s in per_shard {
+            samples.extend(s?);
+        }
+        Ok(ImageSet {
+            dir: dir.to_path_buf(),
+            split: split.to_string(),
+            samples,
+            class_names: manifest.class_names,
+        })
+    }
+
+    /// Attaches the grids `pipeline tokenize` wrote with the vocabulary of sha256 `vocab_sha`.
+    /// Token shards mirror image shards row by row; any disagreement is an error.
+    pub fn attach_tokens(&mut self, vocab_sha: &str) -> Result<()> {
+        let manifest = pipeline::prepare::load_manifest(&self.dir)?;
+        let set = manifest
+            .tokens
+            .iter()
+            .find(|t| t.vocab_sha256 == vocab_sha)
+            .ok_or_else(|| DataError::NoTokens {
+                dir: self.dir.clone(),
+                vocab_sha: vocab_sha.to_string(),
+            })?;
+        let mut i = 0;
+        for shard in manifest.shards.iter().filter(|s| s.split == self.split) {
+            let path = self.dir.join(&set.dir).join(&shard.file);
+            if !set
+                .shards
+                .iter()
+                .any(|t| t.file == shard.file && t.image_sha256 == shard.sha256)
+            {
+                return Err(DataError::StaleTokens { path }.into());
+            }
+            for row in pipeline::vocab::tokenize::read_token_shard(&path)? {
+                let Some(s) = self.samples.get_mut(i) else { break };
+                if s.id != row.id {
+                    return Err(DataError::TokenRow {
+                        path,
+                        row: i,
+                        expected: s.id.clone(),
+                        found: row.id,
+                    }
+                    .into());
+                }
+                s.tokens = Some(Box::new([row.tokens, row.tokens_flip]));
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// `n` indices spread evenly over the set (manifest order is grouped by class, so a
+    /// prefix would miss classes).
+    pub fn spread(&self, n: usize) -> Vec<usize> {
+        let len = self.samples.len();
+        let n = n.min(len);
+        (0..n).map(|i| i * len / n).collect()
+    }
+
+    /// Only the rows with a class label in `0..classes` (classification needs them; detection
+    /// sets and folders with unsorted files have `-1`). Returns how many were dropped.
+    pub fn keep_labeled(&mut self, classes: usize) -> usize {
+        let before = self.samples.len();
+        self.samples.retain(|s| s.label >= 0 && (s.label as usize) < classes);
+        before - self.samples.len()
+    }
+
+    /// The first `n` samples (tests and quick runs).
+    pub fn truncate(mut self, n: usize) -> Self {
+        self.samples.truncate(n);
+        self
+    }
+
+    pub fn decode(&self, i: usize) -> Result<RgbImage, DataError> {
+        let s = &self.samples[i];
+        pipeline::transcode::decode_upright(&s.bytes)
+            .map(|(img, _)| img)
+            .map_err(|e| DataError::Decode {
+                shard: s.shard.to_string(),
+                id: s.id.clone(),
+                reason: e.0,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_keeps_labeled_rows_only() {
+        let sample = |label| Sample {
+            id: format!("{label}"),
+            label,
+            bytes: Vec::new(),
+            shard: Arc::from("s.parquet"),
+            tokens: None,
+        };
+        let mut set = ImageSet {
+            dir: PathBuf::from("d"),
+            split: "train".into(),
+            samples: [0, -1, 2, 1, 3].into_iter().map(sample).collect(),
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+        };
+        assert_eq!(set.keep_labeled(3), 2);
+        let ids: Vec<&str> = set.samples.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["0", "2", "1"]);
+    }
+}

@@ -1,0 +1,112 @@
+//! Classification accuracy: one top-k rule shared by the classifier's evaluation, the linear
+//! probes and the k-NN vote, and top-1 / top-5 of a classifier on eval views.
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
+
+use crate::data::images::ImageSet;
+use crate::error::DataError;
+use crate::eval::features::eval_images;
+use crate::model::classifier::Classifier;
+use crate::model::vit::Mode;
+
+/// How many classes rank above `label` in `scores`: those with a higher score, and those with
+/// an equal score and a lower index (ties never count in the label's favour, so a constant
+/// prediction scores the share of class 0, not 100%).
+pub fn rank<T: PartialOrd>(scores: &[T], label: usize) -> usize {
+    let own = &scores[label];
+    scores
+        .iter()
+        .enumerate()
+        .filter(|(c, s)| *s > own || (*s == own && *c < label))
+        .count()
+}
+
+/// Top-1 and top-5 hit counts over a set of predictions.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TopK {
+    pub top1: usize,
+    pub top5: usize,
+    pub count: usize,
+}
+
+impl TopK {
+    /// Counts one prediction of `label` from `scores`.
+    pub fn add<T: PartialOrd>(&mut self, scores: &[T], label: usize) {
+        let r = rank(scores, label);
+        self.top1 += (r == 0) as usize;
+        self.top5 += (r < 5) as usize;
+        self.count += 1;
+    }
+
+    /// (top-1, top-5) as shares; 0 for an empty set.
+    pub fn rates(&self) -> (f64, f64) {
+        let n = self.count.max(1) as f64;
+        (self.top1 as f64 / n, self.top5 as f64 / n)
+    }
+}
+
+/// Accuracy of a classifier on eval views.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyResult {
+    pub top1: f64,
+    pub top5: f64,
+    /// Mean cross-entropy (no smoothing).
+    pub loss: f64,
+    pub images: usize,
+}
+
+/// Top-1 / top-5 accuracy and loss of `model` on the images at `indices`.
+pub fn classify<B: Backend>(
+    model: &Classifier<B>,
+    set: &ImageSet,
+    indices: &[usize],
+    image_size: usize,
+    crop_ratio: f64,
+    batch: usize,
+    device: &B::Device,
+) -> Result<ClassifyResult, DataError> {
+    let mut hits = TopK::default();
+    let mut loss = 0f64;
+    for chunk in indices.chunks(batch.max(1)) {
+        let (x, labels) = eval_images::<B>(set, chunk, image_size, crop_ratio, device)?;
+        let logits = model.forward(x, Mode::Eval);
+        let classes = logits.dims()[1];
+        let logp: Vec<f32> = log_softmax(logits, 1).into_data().iter::<f32>().collect();
+        for (row, &label) in logp.chunks(classes).zip(&labels) {
+            hits.add(row, label as usize);
+            loss -= row[label as usize] as f64;
+        }
+    }
+    let (top1, top5) = hits.rates();
+    Ok(ClassifyResult {
+        top1,
+        top5,
+        loss: loss / indices.len().max(1) as f64,
+        images: indices.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_counts_better_classes_and_breaks_ties_by_index() {
+        let s = [0.1f32, 0.7, 0.2, 0.7, 0.0, 0.0, 0.0];
+        assert_eq!(rank(&s, 1), 0);
+        assert_eq!(rank(&s, 3), 1, "a tie with a lower index ranks above");
+        assert_eq!(rank(&s, 2), 2);
+        assert_eq!(rank(&s, 6), 6);
+        let mut k = TopK::default();
+        for label in [1, 3, 2, 6] {
+            k.add(&s, label);
+        }
+        assert_eq!((k.top1, k.top5, k.count), (1, 3, 4));
+        assert_eq!(k.rates(), (0.25, 0.75));
+        // A constant prediction is right only for class 0.
+        let flat = [0.5f64; 4];
+        assert_eq!((rank(&flat, 0), rank(&flat, 3)), (0, 3));
+    }
+}

@@ -1,0 +1,174 @@
+//! Frozen-encoder evaluation (`trainer eval`): weighted k-NN on the final layer and a linear
+//! probe on every layer's mean-pooled tokens, train images against the evaluation split.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::images::ImageSet;
+use crate::error::Result;
+use crate::eval::features::layer_features;
+use crate::eval::knn::{knn, KnnResult};
+use crate::eval::probe::{linear_probe, Features, ProbeConfig, ProbeResult};
+use crate::model::vit::{Vit, VitConfig};
+
+/// How to evaluate: which data, how many images, the probes' training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSpec {
+    pub data: PathBuf,
+    /// Train images for the k-NN bank and probe training (spread over the split).
+    pub train_images: usize,
+    pub val_images: usize,
+    pub crop_ratio: f64,
+    pub batch: usize,
+    pub probe: ProbeConfig,
+}
+
+/// Where an evaluated encoder came from (recorded in `results.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderSource {
+    /// `random`, `beit` or `splitmask`.
+    pub init: String,
+    pub run: Option<PathBuf>,
+    pub vocab: Option<PathBuf>,
+    pub pretrain_steps: u64,
+    /// The pre-training run's seed (the init seed for random-init encoders).
+    pub seed: u64,
+}
+
+/// An encoder to evaluate, with its preset name and provenance.
+#[derive(Debug)]
+pub struct FrozenEncoder<B: Backend> {
+    pub model: String,
+    pub vit: VitConfig,
+    pub encoder: Vit<B>,
+    pub source: EncoderSource,
+}
+
+impl<B: Backend> FrozenEncoder<B> {
+    /// An untrained encoder of `vit` drawn from `seed` (the random-init baseline).
+    pub fn random(model: &str, vit: &VitConfig, seed: u64, device: &B::Device) -> Self {
+        FrozenEncoder {
+            model: model.to_string(),
+            vit: vit.clone(),
+            encoder: vit.init(&mut ChaCha8Rng::seed_from_u64(seed), device),
+            source: EncoderSource {
+                init: "random".into(),
+                run: None,
+                vocab: None,
+                pretrain_steps: 0,
+                seed,
+            },
+        }
+    }
+}
+
+/// `results.json` of `trainer eval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResults {
+    pub kind: String,
+    pub dataset: String,
+    pub model: String,
+    /// `random`, `beit` or `splitmask`.
+    pub init: String,
+    pub run: Option<PathBuf>,
+    pub vocab: Option<PathBuf>,
+    pub pretrain_steps: u64,
+    /// The pre-training run's seed (the init seed for random-init encoders).
+    #[serde(default)]
+    pub seed: u64,
+    pub knn: KnnResult,
+    /// One probe per block output, then the final norm's.
+    pub probes: Vec<ProbeResult>,
+    pub best_probe: ProbeResult,
+    pub seconds: f64,
+}
+
+/// k-NN and per-layer probes of `frozen` on `spec.data`.
+pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: &B::Device) -> Result<EvalResults> {
+    let started = Instant::now();
+    let mut train = ImageSet::load(&spec.data, "train")?;
+    let mut val = ImageSet::load(&spec.data, "val")?;
+    let classes = train.class_names.len().max(1);
+    train.keep_labeled(classes);
+    val.keep_labeled(classes);
+    let vit = &frozen.vit;
+    let layers = |set: &ImageSet, n: usize| {
+        layer_features(
+            &frozen.encoder,
+            set,
+            &set.spread(n),
+            vit.image_size,
+            spec.crop_ratio,
+            spec.batch,
+            device,
+        )
+    };
+    let (train_f, train_y) = layers(&train, spec.train_images)?;
+    let (val_f, val_y) = layers(&val, spec.val_images)?;
+    let dim = vit.dim;
+    // k-NN on the final (normed) layer, L2-normalized as the monitor's features.
+    let last = vit.depth;
+    let unit = |x: &[f32]| {
+        let mut x = x.to_vec();
+        pipeline::vocab::kmeans::normalize_rows(&mut x, dim);
+        x
+    };
+    let knn_result = knn(
+        &unit(&train_f[last]),
+        &train_y,
+        &unit(&val_f[last]),
+        &val_y,
+        dim,
+        crate::eval::knn::K,
+        crate::eval::knn::TEMPERATURE,
+    );
+    let probes: Vec<ProbeResult> = (0..=last)
+        .map(|l| {
+            let (top1, top5, train_top1) = linear_probe::<B>(
+                Features {
+                    x: &train_f[l],
+                    y: &train_y,
+                },
+                Features {
+                    x: &val_f[l],
+                    y: &val_y,
+                },
+                dim,
+                classes,
+                &spec.probe,
+                device,
+            );
+            ProbeResult {
+                layer: l + 1,
+                top1,
+                top5,
+                train_top1,
+            }
+        })
+        .collect();
+    let best_probe = *probes
+        .iter()
+        .max_by(|a, b| a.top1.total_cmp(&b.top1))
+        .expect("depth >= 1");
+    let manifest = pipeline::prepare::load_manifest(&spec.data)?;
+    let s = &frozen.source;
+    Ok(EvalResults {
+        kind: "eval".into(),
+        dataset: manifest.dataset,
+        model: frozen.model.clone(),
+        init: s.init.clone(),
+        run: s.run.clone(),
+        vocab: s.vocab.clone(),
+        pretrain_steps: s.pretrain_steps,
+        seed: s.seed,
+        knn: knn_result,
+        probes,
+        best_probe,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,59 @@
+//! The fine-tuning model: the ViT encoder, mean pooling of the patch tokens, a LayerNorm
+//! (`fc_norm`) and a linear head (BEiT's classifier).
+
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use rand::Rng;
+
+use crate::model::init::linear;
+use crate::model::vit::{mean_patch_tokens, Mode, Vit, VitConfig, LN_EPS};
+
+/// BEiT scales the head's trunc-normal(0.02) init by 0.001, so fine-tuning starts near uniform
+/// predictions and the first updates do not wreck the pre-trained features.
+pub const HEAD_INIT_SCALE: f64 = 0.001;
+
+#[derive(Module, Debug)]
+pub struct Classifier<B: Backend> {
+    pub encoder: Vit<B>,
+    pub fc_norm: LayerNorm<B>,
+    /// `[dim, classes]`
+    pub head: Linear<B>,
+}
+
+impl<B: Backend> Classifier<B> {
+    pub fn new<R: Rng>(vit: &VitConfig, classes: usize, rng: &mut R, device: &B::Device) -> Self {
+        Classifier {
+            encoder: vit.init(rng, device),
+            fc_norm: LayerNormConfig::new(vit.dim).with_epsilon(LN_EPS).init(device),
+            head: linear(rng, vit.dim, classes, HEAD_INIT_SCALE, device),
+        }
+    }
+
+    /// Class logits.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - output: `[batch, classes]`
+    pub fn forward(&self, images: Tensor<B, 4>, mode: Mode) -> Tensor<B, 2> {
+        let pooled = mean_patch_tokens(self.encoder.forward(images, mode));
+        self.head.forward(self.fc_norm.forward(pooled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::objective::test_support::tiny_vit;
+    use crate::TestBackend;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn logits_have_the_class_count() {
+        let device = Default::default();
+        let vit = tiny_vit();
+        let m = Classifier::<TestBackend>::new(&vit, 3, &mut ChaCha8Rng::seed_from_u64(0), &device);
+        let x = Tensor::<TestBackend, 4>::zeros([2, 3, vit.image_size, vit.image_size], &device);
+        assert_eq!(m.forward(x, Mode::Eval).dims(), [2, 3]);
+    }
+}

@@ -1,0 +1,158 @@
+//! The encoder of a finished pre-training run, loaded strictly: every encoder parameter must be
+//! in the checkpoint with its shape, and every other key must be a pre-training head (BEiT's
+//! mask token and token head, SplitMask's decoder). Fine-tuning, `trainer eval` and the timm
+//! export all load through here.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{CheckpointError, InitError, Result};
+use crate::eval::frozen::{EncoderSource, FrozenEncoder};
+use crate::model::classifier::Classifier;
+use crate::model::vit::{Vit, VitConfig};
+use crate::train::checkpoint::{load_params, load_tensors, split_optimizer, NamedTensors};
+use crate::train::config::{load_config, PretrainConfig};
+
+/// Parameters of the pre-training models that fine-tuning drops (BEiT: mask token and token
+/// head; SplitMask: also the decoder). Anything else in a checkpoint must load.
+pub const PRETRAIN_ONLY: [&str; 5] = ["mask_token", "decoder_pos", "head.", "decoder_blocks.", "decoder_norm."];
+
+/// A pre-training run's encoder weights (`encoder.*`, prefix kept), checked strictly: every
+/// other key must be a pre-training head, and the run's encoder must have `vit`'s shape.
+pub fn pretrained_encoder(run: &Path, vit: &VitConfig) -> Result<(PretrainConfig, NamedTensors)> {
+    let cfg = load_config(run)?;
+    let same_shape = |v: &VitConfig| v.clone().with_drop_path(vit.drop_path);
+    if same_shape(&cfg.vit) != *vit {
+        return Err(InitError::Architecture {
+            run: run.to_path_buf(),
+            found: describe(&cfg.vit),
+            expected: describe(vit),
+            preset: cfg.model.clone(),
+        }
+        .into());
+    }
+    let encoder = encoder_tensors(&cfg)?;
+    Ok((cfg, encoder))
+}
+
+/// The `encoder.*` tensors of a run's checkpoint; any key that is neither those nor a
+/// pre-training head is an error naming it.
+fn encoder_tensors(cfg: &PretrainConfig) -> Result<NamedTensors> {
+    let path = cfg.run.checkpoint_path();
+    let (all, _) = load_tensors(&path)?;
+    let (params, _optimizer) = split_optimizer(all);
+    let (encoder, rest): (NamedTensors, NamedTensors) =
+        params.into_iter().partition(|(k, _)| k.starts_with("encoder."));
+    let stray: Vec<String> = rest
+        .keys()
+        .filter(|k| !PRETRAIN_ONLY.iter().any(|p| k.as_str() == *p || k.starts_with(p)))
+        .cloned()
+        .collect();
+    if !stray.is_empty() {
+        return Err(InitError::UnexpectedKeys { path, keys: stray }.into());
+    }
+    Ok(encoder)
+}
+
+/// Loads `encoder.*` tensors into the classifier: every encoder parameter must be present with
+/// its shape; only `fc_norm` and `head` start fresh.
+pub fn load_encoder<B: Backend>(
+    model: Classifier<B>,
+    encoder: &NamedTensors,
+    file: &Path,
+    device: &B::Device,
+) -> Result<Classifier<B>> {
+    let fresh = |k: &str| k.starts_with("fc_norm.") || k.starts_with("head.");
+    let (model, unexpected) = load_params(model, encoder, &fresh, file, device)?;
+    if !unexpected.is_empty() {
+        return Err(CheckpointError::Unexpected {
+            path: file.to_path_buf(),
+            unexpected,
+        }
+        .into());
+    }
+    Ok(model)
+}
+
+/// A pre-training run's configuration and its encoder with the checkpoint's weights.
+pub fn run_encoder<B: Backend>(run: &Path, device: &B::Device) -> Result<(PretrainConfig, Vit<B>)> {
+    let cfg = load_config(run)?;
+    let stripped: NamedTensors = encoder_tensors(&cfg)?
+        .into_iter()
+        .map(|(k, v)| (k["encoder.".len()..].to_string(), v))
+        .collect();
+    // The skeleton's values are all replaced.
+    let skeleton: Vit<B> = cfg.vit.init(&mut ChaCha8Rng::seed_from_u64(0), device);
+    let file = cfg.run.checkpoint_path();
+    let (encoder, unexpected) = load_params(skeleton, &stripped, &|_| false, &file, device)?;
+    if !unexpected.is_empty() {
+        return Err(CheckpointError::Unexpected { path: file, unexpected }.into());
+    }
+    Ok((cfg, encoder))
+}
+
+/// A pre-training run's encoder with its provenance, for frozen-encoder evaluation.
+pub fn frozen_encoder<B: Backend>(run: &Path, device: &B::Device) -> Result<FrozenEncoder<B>> {
+    let (cfg, encoder) = run_encoder(run, device)?;
+    Ok(FrozenEncoder {
+        model: cfg.model.clone(),
+        vit: cfg.vit.clone(),
+        encoder,
+        source: EncoderSource {
+            init: cfg.method.name().to_string(),
+            run: Some(run.to_path_buf()),
+            vocab: Some(cfg.vocab.clone()),
+            pretrain_steps: cfg.schedule.total_steps,
+            seed: cfg.run.seed,
+        },
+    })
+}
+
+fn describe(v: &VitConfig) -> String {
+    format!(
+        "{} px / {} px patches, width {}, depth {}, {} heads, mlp x{}, layer scale {:?}, sin-cos pos {}",
+        v.image_size, v.patch_size, v.dim, v.depth, v.heads, v.mlp_ratio, v.layer_scale_init, v.sinusoidal_pos
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::objective::test_support::tiny_vit;
+    use crate::train::checkpoint::named_params;
+    use crate::TestBackend;
+
+    #[test]
+    fn encoder_loads_strictly() {
+        let device = Default::default();
+        let vit = tiny_vit();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let source = Classifier::<TestBackend>::new(&vit, 5, &mut rng, &device);
+        let encoder: NamedTensors = named_params(&source)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("encoder."))
+            .collect();
+        let fresh = || Classifier::<TestBackend>::new(&vit, 7, &mut ChaCha8Rng::seed_from_u64(1), &device);
+        let file = Path::new("pretrained.safetensors");
+        let loaded = load_encoder(fresh(), &encoder, file, &device).unwrap();
+        let got = named_params(&loaded);
+        assert_eq!(got["encoder.pos_embed"], encoder["encoder.pos_embed"]);
+        assert_eq!(got["head.weight"].0, vec![vit.dim, 7]);
+        // A missing encoder parameter is an error naming it.
+        let mut missing = encoder.clone();
+        missing.remove("encoder.blocks.0.attn.proj.bias");
+        let err = load_encoder(fresh(), &missing, file, &device).unwrap_err().to_string();
+        assert!(
+            err.contains("encoder.blocks.0.attn.proj.bias") && err.contains("pretrained.safetensors"),
+            "{err}"
+        );
+        // So is an encoder key the model lacks.
+        let mut extra = encoder.clone();
+        extra.insert("encoder.blocks.9.ls1.gamma".into(), (vec![vit.dim], vec![0.0; vit.dim]));
+        let err = load_encoder(fresh(), &extra, file, &device).unwrap_err().to_string();
+        assert!(err.contains("encoder.blocks.9.ls1.gamma"), "{err}");
+    }
+}

@@ -1,0 +1,45 @@
+//! The learning-rate schedule of pre-training and fine-tuning: linear warmup, then cosine.
+
+use serde::{Deserialize, Serialize};
+
+/// Linear warmup from 0 to `base` over `warmup` steps, then cosine decay to `min`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CosineSchedule {
+    pub base: f64,
+    pub min: f64,
+    pub warmup: u64,
+    pub total: u64,
+}
+
+impl CosineSchedule {
+    /// Learning rate of update `step` (0-based).
+    pub fn lr(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            return self.base * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = self.total.saturating_sub(self.warmup).max(1);
+        let progress = ((step - self.warmup) as f64 / span as f64).min(1.0);
+        self.min + 0.5 * (self.base - self.min) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_min() {
+        let s = CosineSchedule {
+            base: 1.0,
+            min: 0.01,
+            warmup: 10,
+            total: 110,
+        };
+        assert!((s.lr(0) - 0.1).abs() < 1e-12);
+        assert!((s.lr(9) - 1.0).abs() < 1e-12);
+        assert!((s.lr(10) - 1.0).abs() < 1e-12);
+        assert!((s.lr(60) - 0.505).abs() < 1e-12);
+        assert!((s.lr(110) - 0.01).abs() < 1e-12);
+        assert!((1..110).all(|t| t < 10 || s.lr(t) <= s.lr(t - 1)));
+    }
+}
