@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use pipeline::adapters::AdapterOptions;
 use pipeline::inspect;
-use pipeline::prepare::{self, PrepareConfig, Subset, Worker};
+use pipeline::prepare::{self, Holdout, PrepareConfig, Subset, Worker};
 use pipeline::recipe::Recipe;
 use pipeline::transcode::{ResizeFilter, TranscodeSettings};
 use pipeline::vocab::tokenizer::Vocabulary;
@@ -63,10 +63,13 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
-    /// List the dataset recipes.
+    /// List the dataset recipes: evaluation split, pre-training epochs and fine-tuning recipe.
     Recipes {
         #[arg(long, default_value = "datasets")]
         recipes: PathBuf,
+        /// Every resolved field of every recipe as one JSON object (for scripts).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -99,8 +102,9 @@ enum VocabCommand {
         data: PathBuf,
         #[arg(long)]
         vocab: PathBuf,
-        #[arg(long, default_value = "train")]
-        split: String,
+        /// Split to tokenize (default: the dataset's evaluation split).
+        #[arg(long)]
+        split: Option<String>,
         #[arg(long, default_value_t = 2000)]
         images: usize,
         /// PNG of the entries (default: the vocabulary's path with .png).
@@ -152,6 +156,13 @@ struct PrepareArgs {
     /// Keep this class-balanced share of the train split (e.g. 0.01 for ImageNet 1%).
     #[arg(long)]
     fraction: Option<f64>,
+    /// Split models are evaluated on (default: the recipe's `eval_split`).
+    #[arg(long)]
+    eval_split: Option<String>,
+    /// When the layout has no evaluation split (a folder without split folders): hold out this
+    /// share of each class's images as one (default: the recipe's `val_fraction`).
+    #[arg(long)]
+    val_fraction: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
     /// Target shard size in MB.
@@ -199,6 +210,11 @@ fn resolve(a: &PrepareArgs) -> Result<PrepareConfig> {
             crop_to_bbox: a.crop_bbox || recipe.prepare.crop_to_bbox,
         },
         subset: fraction.map(|fraction| Subset {
+            fraction,
+            seed: a.seed.unwrap_or(recipe.prepare.subset_seed),
+        }),
+        eval_split: a.eval_split.clone().unwrap_or(recipe.eval_split.clone()),
+        holdout: a.val_fraction.or(recipe.prepare.val_fraction).map(|fraction| Holdout {
             fraction,
             seed: a.seed.unwrap_or(recipe.prepare.subset_seed),
         }),
@@ -369,6 +385,10 @@ fn run() -> Result<ExitCode> {
             png,
         }) => {
             let (v, sha) = Vocabulary::load(&path)?;
+            let split = match split {
+                Some(s) => s,
+                None => prepare::load_manifest(&data)?.eval_split().to_string(),
+            };
             let r = vocab::usage(&data, &v, &split, images)?;
             let used = r.counts.iter().filter(|&&c| c > 0).count();
             println!(
@@ -440,17 +460,61 @@ fn run() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Recipes { recipes } => {
-            for name in Recipe::names(&recipes)? {
-                let r = Recipe::load(&recipes, &name)?;
-                let ft = r
-                    .finetune
-                    .as_ref()
-                    .map_or_else(|| "-".to_string(), |f| f.epochs.to_string());
+        Command::Recipes { recipes, json } => {
+            let all = Recipe::names(&recipes)?
+                .iter()
+                .map(|name| Recipe::load(&recipes, name))
+                .collect::<pipeline::Result<Vec<_>>>()?;
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> = all
+                    .iter()
+                    .map(|r| (r.name.clone(), serde_json::to_value(r).expect("serializable")))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&map)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for r in &all {
+                let p = &r.pretrain;
+                let epochs = match p.epochs {
+                    pipeline::recipe::Epochs::Fixed(e) => format!("{e}"),
+                    pipeline::recipe::Epochs::Rule(_) => match p.max_epochs {
+                        Some(m) => format!("rule<={m}"),
+                        None => "rule".to_string(),
+                    },
+                };
                 println!(
-                    "{name:<20} {:<14} pre-train {:>5} epochs, fine-tune {:>4}  {}",
-                    r.adapter, r.pretrain.epochs, ft, r.description
+                    "{:<20} {:<14} eval {:<4}  {}",
+                    r.name, r.adapter, r.eval_split, r.description
                 );
+                println!(
+                    "    pre-train: {epochs} epochs, {:?} masking, SplitMask sees {}%, BEiT masks {}, strong aug {}, crops <= {}",
+                    p.masking,
+                    100.0 * p.split_visible,
+                    p.beit_mask_ratio.map_or("75/196".to_string(), |m| format!("{}%", 100.0 * m)),
+                    p.strong_augmentation,
+                    p.max_crop_scale
+                );
+                match &r.finetune {
+                    Some(f) => println!(
+                        "    fine-tune: {} epochs, batch {}, lr {:e}, layer decay {}, warmup {}, repeated aug {}, RandAugment {}/{}, wd {}, smoothing {}, drop path {}, mixup {}, cutmix {}, clip {}, test crop {}",
+                        f.epochs,
+                        f.batch_size,
+                        f.lr,
+                        f.layer_decay,
+                        f.warmup_epochs,
+                        f.repeated_aug,
+                        f.randaug_magnitude,
+                        f.randaug_std,
+                        f.weight_decay,
+                        f.label_smoothing,
+                        f.drop_path,
+                        f.mixup,
+                        f.cutmix,
+                        f.clip_grad,
+                        f.crop_ratio
+                    ),
+                    None => println!("    fine-tune: - (no classification labels)"),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -37,6 +37,22 @@ pub struct Subset {
     pub seed: u64,
 }
 
+/// A held-out evaluation split for layouts that have none (a `folder` dataset without split
+/// folders): each labeled train image goes to it when a seeded hash of its id falls below
+/// `fraction`. Every class keeps about `fraction` of its images there, and adding files to the
+/// folder never moves an existing file between splits (each file's draw is its own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Holdout {
+    /// Share of each class's labeled images held out, in (0, 1).
+    pub fraction: f64,
+    pub seed: u64,
+}
+
+fn default_eval_split() -> String {
+    "val".into()
+}
+
 /// Everything `prepare` needs, resolved and validated; written to `<out>/prepare.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +64,12 @@ pub struct PrepareConfig {
     pub options: AdapterOptions,
     pub transcode: TranscodeSettings,
     pub subset: Option<Subset>,
+    /// The split models are evaluated on (the recipe's), recorded in the manifest.
+    #[serde(default = "default_eval_split")]
+    pub eval_split: String,
+    /// Held out as `eval_split` when the layout has no images in it.
+    #[serde(default)]
+    pub holdout: Option<Holdout>,
     /// Upper bound on a shard's image bytes (planned from the source file sizes).
     pub shard_bytes: u64,
     /// A row group is closed once its buffered size reaches this.
@@ -75,6 +97,14 @@ impl PrepareConfig {
                 return bad(format!("subset fraction must be in (0, 1], got {}", s.fraction));
             }
         }
+        if let Some(h) = &self.holdout {
+            if !(h.fraction > 0.0 && h.fraction < 1.0) {
+                return bad(format!("held-out fraction must be in (0, 1), got {}", h.fraction));
+            }
+            if self.eval_split == "train" {
+                return bad("cannot hold out the train split from itself".into());
+            }
+        }
         if self.shard_bytes == 0 || self.row_group_bytes == 0 {
             return bad("shard and row-group sizes must be > 0".into());
         }
@@ -87,6 +117,7 @@ impl PrepareConfig {
             "options": self.options,
             "transcode": self.transcode,
             "subset": self.subset,
+            "holdout": self.holdout,
             "shard_bytes": self.shard_bytes,
             "row_group_bytes": self.row_group_bytes,
         })
@@ -144,13 +175,42 @@ pub struct PrepareSummary {
     pub manifest: Option<Manifest>,
 }
 
-/// Lists the dataset and applies the subset, as both `prepare` and `merge` must see it.
+/// Lists the dataset and applies the subset and the held-out split, as both `prepare` and
+/// `merge` must see it.
 pub fn list_dataset(cfg: &PrepareConfig) -> Result<Listing> {
     let mut listing = adapters::list(&cfg.adapter, &cfg.source, &cfg.options)?;
     if let Some(subset) = &cfg.subset {
         apply_subset(&mut listing.images, subset);
     }
+    if let Some(h) = &cfg.holdout {
+        if !listing.images.iter().any(|i| i.split == cfg.eval_split) {
+            apply_holdout(&mut listing.images, &cfg.eval_split, h);
+            listing.images.sort_by(|a, b| (&a.split, &a.id).cmp(&(&b.split, &b.id)));
+        }
+    }
     Ok(listing)
+}
+
+/// A uniform draw in [0, 1) from sha256(seed, id).
+fn unit_hash(seed: u64, id: &str) -> f64 {
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(id.as_bytes());
+    let d = h.finalize();
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes")) as f64 / 2f64.powi(64)
+}
+
+/// Moves the labeled train images whose [`unit_hash`] is below `h.fraction` to `split`;
+/// returns how many moved.
+pub fn apply_holdout(images: &mut [SourceImage], split: &str, h: &Holdout) -> usize {
+    let mut moved = 0;
+    for img in images.iter_mut().filter(|i| i.split == "train" && i.label >= 0) {
+        if unit_hash(h.seed, &img.id) < h.fraction {
+            img.split = split.to_string();
+            moved += 1;
+        }
+    }
+    moved
 }
 
 /// Keeps, per class of the train split, the `ceil(fraction * n)` images with the smallest
@@ -492,6 +552,7 @@ fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) 
         settings: cfg.settings_json(),
         class_names: listing.class_names.clone(),
         splits,
+        eval_split: Some(cfg.eval_split.clone()),
         shards,
         side_tables,
         skipped,

@@ -1,5 +1,6 @@
 //! Dataset recipes (`datasets/<name>.toml`): which adapter reads the layout, where the raw data
-//! usually lives, prepare defaults and the paper's pre-training schedule for the dataset.
+//! usually lives, which split models are evaluated on, prepare defaults, the paper's
+//! pre-training schedule (Table 3, section 5.5) and fine-tuning recipe (Table 9).
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +11,6 @@ use crate::error::{IoContext, PipelineError, Result};
 
 /// ImageNet-1k train images: the paper matches the number of updates of 300 epochs on it.
 pub const IMAGENET_TRAIN_IMAGES: u64 = 1_281_167;
-/// Longer schedules overfit small sets (Cars past ~5k epochs, the paper's Fig. 6).
-pub const MAX_PRETRAIN_EPOCHS: u32 = 5000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,12 +22,15 @@ pub struct Recipe {
     pub homepage: String,
     /// Default raw-data location, relative to the repository root.
     pub data_dir: PathBuf,
+    /// The split fine-tuning, `trainer eval` and the k-NN monitor evaluate on: `test` for the
+    /// datasets that ship train and test only (Cars, Food-101, DomainNet), else `val`.
+    pub eval_split: String,
     #[serde(default)]
     pub options: AdapterOptions,
     #[serde(default)]
     pub prepare: PrepareDefaults,
     pub pretrain: PretrainDefaults,
-    /// Classification fine-tuning schedule; absent for detection/segmentation sets.
+    /// Classification fine-tuning recipe; absent for detection/segmentation sets.
     #[serde(default)]
     pub finetune: Option<FinetuneDefaults>,
 }
@@ -43,6 +45,9 @@ pub struct PrepareDefaults {
     /// Class-balanced share of the train split to keep (ImageNet 1% etc.).
     pub subset_fraction: Option<f64>,
     pub subset_seed: u64,
+    /// When the layout has no evaluation split: the share of each class's images held out as
+    /// one (`folder` datasets without split folders).
+    pub val_fraction: Option<f64>,
 }
 
 impl Default for PrepareDefaults {
@@ -53,32 +58,121 @@ impl Default for PrepareDefaults {
             crop_to_bbox: false,
             subset_fraction: None,
             subset_seed: 0,
+            val_fraction: None,
         }
     }
+}
+
+/// How many pre-training epochs: Table 3's number, or the paper's rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Epochs {
+    Fixed(u32),
+    Rule(EpochRule),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochRule {
+    /// As many updates as 300 epochs of ImageNet at the same batch: `300 x 1,281,167 / n` for
+    /// `n` prepared train images.
+    EqualUpdates,
+}
+
+/// How masked positions are chosen in pre-training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Masking {
+    /// BEiT's block-wise masking (the paper's default for SplitMask's split too).
+    Block,
+    /// Every patch equally likely (section 5.5, the smallest datasets).
+    Uniform,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainDefaults {
-    /// Train images of the full dataset, which the epoch count is derived from.
+    /// Train images of the full dataset (Table 3's column, or the official list's count).
     pub train_images: u64,
-    /// Pre-training epochs (the paper's rule, see [`paper_epochs`]).
-    pub epochs: u32,
-    /// Small datasets use 75% uniform masking and strong augmentation.
-    pub small_dataset: bool,
+    /// Pre-training epochs: Table 3's, or `"equal_updates"` for the paper's rule.
+    pub epochs: Epochs,
+    /// Cap on the epochs the rule gives (the paper: 5,000 for small classification sets).
+    #[serde(default)]
+    pub max_epochs: Option<u32>,
+    #[serde(default = "block")]
+    pub masking: Masking,
+    /// BEiT's masked share; absent: BEiT's 75 of 196 patches (40%).
+    #[serde(default)]
+    pub beit_mask_ratio: Option<f64>,
+    /// Share of the patches each SplitMask branch's encoder sees: 0.5 (a mask and its
+    /// complement) or 0.25 (disjoint quarters, the 75% masking of section 5.5).
+    #[serde(default = "half")]
+    pub split_visible: f64,
+    /// Grayscale, solarization, gaussian blur and color jitter on top of crop + flip.
+    #[serde(default)]
+    pub strong_augmentation: bool,
+    /// Upper bound of the random-resized-crop area (ADE20k: 0.25).
+    #[serde(default = "one")]
+    pub max_crop_scale: f64,
 }
 
+fn block() -> Masking {
+    Masking::Block
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl PretrainDefaults {
+    /// The epochs of a run on `train_images` prepared train images.
+    pub fn epochs_for(&self, train_images: u64) -> u64 {
+        match self.epochs {
+            Epochs::Fixed(e) => e as u64,
+            Epochs::Rule(EpochRule::EqualUpdates) => {
+                let e = equal_update_epochs(train_images);
+                self.max_epochs.map_or(e, |m| e.min(m as u64))
+            }
+        }
+    }
+}
+
+/// The fine-tuning recipe, Table 9's rows. Every field is required: a recipe states the whole
+/// recipe, and the trainer's flags override it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneDefaults {
     pub epochs: u32,
+    /// The batch `lr` is quoted at (the trainer scales lr linearly to batch x accum).
+    pub batch_size: usize,
+    pub lr: f64,
+    /// Layer-wise learning-rate decay; 1 is none.
+    pub layer_decay: f64,
     pub warmup_epochs: f64,
+    /// DeiT's repeated augmentation (3 copies of an image in the same batch).
+    pub repeated_aug: bool,
+    pub randaug_magnitude: f64,
+    pub randaug_std: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub drop_path: f64,
+    pub mixup: f64,
+    pub cutmix: f64,
+    /// Global gradient-norm clip; 0 is none.
+    pub clip_grad: f64,
+    /// Center-crop ratio of the test view.
+    pub crop_ratio: f64,
+    /// Color-jitter strength (timm applies it only without RandAugment).
+    pub color_jitter: f64,
 }
 
-/// Epochs that match the updates of 300 ImageNet epochs, capped at 5000.
-pub fn paper_epochs(train_images: u64) -> u32 {
-    let e = (300.0 * IMAGENET_TRAIN_IMAGES as f64 / train_images.max(1) as f64).round() as u64;
-    e.min(MAX_PRETRAIN_EPOCHS as u64) as u32
+/// Epochs that match the updates of 300 ImageNet epochs on `train_images` images.
+pub fn equal_update_epochs(train_images: u64) -> u64 {
+    (300.0 * IMAGENET_TRAIN_IMAGES as f64 / train_images.max(1) as f64).round() as u64
 }
 
 impl Recipe {
@@ -116,6 +210,36 @@ impl Recipe {
                 format!("unknown adapter {:?}; known: {}", r.adapter, ADAPTERS.join(", ")),
             ));
         }
+        if !["train", "val", "test"].contains(&r.eval_split.as_str()) {
+            return Err(bad(
+                "eval_split",
+                format!("{:?}: expected \"val\" or \"test\"", r.eval_split),
+            ));
+        }
+        let p = &r.pretrain;
+        if !(p.split_visible == 0.5 || p.split_visible == 0.25) {
+            return Err(bad(
+                "pretrain.split_visible",
+                format!("{}: expected 0.5 or 0.25", p.split_visible),
+            ));
+        }
+        if p.beit_mask_ratio.is_some_and(|m| !(m > 0.0 && m < 1.0)) {
+            return Err(bad(
+                "pretrain.beit_mask_ratio",
+                format!("{:?}: must be in (0, 1)", p.beit_mask_ratio),
+            ));
+        }
+        if !(p.max_crop_scale > 0.08 && p.max_crop_scale <= 1.0) {
+            return Err(bad(
+                "pretrain.max_crop_scale",
+                format!("{}: must be in (0.08, 1]", p.max_crop_scale),
+            ));
+        }
+        if let Some(f) = r.prepare.val_fraction {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(bad("prepare.val_fraction", format!("{f}: must be in (0, 1)")));
+            }
+        }
         let root = dir.parent().unwrap_or(Path::new("."));
         r.data_dir = root.join(&r.data_dir);
         r.options.synsets = r.options.synsets.map(|p| root.join(p));
@@ -139,36 +263,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paper_rule() {
-        assert_eq!(paper_epochs(IMAGENET_TRAIN_IMAGES), 300);
-        assert_eq!(paper_epochs(118_287), 3249);
-        assert_eq!(paper_epochs(8_144), 5000);
-    }
-
-    #[test]
-    fn every_recipe_parses_and_follows_the_epoch_rule() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets");
-        let names = Recipe::names(&dir).unwrap();
-        for required in [
-            "imagenet",
-            "imagenette",
-            "coco",
-            "domainnet-clipart",
-            "domainnet-painting",
-            "domainnet-sketch",
-            "inat18",
-            "inat19",
-            "cars",
-            "food101",
-            "ade20k",
-            "folder",
-        ] {
-            assert!(names.iter().any(|n| n == required), "missing recipe {required}");
-        }
-        for name in names {
-            let r = Recipe::load(&dir, &name).unwrap();
-            assert_eq!(r.pretrain.epochs, paper_epochs(r.pretrain.train_images), "{name}");
-        }
+    fn equal_updates_rule() {
+        assert_eq!(equal_update_epochs(IMAGENET_TRAIN_IMAGES), 300);
+        // Table 1: the 10% and 1% subsets get 3,000 and 30,000 epochs.
+        assert_eq!(equal_update_epochs(128_117), 3000);
+        assert_eq!(equal_update_epochs(12_812), 29_999);
+        assert_eq!(equal_update_epochs(118_287), 3249);
+        let capped = PretrainDefaults {
+            train_images: 0,
+            epochs: Epochs::Rule(EpochRule::EqualUpdates),
+            max_epochs: Some(5000),
+            masking: Masking::Block,
+            beit_mask_ratio: None,
+            split_visible: 0.5,
+            strong_augmentation: false,
+            max_crop_scale: 1.0,
+        };
+        assert_eq!(capped.epochs_for(8_144), 5000);
+        assert_eq!(capped.epochs_for(500_000), 769);
+        let fixed = PretrainDefaults {
+            epochs: Epochs::Fixed(800),
+            ..capped
+        };
+        assert_eq!(fixed.epochs_for(1), 800);
     }
 
     #[test]
@@ -176,7 +293,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let recipes = dir.path().join("datasets");
         std::fs::create_dir(&recipes).unwrap();
-        std::fs::write(recipes.join("x.toml"), "name = \"x\"\nadapter = \"nope\"\ndescription=\"\"\nhomepage=\"\"\ndata_dir=\"d\"\n[pretrain]\ntrain_images=1\nepochs=5000\nsmall_dataset=false\n").unwrap();
+        let base = "name = \"x\"\nadapter = \"folder\"\ndescription=\"\"\nhomepage=\"\"\ndata_dir=\"d\"\neval_split=\"val\"\n[pretrain]\ntrain_images=1\nepochs=5000\n";
+        std::fs::write(recipes.join("x.toml"), base.replace("folder", "nope")).unwrap();
         let err = Recipe::load(&recipes, "x").unwrap_err().to_string();
         assert!(
             err.contains("x.toml") && err.contains("adapter") && err.contains("nope"),
@@ -184,5 +302,21 @@ mod tests {
         );
         let err = Recipe::load(&recipes, "missing").unwrap_err().to_string();
         assert!(err.contains("known: x"), "{err}");
+        std::fs::write(recipes.join("x.toml"), format!("{base}split_visible = 0.3\n")).unwrap();
+        let err = Recipe::load(&recipes, "x").unwrap_err().to_string();
+        assert!(err.contains("pretrain.split_visible") && err.contains("0.3"), "{err}");
+        std::fs::write(
+            recipes.join("x.toml"),
+            base.replace("eval_split=\"val\"", "eval_split=\"dev\""),
+        )
+        .unwrap();
+        let err = Recipe::load(&recipes, "x").unwrap_err().to_string();
+        assert!(err.contains("eval_split") && err.contains("dev"), "{err}");
+        std::fs::write(
+            recipes.join("x.toml"),
+            base.replace("epochs=5000", "epochs=\"forever\""),
+        )
+        .unwrap();
+        assert!(Recipe::load(&recipes, "x").is_err());
     }
 }

@@ -21,6 +21,10 @@ pub struct Manifest {
     pub class_names: Vec<String>,
     /// Per split: image counts and per-class counts.
     pub splits: BTreeMap<String, SplitStats>,
+    /// The split models are evaluated on (the recipe's `eval_split`); manifests written before
+    /// it was recorded evaluate on `val`.
+    #[serde(default)]
+    pub eval_split: Option<String>,
     pub shards: Vec<ShardEntry>,
     /// Side tables (COCO annotations), relative file name -> sha256.
     #[serde(default)]
@@ -97,6 +101,20 @@ impl Manifest {
                     })
             })
             .cloned()
+            .collect()
+    }
+
+    /// The split models are evaluated on.
+    pub fn eval_split(&self) -> &str {
+        self.eval_split.as_deref().unwrap_or("val")
+    }
+
+    /// The splits that hold images, for messages about a missing one.
+    pub fn split_names(&self) -> Vec<String> {
+        self.splits
+            .iter()
+            .filter(|(_, s)| s.images > 0)
+            .map(|(k, _)| k.clone())
             .collect()
     }
 

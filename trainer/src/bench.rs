@@ -150,9 +150,9 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
             }
             Method::Splitmask => {
                 let h: Vec<_> = (0..batch)
-                    .map(|_| draw_split(&mut rng, g, g, MaskSpec::block_for_grid(g * g)))
+                    .map(|_| draw_split(&mut rng, g, g, g * g / 2, MaskSpec::block_for_grid(g * g)))
                     .collect();
-                Masks::split(&h, device)
+                Masks::split(&h, g * g, device)
             }
         };
         let b = MimBatch {

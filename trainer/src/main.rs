@@ -11,7 +11,9 @@ use trainer::bench::{bench_steps, BenchArgs, BenchResult, BenchSpec};
 use trainer::eval::frozen::{evaluate, EvalResults, EvalSpec, FrozenEncoder};
 use trainer::eval::probe::ProbeConfig;
 use trainer::model::vit::VitConfig;
-use trainer::train::config::{load_config, FinetuneArgs, FinetuneConfig, PretrainArgs, PretrainConfig};
+use trainer::train::config::{
+    check_split, init_paths, load_config, FinetuneArgs, FinetuneConfig, PretrainArgs, PretrainConfig,
+};
 use trainer::train::finetune::{finetune, FinetuneResults};
 use trainer::train::pretrain::{pretrain, RunSummary};
 use trainer::train::pretrained::frozen_encoder;
@@ -82,7 +84,8 @@ enum Command {
 /// `trainer eval` arguments: which encoder, which data, how many images.
 #[derive(Debug, Clone, clap::Args)]
 struct EvalArgs {
-    /// Pre-training run folder (results.json goes there unless --out is given).
+    /// Pre-training run folder (results.json goes there unless --out is given), or a
+    /// checkpoint in one (`<run>/best.safetensors`).
     #[arg(long)]
     run: Option<PathBuf>,
     /// Evaluate a random-init encoder of this preset instead of a run.
@@ -94,6 +97,9 @@ struct EvalArgs {
     /// Folder for results.json (required with --random-init).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Split the probes and k-NN are evaluated on (default: the dataset's).
+    #[arg(long)]
+    eval_split: Option<String>,
     /// Train images for the k-NN bank and the probes (spread over classes).
     #[arg(long, default_value_t = 10_000)]
     train_images: usize,
@@ -118,9 +124,10 @@ impl EvalArgs {
     fn resolve(&self) -> Result<(Encoder, EvalSpec, PathBuf)> {
         let (encoder, data, out) = match (&self.run, &self.random_init) {
             (Some(run), None) => {
-                let pre = load_config(run)?;
+                let folder = init_paths(run).0;
+                let pre = load_config(&folder)?;
                 let data = self.data.clone().unwrap_or(pre.run.data);
-                let out = self.out.clone().unwrap_or_else(|| run.clone());
+                let out = self.out.clone().unwrap_or(folder);
                 (Encoder::Run(run.clone()), data, out)
             }
             (None, Some(model)) => {
@@ -136,7 +143,14 @@ impl EvalArgs {
             }
             _ => anyhow::bail!("pass exactly one of --run and --random-init"),
         };
+        let manifest = pipeline::prepare::load_manifest(&data)?;
+        let eval_split = self
+            .eval_split
+            .clone()
+            .unwrap_or_else(|| manifest.eval_split().to_string());
+        check_split(&manifest, &eval_split, &data)?;
         let spec = EvalSpec {
+            eval_split,
             data,
             train_images: self.train_images,
             val_images: self.val_images,
@@ -219,14 +233,15 @@ fn main() -> Result<()> {
             eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
             match backend.run(Precision::Bf16, FinetuneTask(&cfg, args.run.resume, !args.run.quiet))?? {
                 Some(r) => println!(
-                    "fine-tuned {} ({}) for {} steps in {:.0} s: val top-1 {:.2}%, top-5 {:.2}% on {} images (best top-1 {:.2}% at step {}); {}",
+                    "fine-tuned {} ({}) for {} steps in {:.0} s: {} top-1 {:.2}%, top-5 {:.2}% on {} images (best top-1 {:.2}% at step {}); {}",
                     r.model,
                     r.init,
                     r.steps,
                     r.seconds,
-                    100.0 * r.val.top1,
-                    100.0 * r.val.top5,
-                    r.val.images,
+                    r.eval_split,
+                    100.0 * r.eval.top1,
+                    100.0 * r.eval.top5,
+                    r.eval.images,
                     100.0 * r.best_top1,
                     r.best_step,
                     cfg.run.out.join("results.json").display()
@@ -241,9 +256,10 @@ fn main() -> Result<()> {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             write_results(&out, &r)?;
             println!(
-                "{} ({}): k-NN top-1 {:.2}%, best linear probe {:.2}% (layer {} of {}), last layer {:.2}%; {}",
+                "{} ({}) on {}: k-NN top-1 {:.2}%, best linear probe {:.2}% (layer {} of {}), last layer {:.2}%; {}",
                 r.model,
                 r.init,
+                r.eval_split,
                 100.0 * r.knn.top1,
                 100.0 * r.best_probe.top1,
                 r.best_probe.layer,

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::common::*;
 use pipeline::adapters::{self, AdapterOptions};
 use pipeline::matfile::{read_variable, MatValue};
-use pipeline::prepare::Subset;
+use pipeline::prepare::{PrepareConfig, Subset};
 
 fn copy(src: &Path, dst: &Path) {
     write_file(dst, &std::fs::read(src).unwrap());
@@ -414,4 +414,77 @@ fn folder_with_split_folders_loses_nothing() {
     );
     let skipped: Vec<&str> = l.skipped.iter().map(|s| s.path.as_str()).collect();
     assert_eq!(skipped, vec!["README.jpg", "extra/f.jpg", "val/horse/e.jpg"]);
+}
+
+#[test]
+fn folder_without_split_folders_holds_out_a_stable_stratified_val_split() {
+    use pipeline::prepare::{list_dataset, Holdout};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("mine");
+    let jpeg = tiny_jpeg(12, 12, 4);
+    // Three classes of 400, 200 and 60 images, plus an unlabeled file.
+    let sizes = [("ants", 400), ("bees", 200), ("wasps", 60)];
+    for (class, n) in sizes {
+        for i in 0..n {
+            write_file(&root.join(format!("{class}/{i:04}.jpg")), &jpeg);
+        }
+    }
+    write_file(&root.join("loose.jpg"), &jpeg);
+    let mut cfg = config("folder", &root, &tmp.path().join("out"));
+    cfg.holdout = Some(Holdout { fraction: 0.2, seed: 0 });
+    let val_ids = |cfg: &PrepareConfig| -> Vec<(String, i32)> {
+        list_dataset(cfg)
+            .unwrap()
+            .images
+            .into_iter()
+            .filter(|i| i.split == "val")
+            .map(|i| (i.id, i.label))
+            .collect()
+    };
+    let val = val_ids(&cfg);
+    // Stratified: each class keeps about 20% of its images in val (binomial sd: 8, 5.7, 3.1).
+    for (label, (class, n)) in sizes.iter().enumerate() {
+        let k = val.iter().filter(|(_, l)| *l == label as i32).count() as f64;
+        let expect = 0.2 * *n as f64;
+        let sd = (*n as f64 * 0.2 * 0.8).sqrt();
+        assert!((k - expect).abs() < 3.0 * sd, "{class}: {k} of {n} held out");
+    }
+    assert!(
+        val.iter().all(|(id, _)| id != "loose.jpg"),
+        "unlabeled files stay in train"
+    );
+    // Deterministic for a seed, another seed draws another split.
+    assert_eq!(val, val_ids(&cfg));
+    let mut other = cfg.clone();
+    other.holdout.as_mut().unwrap().seed = 1;
+    assert_ne!(val, val_ids(&other));
+    // Adding files moves no existing file between the splits.
+    for i in 400..700 {
+        write_file(&root.join(format!("ants/{i:04}.jpg")), &jpeg);
+    }
+    write_file(&root.join("moths/0000.jpg"), &jpeg);
+    let grown = val_ids(&cfg);
+    for (id, _) in &val {
+        assert!(
+            grown.iter().any(|(g, _)| g == id),
+            "{id} left val when files were added"
+        );
+    }
+    let new_val = grown.iter().filter(|(id, _)| !val.iter().any(|(v, _)| v == id));
+    assert!(
+        new_val
+            .clone()
+            .all(|(id, _)| id.as_str() >= "ants/0400.jpg" && id.starts_with("ants/") || id.starts_with("moths/")),
+        "only new files join val"
+    );
+    // The manifest records the evaluation split; a layout that has one is left as it is.
+    let m = run(&cfg);
+    assert_eq!(m.eval_split(), "val");
+    assert_eq!(m.splits["val"].images as usize, grown.len());
+    let split_root = tmp.path().join("split");
+    write_file(&split_root.join("train/ants/a.jpg"), &jpeg);
+    write_file(&split_root.join("val/ants/b.jpg"), &jpeg);
+    let mut with_val = config("folder", &split_root, &tmp.path().join("out2"));
+    with_val.holdout = cfg.holdout.clone();
+    assert_eq!(val_ids(&with_val), vec![("val/ants/b.jpg".to_string(), 0)]);
 }

@@ -46,6 +46,8 @@ pub fn config(adapter: &str, source: &Path, out: &Path) -> PrepareConfig {
         options: AdapterOptions::default(),
         transcode: TranscodeSettings::default(),
         subset: None,
+        eval_split: "val".into(),
+        holdout: None,
         shard_bytes: 256_000_000,
         row_group_bytes: 64_000_000,
     }

@@ -7,5 +7,6 @@ mod bad_input;
 mod common;
 mod layering;
 mod real_data;
+mod recipes;
 mod resume;
 mod vocab;

@@ -31,6 +31,10 @@ pub struct AugmentConfig {
     pub random_crop: bool,
     /// Color jitter, grayscale, blur and solarization (the paper's small-dataset setting).
     pub strong: bool,
+    /// Brightness, contrast and saturation jitter of this strength on every view (BEiT's
+    /// pre-training augmentation: 0.4); 0 is off.
+    #[serde(default)]
+    pub color_jitter: f64,
     /// RandAugment after the crop and flip (fine-tuning).
     #[serde(default)]
     pub randaugment: Option<RandAugmentConfig>,
@@ -52,6 +56,7 @@ impl AugmentConfig {
             flip: true,
             random_crop: true,
             strong,
+            color_jitter: 0.0,
             randaugment: None,
             erase_prob: 0.0,
             repeats: 1,
@@ -126,6 +131,12 @@ pub fn train_view<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> (
     if flipped {
         image::imageops::flip_horizontal_in_place(&mut view);
     }
+    if cfg.color_jitter > 0.0 {
+        let j = cfg.color_jitter as f32;
+        let mut px = to_unit(&view);
+        color_jitter(&mut px, [j, j, j], rng);
+        from_unit(&mut view, &px);
+    }
     if cfg.strong {
         strong_augment(&mut view, rng);
     }
@@ -147,25 +158,63 @@ pub fn eval_view(img: &RgbImage, size: u32, crop_ratio: f64) -> RgbImage {
     )
 }
 
-/// BYOL/DINO-style strong augmentation in place: color jitter (p 0.8: brightness and
-/// contrast 0.4, saturation 0.2, in that order), grayscale (p 0.2), gaussian blur
-/// (p 0.5, sigma 0.1-2 in units of 224 px views), solarization (p 0.2). Hue jitter is left
-/// out (it needs an HSV round trip for a small effect).
-pub fn strong_augment<R: Rng>(view: &mut RgbImage, rng: &mut R) {
-    let mut px: Vec<f32> = view.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
-    let gray = |p: &[f32]| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
-    if rng.random_bool(0.8) {
-        let b = rng.random_range(0.6..=1.4f32);
-        let c = rng.random_range(0.6..=1.4f32);
-        let s = rng.random_range(0.8..=1.2f32);
-        px.iter_mut().for_each(|v| *v = (*v * b).clamp(0.0, 1.0));
-        let mean = px.chunks(3).map(gray).sum::<f32>() / (px.len() / 3) as f32;
-        px.iter_mut()
-            .for_each(|v| *v = ((*v - mean) * c + mean).clamp(0.0, 1.0));
-        for p in px.chunks_mut(3) {
-            let g = gray(p);
-            p.iter_mut().for_each(|v| *v = ((*v - g) * s + g).clamp(0.0, 1.0));
+fn to_unit(view: &RgbImage) -> Vec<f32> {
+    view.as_raw().iter().map(|&v| v as f32 / 255.0).collect()
+}
+
+fn from_unit(view: &mut RgbImage, px: &[f32]) {
+    for (o, v) in view.iter_mut().zip(px) {
+        *o = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+    }
+}
+
+fn gray(p: &[f32]) -> f32 {
+    0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
+}
+
+/// torchvision's `ColorJitter(brightness, contrast, saturation)` on interleaved RGB in [0, 1]:
+/// each factor uniform in `[1 - s, 1 + s]`, the three applied in a random order; a strength of
+/// 0 leaves its operation out, as torchvision does.
+pub fn color_jitter<R: Rng>(px: &mut [f32], [b, c, s]: [f32; 3], rng: &mut R) {
+    let mut order = [0usize, 1, 2];
+    for i in (1..3).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let factor = |rng: &mut R, s: f32| {
+        if s > 0.0 {
+            rng.random_range(1.0 - s..=1.0 + s)
+        } else {
+            1.0
         }
+    };
+    let (fb, fc, fs) = (factor(rng, b), factor(rng, c), factor(rng, s));
+    let strengths = [b, c, s];
+    for op in order.into_iter().filter(|&op| strengths[op] > 0.0) {
+        match op {
+            0 => px.iter_mut().for_each(|v| *v = (*v * fb).clamp(0.0, 1.0)),
+            1 => {
+                let mean = px.chunks(3).map(gray).sum::<f32>() / (px.len() / 3).max(1) as f32;
+                px.iter_mut()
+                    .for_each(|v| *v = ((*v - mean) * fc + mean).clamp(0.0, 1.0));
+            }
+            _ => {
+                for p in px.chunks_mut(3) {
+                    let g = gray(p);
+                    p.iter_mut().for_each(|v| *v = ((*v - g) * fs + g).clamp(0.0, 1.0));
+                }
+            }
+        }
+    }
+}
+
+/// BYOL/DINO-style strong augmentation in place: color jitter (p 0.8: brightness and
+/// contrast 0.4, saturation 0.2), grayscale (p 0.2), gaussian blur (p 0.5, sigma 0.1-2 in
+/// units of 224 px views), solarization (p 0.2). Hue jitter is left out (it needs an HSV
+/// round trip for a small effect).
+pub fn strong_augment<R: Rng>(view: &mut RgbImage, rng: &mut R) {
+    let mut px = to_unit(view);
+    if rng.random_bool(0.8) {
+        color_jitter(&mut px, [0.4, 0.4, 0.2], rng);
     }
     if rng.random_bool(0.2) {
         for p in px.chunks_mut(3) {
@@ -185,9 +234,7 @@ pub fn strong_augment<R: Rng>(view: &mut RgbImage, rng: &mut R) {
             }
         });
     }
-    for (o, v) in view.iter_mut().zip(px) {
-        *o = (v * 255.0).round().clamp(0.0, 255.0) as u8;
-    }
+    from_unit(view, &px);
 }
 
 /// Separable gaussian blur of an interleaved RGB float image (edges clamped).
@@ -319,6 +366,28 @@ mod tests {
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), img);
         assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn color_jitter_stays_in_range_and_keeps_gray_gray() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut changed = 0;
+        for _ in 0..50 {
+            // A gray ramp stays gray (saturation has nothing to act on); values stay in [0, 1].
+            let mut px: Vec<f32> = (0..30).flat_map(|i| [i as f32 / 29.0; 3]).collect();
+            let before = px.clone();
+            color_jitter(&mut px, [0.4, 0.4, 0.4], &mut rng);
+            assert!(px.iter().all(|v| (0.0..=1.0).contains(v)));
+            assert!(px
+                .chunks(3)
+                .all(|p| (p[0] - p[1]).abs() < 1e-6 && (p[1] - p[2]).abs() < 1e-6));
+            changed += (px != before) as usize;
+        }
+        assert!(changed > 45, "{changed}");
+        // Strength 0 leaves the pixels alone.
+        let mut px = vec![0.2f32, 0.5, 0.9];
+        color_jitter(&mut px, [0.0; 3], &mut rng);
+        assert_eq!(px, vec![0.2, 0.5, 0.9]);
     }
 
     #[test]

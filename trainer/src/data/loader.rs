@@ -42,8 +42,10 @@ impl HostBatch {
     }
 }
 
-/// The sample order of an epoch. With `repeats` > 1 (repeated augmentation), `n / repeats`
-/// images are drawn and each appears `repeats` times, spread over the epoch.
+/// The sample order of an epoch. With `repeats` > 1 (DeiT's repeated augmentation),
+/// `n / repeats` images are drawn and each appears `repeats` times in a row, so its copies
+/// (each with its own view) fall in the same batch, as DeiT's sampler puts them in the same
+/// global batch.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64, repeats: u32) -> Vec<usize> {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, epoch, u64::MAX));
     let mut order: Vec<usize> = (0..n).collect();
@@ -52,7 +54,6 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64, repeats: u32) -> Vec<usize> 
         let r = repeats as usize;
         order.truncate(n.div_ceil(r));
         let mut repeated: Vec<usize> = order.iter().flat_map(|&i| std::iter::repeat_n(i, r)).collect();
-        repeated.shuffle(&mut rng);
         repeated.truncate(n);
         order = repeated;
     }
@@ -252,5 +253,8 @@ mod tests {
         assert!((33..=34).contains(&counts.len()));
         assert!(counts.values().all(|&c| (1..=3).contains(&c)));
         assert!(counts.values().filter(|&&c| c == 3).count() >= 32);
+        // The copies of an image are consecutive: a batch holds them together.
+        assert!(r.chunks(3).all(|c| c.iter().all(|&i| i == c[0])), "{r:?}");
+        assert_ne!(r, epoch_order(100, 1, 1, 3));
     }
 }

@@ -48,13 +48,24 @@ impl TopK {
 }
 
 /// Accuracy of a classifier on eval views.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifyResult {
     pub top1: f64,
     pub top5: f64,
     /// Mean cross-entropy (no smoothing).
     pub loss: f64,
     pub images: usize,
+    /// How often each class was predicted (a collapsed model predicts one class).
+    #[serde(default)]
+    pub predictions: Vec<u64>,
+}
+
+impl ClassifyResult {
+    /// The share of the images given the most predicted class.
+    pub fn majority_share(&self) -> f64 {
+        let top = self.predictions.iter().copied().max().unwrap_or(0);
+        top as f64 / self.images.max(1) as f64
+    }
 }
 
 /// Top-1 / top-5 accuracy and loss of `model` on the images at `indices`.
@@ -69,14 +80,19 @@ pub fn classify<B: Backend>(
 ) -> Result<ClassifyResult, DataError> {
     let mut hits = TopK::default();
     let mut loss = 0f64;
+    let mut predictions = Vec::new();
     for chunk in indices.chunks(batch.max(1)) {
         let (x, labels) = eval_images::<B>(set, chunk, image_size, crop_ratio, device)?;
         let logits = model.forward(x, Mode::Eval);
         let classes = logits.dims()[1];
+        predictions.resize(classes, 0);
         let logp: Vec<f32> = log_softmax(logits, 1).into_data().iter::<f32>().collect();
         for (row, &label) in logp.chunks(classes).zip(&labels) {
             hits.add(row, label as usize);
             loss -= row[label as usize] as f64;
+            // The first of the highest scores, the same tie rule as `rank`.
+            let best = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+            predictions[best] += 1;
         }
     }
     let (top1, top5) = hits.rates();
@@ -85,6 +101,7 @@ pub fn classify<B: Backend>(
         top5,
         loss: loss / indices.len().max(1) as f64,
         images: indices.len(),
+        predictions,
     })
 }
 

@@ -20,6 +20,8 @@ use crate::model::vit::{Vit, VitConfig};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSpec {
     pub data: PathBuf,
+    /// The split evaluated on (queries of the k-NN, test set of the probes).
+    pub eval_split: String,
     /// Train images for the k-NN bank and probe training (spread over the split).
     pub train_images: usize,
     pub val_images: usize,
@@ -81,6 +83,9 @@ pub struct EvalResults {
     /// The pre-training run's seed (the init seed for random-init encoders).
     #[serde(default)]
     pub seed: u64,
+    /// The split evaluated on.
+    #[serde(default = "val")]
+    pub eval_split: String,
     pub knn: KnnResult,
     /// One probe per block output, then the final norm's.
     pub probes: Vec<ProbeResult>,
@@ -88,11 +93,15 @@ pub struct EvalResults {
     pub seconds: f64,
 }
 
+fn val() -> String {
+    "val".into()
+}
+
 /// k-NN and per-layer probes of `frozen` on `spec.data`.
 pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: &B::Device) -> Result<EvalResults> {
     let started = Instant::now();
     let mut train = ImageSet::load(&spec.data, "train")?;
-    let mut val = ImageSet::load(&spec.data, "val")?;
+    let mut val = ImageSet::load(&spec.data, &spec.eval_split)?;
     let classes = train.class_names.len().max(1);
     train.keep_labeled(classes);
     val.keep_labeled(classes);
@@ -166,6 +175,7 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
         vocab: s.vocab.clone(),
         pretrain_steps: s.pretrain_steps,
         seed: s.seed,
+        eval_split: spec.eval_split.clone(),
         knn: knn_result,
         probes,
         best_probe,

@@ -50,11 +50,12 @@ pub type Mask = Vec<bool>;
 /// Draws exactly `count` masked positions on a `height x width` grid.
 ///
 /// Block masking follows BEiT's generator (ten tries per block, a block may overlap earlier
-/// ones, and it must add at least one new patch without overshooting `count`). BEiT's generator
-/// stops short when no block fits the remainder; here the remainder is topped up with single
-/// random patches so every mask has exactly `count` positions, which SplitMask needs (both
-/// halves must have the same length to be batched) and which keeps BEiT's loss normalised by
-/// a fixed count.
+/// ones, and it must add at least one new patch without overshooting `count`); when less than
+/// a minimum block is left, it tries blocks of an area between the remainder and the minimum,
+/// as BEiT's `random.uniform(min, remainder)` does. BEiT's generator stops short when no block
+/// fits; here the remainder is then topped up with single random patches so every mask has
+/// exactly `count` positions, which SplitMask needs (both halves must have the same length to
+/// be batched) and which keeps BEiT's loss normalised by a fixed count.
 pub fn draw_mask<R: Rng>(rng: &mut R, height: usize, width: usize, count: usize, spec: MaskSpec) -> Mask {
     let n = height * width;
     assert!(count <= n, "cannot mask {count} of {n} patches");
@@ -97,11 +98,15 @@ fn add_block<R: Rng>(
     room: usize,
     log_aspect: (f64, f64),
 ) -> usize {
-    if room < min_block {
-        return 0;
-    }
+    // Python's uniform(a, b) with a > b draws from [b, a]: near the end, blocks smaller than
+    // the minimum still get their chance before single patches fill the rest.
+    let (lo, hi) = if room < min_block {
+        (room, min_block)
+    } else {
+        (min_block, room)
+    };
     for _ in 0..10 {
-        let area = rng.random_range(min_block as f64..=room as f64);
+        let area = rng.random_range(lo as f64..=hi as f64);
         let aspect = rng.random_range(log_aspect.0..=log_aspect.1).exp();
         let h = (area * aspect).sqrt().round() as usize;
         let w = (area / aspect).sqrt().round() as usize;
@@ -127,18 +132,51 @@ fn add_block<R: Rng>(
     0
 }
 
-/// SplitMask's partition of the grid into two halves of exactly `n / 2` patches: half A is a
-/// 50% block mask, half B its complement. Returns (A, B) as sorted patch indices.
-pub fn draw_split<R: Rng>(rng: &mut R, height: usize, width: usize, spec: MaskSpec) -> (Vec<usize>, Vec<usize>) {
+/// SplitMask's two branches on a `height x width` grid: the sorted patch indices each branch's
+/// encoder sees, `visible` per branch and disjoint. With `visible` = n/2, half A is a mask of
+/// n/2 patches (blocks or uniform, per `spec`) and half B its complement: the paper's default.
+/// With fewer, A and B are two disjoint uniform draws of `visible` patches (the "uniform masking
+/// of 75%" of the paper's smallest datasets at n/4), and each branch predicts everything it did
+/// not see.
+pub fn draw_split<R: Rng>(
+    rng: &mut R,
+    height: usize,
+    width: usize,
+    visible: usize,
+    spec: MaskSpec,
+) -> (Vec<usize>, Vec<usize>) {
     let n = height * width;
     assert!(
-        n.is_multiple_of(2),
-        "SplitMask needs an even number of patches, got {n}"
+        visible > 0 && 2 * visible <= n,
+        "SplitMask branches of {visible} of {n} patches"
     );
-    let mask = draw_mask(rng, height, width, n / 2, spec);
-    let a = (0..n).filter(|&i| mask[i]).collect();
-    let b = (0..n).filter(|&i| !mask[i]).collect();
+    if 2 * visible == n {
+        let mask = draw_mask(rng, height, width, visible, spec);
+        let a = (0..n).filter(|&i| mask[i]).collect();
+        let b = (0..n).filter(|&i| !mask[i]).collect();
+        return (a, b);
+    }
+    assert!(
+        spec == MaskSpec::Uniform,
+        "branches of less than half the grid are drawn uniformly"
+    );
+    let mut order: Vec<usize> = (0..n).collect();
+    for k in 0..2 * visible {
+        let j = rng.random_range(k..n);
+        order.swap(k, j);
+    }
+    let mut a = order[..visible].to_vec();
+    let mut b = order[visible..2 * visible].to_vec();
+    a.sort_unstable();
+    b.sort_unstable();
     (a, b)
+}
+
+/// The sorted positions of `0..n` not in `seen`.
+pub fn complement(seen: &[usize], n: usize) -> Vec<usize> {
+    let mut hidden = vec![true; n];
+    seen.iter().for_each(|&i| hidden[i] = false);
+    (0..n).filter(|&i| hidden[i]).collect()
 }
 
 #[cfg(test)]
@@ -241,7 +279,7 @@ mod tests {
         for (h, w) in [(14, 14), (8, 8), (4, 6)] {
             let spec = MaskSpec::block_for_grid(h * w);
             for _ in 0..100 {
-                let (a, b) = draw_split(&mut rng, h, w, spec);
+                let (a, b) = draw_split(&mut rng, h, w, h * w / 2, spec);
                 assert_eq!(a.len(), h * w / 2);
                 assert_eq!(b.len(), h * w / 2);
                 let mut all: Vec<usize> = a.iter().chain(&b).copied().collect();
@@ -252,11 +290,48 @@ mod tests {
     }
 
     #[test]
+    fn quarter_branches_are_disjoint_uniform_and_of_exact_size() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut hits = [0usize; 64];
+        for _ in 0..2000 {
+            let (a, b) = draw_split(&mut rng, 8, 8, 16, MaskSpec::Uniform);
+            assert_eq!((a.len(), b.len()), (16, 16));
+            assert!(a.windows(2).all(|w| w[0] < w[1]) && b.windows(2).all(|w| w[0] < w[1]));
+            assert!(a.iter().all(|i| !b.contains(i)), "disjoint");
+            let hidden = complement(&a, 64);
+            assert_eq!(hidden.len(), 48, "each branch predicts the 3/4 it did not see");
+            assert!(b.iter().all(|i| hidden.contains(i)));
+            for &i in &a {
+                hits[i] += 1;
+            }
+        }
+        // Each position is in A a quarter of the time (500 expected, sd ~19).
+        assert!(hits.iter().all(|&h| (420..580).contains(&h)), "{hits:?}");
+    }
+
+    #[test]
+    fn block_masks_top_up_with_small_blocks_first() {
+        // With 5 patches left and a 16-patch minimum, BEiT's generator still places small blocks:
+        // some tries add several patches at once, never more than the room.
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let log_aspect = (0.3f64.ln(), (1.0 / 0.3f64).ln());
+        let mut several = 0;
+        for _ in 0..200 {
+            let mut m = vec![false; 196];
+            m[..91].iter_mut().for_each(|v| *v = true);
+            let added = add_block(&mut rng, &mut m, 14, 14, 16, 5, log_aspect);
+            assert!(added <= 5, "{added}");
+            several += (added > 1) as usize;
+        }
+        assert!(several > 20, "small blocks are placed: {several} of 200");
+    }
+
+    #[test]
     fn masks_are_deterministic_by_seed() {
         let draw = |seed| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             (0..10)
-                .map(|_| draw_split(&mut rng, 14, 14, MaskSpec::paper_block()))
+                .map(|_| draw_split(&mut rng, 14, 14, 98, MaskSpec::paper_block()))
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));

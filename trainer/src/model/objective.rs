@@ -3,6 +3,7 @@
 
 use burn::prelude::*;
 
+use crate::model::masking::complement;
 use crate::model::vit::{Mode, Vit};
 
 /// Which pre-training method; selects the model and the masks drawn for it.
@@ -33,8 +34,14 @@ pub enum Masks<B: Backend> {
         /// `[batch, patches, 1]`: 1 at masked positions, 0 elsewhere.
         weight: Tensor<B, 3>,
     },
-    /// SplitMask: the two halves, `[batch, patches / 2]` each.
-    Split { a: Tensor<B, 2, Int>, b: Tensor<B, 2, Int> },
+    /// SplitMask: the patches each branch's encoder sees (`[batch, k]`, disjoint), and the
+    /// positions each branch predicts (`[batch, patches - k]`, the complement of what it saw).
+    Split {
+        a: Tensor<B, 2, Int>,
+        b: Tensor<B, 2, Int>,
+        hidden_a: Tensor<B, 2, Int>,
+        hidden_b: Tensor<B, 2, Int>,
+    },
 }
 
 impl<B: Backend> Masks<B> {
@@ -53,17 +60,23 @@ impl<B: Backend> Masks<B> {
         }
     }
 
-    /// From per-sample (A, B) halves.
-    pub fn split(halves: &[(Vec<usize>, Vec<usize>)], device: &B::Device) -> Self {
-        let k = halves[0].0.len();
-        let flat = |side: usize| -> Tensor<B, 2, Int> {
-            let v: Vec<i64> = halves
-                .iter()
-                .flat_map(|h| if side == 0 { &h.0 } else { &h.1 }.iter().map(|&i| i as i64))
-                .collect();
-            Tensor::from_data(TensorData::new(v, [halves.len(), k]), device)
+    /// From per-sample visible sets (A, B) of a grid of `patches`.
+    pub fn split(branches: &[(Vec<usize>, Vec<usize>)], patches: usize, device: &B::Device) -> Self {
+        let index = |sets: Vec<&[usize]>| -> Tensor<B, 2, Int> {
+            let k = sets[0].len();
+            let v: Vec<i64> = sets.iter().flat_map(|s| s.iter().map(|&i| i as i64)).collect();
+            Tensor::from_data(TensorData::new(v, [sets.len(), k]), device)
         };
-        Masks::Split { a: flat(0), b: flat(1) }
+        let hidden: Vec<(Vec<usize>, Vec<usize>)> = branches
+            .iter()
+            .map(|(a, b)| (complement(a, patches), complement(b, patches)))
+            .collect();
+        Masks::Split {
+            a: index(branches.iter().map(|h| h.0.as_slice()).collect()),
+            b: index(branches.iter().map(|h| h.1.as_slice()).collect()),
+            hidden_a: index(hidden.iter().map(|h| h.0.as_slice()).collect()),
+            hidden_b: index(hidden.iter().map(|h| h.1.as_slice()).collect()),
+        }
     }
 }
 
@@ -158,12 +171,26 @@ pub(crate) mod test_support {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         B::seed(device, seed);
         let halves: Vec<_> = (0..b)
-            .map(|_| draw_split(&mut rng, 4, 4, MaskSpec::block_for_grid(16)))
+            .map(|_| draw_split(&mut rng, 4, 4, 8, MaskSpec::block_for_grid(16)))
             .collect();
         MimBatch {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
             targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
-            masks: Masks::split(&halves, device),
+            masks: Masks::split(&halves, 16, device),
+        }
+    }
+
+    /// Random 32 px images and tokens with quarter branches (4 of 16 patches each, uniform).
+    pub fn quarter_batch<B: Backend>(b: usize, vocab: usize, seed: u64, device: &B::Device) -> MimBatch<B> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        B::seed(device, seed);
+        let branches: Vec<_> = (0..b)
+            .map(|_| draw_split(&mut rng, 4, 4, 4, MaskSpec::Uniform))
+            .collect();
+        MimBatch {
+            images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
+            targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
+            masks: Masks::split(&branches, 16, device),
         }
     }
 }

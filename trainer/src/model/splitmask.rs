@@ -1,8 +1,9 @@
-//! SplitMask: the patches are split into halves A (a 50% block mask) and B (its complement).
-//! One shared encoder sees each half alone; a small decoder gets the encoded half plus mask
-//! tokens at the other half's positions and predicts that half's visual tokens, so every patch
-//! has a loss. The average-pooled decoder outputs of the two branches are matched with a
-//! symmetric InfoNCE, the other images of the batch being the negatives.
+//! SplitMask: the patches are split into subsets A and B (by default a 50% block mask and its
+//! complement; on the smallest datasets two disjoint uniform quarters). One shared encoder
+//! sees each subset alone; a small decoder gets the encoded subset plus mask tokens at every
+//! position that branch did not see and predicts their visual tokens (with halves: the other
+//! half, so every patch has a loss). The average-pooled decoder outputs of the two branches are
+//! matched with a symmetric InfoNCE, the other images of the batch being the negatives.
 
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
@@ -22,7 +23,11 @@ pub struct SplitMaskConfig {
     /// InfoNCE temperature.
     #[config(default = 0.2)]
     pub temperature: f64,
-    /// Weight of the InfoNCE term in the total loss.
+    /// Weight of the masked-token term in the total loss (0: the "match only" ablation of the
+    /// paper's Table 8).
+    #[config(default = 1.0)]
+    pub mim_weight: f64,
+    /// Weight of the InfoNCE term in the total loss (0: "inpaint only", Table 8).
     #[config(default = 1.0)]
     pub contrastive_weight: f64,
 }
@@ -40,6 +45,8 @@ pub struct SplitMask<B: Backend> {
     pub head: Linear<B>,
     #[module(skip)]
     pub temperature: f64,
+    #[module(skip)]
+    pub mim_weight: f64,
     #[module(skip)]
     pub contrastive_weight: f64,
 }
@@ -70,6 +77,7 @@ impl<B: Backend> SplitMask<B> {
             decoder_pos: param(trunc_normal(rng, n * d, 0.02), [1, n, d], device),
             head: linear(rng, d, vocab, 1.0, device),
             temperature: cfg.temperature,
+            mim_weight: cfg.mim_weight,
             contrastive_weight: cfg.contrastive_weight,
         }
     }
@@ -83,28 +91,36 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
     /// # Shapes
     /// - batch.images: `[batch, 3, height, width]`
     /// - batch.targets: `[batch, patches]`
-    /// - masks: `Masks::Split`, halves of `[batch, patches / 2]`
+    /// - masks: `Masks::Split`, visible sets of `[batch, k]` and hidden ones of
+    ///   `[batch, patches - k]`
     fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B> {
-        let Masks::Split { a, b: b_idx } = &batch.masks else {
+        let Masks::Split {
+            a,
+            b: b_idx,
+            hidden_a,
+            hidden_b,
+        } = &batch.masks
+        else {
             panic!("SplitMask trains on Masks::Split, the engine drew BEiT masks");
         };
         let enc = &self.encoder;
-        let (a, b_idx) = (a.clone(), b_idx.clone());
         let [b, k] = a.dims();
+        let h = hidden_a.dims()[1];
+        let n = k + h;
         let x = enc.embed(batch.images.clone()); // [batch, patches, dim]
         let d = x.dims()[2];
-        // Both halves through the shared encoder in one call: [2 * batch, k, dim].
-        let halves = Tensor::cat(
+        // Both branches through the shared encoder in one call: [2 * batch, k, dim].
+        let branches = Tensor::cat(
             vec![gather_tokens(x.clone(), a.clone()), gather_tokens(x, b_idx.clone())],
             0,
         );
-        let h = enc.encode(halves, mode);
-        let h = h.slice([0..2 * b, 1..k + 1, 0..d]); // drop the class token: [2 * batch, k, dim]
+        let z = enc.encode(branches, mode);
+        let z = z.slice([0..2 * b, 1..k + 1, 0..d]); // drop the class token: [2 * batch, k, dim]
         let visible = Tensor::cat(vec![a.clone(), b_idx.clone()], 0); // [2 * batch, k]
-        let missing = Tensor::cat(vec![b_idx.clone(), a.clone()], 0);
-        let pos = self.decoder_pos.val().expand([2 * b, 2 * k, d]);
-        let vis = h + gather_tokens(pos.clone(), visible);
-        let miss = self.mask_token.val().expand([2 * b, k, d]) + gather_tokens(pos, missing.clone());
+        let missing = Tensor::cat(vec![hidden_a.clone(), hidden_b.clone()], 0); // [2 * batch, h]
+        let pos = self.decoder_pos.val().expand([2 * b, n, d]);
+        let vis = z + gather_tokens(pos.clone(), visible);
+        let miss = self.mask_token.val().expand([2 * b, h, d]) + gather_tokens(pos, missing.clone());
         // Attention is permutation-equivariant, so visible and predicted tokens need not be put
         // back in grid order: each carries its position embedding.
         let mut z = Tensor::cat(vec![vis, miss], 1); // [2 * batch, patches, dim]
@@ -112,19 +128,19 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
             z = block.forward(z, mode.for_layer(1000 + i as u64));
         }
         let z = self.decoder_norm.forward(z);
-        let pred = z.clone().slice([0..2 * b, k..2 * k, 0..d]); // [2 * batch, k, dim]
+        let pred = z.clone().slice([0..2 * b, k..n, 0..d]); // [2 * batch, h, dim]
         let logits = self.head.forward(pred);
         let vocab = logits.dims()[2];
-        let logits = logits.reshape([2 * b * k, vocab]);
+        let logits = logits.reshape([2 * b * h, vocab]);
         let targets = Tensor::cat(vec![batch.targets.clone(), batch.targets.clone()], 0)
             .gather(1, missing)
-            .reshape([2 * b * k]);
+            .reshape([2 * b * h]);
         let mim = token_cross_entropy(logits.clone(), targets.clone());
         let pooled = z.mean_dim(1).reshape([2 * b, d]); // [2 * batch, dim]
         let za = pooled.clone().slice([0..b, 0..d]);
         let zb = pooled.slice([b..2 * b, 0..d]);
         let nce = info_nce(za, zb, self.temperature);
-        let loss = mim.clone() + nce.clone() * self.contrastive_weight;
+        let loss = mim.clone() * self.mim_weight + nce.clone() * self.contrastive_weight;
         MimOutput::new(loss, mim, Some(nce), &logits, &targets)
     }
 }
@@ -132,7 +148,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::objective::test_support::{split_batch as batch, tiny_vit as tiny};
+    use crate::model::objective::test_support::{quarter_batch, split_batch as batch, tiny_vit as tiny};
     use crate::TestBackend;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
@@ -157,5 +173,79 @@ mod tests {
         assert!((mim - 64f32.ln()).abs() < 0.5, "{mim}");
         assert!((nce - 3f32.ln()).abs() < 0.5, "{nce}");
         assert!((loss - (mim + nce)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn quarter_branches_predict_the_three_quarters_they_did_not_see() {
+        // 4 of 16 patches visible per branch: each branch's loss covers its 12 hidden patches,
+        // so changing the target of a patch hidden from both branches moves the loss, and the
+        // pixels of a patch neither branch sees do not reach the encoder.
+        let device = Default::default();
+        let model = SplitMask::<TestBackend>::new(
+            &tiny(),
+            &SplitMaskConfig::new(),
+            64,
+            &mut ChaCha8Rng::seed_from_u64(0),
+            &device,
+        );
+        let b = quarter_batch::<TestBackend>(2, 64, 3, &device);
+        let Masks::Split {
+            a,
+            b: bb,
+            hidden_a,
+            hidden_b,
+        } = &b.masks
+        else {
+            unreachable!()
+        };
+        assert_eq!((a.dims(), bb.dims()), ([2, 4], [2, 4]));
+        assert_eq!((hidden_a.dims(), hidden_b.dims()), ([2, 12], [2, 12]));
+        let out = model.forward(&b, Mode::Eval);
+        let mim = out.mim.clone().into_scalar();
+        assert!((mim - 64f32.ln()).abs() < 0.5, "{mim}");
+        // A patch of sample 0 that neither branch sees.
+        let seen: Vec<i64> = a
+            .clone()
+            .slice([0..1, 0..4])
+            .into_data()
+            .iter::<i64>()
+            .chain(bb.clone().slice([0..1, 0..4]).into_data().iter::<i64>())
+            .collect();
+        let unseen = (0..16).find(|i| !seen.contains(i)).unwrap() as usize;
+        let (gy, gx) = (unseen / 4, unseen % 4);
+        let mut pixels = b.clone();
+        let patch = Tensor::<TestBackend, 4>::ones([1, 3, 8, 8], &device) * 5.0;
+        pixels.images = pixels
+            .images
+            .slice_assign([0..1, 0..3, gy * 8..gy * 8 + 8, gx * 8..gx * 8 + 8], patch);
+        let after = model.forward(&pixels, Mode::Eval).loss.into_scalar();
+        let before = out.loss.into_scalar();
+        assert!((before - after).abs() < 1e-6, "unseen pixels leak: {before} vs {after}");
+        let mut target = b.clone();
+        let old: i64 = b.targets.clone().slice([0..1, unseen..unseen + 1]).into_scalar().elem();
+        let t = Tensor::<TestBackend, 2, Int>::from_data(TensorData::new(vec![(old + 1) % 64], [1, 1]), &device);
+        target.targets = target.targets.slice_assign([0..1, unseen..unseen + 1], t);
+        let moved = model.forward(&target, Mode::Eval).mim.into_scalar();
+        assert!((moved - mim).abs() > 1e-6, "hidden patches carry a loss");
+    }
+
+    #[test]
+    fn table_8_ablations_drop_one_term() {
+        let device = Default::default();
+        let b = batch::<TestBackend>(3, 64, 1, &device);
+        for (mim_weight, nce_weight) in [(1.0, 0.0), (0.0, 1.0)] {
+            let cfg = SplitMaskConfig::new()
+                .with_mim_weight(mim_weight)
+                .with_contrastive_weight(nce_weight);
+            let model = SplitMask::<TestBackend>::new(&tiny(), &cfg, 64, &mut ChaCha8Rng::seed_from_u64(0), &device);
+            let out = model.forward(&b, Mode::Eval);
+            let (loss, mim, nce) = (
+                out.loss.into_scalar(),
+                out.mim.into_scalar(),
+                out.nce.unwrap().into_scalar(),
+            );
+            let want = mim_weight as f32 * mim + nce_weight as f32 * nce;
+            assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+        }
     }
 }

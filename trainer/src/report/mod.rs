@@ -29,8 +29,13 @@ struct Run {
     finetune: Option<FinetuneResults>,
     /// (step, mim) of a pre-training run.
     mim: Vec<(f64, f64)>,
-    /// (epoch, val top-1) of a fine-tuning run.
+    /// (epoch, k-NN top-1 %) of a pre-training run with a k-NN monitor.
+    knn: Vec<(f64, f64)>,
+    /// (epoch, top-1 %) of a fine-tuning run's periodic evaluations.
     val: Vec<(f64, f64)>,
+    /// The last periodic evaluation of a fine-tuning run: train top-1 and the share of the
+    /// most predicted class.
+    last_eval: Option<(f64, f64)>,
     /// Updates per epoch, from the run's config.json.
     steps_per_epoch: Option<f64>,
 }
@@ -63,7 +68,9 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>> {
             eval: None,
             finetune: None,
             mim: Vec::new(),
+            knn: Vec::new(),
             val: Vec::new(),
+            last_eval: None,
             steps_per_epoch: std::fs::read_to_string(d.join(CONFIG_FILE))
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -96,9 +103,17 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>> {
                 };
                 if let (Some(step), Some(mim)) = (v["step"].as_f64(), v["mim"].as_f64()) {
                     run.mim.push((step, mim));
+                    if let (Some(epoch), Some(knn)) = (v["epoch"].as_f64(), v["knn_top1"].as_f64()) {
+                        run.knn.push((epoch, 100.0 * knn));
+                    }
                 } else if let Ok(f) = serde_json::from_value::<FinetuneLine>(v) {
-                    if let Some(t) = f.val_top1 {
+                    if let Some(t) = f.eval_top1 {
                         run.val.push((f.epoch, 100.0 * t));
+                    }
+                    if let (Some(train), Some(p)) = (f.train_top1, &f.eval_predictions) {
+                        let total: u64 = p.iter().sum();
+                        let top = p.iter().copied().max().unwrap_or(0);
+                        run.last_eval = Some((100.0 * train, 100.0 * top as f64 / total.max(1) as f64));
                     }
                 }
             }
@@ -147,20 +162,21 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
         );
         let _ = writeln!(
             md,
-            "| run | init | tokenizer | seed | pre-train steps | k-NN top-1 | best probe top-1 (layer) | last-layer probe top-1 |"
+            "| run | init | tokenizer | seed | pre-train steps | eval split | k-NN top-1 | best probe top-1 (layer) | last-layer probe top-1 |"
         );
-        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---|---|---:|---:|---|---:|---:|---:|");
         for r in &evals {
             let e = r.eval.as_ref().expect("filtered");
             let last = e.probes.last().map_or(0.0, |p| p.top1);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
                 r.name,
                 e.init,
                 tokenizer(&e.vocab),
                 e.seed,
                 e.pretrain_steps,
+                e.eval_split,
                 pct(e.knn.top1),
                 pct(e.best_probe.top1),
                 e.best_probe.layer,
@@ -187,17 +203,25 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
         md.push('\n');
     }
     if !fts.is_empty() {
-        let _ = writeln!(md, "## Fine-tuning (val %, every val image, center crop)\n");
         let _ = writeln!(
             md,
-            "| run | init | tokenizer | seed | steps | epochs | top-1 | top-5 | best top-1 (step) | minutes |"
+            "## Fine-tuning (%, every image of the evaluation split, center crop)\n"
         );
-        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "Train top-1 is on clean views of train images; the majority share is the most predicted class's share of the evaluated images (a collapsed model predicts one class).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| run | init | tokenizer | seed | steps | epochs | eval split | top-1 | top-5 | best top-1 (step) | train top-1 | majority share | minutes |"
+        );
+        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
         for r in &fts {
             let f = r.finetune.as_ref().expect("filtered");
+            let train = r.last_eval.map_or_else(|| "-".to_string(), |(t, _)| format!("{t:.1}"));
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {:.1} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {:.1} |",
                 r.name,
                 f.init,
                 tokenizer(&f.vocab),
@@ -205,10 +229,13 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
                 f.steps,
                 r.steps_per_epoch
                     .map_or_else(|| "-".to_string(), |s| format!("{:.1}", f.steps as f64 / s)),
-                pct(f.val.top1),
-                pct(f.val.top5),
+                f.eval_split,
+                pct(f.eval.top1),
+                pct(f.eval.top5),
                 pct(f.best_top1),
                 f.best_step,
+                train,
+                pct(f.eval.majority_share()),
                 f.seconds / 60.0
             );
         }
@@ -219,7 +246,7 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
             groups
                 .entry((f.init.clone(), tokenizer(&f.vocab)))
                 .or_default()
-                .push(100.0 * f.val.top1);
+                .push(100.0 * f.eval.top1);
         }
         let _ = writeln!(md, "\n### Fine-tuning top-1 by initialization\n");
         let _ = writeln!(md, "| init | tokenizer | runs | mean top-1 | min | max |");
@@ -263,6 +290,27 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
             "pre-training loss",
         )?;
     }
+    let knn: Vec<Series> = runs
+        .iter()
+        .filter(|r| !r.knn.is_empty())
+        .map(|r| Series {
+            name: r.name.clone(),
+            points: r.knn.clone(),
+        })
+        .collect();
+    if !knn.is_empty() {
+        save(
+            line_chart(
+                "Pre-training: k-NN top-1 of the frozen encoder (the overfitting guard)",
+                "pre-training epoch",
+                "k-NN top-1 %",
+                &knn,
+            ),
+            "pretrain_knn.png",
+            &mut md,
+            "k-NN during pre-training",
+        )?;
+    }
     let val: Vec<Series> = runs
         .iter()
         .filter(|r| !r.val.is_empty())
@@ -273,10 +321,10 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
         .collect();
     if !val.is_empty() {
         save(
-            line_chart("Fine-tuning: val top-1 during training", "epoch", "top-1 %", &val),
+            line_chart("Fine-tuning: top-1 during training", "epoch", "top-1 %", &val),
             "finetune_val.png",
             &mut md,
-            "fine-tuning val accuracy",
+            "fine-tuning accuracy",
         )?;
     }
     if !fts.is_empty() {
@@ -284,7 +332,7 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
             .iter()
             .map(|r| {
                 let f = r.finetune.as_ref().expect("filtered");
-                (r.name.clone(), 100.0 * f.val.top1)
+                (r.name.clone(), 100.0 * f.eval.top1)
             })
             .collect();
         save(

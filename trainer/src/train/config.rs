@@ -1,11 +1,13 @@
 //! Training configuration: command-line option groups shared by `trainer pretrain` and
-//! `trainer finetune`, resolved once (dataset manifest and recipe, presets, learning-rate
-//! scaling, schedule length) into a `PretrainConfig` or `FinetuneConfig` that is printed,
-//! written to the run folder and never changed afterwards.
+//! `trainer finetune`, resolved once against the dataset (its manifest and recipe: Table 3's
+//! epochs, section 5.5's settings for the smallest datasets, Table 9's fine-tuning recipe),
+//! presets and learning-rate scaling into a `PretrainConfig` or `FinetuneConfig` that is
+//! printed, written to the run folder and never changed afterwards. Every flag overrides the
+//! recipe; what neither sets comes from BEiT or timm, named as such below.
 
 use std::path::{Path, PathBuf};
 
-use pipeline::recipe::Recipe;
+use pipeline::recipe::{FinetuneDefaults, Masking, Recipe};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
@@ -17,13 +19,13 @@ use crate::model::objective::Method;
 use crate::model::splitmask::SplitMaskConfig;
 use crate::model::vit::VitConfig;
 use crate::train::optim::AdamWSettings;
-use crate::train::run_folder::{read_config, CHECKPOINT_FILE, METRICS_FILE};
+use crate::train::run_folder::{read_config, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE};
 use crate::train::schedule::CosineSchedule;
 
 use ConfigError as E;
 
 /// What every training run takes besides its schedule: the data, the run folder, the recipe
-/// folder, the seed and how often to log and checkpoint.
+/// folder, the evaluation split, the seed and how often to log and checkpoint.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Prepared dataset folder (output of `pipeline prepare`).
@@ -35,9 +37,13 @@ pub struct RunArgs {
     /// Continue the run in --out from its last checkpoint (starts it if --out holds no run).
     #[arg(long)]
     pub resume: bool,
-    /// Recipe folder, for the dataset's defaults (epochs, small-dataset setting).
+    /// Recipe folder, for the dataset's defaults.
     #[arg(long, default_value = "datasets")]
     pub recipes: PathBuf,
+    /// Split to evaluate on (default: the dataset's, recorded in its manifest: `test` for
+    /// Cars, Food-101 and DomainNet, `val` otherwise).
+    #[arg(long)]
+    pub eval_split: Option<String>,
     /// Use only the first N training images (quick runs).
     #[arg(long)]
     pub limit_images: Option<usize>,
@@ -56,14 +62,18 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
-/// The optimization schedule. Unset values take the command's defaults ([`PRETRAIN`],
-/// [`FINETUNE`]) or the dataset recipe's.
+/// The optimization schedule. Unset values come from the recipe (fine-tuning: Table 9) or
+/// from BEiT's pre-training recipe ([`PRETRAIN`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScheduleArgs {
-    /// Micro-batch size per step (default: 256 in pre-training, 128 in fine-tuning).
+    /// Micro-batch size per step (default: 256 in pre-training; the recipe's 1024 in
+    /// fine-tuning, which a small device reaches with --accum).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Epochs (default: the recipe's; pre-training follows the paper's rule).
+    /// Micro-batches accumulated per update (effective batch = batch-size x accum).
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    /// Epochs (default: the recipe's: Table 3 in pre-training, Table 9 in fine-tuning).
     #[arg(long)]
     pub epochs: Option<u64>,
     /// Cap on the number of updates (the schedule is fitted to it).
@@ -72,28 +82,39 @@ pub struct ScheduleArgs {
     /// Stop after this many updates without changing the schedule (resume later).
     #[arg(long)]
     pub stop_after: Option<u64>,
-    /// Base learning rate, scaled linearly with the batch (default: 1.5e-3 at batch 2048 in
-    /// pre-training, 1e-3 at batch 256 in fine-tuning).
+    /// Learning rate at the reference batch, scaled linearly to the effective batch (default:
+    /// 1.5e-3 at 2048 in pre-training as BEiT; the recipe's at 1024 in fine-tuning).
     #[arg(long)]
     pub blr: Option<f64>,
-    /// Learning rate at the end of the cosine (default: 1e-5 pre-training, 1e-6 fine-tuning).
+    /// Learning rate at the end of the cosine (default: 1e-5 pre-training, 1e-6 fine-tuning,
+    /// BEiT's).
     #[arg(long)]
     pub min_lr: Option<f64>,
-    /// Warmup epochs, converted to updates (default: 10 in pre-training as BEiT; the recipe's
-    /// in fine-tuning).
+    /// Warmup epochs, converted to updates (default: a 1/30 share of the updates in
+    /// pre-training, BEiT's 10 of 300 epochs; the recipe's epochs in fine-tuning).
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
-    #[arg(long, default_value_t = 0.05)]
-    pub weight_decay: f64,
-    /// Global gradient-norm clip; 0 disables it (default: 3 in pre-training, off in fine-tuning).
+    /// Weight decay (default: 0.05, BEiT's and Table 9's).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Global gradient-norm clip; 0 disables it (default: 3 in pre-training as BEiT, the
+    /// recipe's in fine-tuning: none).
     #[arg(long)]
     pub clip_grad: Option<f64>,
-    /// Drop path rate (default: the preset's in pre-training, 0.1 in fine-tuning).
+    /// Drop path rate (default: the preset's in pre-training, the recipe's 0.1 in fine-tuning).
     #[arg(long)]
     pub drop_path: Option<f64>,
 }
 
-/// A command's schedule defaults, where neither the command line nor the recipe sets a value.
+/// How long the warmup is where --warmup-epochs is not given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Warmup {
+    Epochs(f64),
+    /// A share of the run's updates.
+    Share(f64),
+}
+
+/// A command's schedule defaults, where the command line sets no value.
 #[derive(Debug, Clone, Copy)]
 pub struct ScheduleDefaults {
     pub batch_size: usize,
@@ -101,35 +122,47 @@ pub struct ScheduleDefaults {
     pub reference_batch: usize,
     pub blr: f64,
     pub min_lr: f64,
-    pub warmup_epochs: f64,
+    pub warmup: Warmup,
+    pub weight_decay: f64,
     pub clip_grad: f64,
 }
 
-/// BEiT's pre-training: lr 1.5e-3 at batch 2048, 10 warmup epochs, clipping at 3.
+/// BEiT's pre-training: lr 1.5e-3 at batch 2048, warmup 10 of 300 epochs (kept as a share of
+/// the updates, so the paper's equal-update schedules of thousands of epochs on small
+/// datasets do not warm up in a few dozen steps), clipping at 3, weight decay 0.05.
 pub const PRETRAIN: ScheduleDefaults = ScheduleDefaults {
     batch_size: 256,
     reference_batch: 2048,
     blr: 1.5e-3,
     min_lr: 1e-5,
-    warmup_epochs: 10.0,
+    warmup: Warmup::Share(10.0 / 300.0),
+    weight_decay: 0.05,
     clip_grad: 3.0,
 };
 
-/// BEiT's fine-tuning: lr 1e-3 at batch 256 (4e-3 at 1024), no clipping.
-pub const FINETUNE: ScheduleDefaults = ScheduleDefaults {
-    batch_size: 128,
-    reference_batch: 256,
-    blr: 1e-3,
-    min_lr: 1e-6,
-    warmup_epochs: 5.0,
-    clip_grad: 0.0,
-};
+/// BEiT's final fine-tuning learning rate (Table 9 does not list one).
+const FINETUNE_MIN_LR: f64 = 1e-6;
+
+/// Fine-tuning defaults from the recipe's Table 9 row.
+fn finetune_defaults(f: &FinetuneDefaults) -> ScheduleDefaults {
+    ScheduleDefaults {
+        batch_size: f.batch_size,
+        reference_batch: f.batch_size,
+        blr: f.lr,
+        min_lr: FINETUNE_MIN_LR,
+        warmup: Warmup::Epochs(f.warmup_epochs),
+        weight_decay: f.weight_decay,
+        clip_grad: f.clip_grad,
+    }
+}
 
 /// Where a run reads and writes, and how it logs: the resolved [`RunArgs`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
     pub data: PathBuf,
     pub dataset: String,
+    /// The split evaluations run on.
+    pub eval_split: String,
     /// Train images the run draws from (after `--limit-images`).
     pub train_images: usize,
     pub limit_images: Option<usize>,
@@ -148,14 +181,29 @@ impl RunConfig {
     pub fn metrics_path(&self) -> PathBuf {
         self.out.join(METRICS_FILE)
     }
+
+    /// The encoder at the best k-NN top-1 so far (pre-training with a k-NN monitor).
+    pub fn best_path(&self) -> PathBuf {
+        self.out.join(BEST_FILE)
+    }
 }
 
 impl RunArgs {
-    fn resolve(&self, manifest: &schemas::Manifest) -> RunConfig {
+    /// Resolves against the manifest; `evaluates` says whether the run needs its evaluation
+    /// split (a missing one is then an error naming the splits present).
+    fn resolve(&self, manifest: &schemas::Manifest, evaluates: bool) -> Result<RunConfig, ConfigError> {
+        let eval_split = self
+            .eval_split
+            .clone()
+            .unwrap_or_else(|| manifest.eval_split().to_string());
+        if evaluates {
+            check_split(manifest, &eval_split, &self.data)?;
+        }
         let train = manifest.splits.get("train").map(|s| s.images as usize).unwrap_or(0);
-        RunConfig {
+        Ok(RunConfig {
             data: self.data.clone(),
             dataset: manifest.dataset.clone(),
+            eval_split,
             train_images: self.limit_images.map_or(train, |l| l.min(train)),
             limit_images: self.limit_images,
             seed: self.seed,
@@ -163,8 +211,24 @@ impl RunArgs {
             log_every: self.log_every.max(1),
             checkpoint_every: self.checkpoint_every.max(1),
             out: self.out.clone(),
-        }
+        })
     }
+}
+
+/// Refuses an evaluation split the dataset has no images in, naming the ones it has.
+pub fn check_split(manifest: &schemas::Manifest, split: &str, data: &Path) -> Result<(), ConfigError> {
+    if manifest.splits.get(split).is_some_and(|s| s.images > 0) {
+        return Ok(());
+    }
+    Err(E::invalid(
+        "eval-split",
+        split,
+        format!(
+            "{} has no {split:?} split to evaluate on (splits: {:?})",
+            data.display(),
+            manifest.split_names()
+        ),
+    ))
 }
 
 /// A schedule in updates: the resolved [`ScheduleArgs`].
@@ -193,6 +257,11 @@ impl Schedule {
         self.stop_after.map_or(self.total_steps, |s| s.min(self.total_steps))
     }
 
+    /// Images per update.
+    pub fn effective_batch(&self) -> usize {
+        self.batch_size * self.accum
+    }
+
     /// The learning-rate schedule.
     pub fn cosine(&self) -> CosineSchedule {
         CosineSchedule {
@@ -205,19 +274,26 @@ impl Schedule {
 }
 
 impl ScheduleArgs {
-    /// The schedule of `train_images` at `accum` micro-batches per update; `epochs` and
-    /// `warmup_epochs` are the recipe's where the command line gives none.
+    /// The schedule of `train_images` images for `epochs` (the recipe's where the command
+    /// line gives none).
     pub fn resolve(
         &self,
         defaults: &ScheduleDefaults,
         train_images: usize,
-        accum: usize,
         epochs: u64,
-        warmup_epochs: f64,
+        data: &Path,
     ) -> Result<Schedule, ConfigError> {
         let batch_size = self.batch_size.unwrap_or(defaults.batch_size);
+        if batch_size == 0 || self.accum == 0 {
+            return Err(E::invalid(
+                "batch-size",
+                batch_size,
+                "batch size and --accum must be positive",
+            ));
+        }
+        check_batch(batch_size, train_images, data)?;
         let epochs = self.epochs.unwrap_or(epochs);
-        let effective = batch_size * accum;
+        let effective = batch_size * self.accum;
         let steps_per_epoch = (train_images / effective).max(1) as u64;
         let mut total_steps = epochs * steps_per_epoch;
         if let Some(m) = self.max_steps {
@@ -226,12 +302,15 @@ impl ScheduleArgs {
         if total_steps == 0 {
             return Err(E::invalid("epochs", epochs, "the schedule has no updates"));
         }
-        let warmup_epochs = self.warmup_epochs.unwrap_or(warmup_epochs);
-        let warmup_steps = ((warmup_epochs * steps_per_epoch as f64).round() as u64).min(total_steps / 2);
+        let warmup = match (self.warmup_epochs, defaults.warmup) {
+            (Some(e), _) | (None, Warmup::Epochs(e)) => e * steps_per_epoch as f64,
+            (None, Warmup::Share(s)) => s * total_steps as f64,
+        };
+        let warmup_steps = (warmup.round() as u64).min(total_steps / 2);
         let clip = self.clip_grad.unwrap_or(defaults.clip_grad);
         Ok(Schedule {
             batch_size,
-            accum,
+            accum: self.accum,
             epochs,
             steps_per_epoch,
             total_steps,
@@ -240,7 +319,7 @@ impl ScheduleArgs {
             min_lr: self.min_lr.unwrap_or(defaults.min_lr),
             warmup_steps,
             adamw: AdamWSettings {
-                weight_decay: self.weight_decay,
+                weight_decay: self.weight_decay.unwrap_or(defaults.weight_decay),
                 ..Default::default()
             },
             clip_grad: (clip > 0.0).then_some(clip),
@@ -260,6 +339,28 @@ fn check_batch(batch: usize, train_images: usize, data: &Path) -> Result<(), Con
     Ok(())
 }
 
+/// The dataset's recipe, which every training command resolves against.
+fn recipe(run: &RunArgs, manifest: &schemas::Manifest) -> Result<Recipe> {
+    Ok(Recipe::load(&run.recipes, &manifest.dataset)?)
+}
+
+/// SplitMask's terms (the paper's Table 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ObjectiveArg {
+    /// Masked-token prediction and InfoNCE (SplitMask).
+    Full,
+    /// Split + inpaint: masked-token prediction only.
+    Inpaint,
+    /// Split + match: InfoNCE only.
+    Match,
+}
+
+/// BEiT's 75 of 196 masked patches, for grids of any size.
+pub const BEIT_MASK_RATIO: f64 = 75.0 / 196.0;
+/// BEiT's pre-training color jitter (brightness, contrast, saturation); SplitMask's default
+/// views are crop + flip only (section 5.5).
+pub const BEIT_COLOR_JITTER: f64 = 0.4;
+
 /// `trainer pretrain` arguments; unset ones come from the dataset recipe and the paper.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PretrainArgs {
@@ -275,29 +376,38 @@ pub struct PretrainArgs {
     /// ViT preset: tiny, small, base, cpu-tiny, cpu-small.
     #[arg(long, default_value = "small")]
     pub model: String,
-    /// Micro-batches accumulated per update (effective batch = batch_size * accum).
-    #[arg(long, default_value_t = 1)]
-    pub accum: usize,
-    /// Share of patches masked for BEiT (default 75 of 196 as BEiT; 0.75 on small datasets).
-    /// SplitMask always splits 50/50 (uniformly on small datasets, in blocks otherwise).
+    /// BEiT's masked share (default: the recipe's; BEiT's 75 of 196 patches, 75% on the
+    /// smallest datasets).
     #[arg(long)]
     pub mask_ratio: Option<f64>,
-    /// block | uniform (default: uniform for small datasets, block otherwise).
+    /// SplitMask: the share of the patches each branch's encoder sees, 0.5 (a mask and its
+    /// complement) or 0.25 (disjoint uniform quarters; default: the recipe's).
+    #[arg(long)]
+    pub split_visible: Option<f64>,
+    /// block | uniform (default: the recipe's: uniform on the smallest datasets, blocks
+    /// otherwise).
     #[arg(long)]
     pub masking: Option<String>,
-    /// Strong augmentation on/off (default: on for small datasets).
+    /// SplitMask's loss terms: both, or one of the Table 8 ablations.
+    #[arg(long, value_enum, default_value = "full")]
+    pub objective: ObjectiveArg,
+    /// Strong augmentation on/off (default: the recipe's: on for the smallest datasets).
     #[arg(long)]
     pub strong_aug: Option<bool>,
+    /// Color-jitter strength on every view (default: 0.4 for BEiT as BEiT, 0 for SplitMask).
+    #[arg(long)]
+    pub color_jitter: Option<f64>,
     /// Where targets come from: `device` tokenizes each augmented view on the device;
     /// `pretokenized` reads `pipeline tokenize`'s grids (canonical view and flip, so no crops
     /// and no strong augmentation).
     #[arg(long, value_enum, default_value = "device")]
     pub targets: Targets,
-    /// Upper bound of the random-resized-crop area (the paper uses 0.25 for ADE20k).
-    #[arg(long, default_value_t = 1.0)]
-    pub max_crop_scale: f64,
+    /// Upper bound of the random-resized-crop area (default: the recipe's; ADE20k: 0.25).
+    #[arg(long)]
+    pub max_crop_scale: Option<f64>,
     /// k-NN accuracy of the frozen encoder every N updates (0: off), with train images as the
-    /// bank and val images as queries.
+    /// bank and the evaluation split as queries; the encoder at the best one is kept as
+    /// best.safetensors.
     #[arg(long, default_value_t = 0)]
     pub knn_every: u64,
     /// Images of each split used by the k-NN monitor.
@@ -323,7 +433,7 @@ pub struct PretrainConfig {
     pub vit: VitConfig,
     pub splitmask: SplitMaskConfig,
     pub masking: MaskSpec,
-    /// Masked patches per image (BEiT) or half the grid (SplitMask).
+    /// BEiT: masked patches per image. SplitMask: patches each branch sees.
     pub mask_count: usize,
     pub augment: AugmentConfig,
     pub targets: Targets,
@@ -350,47 +460,71 @@ impl PretrainArgs {
         vit.validate().map_err(|m| E::invalid("model", &self.model, m))?;
         let manifest = pipeline::prepare::load_manifest(&run.data)?;
         let (vocab, vocab_sha256) = pipeline::vocab::tokenizer::Vocabulary::load(&self.vocab)?;
-        let recipe = Recipe::load(&run.recipes, &manifest.dataset).ok();
-        let small = recipe.as_ref().is_some_and(|r| r.pretrain.small_dataset);
-        let run_cfg = run.resolve(&manifest);
-        let train_images = run_cfg.train_images;
-        let batch = sched.batch_size.unwrap_or(PRETRAIN.batch_size);
-        if batch == 0 || self.accum == 0 {
-            return Err(E::invalid("batch-size", batch, "batch size and --accum must be positive").into());
-        }
-        check_batch(batch, train_images, &run.data)?;
-        let epochs = match &recipe {
-            Some(r) => r.pretrain.epochs as u64,
-            None => pipeline::recipe::paper_epochs(train_images as u64) as u64,
-        };
-        let s = sched.resolve(&PRETRAIN, train_images, self.accum, epochs, PRETRAIN.warmup_epochs)?;
+        let recipe = recipe(run, &manifest)?;
+        let p = &recipe.pretrain;
+        let run_cfg = run.resolve(&manifest, self.knn_every > 0)?;
+        // The paper's rule follows the prepared train split, not a --limit-images cut.
+        let prepared = manifest.splits.get("train").map_or(0, |s| s.images);
+        let s = sched.resolve(&PRETRAIN, run_cfg.train_images, p.epochs_for(prepared), &run.data)?;
         let n = vit.num_patches();
         let masking = match self.masking.as_deref() {
-            Some("block") => MaskSpec::block_for_grid(n),
-            Some("uniform") => MaskSpec::Uniform,
-            None if small => MaskSpec::Uniform,
-            None => MaskSpec::block_for_grid(n),
+            None => p.masking,
+            Some("block") => Masking::Block,
+            Some("uniform") => Masking::Uniform,
             Some(other) => return Err(E::invalid("masking", other, "expected block or uniform").into()),
         };
-        let ratio = self.mask_ratio.unwrap_or(if small { 0.75 } else { 75.0 / 196.0 });
-        if !(0.0..1.0).contains(&ratio) || ratio == 0.0 {
-            return Err(E::invalid("mask-ratio", ratio, "must be in (0, 1)").into());
-        }
-        let mask_count = match self.method {
-            Method::Beit => ((n as f64 * ratio).round() as usize).clamp(1, n - 1),
-            Method::Splitmask => {
-                if self.mask_ratio.is_some_and(|r| r != 0.5) {
-                    return Err(E::invalid("mask-ratio", ratio, "SplitMask always splits 50/50").into());
+        let masking = match masking {
+            Masking::Block => MaskSpec::block_for_grid(n),
+            Masking::Uniform => MaskSpec::Uniform,
+        };
+        let (mask_count, splitmask) = match self.method {
+            Method::Beit => {
+                if self.split_visible.is_some() || self.objective != ObjectiveArg::Full {
+                    return Err(E::invalid("method", "beit", "--split-visible and --objective are SplitMask's").into());
                 }
-                if n % 2 != 0 {
+                let ratio = self.mask_ratio.or(p.beit_mask_ratio).unwrap_or(BEIT_MASK_RATIO);
+                if !(ratio > 0.0 && ratio < 1.0) {
+                    return Err(E::invalid("mask-ratio", ratio, "must be in (0, 1)").into());
+                }
+                (
+                    ((n as f64 * ratio).round() as usize).clamp(1, n - 1),
+                    SplitMaskConfig::new(),
+                )
+            }
+            Method::Splitmask => {
+                if let Some(r) = self.mask_ratio {
                     return Err(E::invalid(
-                        "model",
-                        &self.model,
-                        format!("SplitMask needs an even patch count, got {n}"),
+                        "mask-ratio",
+                        r,
+                        "is BEiT's; SplitMask splits 50/50 or into quarters (--split-visible 0.5 or 0.25)",
                     )
                     .into());
                 }
-                n / 2
+                let share = self.split_visible.unwrap_or(p.split_visible);
+                let visible = n as f64 * share;
+                if !(share == 0.5 || share == 0.25) || visible.fract() != 0.0 {
+                    return Err(E::invalid(
+                        "split-visible",
+                        share,
+                        format!("expected 0.5 or 0.25 of the {n} patches of --model {}", self.model),
+                    )
+                    .into());
+                }
+                if share < 0.5 && masking != MaskSpec::Uniform {
+                    return Err(E::invalid(
+                        "split-visible",
+                        share,
+                        "quarter branches are drawn uniformly (--masking uniform)",
+                    )
+                    .into());
+                }
+                let (mim, nce) = match self.objective {
+                    ObjectiveArg::Full => (1.0, 1.0),
+                    ObjectiveArg::Inpaint => (1.0, 0.0),
+                    ObjectiveArg::Match => (0.0, 1.0),
+                };
+                let cfg = SplitMaskConfig::new().with_mim_weight(mim).with_contrastive_weight(nce);
+                (visible as usize, cfg)
             }
         };
         let grid_check = vit.patch_size % vocab.header.preprocessing.patch_size as usize;
@@ -405,22 +539,31 @@ impl PretrainArgs {
             )
             .into());
         }
-        if !(self.max_crop_scale > 0.08 && self.max_crop_scale <= 1.0) {
-            return Err(E::invalid("max-crop-scale", self.max_crop_scale, "must be in (0.08, 1]").into());
+        let max_crop = self.max_crop_scale.unwrap_or(p.max_crop_scale);
+        if !(max_crop > 0.08 && max_crop <= 1.0) {
+            return Err(E::invalid("max-crop-scale", max_crop, "must be in (0.08, 1]").into());
         }
-        let mut augment = AugmentConfig::pretrain(vit.image_size as u32, self.strong_aug.unwrap_or(small));
-        augment.scale.1 = self.max_crop_scale;
+        let strong = self.strong_aug.unwrap_or(p.strong_augmentation);
+        let mut augment = AugmentConfig::pretrain(vit.image_size as u32, strong);
+        augment.scale.1 = max_crop;
+        augment.color_jitter = self.color_jitter.unwrap_or(match self.method {
+            Method::Beit => BEIT_COLOR_JITTER,
+            Method::Splitmask => 0.0,
+        });
+        if !(0.0..1.0).contains(&augment.color_jitter) {
+            return Err(E::invalid("color-jitter", augment.color_jitter, "must be in [0, 1)").into());
+        }
         if self.targets == Targets::Pretokenized {
-            let p = &vocab.header.preprocessing;
-            if vit.image_size != p.source_view_size as usize || vit.grid() != p.grid() {
+            let pp = &vocab.header.preprocessing;
+            if vit.image_size != pp.source_view_size as usize || vit.grid() != pp.grid() {
                 return Err(E::invalid(
                     "targets",
                     "pretokenized",
                     format!(
                         "the grids were computed for {} px views and a {}x{} grid; --model {} has {} px and {}x{}",
-                        p.source_view_size,
-                        p.grid(),
-                        p.grid(),
+                        pp.source_view_size,
+                        pp.grid(),
+                        pp.grid(),
                         self.model,
                         vit.image_size,
                         vit.grid(),
@@ -429,16 +572,17 @@ impl PretrainArgs {
                 )
                 .into());
             }
-            if self.strong_aug == Some(true) {
+            if self.strong_aug == Some(true) || self.color_jitter.is_some_and(|j| j > 0.0) {
                 return Err(E::invalid(
                     "targets",
                     "pretokenized",
-                    "strong augmentation changes the pixels the grids were computed from",
+                    "strong augmentation and color jitter change the pixels the grids were computed from",
                 )
                 .into());
             }
             augment.random_crop = false;
             augment.strong = false;
+            augment.color_jitter = 0.0;
         }
         Ok(PretrainConfig {
             run: run_cfg,
@@ -449,7 +593,7 @@ impl PretrainArgs {
             method: self.method,
             model: self.model.clone(),
             vit,
-            splitmask: SplitMaskConfig::new(),
+            splitmask,
             masking,
             mask_count,
             augment,
@@ -466,67 +610,77 @@ pub fn load_config(run: &Path) -> Result<PretrainConfig> {
     read_config(run)
 }
 
-/// `trainer finetune` arguments: BEiT's fine-tuning recipe, per-dataset epochs from the recipe.
+/// `trainer finetune` arguments: the recipe's Table 9 row, every value overridable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FinetuneArgs {
     #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
-    /// Pre-training run folder whose encoder starts the model; without it, random init (the
-    /// from-scratch baseline of the same recipe).
+    /// Pre-training run folder whose encoder starts the model (its last checkpoint), or a
+    /// checkpoint file in one (`<run>/best.safetensors`: the encoder at the best k-NN);
+    /// without it, random init (the from-scratch baseline of the same recipe).
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// ViT preset (default: the pre-training run's; `small` for random init).
     #[arg(long)]
     pub model: Option<String>,
-    /// Layer-wise learning-rate decay; 1 disables it.
-    #[arg(long, default_value_t = 0.65)]
-    pub layer_decay: f64,
-    #[arg(long, default_value_t = 0.1)]
-    pub label_smoothing: f64,
-    #[arg(long, default_value_t = 0.8)]
-    pub mixup: f64,
-    #[arg(long, default_value_t = 1.0)]
-    pub cutmix: f64,
-    /// Probability of mixing a batch.
+    /// Layer-wise learning-rate decay; 1 disables it (default: the recipe's).
+    #[arg(long)]
+    pub layer_decay: Option<f64>,
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Mixup's Beta alpha (default: the recipe's 0.8).
+    #[arg(long)]
+    pub mixup: Option<f64>,
+    /// CutMix's Beta alpha (default: the recipe's 1.0).
+    #[arg(long)]
+    pub cutmix: Option<f64>,
+    /// Probability of mixing a batch (timm's default).
     #[arg(long, default_value_t = 1.0)]
     pub mixup_prob: f64,
+    /// Probability of CutMix rather than mixup (timm's default).
     #[arg(long, default_value_t = 0.5)]
     pub mixup_switch_prob: f64,
-    /// RandAugment operations per image (0 disables it).
+    /// RandAugment operations per image (0 disables it; timm's `rand-m*` uses 2).
     #[arg(long, default_value_t = 2)]
     pub randaug_ops: usize,
-    #[arg(long, default_value_t = 9.0)]
-    pub randaug_magnitude: f64,
-    #[arg(long, default_value_t = 0.5)]
-    pub randaug_std: f64,
-    /// Random-erasing probability.
+    #[arg(long)]
+    pub randaug_magnitude: Option<f64>,
+    #[arg(long)]
+    pub randaug_std: Option<f64>,
+    /// Random-erasing probability (BEiT's and DeiT's 0.25; Table 9 has no row for it).
     #[arg(long, default_value_t = 0.25)]
     pub reprob: f64,
-    /// Repeated augmentation (copies of each drawn image per epoch); 1 is off.
-    #[arg(long, default_value_t = 1)]
-    pub repeated_aug: u32,
-    /// Center-crop ratio of the evaluation view.
-    #[arg(long, default_value_t = 0.875)]
-    pub crop_ratio: f64,
-    /// Evaluate on val every N epochs (and at the end).
+    /// Copies of each drawn image in the same batch (DeiT's repeated augmentation); 1 is off
+    /// (default: 3 where the recipe turns it on, else 1).
+    #[arg(long)]
+    pub repeated_aug: Option<u32>,
+    /// Center-crop ratio of the evaluation view (default: the recipe's 0.875).
+    #[arg(long)]
+    pub crop_ratio: Option<f64>,
+    /// Color-jitter strength (default: the recipe's 0.4, which timm applies only when
+    /// RandAugment is off).
+    #[arg(long)]
+    pub color_jitter: Option<f64>,
+    /// Evaluate every N epochs (and at the end).
     #[arg(long, default_value_t = 1.0)]
     pub eval_every_epochs: f64,
-    /// Evaluate on at most this many val images during training (all at the end).
+    /// Evaluate on at most this many images during training (all at the end).
     #[arg(long)]
     pub eval_images: Option<usize>,
 }
 
-/// Fine-tuning's drop path when --drop-path is not given (BEiT's ViT-S/B recipe).
-const FINETUNE_DROP_PATH: f64 = 0.1;
-/// Fine-tuning epochs of a dataset whose recipe has no `[finetune]` section.
-const FINETUNE_EPOCHS: u64 = 100;
+/// DeiT's repeated augmentation draws each image three times.
+const REPEATED_AUG_COPIES: u32 = 3;
 
 /// Where a fine-tuning run's encoder came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InitSource {
     pub run: PathBuf,
+    /// The checkpoint the encoder was read from (the run's last, or its best k-NN one).
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
     pub method: Method,
     pub vocab: PathBuf,
     pub pretrain_steps: u64,
@@ -552,12 +706,22 @@ pub struct FinetuneConfig {
     pub eval_images: Option<usize>,
 }
 
+/// A pre-training run folder and the checkpoint file `--init` names in it.
+pub fn init_paths(init: &Path) -> (PathBuf, PathBuf) {
+    if init.is_file() {
+        let run = init.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        (run, init.to_path_buf())
+    } else {
+        (init.to_path_buf(), init.join(CHECKPOINT_FILE))
+    }
+}
+
 impl FinetuneArgs {
     pub fn resolve(&self) -> Result<FinetuneConfig> {
         let (run, sched) = (&self.run, &self.schedule);
         let manifest = pipeline::prepare::load_manifest(&run.data)?;
         let pre = match &self.init {
-            Some(run) => Some(load_config(run)?),
+            Some(init) => Some(load_config(&init_paths(init).0)?),
             None => None,
         };
         // A pre-trained encoder fixes the architecture; --model may only name the same one.
@@ -578,9 +742,6 @@ impl FinetuneArgs {
             (Some(m), None) => (m.clone(), VitConfig::named(m)?),
             (None, None) => ("small".to_string(), VitConfig::small()),
         };
-        let drop_path = sched.drop_path.unwrap_or(FINETUNE_DROP_PATH);
-        let vit = vit.with_drop_path(drop_path);
-        vit.validate().map_err(|m| E::invalid("drop-path", drop_path, m))?;
         let classes = manifest.class_names.len();
         if classes < 2 {
             return Err(E::invalid(
@@ -590,14 +751,19 @@ impl FinetuneArgs {
             )
             .into());
         }
-        if !manifest.splits.contains_key("val") {
-            return Err(E::invalid("data", run.data.display(), "no val split to evaluate on".to_string()).into());
-        }
-        let recipe = Recipe::load(&run.recipes, &manifest.dataset).ok();
-        let defaults = recipe.and_then(|r| r.finetune);
-        let run_cfg = run.resolve(&manifest);
-        let train_images = run_cfg.train_images;
-        let batch = sched.batch_size.unwrap_or(FINETUNE.batch_size);
+        let recipe = recipe(run, &manifest)?;
+        let f = recipe.finetune.as_ref().ok_or_else(|| {
+            E::invalid(
+                "data",
+                run.data.display(),
+                format!("the {:?} recipe has no [finetune] section", recipe.name),
+            )
+        })?;
+        let drop_path = sched.drop_path.unwrap_or(f.drop_path);
+        let vit = vit.with_drop_path(drop_path);
+        vit.validate().map_err(|m| E::invalid("drop-path", drop_path, m))?;
+        let run_cfg = run.resolve(&manifest, true)?;
+        let batch = sched.batch_size.unwrap_or(f.batch_size);
         if batch < 2 || !batch.is_multiple_of(2) {
             return Err(E::invalid(
                 "batch-size",
@@ -606,41 +772,51 @@ impl FinetuneArgs {
             )
             .into());
         }
-        check_batch(batch, train_images, &run.data)?;
-        let s = sched.resolve(
-            &FINETUNE,
-            train_images,
-            1,
-            defaults.as_ref().map_or(FINETUNE_EPOCHS, |d| d.epochs as u64),
-            defaults.as_ref().map_or(FINETUNE.warmup_epochs, |d| d.warmup_epochs),
-        )?;
-        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
-            return Err(E::invalid("layer-decay", self.layer_decay, "must be in (0, 1]").into());
+        let s = sched.resolve(&finetune_defaults(f), run_cfg.train_images, f.epochs as u64, &run.data)?;
+        let layer_decay = self.layer_decay.unwrap_or(f.layer_decay);
+        if !(layer_decay > 0.0 && layer_decay <= 1.0) {
+            return Err(E::invalid("layer-decay", layer_decay, "must be in (0, 1]").into());
         }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(E::invalid("label-smoothing", self.label_smoothing, "must be in [0, 1)").into());
+        let label_smoothing = self.label_smoothing.unwrap_or(f.label_smoothing);
+        if !(0.0..1.0).contains(&label_smoothing) {
+            return Err(E::invalid("label-smoothing", label_smoothing, "must be in [0, 1)").into());
         }
-        if !(self.crop_ratio > 0.0 && self.crop_ratio <= 1.0) {
-            return Err(E::invalid("crop-ratio", self.crop_ratio, "must be in (0, 1]").into());
+        let crop_ratio = self.crop_ratio.unwrap_or(f.crop_ratio);
+        if !(crop_ratio > 0.0 && crop_ratio <= 1.0) {
+            return Err(E::invalid("crop-ratio", crop_ratio, "must be in (0, 1]").into());
         }
-        if self.mixup < 0.0 || self.cutmix < 0.0 {
-            return Err(E::invalid("mixup", self.mixup.min(self.cutmix), "Beta parameters must be >= 0").into());
+        let (mixup, cutmix) = (self.mixup.unwrap_or(f.mixup), self.cutmix.unwrap_or(f.cutmix));
+        if mixup < 0.0 || cutmix < 0.0 {
+            return Err(E::invalid("mixup", mixup.min(cutmix), "Beta parameters must be >= 0").into());
         }
         let init = match (&self.init, pre) {
-            (Some(run), Some(p)) => Some(InitSource {
-                run: run.clone(),
-                method: p.method,
-                vocab: p.vocab.clone(),
-                pretrain_steps: p.schedule.total_steps,
-            }),
+            (Some(init), Some(p)) => {
+                let (run, checkpoint) = init_paths(init);
+                Some(InitSource {
+                    run,
+                    checkpoint: Some(checkpoint),
+                    method: p.method,
+                    vocab: p.vocab.clone(),
+                    pretrain_steps: p.schedule.total_steps,
+                })
+            }
             _ => None,
         };
         let randaugment = (self.randaug_ops > 0).then_some(RandAugmentConfig {
             ops: self.randaug_ops,
-            magnitude: self.randaug_magnitude,
-            magnitude_std: self.randaug_std,
+            magnitude: self.randaug_magnitude.unwrap_or(f.randaug_magnitude),
+            magnitude_std: self.randaug_std.unwrap_or(f.randaug_std),
             prob: 0.5,
         });
+        let repeats = self
+            .repeated_aug
+            .unwrap_or(if f.repeated_aug { REPEATED_AUG_COPIES } else { 1 })
+            .max(1);
+        let mut augment = AugmentConfig::finetune(vit.image_size as u32, randaugment, self.reprob, repeats);
+        // timm's create_transform: color jitter only where no auto-augment policy runs.
+        if randaugment.is_none() {
+            augment.color_jitter = self.color_jitter.unwrap_or(f.color_jitter);
+        }
         let eval_every = ((self.eval_every_epochs * s.steps_per_epoch as f64).round() as u64).max(1);
         Ok(FinetuneConfig {
             run: run_cfg,
@@ -648,22 +824,17 @@ impl FinetuneArgs {
             classes,
             init,
             model,
-            augment: AugmentConfig::finetune(
-                vit.image_size as u32,
-                randaugment,
-                self.reprob,
-                self.repeated_aug.max(1),
-            ),
+            augment,
             vit,
-            layer_decay: self.layer_decay,
+            layer_decay,
             mixup: MixupConfig {
-                mixup_alpha: self.mixup,
-                cutmix_alpha: self.cutmix,
+                mixup_alpha: mixup,
+                cutmix_alpha: cutmix,
                 prob: self.mixup_prob,
                 switch_prob: self.mixup_switch_prob,
-                label_smoothing: self.label_smoothing,
+                label_smoothing,
             },
-            crop_ratio: self.crop_ratio,
+            crop_ratio,
             eval_every,
             eval_images: self.eval_images,
         })

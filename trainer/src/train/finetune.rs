@@ -28,7 +28,7 @@ use crate::model::losses::soft_cross_entropy;
 use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::FinetuneConfig;
-use crate::train::optim::{clip_scale, global_grad_norm, layer_decay_scale, AdamW};
+use crate::train::optim::{accumulate, clip_scale, global_grad_norm, layer_decay_scale, AdamW};
 use crate::train::pretrained::{load_encoder, pretrained_encoder};
 use crate::train::run_folder::{
     load_checkpoint, prepare_run_folder, read_results, save_checkpoint, trim_metrics, write_results, MetricsLog,
@@ -39,7 +39,9 @@ use crate::train::run_folder::{
 /// learning rates are small and a diverging recipe needs a lower one, not a retry).
 const MAX_BAD_STEPS: u32 = 3;
 
-/// One line of a fine-tuning run's metrics.jsonl; the `val_*` fields on evaluation steps.
+/// One line of a fine-tuning run's metrics.jsonl; the `eval_*` and `train_top1` fields on
+/// evaluation steps (on the evaluation split, and on a spread of train images with the same
+/// eval views), so a collapse to one class shows in the prediction histogram.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneLine {
     pub step: u64,
@@ -51,12 +53,17 @@ pub struct FinetuneLine {
     pub images_per_s: f64,
     pub data_wait_s: f64,
     pub skipped_steps: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default, alias = "val_top1")]
+    pub eval_top1: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default, alias = "val_top5")]
+    pub eval_top5: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default, alias = "val_loss")]
+    pub eval_loss: Option<f64>,
+    /// Predicted class counts over the evaluated images.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub val_top1: Option<f64>,
+    pub eval_predictions: Option<Vec<u64>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub val_top5: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub val_loss: Option<f64>,
+    pub train_top1: Option<f64>,
 }
 
 /// `results.json` of a fine-tuning run.
@@ -72,12 +79,20 @@ pub struct FinetuneResults {
     pub seed: u64,
     pub epochs: u64,
     pub steps: u64,
-    /// The final model on every val image.
-    pub val: ClassifyResult,
-    /// Best top-1 among the periodic evaluations (possibly on a val subset).
+    /// The split evaluated on.
+    #[serde(default = "val")]
+    pub eval_split: String,
+    /// The final model on every image of the evaluation split.
+    #[serde(alias = "val")]
+    pub eval: ClassifyResult,
+    /// Best top-1 among the periodic evaluations (possibly on a subset).
     pub best_top1: f64,
     pub best_step: u64,
     pub seconds: f64,
+}
+
+fn val() -> String {
+    "val".into()
 }
 
 /// Fine-tunes (or resumes) as configured; writes `results.json` when the schedule ends.
@@ -95,22 +110,19 @@ pub fn finetune<B: AutodiffBackend>(
     let ckpt = cfg.run.checkpoint_path();
     let metrics_path = cfg.run.metrics_path();
     let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
-    let mut state = TrainState {
-        step: 0,
-        optimizer_steps: 0,
-        skipped_steps: 0,
-        rollbacks: 0,
-    };
+    let mut state = TrainState::new();
     if resume && ckpt.exists() {
         (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
         trim_metrics(&metrics_path, state.step)?;
     } else if let Some(init) = &cfg.init {
-        let (pre, encoder) = pretrained_encoder(&init.run, &cfg.vit)?;
-        model = load_encoder(model, &encoder, &pre.run.checkpoint_path(), device)?;
+        let file = init.checkpoint.as_ref().unwrap_or(&init.run);
+        let (pre, encoder) = pretrained_encoder(file, &cfg.vit)?;
+        let file = init.checkpoint.clone().unwrap_or_else(|| pre.run.checkpoint_path());
+        model = load_encoder(model, &encoder, &file, device)?;
     }
     let mut train = ImageSet::load(&cfg.run.data, "train")?;
-    let mut val = ImageSet::load(&cfg.run.data, "val")?;
-    for set in [&mut train, &mut val] {
+    let mut eval = ImageSet::load(&cfg.run.data, &cfg.run.eval_split)?;
+    for set in [&mut train, &mut eval] {
         let dropped = set.keep_labeled(cfg.classes);
         if dropped > 0 {
             bar_println(
@@ -126,20 +138,24 @@ pub fn finetune<B: AutodiffBackend>(
     if let Some(n) = cfg.run.limit_images {
         train = train.truncate(n);
     }
-    let val_during = cfg
+    let eval_during = cfg
         .eval_images
-        .map_or_else(|| (0..val.samples.len()).collect(), |n| val.spread(n));
+        .map_or_else(|| (0..eval.samples.len()).collect(), |n| eval.spread(n));
+    // Train accuracy on clean views of as many train images as the periodic evaluation uses.
+    let train_probe = train.spread(eval_during.len().min(TRAIN_PROBE_IMAGES));
     let schedule = cfg.schedule.cosine();
     let depth = cfg.vit.depth;
     let decay = cfg.layer_decay;
     let lr_scale = move |path: &str| layer_decay_scale(path, depth, decay);
     let end = cfg.schedule.end();
+    let accum = cfg.schedule.accum as u64;
+    let train = Arc::new(train);
     let mut loader = Loader::spawn(
-        Arc::new(train),
+        train.clone(),
         cfg.augment,
         cfg.schedule.batch_size,
         cfg.run.seed,
-        state.step,
+        state.step * accum,
         cfg.run.prefetch,
     )?;
     let mut metrics = MetricsLog::open(&metrics_path)?;
@@ -147,45 +163,58 @@ pub fn finetune<B: AutodiffBackend>(
     let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
     let mut bad_in_row = 0u32;
     let size = cfg.vit.image_size;
+    let classify_on = |model: &Classifier<B::InnerBackend>, set: &ImageSet, picks: &[usize]| {
+        classify(model, set, picks, size, cfg.crop_ratio, cfg.schedule.batch_size, device)
+    };
     while state.step < end {
         let step = state.step;
-        let t0 = Instant::now();
-        let mut host = loader.next_batch()?;
-        window_wait += t0.elapsed().as_secs_f64();
-        let b = host.len();
-        let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, step, 7));
-        let (targets, _) = mix_batch(
-            &mut host.images,
-            &host.labels,
-            size,
-            cfg.classes,
-            &cfg.mixup,
-            &mut mix_rng,
-        );
-        let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
-        let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, cfg.classes]), device);
-        let logits = model.forward(
-            x,
-            Mode::Train {
-                seed: mix(cfg.run.seed, step, 4),
-            },
-        );
-        let loss = soft_cross_entropy(logits, t);
         let done = step + 1 == cfg.schedule.total_steps;
         let eval_now = !done && ((step + 1).is_multiple_of(cfg.eval_every) || step + 1 == end);
         let log_now = (step + 1).is_multiple_of(cfg.run.log_every) || step + 1 == end || eval_now || done;
-        let loss_value = log_now.then(|| loss.clone().into_scalar().elem::<f64>());
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let norm = global_grad_norm::<B, _>(&model, &grads);
+        let mut grads: Option<GradientsParams> = None;
+        let mut loss_value = None;
+        for micro in 0..accum {
+            let index = step * accum + micro;
+            let t0 = Instant::now();
+            let mut host = loader.next_batch()?;
+            window_wait += t0.elapsed().as_secs_f64();
+            debug_assert_eq!(host.index, index);
+            let b = host.len();
+            let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, index, 7));
+            let (targets, _) = mix_batch(
+                &mut host.images,
+                &host.labels,
+                size,
+                cfg.classes,
+                &cfg.mixup,
+                &mut mix_rng,
+            );
+            let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
+            let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, cfg.classes]), device);
+            let logits = model.forward(
+                x,
+                Mode::Train {
+                    seed: mix(cfg.run.seed, index, 4),
+                },
+            );
+            let loss = soft_cross_entropy(logits, t);
+            if log_now && micro == 0 {
+                loss_value = Some(loss.clone().into_scalar().elem::<f64>());
+            }
+            let g = GradientsParams::from_grads(loss.backward(), &model);
+            grads = Some(match grads {
+                Some(acc) => accumulate::<B, _>(&model, acc, g),
+                None => g,
+            });
+            window_images += b;
+        }
+        let mut grads = grads.expect("accum >= 1");
+        let k = accum as f64;
+        let norm = global_grad_norm::<B, _>(&model, &grads) / k;
         let lr = schedule.lr(step);
         if norm.is_finite() {
-            model = opt.step(
-                model,
-                &mut grads,
-                lr,
-                clip_scale(norm, cfg.schedule.clip_grad),
-                &lr_scale,
-            );
+            let scale = clip_scale(norm, cfg.schedule.clip_grad) / k;
+            model = opt.step(model, &mut grads, lr, scale, &lr_scale);
             state.optimizer_steps += 1;
             bad_in_row = 0;
         } else {
@@ -200,36 +229,26 @@ pub fn finetune<B: AutodiffBackend>(
             }
         }
         state.step += 1;
-        window_images += b;
         bar.inc(1);
-        // Periodic evaluations may use a val subset; the final one uses every val image.
-        let val_result = if done {
-            let all: Vec<usize> = (0..val.samples.len()).collect();
-            Some(classify(
-                &model.valid(),
-                &val,
-                &all,
-                size,
-                cfg.crop_ratio,
-                cfg.schedule.batch_size,
-                device,
-            )?)
-        } else if eval_now {
-            Some(classify(
-                &model.valid(),
-                &val,
-                &val_during,
-                size,
-                cfg.crop_ratio,
-                cfg.schedule.batch_size,
-                device,
-            )?)
+        // Periodic evaluations may use a subset; the final one uses every image of the split.
+        let (eval_result, train_top1) = if done || eval_now {
+            let frozen = model.valid();
+            let all: Vec<usize>;
+            let picks = if done {
+                all = (0..eval.samples.len()).collect();
+                &all
+            } else {
+                &eval_during
+            };
+            let e = classify_on(&frozen, &eval, picks)?;
+            let t = classify_on(&frozen, &train, &train_probe)?;
+            (Some(e), Some(t.top1))
         } else {
-            None
+            (None, None)
         };
         if let Some(loss) = loss_value {
             let secs = window_start.elapsed().as_secs_f64();
-            let v = val_result;
+            let v = eval_result.as_ref();
             let line = FinetuneLine {
                 step: state.step,
                 epoch: state.step as f64 / cfg.schedule.steps_per_epoch as f64,
@@ -239,16 +258,18 @@ pub fn finetune<B: AutodiffBackend>(
                 images_per_s: window_images as f64 / secs.max(1e-9),
                 data_wait_s: window_wait,
                 skipped_steps: state.skipped_steps,
-                val_top1: v.map(|v| v.top1),
-                val_top5: v.map(|v| v.top5),
-                val_loss: v.map(|v| v.loss),
+                eval_top1: v.map(|v| v.top1),
+                eval_top5: v.map(|v| v.top5),
+                eval_loss: v.map(|v| v.loss),
+                eval_predictions: v.map(|v| v.predictions.clone()),
+                train_top1,
             };
             metrics.append(&line)?;
             bar.set_message(format!(
                 "loss {:.3} {:.0} img/s{}",
                 line.loss,
                 line.images_per_s,
-                v.map(|v| format!(" val top-1 {:.1}%", 100.0 * v.top1))
+                v.map(|v| format!(" {} top-1 {:.1}%", cfg.run.eval_split, 100.0 * v.top1))
                     .unwrap_or_default()
             ));
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
@@ -256,7 +277,7 @@ pub fn finetune<B: AutodiffBackend>(
         if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end {
             save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;
         }
-        if let (true, Some(val)) = (done, val_result) {
+        if let (true, Some(e)) = (done, eval_result) {
             bar.finish();
             let (best_top1, best_step) = best_eval(&metrics_path);
             let results = FinetuneResults {
@@ -269,9 +290,10 @@ pub fn finetune<B: AutodiffBackend>(
                 seed: cfg.run.seed,
                 epochs: cfg.schedule.epochs,
                 steps: state.step,
-                val,
-                best_top1: best_top1.max(val.top1),
-                best_step: if val.top1 >= best_top1 { state.step } else { best_step },
+                eval_split: cfg.run.eval_split.clone(),
+                best_top1: best_top1.max(e.top1),
+                best_step: if e.top1 >= best_top1 { state.step } else { best_step },
+                eval: e,
                 seconds: started.elapsed().as_secs_f64(),
             };
             write_results(&cfg.run.out, &results)?;
@@ -286,16 +308,19 @@ pub fn finetune<B: AutodiffBackend>(
     Ok(None)
 }
 
+/// At most this many train images measure train accuracy at each evaluation.
+const TRAIN_PROBE_IMAGES: usize = 1000;
+
 fn bar_println(progress: bool, line: String) {
     if progress {
         eprintln!("{line}");
     }
 }
 
-/// The best periodic val top-1 in metrics.jsonl and its step (0, 0 when none).
+/// The best periodic top-1 in metrics.jsonl and its step (0, 0 when none).
 fn best_eval(path: &std::path::Path) -> (f64, u64) {
     MetricsLog::read::<FinetuneLine>(path)
         .into_iter()
-        .filter_map(|l| l.val_top1.map(|t| (t, l.step)))
+        .filter_map(|l| l.eval_top1.map(|t| (t, l.step)))
         .fold((0.0, 0), |best, (t, s)| if t > best.0 { (t, s) } else { best })
 }

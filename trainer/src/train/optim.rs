@@ -253,7 +253,7 @@ pub fn layer_decay_scale(path: &str, depth: usize, decay: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::model::beit::Beit;
-    use crate::model::objective::test_support::{beit_batch, split_batch, tiny_vit};
+    use crate::model::objective::test_support::{beit_batch, quarter_batch, split_batch, tiny_vit};
     use crate::model::objective::{MimBatch, Objective};
     use crate::model::splitmask::{SplitMask, SplitMaskConfig};
     use crate::model::vit::Mode;
@@ -399,5 +399,21 @@ mod tests {
         );
         let losses = overfit_losses(model, &split_batch(4, 32, 2, &device), 60);
         assert!(losses[59] < losses[0] * 0.3, "{losses:?}");
+    }
+
+    #[test]
+    fn splitmask_quarter_branches_overfit_one_batch() {
+        // Each branch sees 4 of 16 patches and predicts the other 12: a harder task, so more
+        // steps than the halves need.
+        let device = Default::default();
+        let model = SplitMask::<TestAutodiff>::new(
+            &tiny_vit(),
+            &SplitMaskConfig::new(),
+            32,
+            &mut ChaCha8Rng::seed_from_u64(0),
+            &device,
+        );
+        let losses = overfit_losses(model, &quarter_batch(4, 32, 2, &device), 100);
+        assert!(losses[99] < losses[0] * 0.3, "{losses:?}");
     }
 }

@@ -32,7 +32,7 @@ use crate::seed::mix;
 use crate::train::config::{PretrainConfig, Targets};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, AdamW};
 use crate::train::run_folder::{
-    load_checkpoint, prepare_run_folder, save_checkpoint, trim_metrics, MetricsLog, TrainState,
+    load_checkpoint, prepare_run_folder, read_state, save_checkpoint, save_model, trim_metrics, MetricsLog, TrainState,
 };
 
 /// One line of metrics.jsonl. Non-finite values (a diverging step) are written as `null`
@@ -123,8 +123,10 @@ pub fn device_batch<B: Backend>(
             Masks::masked(&m, device)
         }
         Method::Splitmask => {
-            let h: Vec<_> = (0..b).map(|_| draw_split(&mut rng, g, g, cfg.masking)).collect();
-            Masks::split(&h, device)
+            let h: Vec<_> = (0..b)
+                .map(|_| draw_split(&mut rng, g, g, cfg.mask_count, cfg.masking))
+                .collect();
+            Masks::split(&h, g * g, device)
         }
     };
     MimBatch { images, targets, masks }
@@ -153,25 +155,25 @@ where
         set.attach_tokens(&cfg.vocab_sha256)?;
     }
     let set = Arc::new(set);
-    // The k-NN monitor's bank is the training set itself; its queries the val split.
+    // The k-NN monitor's bank is the training set itself; its queries the evaluation split.
     let knn_queries = if cfg.knn_every > 0 {
-        Some(ImageSet::load(&cfg.run.data, "val")?)
+        Some(ImageSet::load(&cfg.run.data, &cfg.run.eval_split)?)
     } else {
         None
     };
     let schedule = cfg.schedule.cosine();
     let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
     let mut model = model;
-    let mut state = TrainState {
-        step: 0,
-        optimizer_steps: 0,
-        skipped_steps: 0,
-        rollbacks: 0,
-    };
+    let mut state = TrainState::new();
     let ckpt = cfg.run.checkpoint_path();
     if resume && ckpt.exists() {
         (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
         trim_metrics(&cfg.run.metrics_path(), state.step)?;
+        // best.safetensors may be newer than the checkpoint; its score is the one to beat.
+        let best = cfg.run.best_path();
+        if best.exists() {
+            state.best_knn = read_state(&best)?.best_knn;
+        }
     }
     let end = cfg.schedule.end();
     let mut loader = Loader::spawn(
@@ -250,11 +252,12 @@ where
                         rollbacks: state.rollbacks,
                     });
                 }
-                let skipped = state.skipped_steps;
+                let (skipped, best) = (state.skipped_steps, state.best_knn);
                 (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
                 trim_metrics(&metrics_path, state.step)?;
                 metrics = MetricsLog::open(&metrics_path)?;
                 state.skipped_steps = skipped;
+                state.best_knn = best;
                 state.rollbacks = rollbacks;
                 bar.println(format!(
                     "{bad_in_row} non-finite updates in a row at step {step}: rolled back to step {}",
@@ -312,6 +315,14 @@ where
             ));
             last_line = Some(line);
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
+        }
+        if let Some(top1) = knn_top1 {
+            // The overfitting guard of long schedules (the paper's Fig. 6): keep the model at
+            // the best k-NN so far, beside the last checkpoint.
+            if state.best_knn.is_none_or(|(best, _)| top1 > best) {
+                state.best_knn = Some((top1, state.step));
+                save_model(&cfg.run.best_path(), cfg, &model, &state)?;
+            }
         }
         if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end {
             save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;

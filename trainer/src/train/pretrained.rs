@@ -14,7 +14,7 @@ use crate::eval::frozen::{EncoderSource, FrozenEncoder};
 use crate::model::classifier::Classifier;
 use crate::model::vit::{Vit, VitConfig};
 use crate::train::checkpoint::{load_params, load_tensors, split_optimizer, NamedTensors};
-use crate::train::config::{load_config, PretrainConfig};
+use crate::train::config::{init_paths, load_config, PretrainConfig};
 
 /// Parameters of the pre-training models that fine-tuning drops (BEiT: mask token and token
 /// head; SplitMask: also the decoder). Anything else in a checkpoint must load.
@@ -22,26 +22,28 @@ pub const PRETRAIN_ONLY: [&str; 5] = ["mask_token", "decoder_pos", "head.", "dec
 
 /// A pre-training run's encoder weights (`encoder.*`, prefix kept), checked strictly: every
 /// other key must be a pre-training head, and the run's encoder must have `vit`'s shape.
-pub fn pretrained_encoder(run: &Path, vit: &VitConfig) -> Result<(PretrainConfig, NamedTensors)> {
-    let cfg = load_config(run)?;
+/// `init` is a run folder (its last checkpoint) or a checkpoint file in one.
+pub fn pretrained_encoder(init: &Path, vit: &VitConfig) -> Result<(PretrainConfig, NamedTensors)> {
+    let (run, file) = init_paths(init);
+    let cfg = load_config(&run)?;
     let same_shape = |v: &VitConfig| v.clone().with_drop_path(vit.drop_path);
     if same_shape(&cfg.vit) != *vit {
         return Err(InitError::Architecture {
-            run: run.to_path_buf(),
+            run,
             found: describe(&cfg.vit),
             expected: describe(vit),
             preset: cfg.model.clone(),
         }
         .into());
     }
-    let encoder = encoder_tensors(&cfg)?;
+    let encoder = encoder_tensors(&file)?;
     Ok((cfg, encoder))
 }
 
-/// The `encoder.*` tensors of a run's checkpoint; any key that is neither those nor a
+/// The `encoder.*` tensors of a pre-training checkpoint; any key that is neither those nor a
 /// pre-training head is an error naming it.
-fn encoder_tensors(cfg: &PretrainConfig) -> Result<NamedTensors> {
-    let path = cfg.run.checkpoint_path();
+fn encoder_tensors(path: &Path) -> Result<NamedTensors> {
+    let path = path.to_path_buf();
     let (all, _) = load_tensors(&path)?;
     let (params, _optimizer) = split_optimizer(all);
     let (encoder, rest): (NamedTensors, NamedTensors) =
@@ -77,16 +79,17 @@ pub fn load_encoder<B: Backend>(
     Ok(model)
 }
 
-/// A pre-training run's configuration and its encoder with the checkpoint's weights.
-pub fn run_encoder<B: Backend>(run: &Path, device: &B::Device) -> Result<(PretrainConfig, Vit<B>)> {
-    let cfg = load_config(run)?;
-    let stripped: NamedTensors = encoder_tensors(&cfg)?
+/// A pre-training run's configuration and its encoder with the checkpoint's weights; `init`
+/// is a run folder (its last checkpoint) or a checkpoint file in one.
+pub fn run_encoder<B: Backend>(init: &Path, device: &B::Device) -> Result<(PretrainConfig, Vit<B>)> {
+    let (run, file) = init_paths(init);
+    let cfg = load_config(&run)?;
+    let stripped: NamedTensors = encoder_tensors(&file)?
         .into_iter()
         .map(|(k, v)| (k["encoder.".len()..].to_string(), v))
         .collect();
     // The skeleton's values are all replaced.
     let skeleton: Vit<B> = cfg.vit.init(&mut ChaCha8Rng::seed_from_u64(0), device);
-    let file = cfg.run.checkpoint_path();
     let (encoder, unexpected) = load_params(skeleton, &stripped, &|_| false, &file, device)?;
     if !unexpected.is_empty() {
         return Err(CheckpointError::Unexpected { path: file, unexpected }.into());
@@ -95,15 +98,15 @@ pub fn run_encoder<B: Backend>(run: &Path, device: &B::Device) -> Result<(Pretra
 }
 
 /// A pre-training run's encoder with its provenance, for frozen-encoder evaluation.
-pub fn frozen_encoder<B: Backend>(run: &Path, device: &B::Device) -> Result<FrozenEncoder<B>> {
-    let (cfg, encoder) = run_encoder(run, device)?;
+pub fn frozen_encoder<B: Backend>(init: &Path, device: &B::Device) -> Result<FrozenEncoder<B>> {
+    let (cfg, encoder) = run_encoder(init, device)?;
     Ok(FrozenEncoder {
         model: cfg.model.clone(),
         vit: cfg.vit.clone(),
         encoder,
         source: EncoderSource {
             init: cfg.method.name().to_string(),
-            run: Some(run.to_path_buf()),
+            run: Some(init.to_path_buf()),
             vocab: Some(cfg.vocab.clone()),
             pretrain_steps: cfg.schedule.total_steps,
             seed: cfg.run.seed,

@@ -22,6 +22,8 @@ use crate::train::optim::{AdamW, Moments};
 /// The resolved configuration of the run, written at its start.
 pub const CONFIG_FILE: &str = "config.json";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The model at the best k-NN top-1 of a pre-training run (with `--knn-every`).
+pub const BEST_FILE: &str = "best.safetensors";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// What `trainer eval` and fine-tuning write at the end of a run.
 pub const RESULTS_FILE: &str = "results.json";
@@ -107,6 +109,27 @@ pub struct TrainState {
     pub optimizer_steps: u64,
     pub skipped_steps: u64,
     pub rollbacks: u64,
+    /// The best k-NN top-1 so far and its step (kept in best.safetensors).
+    #[serde(default)]
+    pub best_knn: Option<(f64, u64)>,
+}
+
+impl TrainState {
+    pub fn new() -> Self {
+        TrainState {
+            step: 0,
+            optimizer_steps: 0,
+            skipped_steps: 0,
+            rollbacks: 0,
+            best_knn: None,
+        }
+    }
+}
+
+impl Default for TrainState {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The run's metrics.jsonl, opened for appending one JSON object per logged step.
@@ -193,6 +216,39 @@ pub fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
         serde_json::to_string(cfg).expect("serializable"),
     );
     save_tensors(path, &tensors, Some(meta))
+}
+
+/// Writes the model's parameters alone (no optimizer state) with the training state, as
+/// best.safetensors: a file `trainer finetune --init` and `trainer eval --run` read like a
+/// checkpoint.
+pub fn save_model<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
+    path: &Path,
+    cfg: &C,
+    model: &M,
+    state: &TrainState,
+) -> Result<()> {
+    let mut meta = HashMap::new();
+    meta.insert(
+        STATE_KEY.to_string(),
+        serde_json::to_string(state).expect("serializable"),
+    );
+    meta.insert(
+        "splitmask.config".to_string(),
+        serde_json::to_string(cfg).expect("serializable"),
+    );
+    save_tensors(path, &named_params(model), Some(meta))
+}
+
+/// The training state recorded in a checkpoint or best.safetensors.
+pub fn read_state(path: &Path) -> Result<TrainState> {
+    let (_, meta) = load_tensors(path)?;
+    Ok(meta
+        .get(STATE_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| CheckpointError::Incomplete {
+            path: path.to_path_buf(),
+            message: format!("no {STATE_KEY} in the header"),
+        })?)
 }
 
 /// Restores model, optimizer and state from the run's checkpoint.

@@ -72,7 +72,7 @@ const SHORT: [&str; 16] = [
     "--epochs",
     "1",
     "--blr",
-    "4e-3",
+    "1.6e-2",
     "--warmup-epochs",
     "0.1",
     "--eval-every-epochs",
@@ -117,13 +117,13 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     let whole = ft(&cfg, false).expect("ran to the end");
     assert_eq!(whole.init, "splitmask");
     assert_eq!(whole.steps, 60);
-    assert_eq!(whole.val.images, 3925, "the final evaluation covers all of val");
+    assert_eq!(whole.eval.images, 3925, "the final evaluation covers all of val");
     // 60 steps of 32 images: clearly above the 10% of chance on 3925 val images.
-    assert!(whole.val.top1 > 0.15, "top-1 {}", whole.val.top1);
-    eprintln!("fine-tuned micro ViT: {:?}", whole.val);
-    assert!(whole.val.top5 > whole.val.top1 && whole.val.top5 > 0.55);
+    assert!(whole.eval.top1 > 0.15, "top-1 {}", whole.eval.top1);
+    eprintln!("fine-tuned micro ViT: {:?}", whole.eval);
+    assert!(whole.eval.top5 > whole.eval.top1 && whole.eval.top5 > 0.55);
     let a = lines(&cfg);
-    let evals: Vec<&FinetuneLine> = a.iter().filter(|l| l.val_top1.is_some()).collect();
+    let evals: Vec<&FinetuneLine> = a.iter().filter(|l| l.eval_top1.is_some()).collect();
     // Every 22 steps (a quarter of the 88 steps per epoch), then the final one.
     assert_eq!(evals.len(), 3, "periodic evaluations");
     assert!(a.iter().all(|l| l.loss.is_finite()));
@@ -153,7 +153,7 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
             y.loss
         );
     }
-    assert_eq!(resumed.val, whole.val);
+    assert_eq!(resumed.eval, whole.eval);
 
     // A checkpoint with a key that is neither encoder nor pre-training head is refused.
     let (mut tensors, meta) = load_tensors(&pre.run.checkpoint_path()).unwrap();
@@ -180,6 +180,7 @@ fn eval_writes_probes_and_knn_and_report_gathers_runs() {
     let pre = pretrained(f, &pre_dir);
     let spec = trainer::eval::frozen::EvalSpec {
         data: f.dir.clone(),
+        eval_split: "val".into(),
         train_images: 400,
         val_images: 300,
         crop_ratio: 0.875,

@@ -65,6 +65,8 @@ pub fn fixture() -> Option<&'static Fixture> {
                 ..Default::default()
             },
             subset: Some(Subset { fraction: 0.3, seed: 0 }),
+            eval_split: "val".into(),
+            holdout: None,
             shard_bytes: 256_000_000,
             row_group_bytes: 64_000_000,
         };
