@@ -4,14 +4,13 @@
 
 use std::path::Path;
 
-use clap::Parser;
 use trainer::model::vit::VitConfig;
 use trainer::train::checkpoint::{load_tensors, save_tensors};
 use trainer::train::config::{FinetuneArgs, FinetuneConfig, PretrainConfig};
 use trainer::train::finetune::{finetune, FinetuneLine, FinetuneResults};
 use trainer::CpuAutodiff;
 
-use crate::{args, fixture, run, workspace, Fixture};
+use crate::{args, fixture, run, Fixture};
 
 fn micro_vit() -> VitConfig {
     VitConfig::cpu_tiny().with_dim(64).with_depth(2).with_heads(2)
@@ -42,25 +41,7 @@ fn pretrained(f: &Fixture, out: &Path) -> PretrainConfig {
 }
 
 fn ft_args(f: &Fixture, init: Option<&Path>, out: &Path, extra: &[&str]) -> FinetuneArgs {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: FinetuneArgs,
-    }
-    let mut argv = vec![
-        "trainer".to_string(),
-        "--data".into(),
-        f.dir.display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--recipes".into(),
-        workspace().join("datasets").display().to_string(),
-    ];
-    if let Some(init) = init {
-        argv.extend(["--init".to_string(), init.display().to_string()]);
-    }
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    Cli::try_parse_from(argv).unwrap().args
+    crate::finetune_args(&f.dir, init, out, extra)
 }
 
 /// A short fine-tuning recipe for the micro model (the paper's augmentations on).

@@ -10,12 +10,14 @@ use pipeline::transcode::TranscodeSettings;
 use pipeline::vocab::tokenizer::Vocabulary;
 use pipeline::vocab::VocabConfig;
 use schemas::VocabKind;
-use trainer::train::config::{PretrainArgs, PretrainConfig};
+use trainer::train::config::{FinetuneArgs, PretrainArgs, PretrainConfig};
 use trainer::train::pretrain::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
 
 mod finetune_runs;
 mod layering;
+mod layouts;
+mod paper_datasets;
 mod pretrain_runs;
 mod targets;
 
@@ -98,27 +100,58 @@ pub fn fixture() -> Option<&'static Fixture> {
     .as_ref()
 }
 
-/// Arguments as the CLI would parse them, for a run in `out`.
-pub fn args(f: &Fixture, vocab: &Path, out: &Path, extra: &[&str]) -> PretrainArgs {
+/// `T`'s flags parsed as the CLI would, from `--recipes <the repo's datasets>` and `argv`.
+pub fn parse<T: clap::Args>(argv: &[String]) -> T {
     use clap::Parser;
     #[derive(Parser)]
-    struct Cli {
+    struct Cli<T: clap::Args> {
         #[command(flatten)]
-        args: PretrainArgs,
+        args: T,
     }
-    let mut argv = vec![
+    let mut all = vec![
         "trainer".to_string(),
-        "--data".into(),
-        f.dir.display().to_string(),
-        "--vocab".into(),
-        vocab.display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
         "--recipes".into(),
         workspace().join("datasets").display().to_string(),
     ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    Cli::try_parse_from(argv).unwrap().args
+    all.extend(argv.iter().cloned());
+    Cli::<T>::try_parse_from(all).unwrap().args
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// `trainer pretrain` arguments for a run on `data` in `out`.
+pub fn pretrain_args(data: &Path, vocab: &Path, out: &Path, extra: &[&str]) -> PretrainArgs {
+    let mut argv = strings(&[
+        "--data",
+        &data.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    argv.extend(strings(&["--vocab", &vocab.display().to_string()]));
+    argv.extend(strings(extra));
+    parse(&argv)
+}
+
+/// `trainer finetune` arguments for a run on `data` in `out`, from `init` or random init.
+pub fn finetune_args(data: &Path, init: Option<&Path>, out: &Path, extra: &[&str]) -> FinetuneArgs {
+    let mut argv = strings(&[
+        "--data",
+        &data.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    if let Some(init) = init {
+        argv.extend(strings(&["--init", &init.display().to_string()]));
+    }
+    argv.extend(strings(extra));
+    parse(&argv)
+}
+
+/// Arguments as the CLI would parse them, for a run in `out`.
+pub fn args(f: &Fixture, vocab: &Path, out: &Path, extra: &[&str]) -> PretrainArgs {
+    pretrain_args(&f.dir, vocab, out, extra)
 }
 
 pub fn metrics(cfg: &PretrainConfig) -> Vec<MetricsLine> {

@@ -245,3 +245,63 @@ fn bad_configuration_is_an_error_naming_the_field() {
     assert!(err(&["--method", "splitmask", "--mask-ratio", "0.4"]).contains("50/50"));
     assert!(err(&["--masking", "diagonal"]).contains("block or uniform"));
 }
+
+#[test]
+fn best_knn_checkpoint_is_the_encoder_at_the_best_logged_knn() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = args(
+        f,
+        &f.vocab_small,
+        &tmp.path().join("best"),
+        &[
+            "--model",
+            "cpu-tiny",
+            "--batch-size",
+            "16",
+            "--max-steps",
+            "24",
+            "--blr",
+            "0.5",
+            "--warmup-epochs",
+            "0",
+            "--knn-every",
+            "4",
+            "--knn-images",
+            "200",
+        ],
+    )
+    .resolve()
+    .unwrap();
+    cfg.vit = micro_vit();
+    run(&cfg, false);
+    let logged: Vec<(u64, f64)> = metrics(&cfg)
+        .iter()
+        .filter_map(|l| l.knn_top1.map(|k| (l.step, k)))
+        .collect();
+    assert_eq!(logged.len(), 6);
+    eprintln!("k-NN top-1 by step: {logged:?}");
+    // The first of the best logged scores.
+    let (best_step, best) = logged
+        .iter()
+        .copied()
+        .fold((0, f64::MIN), |b, (s, k)| if k > b.1 { (s, k) } else { b });
+    let state = trainer::train::run_folder::read_state(&cfg.run.best_path()).unwrap();
+    assert_eq!(state.best_knn, Some((best, best_step)), "{logged:?}");
+    assert_eq!(state.step, best_step);
+    // The file holds that encoder: its k-NN, measured again, is the logged best.
+    let device = Default::default();
+    let frozen =
+        trainer::train::pretrained::frozen_encoder::<trainer::CpuBackend>(&cfg.run.best_path(), &device).unwrap();
+    let bank = trainer::data::images::ImageSet::load(&f.dir, "train").unwrap();
+    let queries = trainer::data::images::ImageSet::load(&f.dir, "val").unwrap();
+    let features = |set: &trainer::data::images::ImageSet| {
+        trainer::eval::features::features(&frozen.encoder, set, &set.spread(200), 64, 0.875, 16, &device).unwrap()
+    };
+    let ((bf, bl), (qf, ql)) = (features(&bank), features(&queries));
+    let again = trainer::eval::knn::knn(&bf, &bl, &qf, &ql, cfg.vit.dim, 20, 0.07).top1;
+    assert!((again - best).abs() < 1e-9, "{again} vs {best}");
+    // The last checkpoint is still the end of the run.
+    let last = trainer::train::run_folder::read_state(&cfg.run.checkpoint_path()).unwrap();
+    assert_eq!(last.step, 24);
+}
