@@ -72,7 +72,7 @@ impl Filler {
 }
 
 /// The first `per_class` lines of each class of a list, in file order.
-fn first_per_class<'a>(lines: &'a [String], class: impl Fn(&str) -> String, per_class: usize) -> Vec<&'a String> {
+fn first_per_class(lines: &[String], class: impl Fn(&str) -> String, per_class: usize) -> Vec<&String> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     lines
         .iter()
