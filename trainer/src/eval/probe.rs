@@ -49,6 +49,56 @@ pub struct Features<'a> {
     pub y: &'a [i64],
 }
 
+/// A trained linear probe: logits = ((x - mean) / std) w + b.
+#[derive(Debug, Clone)]
+pub struct LinearProbe {
+    pub dim: usize,
+    pub classes: usize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// `[dim, classes]` row-major.
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+impl LinearProbe {
+    /// The same map on raw features: `x w' + b'` with the standardization folded in
+    /// (`w' = w / std` per row, `b' = b - (mean / std) w`), e.g. to initialize a linear head.
+    pub fn folded(&self) -> (Vec<f32>, Vec<f32>) {
+        let c = self.classes;
+        let mut w = self.w.clone();
+        let mut b = self.b.clone();
+        for d in 0..self.dim {
+            for k in 0..c {
+                w[d * c + k] /= self.std[d];
+                b[k] -= self.mean[d] * w[d * c + k];
+            }
+        }
+        (w, b)
+    }
+
+    /// Top-1 and top-5 accuracy on labelled features.
+    pub fn accuracy<B: Backend>(&self, f: Features, device: &B::Device) -> (f64, f64) {
+        let m = f.y.len();
+        if m == 0 {
+            return (0.0, 0.0);
+        }
+        let (w, b) = self.folded();
+        let xv = Tensor::<B, 2>::from_data(TensorData::new(f.x.to_vec(), [m, self.dim]), device);
+        let wt = Tensor::<B, 2>::from_data(TensorData::new(w, [self.dim, self.classes]), device);
+        let bt = Tensor::<B, 1>::from_data(TensorData::new(b, [self.classes]), device);
+        let logits: Vec<f32> = (xv.matmul(wt) + bt.unsqueeze::<2>())
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let mut hits = TopK::default();
+        for (row, &l) in logits.chunks(self.classes).zip(f.y) {
+            hits.add(row, l as usize);
+        }
+        hits.rates()
+    }
+}
+
 /// Trains a probe on `train` and returns its accuracy on `val` (top-1, top-5) and on `train`.
 pub fn linear_probe<B: Backend>(
     train: Features,
@@ -58,6 +108,21 @@ pub fn linear_probe<B: Backend>(
     cfg: &ProbeConfig,
     device: &B::Device,
 ) -> (f64, f64, f64) {
+    let probe = fit_probe::<B>(&train, dim, classes, cfg, device);
+    let (top1, top5) = probe.accuracy::<B>(val, device);
+    let (train_top1, _) = probe.accuracy::<B>(train, device);
+    (top1, top5, train_top1)
+}
+
+/// Fits a multinomial logistic regression on standardized `train` features (full-softmax
+/// gradients, Adam with a cosine step size, weight decay on `w`).
+pub fn fit_probe<B: Backend>(
+    train: &Features,
+    dim: usize,
+    classes: usize,
+    cfg: &ProbeConfig,
+    device: &B::Device,
+) -> LinearProbe {
     let n = train.y.len();
     let (mean, std) = standardizer(train.x, dim);
     let norm = |x: &[f32]| -> Vec<f32> {
@@ -108,25 +173,14 @@ pub fn linear_probe<B: Backend>(
             b = b - (mb.clone() / c1) / ((vb.clone() / c2).sqrt() + eps) * lr;
         }
     }
-    let accuracy = |x: &[f32], y: &[i64]| -> (f64, f64) {
-        let m = y.len();
-        if m == 0 {
-            return (0.0, 0.0);
-        }
-        let xv = Tensor::<B, 2>::from_data(TensorData::new(norm(x), [m, dim]), device);
-        let logits: Vec<f32> = (xv.matmul(w.clone()) + b.clone().unsqueeze::<2>())
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        let mut hits = TopK::default();
-        for (row, &l) in logits.chunks(classes).zip(y) {
-            hits.add(row, l as usize);
-        }
-        hits.rates()
-    };
-    let (top1, top5) = accuracy(val.x, val.y);
-    let (train_top1, _) = accuracy(train.x, train.y);
-    (top1, top5, train_top1)
+    LinearProbe {
+        dim,
+        classes,
+        mean,
+        std,
+        w: w.into_data().iter::<f32>().collect(),
+        b: b.into_data().iter::<f32>().collect(),
+    }
 }
 
 /// Per-dimension mean and standard deviation (floored) of row-major `[n, dim]` features.
@@ -204,5 +258,31 @@ mod tests {
             &device,
         );
         assert!((0.2..0.47).contains(&top1), "{top1}");
+    }
+
+    #[test]
+    fn folded_probe_scores_raw_features_as_the_standardized_one() {
+        let device = Default::default();
+        let cfg = ProbeConfig {
+            epochs: 10,
+            batch: 64,
+            ..Default::default()
+        };
+        let (x, y) = blobs(120, 5, 2.0);
+        let p = fit_probe::<TestBackend>(&Features { x: &x, y: &y }, 8, 3, &cfg, &device);
+        let (w, b) = p.folded();
+        for row in x.chunks(8).take(5) {
+            for k in 0..3 {
+                let standardized: f32 = (0..8)
+                    .map(|d| (row[d] - p.mean[d]) / p.std[d] * p.w[d * 3 + k])
+                    .sum::<f32>()
+                    + p.b[k];
+                let folded: f32 = (0..8).map(|d| row[d] * w[d * 3 + k]).sum::<f32>() + b[k];
+                assert!(
+                    (standardized - folded).abs() < 1e-2 * standardized.abs().max(1.0),
+                    "{standardized} vs {folded}"
+                );
+            }
+        }
     }
 }

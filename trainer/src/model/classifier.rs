@@ -35,8 +35,17 @@ impl<B: Backend> Classifier<B> {
     /// - images: `[batch, 3, height, width]`
     /// - output: `[batch, classes]`
     pub fn forward(&self, images: Tensor<B, 4>, mode: Mode) -> Tensor<B, 2> {
-        let pooled = mean_patch_tokens(self.encoder.forward(images, mode));
-        self.head.forward(self.fc_norm.forward(pooled))
+        self.head.forward(self.features(images, mode))
+    }
+
+    /// What the head sees: `fc_norm` of the mean-pooled patch tokens.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - output: `[batch, dim]`
+    pub fn features(&self, images: Tensor<B, 4>, mode: Mode) -> Tensor<B, 2> {
+        self.fc_norm
+            .forward(mean_patch_tokens(self.encoder.forward(images, mode)))
     }
 }
 

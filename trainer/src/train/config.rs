@@ -663,12 +663,27 @@ pub struct FinetuneArgs {
     /// RandAugment is off).
     #[arg(long)]
     pub color_jitter: Option<f64>,
+    /// How the classification head starts: `beit` (BEiT's: trunc-normal scaled by 0.001, the
+    /// paper's recipe) or `probe` (a linear probe fitted on the frozen encoder's features of
+    /// the train images first, then everything fine-tuned: LP-FT, for short schedules where a
+    /// near-zero head lets the first updates drift the encoder).
+    #[arg(long, value_enum, default_value = "beit")]
+    pub head_init: HeadInit,
     /// Evaluate every N epochs (and at the end).
     #[arg(long, default_value_t = 1.0)]
     pub eval_every_epochs: f64,
     /// Evaluate on at most this many images during training (all at the end).
     #[arg(long)]
     pub eval_images: Option<usize>,
+}
+
+/// How a fine-tuning run's classification head starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadInit {
+    #[default]
+    Beit,
+    Probe,
 }
 
 /// DeiT's repeated augmentation draws each image three times.
@@ -702,6 +717,8 @@ pub struct FinetuneConfig {
     pub mixup: MixupConfig,
     pub augment: AugmentConfig,
     pub crop_ratio: f64,
+    #[serde(default)]
+    pub head_init: HeadInit,
     pub eval_every: u64,
     pub eval_images: Option<usize>,
 }
@@ -835,6 +852,7 @@ impl FinetuneArgs {
                 label_smoothing,
             },
             crop_ratio,
+            head_init: self.head_init,
             eval_every,
             eval_images: self.eval_images,
         })

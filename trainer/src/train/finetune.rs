@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -23,11 +23,13 @@ use crate::data::loader::Loader;
 use crate::data::mixup::mix_batch;
 use crate::error::{Error, Result};
 use crate::eval::accuracy::{classify, ClassifyResult};
+use crate::eval::features::eval_images;
+use crate::eval::probe::{fit_probe, Features, ProbeConfig};
 use crate::model::classifier::Classifier;
 use crate::model::losses::soft_cross_entropy;
 use crate::model::vit::Mode;
 use crate::seed::mix;
-use crate::train::config::FinetuneConfig;
+use crate::train::config::{FinetuneConfig, HeadInit};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, layer_decay_scale, AdamW};
 use crate::train::pretrained::{load_encoder, pretrained_encoder};
 use crate::train::run_folder::{
@@ -137,6 +139,10 @@ pub fn finetune<B: AutodiffBackend>(
     }
     if let Some(n) = cfg.run.limit_images {
         train = train.truncate(n);
+    }
+    let fresh = !(resume && ckpt.exists());
+    if fresh && cfg.head_init == HeadInit::Probe {
+        model = probe_head(cfg, model, &train, device)?;
     }
     let eval_during = cfg
         .eval_images
@@ -307,6 +313,43 @@ pub fn finetune<B: AutodiffBackend>(
     }
     Ok(None)
 }
+
+/// LP-FT: fits a linear probe on the frozen encoder's head features (`fc_norm` of the pooled
+/// tokens, clean eval views of up to [`PROBE_IMAGES`] train images) and makes it the head.
+fn probe_head<B: AutodiffBackend>(
+    cfg: &FinetuneConfig,
+    mut model: Classifier<B>,
+    train: &ImageSet,
+    device: &B::Device,
+) -> Result<Classifier<B>> {
+    let frozen = model.valid();
+    let picks = train.spread(PROBE_IMAGES);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for chunk in picks.chunks(cfg.schedule.batch_size.max(1)) {
+        let (images, labels) =
+            eval_images::<B::InnerBackend>(train, chunk, cfg.vit.image_size, cfg.crop_ratio, device)?;
+        x.extend(frozen.features(images, Mode::Eval).into_data().iter::<f32>());
+        y.extend(labels);
+    }
+    let probe_cfg = ProbeConfig {
+        seed: cfg.run.seed,
+        ..Default::default()
+    };
+    let probe = fit_probe::<B::InnerBackend>(&Features { x: &x, y: &y }, cfg.vit.dim, cfg.classes, &probe_cfg, device);
+    let (w, b) = probe.folded();
+    model.head.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(w, [cfg.vit.dim, cfg.classes]),
+        device,
+    ));
+    model.head.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(b, [cfg.classes]),
+        device,
+    )));
+    Ok(model)
+}
+
+/// Train images an LP-FT head is fitted on (a spread over the set).
+const PROBE_IMAGES: usize = 10_000;
 
 /// At most this many train images measure train accuracy at each evaluation.
 const TRAIN_PROBE_IMAGES: usize = 1000;

@@ -152,6 +152,89 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     );
 }
 
+/// The experiment's fine-tuning at CPU scale (`experiments/run.sh`): LP-FT, and none of the
+/// regularizers that Table 9 sizes for 300 epochs.
+const CPU_SCALE: [&str; 10] = [
+    "--head-init",
+    "probe",
+    "--mixup",
+    "0",
+    "--cutmix",
+    "0",
+    "--randaug-ops",
+    "0",
+    "--reprob",
+    "0",
+];
+
+#[test]
+fn finetuning_ends_above_its_own_linear_probe_without_collapsing() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let pre_dir = tmp.path().join("pre");
+    let pre = pretrained(f, &pre_dir);
+    let device = Default::default();
+    let spec = trainer::eval::frozen::EvalSpec {
+        data: f.dir.clone(),
+        eval_split: "val".into(),
+        train_images: 2000,
+        val_images: 3925,
+        crop_ratio: 0.875,
+        batch: 200,
+        probe: trainer::eval::probe::ProbeConfig {
+            epochs: 50,
+            ..Default::default()
+        },
+    };
+    let encoder = trainer::train::pretrained::frozen_encoder::<trainer::CpuBackend>(&pre_dir, &device).unwrap();
+    let probed = trainer::eval::frozen::evaluate(&spec, &encoder, &device).unwrap();
+
+    let mut extra = SHORT.to_vec();
+    extra.extend(CPU_SCALE);
+    let cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("ft"), &extra)
+        .resolve()
+        .unwrap();
+    assert_eq!(cfg.vit, pre.vit.clone().with_drop_path(0.1));
+    let done = ft(&cfg, false).expect("ran to the end");
+    eprintln!(
+        "micro ViT: best probe {:?}, fine-tuned {:?}",
+        probed.best_probe, done.eval
+    );
+    assert_eq!(done.eval.images, 3925);
+    assert!(
+        done.eval.top1 > probed.best_probe.top1,
+        "fine-tuned top-1 {} is not above the best linear probe {:?}",
+        done.eval.top1,
+        probed.best_probe
+    );
+    // Every evaluation predicts many classes, and the final one beats the majority share.
+    let evals: Vec<FinetuneLine> = lines(&cfg).into_iter().filter(|l| l.eval_top1.is_some()).collect();
+    assert!(evals.len() >= 2);
+    for l in &evals {
+        let counts = l.eval_predictions.as_ref().expect("prediction histogram");
+        let total: u64 = counts.iter().sum();
+        let majority = *counts.iter().max().unwrap() as f64 / total as f64;
+        assert!(
+            majority < 0.5,
+            "step {}: one class takes {majority:.2} of predictions",
+            l.step
+        );
+        assert!(
+            counts.iter().filter(|&&c| c > 0).count() >= 8,
+            "step {}: {counts:?}",
+            l.step
+        );
+        assert!(
+            l.train_top1.is_some_and(|t| t > 0.1),
+            "step {}: {:?}",
+            l.step,
+            l.train_top1
+        );
+    }
+    // Imagenette's largest val class is 10.5% of it.
+    assert!(done.eval.top1 > 0.2, "{:?}", done.eval);
+}
+
 #[test]
 fn eval_writes_probes_and_knn_and_report_gathers_runs() {
     let Some(f) = fixture() else { return };
