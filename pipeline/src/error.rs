@@ -42,8 +42,34 @@ pub enum PipelineError {
     },
     #[error("{path}: no images found ({hint})")]
     Empty { path: PathBuf, hint: String },
+    #[error(
+        "{path}: written with shard schema version {found}; this build reads versions {min} to {max}: re-run `pipeline prepare` on the dataset"
+    )]
+    SchemaVersion {
+        path: PathBuf,
+        found: u32,
+        min: u32,
+        max: u32,
+    },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl PipelineError {
+    /// Checks a manifest's or shard footer's schema version against what this build reads.
+    pub fn check_schema_version(path: &std::path::Path, found: u32) -> Result<()> {
+        let (min, max) = (schemas::MIN_SCHEMA_VERSION, schemas::SCHEMA_VERSION);
+        if (min..=max).contains(&found) {
+            Ok(())
+        } else {
+            Err(PipelineError::SchemaVersion {
+                path: path.to_path_buf(),
+                found,
+                min,
+                max,
+            })
+        }
+    }
 }
 
 pub type Result<T, E = PipelineError> = std::result::Result<T, E>;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Int32Array, StringArray};
+use arrow_array::StringArray;
 use image::{imageops, RgbImage};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
@@ -112,13 +112,14 @@ fn count_labels(path: &Path) -> Result<(SplitCounts, SplitHistogram)> {
             .column_by_name(col::SPLIT)
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
             .ok_or_else(bad)?;
-        let label = batch
-            .column_by_name(col::LABEL)
-            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-            .ok_or_else(bad)?;
-        for i in 0..batch.num_rows() {
+        let label = crate::shard::label_values(&batch).map_err(|message| PipelineError::BadField {
+            path: path.to_path_buf(),
+            field: col::LABEL.into(),
+            message,
+        })?;
+        for (i, &l) in label.iter().enumerate() {
             let s = split.value(i).to_string();
-            *hist.entry(s.clone()).or_default().entry(label.value(i)).or_insert(0) += 1;
+            *hist.entry(s.clone()).or_default().entry(l).or_insert(0) += 1;
             *rows.entry(s).or_insert(0) += 1;
         }
     }

@@ -261,6 +261,8 @@ pub fn plan(listing: &Listing, cfg: &PrepareConfig, sizes: &[u64]) -> Vec<Planne
         let n = shards.len();
         for (k, images) in shards.into_iter().enumerate() {
             let mut h = Sha256::new();
+            // A new shard schema redoes every shard.
+            h.update(SCHEMA_VERSION.to_le_bytes());
             h.update(settings.as_bytes());
             h.update(listing.class_names.join("\n").as_bytes());
             for &i in &images {
@@ -290,6 +292,7 @@ fn read_part(out: &Path, file: &str) -> Option<Part> {
 /// A finished shard is kept when its record matches the plan and the file its checksum.
 fn is_done(out: &Path, shard: &PlannedShard) -> bool {
     match read_part(out, &shard.file) {
+        Some(p) if p.plan_hash == shard.hash && p.rows == 0 => !out.join(&shard.file).exists(),
         Some(p) if p.plan_hash == shard.hash => {
             matches!(file_sha256(&out.join(&shard.file)), Ok((bytes, sha)) if bytes == p.bytes && sha == p.sha256)
         }
@@ -381,7 +384,13 @@ fn write_shard(cfg: &PrepareConfig, listing: &Listing, shard: &PlannedShard, bar
         pending = decoded;
         bar.inc(chunk.len() as u64);
     }
-    let (rows, bytes, sha256) = writer.finish()?;
+    let (rows, mut bytes, mut sha256) = writer.finish()?;
+    if rows == 0 {
+        // Every image of the shard was skipped (e.g. Cars' test images absent): no file, so no
+        // reader meets an empty shard; the manifest lists the split with 0 images and its skips.
+        std::fs::remove_file(&dest).at(&dest)?;
+        (bytes, sha256) = (0, String::new());
+    }
     let part = Part {
         file: shard.file.clone(),
         split: shard.split.clone(),
@@ -489,7 +498,7 @@ fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) 
     let mut missing = Vec::new();
     for shard in plan {
         let part = match read_part(out, &shard.file) {
-            Some(p) if p.plan_hash == shard.hash && out.join(&shard.file).is_file() => p,
+            Some(p) if p.plan_hash == shard.hash && (p.rows == 0 || out.join(&shard.file).is_file()) => p,
             _ => {
                 missing.push(shard.file.clone());
                 continue;
@@ -502,6 +511,9 @@ fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) 
         }
         wall += part.wall_s;
         skipped.extend(part.skipped.iter().cloned());
+        if part.rows == 0 {
+            continue;
+        }
         shards.push(ShardEntry {
             file: part.file,
             split: part.split,
@@ -576,5 +588,10 @@ fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) 
 pub fn load_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).at(&path)?;
-    serde_json::from_str(&text).map_err(|source| PipelineError::Json { path, source })
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|source| PipelineError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    PipelineError::check_schema_version(&path, manifest.schema_version)?;
+    Ok(manifest)
 }

@@ -234,7 +234,7 @@ fn rows_to_batch(schema: &SchemaRef, rows: &[Row]) -> std::result::Result<Record
     let mut bbox = FixedSizeListBuilder::new(Int32Builder::new(), 4).with_field(Arc::new(Field::new(
         "item",
         DataType::Int32,
-        false,
+        true,
     )));
     for r in rows {
         match r.bbox {
@@ -251,7 +251,7 @@ fn rows_to_batch(schema: &SchemaRef, rows: &[Row]) -> std::result::Result<Record
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.id))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.split))),
-        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.label))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| i64::from(r.label)))),
         Arc::new(blob_struct(
             rows.iter().map(|r| Some(r.image.as_slice())).collect(),
             rows.iter().map(|r| Some(r.path.as_str())).collect(),
@@ -278,6 +278,8 @@ pub struct ShardReader {
     pending: std::vec::IntoIter<Row>,
     pub metadata: Option<ShardMetadata>,
     pub num_rows: u64,
+    /// Rows returned by earlier batches (for row numbers in errors).
+    rows_read: u64,
 }
 
 impl ShardReader {
@@ -298,7 +300,10 @@ impl ShardReader {
             .key_value_metadata()
             .and_then(|kv| kv.iter().find(|k| k.key == keys::SPLITMASK))
             .and_then(|k| k.value.as_deref())
-            .and_then(|v| serde_json::from_str(v).ok());
+            .and_then(|v| serde_json::from_str::<ShardMetadata>(v).ok());
+        if let Some(m) = &metadata {
+            PipelineError::check_schema_version(path, m.schema_version)?;
+        }
         let reader = builder.with_batch_size(batch_size).build().map_err(perr)?;
         Ok(ShardReader {
             path: path.to_path_buf(),
@@ -306,6 +311,7 @@ impl ShardReader {
             pending: Vec::new().into_iter(),
             metadata,
             num_rows,
+            rows_read: 0,
         })
     }
 
@@ -319,11 +325,15 @@ impl ShardReader {
                 }))
             }
         };
-        Some(batch_to_rows(&batch).map_err(|message| PipelineError::BadField {
-            path: self.path.clone(),
-            field: "schema".into(),
-            message,
-        }))
+        let first = self.rows_read;
+        self.rows_read += batch.num_rows() as u64;
+        Some(
+            batch_to_rows(&batch, first).map_err(|(field, message)| PipelineError::BadField {
+                path: self.path.clone(),
+                field,
+                message,
+            }),
+        )
     }
 }
 
@@ -371,30 +381,69 @@ fn blob_parts(s: &StructArray) -> std::result::Result<(&BinaryArray, &StringArra
     Ok((bytes, paths))
 }
 
-fn batch_to_rows(batch: &RecordBatch) -> std::result::Result<Vec<Row>, String> {
-    let id = column::<StringArray>(batch, col::ID)?;
-    let split = column::<StringArray>(batch, col::SPLIT)?;
-    let label = column::<Int32Array>(batch, col::LABEL)?;
-    let (image, path) = blob_parts(column::<StructArray>(batch, col::IMAGE)?)?;
-    let width = column::<Int32Array>(batch, col::WIDTH)?;
-    let height = column::<Int32Array>(batch, col::HEIGHT)?;
-    let bbox = column::<FixedSizeListArray>(batch, col::BBOX)?;
+/// Label values as i32, from int64 (schema version 2) or int32 (version 1) columns.
+pub fn label_values(batch: &RecordBatch) -> std::result::Result<Vec<i32>, String> {
+    let c = batch
+        .column_by_name(col::LABEL)
+        .ok_or_else(|| format!("missing column {:?}", col::LABEL))?;
+    if let Some(a) = c.as_any().downcast_ref::<Int64Array>() {
+        a.values()
+            .iter()
+            .map(|&v| i32::try_from(v).map_err(|_| format!("label {v} is out of range")))
+            .collect()
+    } else if let Some(a) = c.as_any().downcast_ref::<Int32Array>() {
+        Ok(a.values().to_vec())
+    } else {
+        Err(format!("column {:?} has type {:?}", col::LABEL, c.data_type()))
+    }
+}
+
+/// Rows of a record batch whose first row is row `first` of its file; errors are
+/// `(column, message)`.
+fn batch_to_rows(batch: &RecordBatch, first: u64) -> std::result::Result<Vec<Row>, (String, String)> {
+    let schema = |message: String| ("schema".to_string(), message);
+    // Nullable in the schema (for HF `datasets`), required in every row we write.
+    for name in schemas::shard::REQUIRED {
+        let c = batch
+            .column_by_name(name)
+            .ok_or_else(|| schema(format!("missing column {name:?}")))?;
+        if let Some(i) = (0..c.len()).find(|&i| c.is_null(i)) {
+            return Err((name.to_string(), format!("null at row {}", first + i as u64)));
+        }
+    }
+    let id = column::<StringArray>(batch, col::ID).map_err(schema)?;
+    let split = column::<StringArray>(batch, col::SPLIT).map_err(schema)?;
+    let label = label_values(batch).map_err(|m| (col::LABEL.to_string(), m))?;
+    let (image, path) = blob_parts(column::<StructArray>(batch, col::IMAGE).map_err(schema)?).map_err(schema)?;
+    let width = column::<Int32Array>(batch, col::WIDTH).map_err(schema)?;
+    let height = column::<Int32Array>(batch, col::HEIGHT).map_err(schema)?;
+    let bbox = column::<FixedSizeListArray>(batch, col::BBOX).map_err(schema)?;
     let bbox_values = bbox
         .values()
         .as_any()
         .downcast_ref::<Int32Array>()
-        .ok_or("bbox items not int32")?;
-    let coco = column::<Int64Array>(batch, col::COCO_ID)?;
-    let domain = column::<StringArray>(batch, col::DOMAIN)?;
-    let mask_struct = column::<StructArray>(batch, col::MASK)?;
-    let (mask, mask_path) = blob_parts(mask_struct)?;
+        .ok_or_else(|| schema("bbox items not int32".into()))?;
+    let coco = column::<Int64Array>(batch, col::COCO_ID).map_err(schema)?;
+    let domain = column::<StringArray>(batch, col::DOMAIN).map_err(schema)?;
+    let mask_struct = column::<StructArray>(batch, col::MASK).map_err(schema)?;
+    let (mask, mask_path) = blob_parts(mask_struct).map_err(schema)?;
+    if let Some(i) = (0..batch.num_rows()).find(|&i| image.is_null(i)) {
+        return Err((
+            format!("{}.{}", col::IMAGE, col::BYTES),
+            format!("null at row {}", first + i as u64),
+        ));
+    }
     Ok((0..batch.num_rows())
         .map(|i| Row {
             id: id.value(i).to_string(),
             split: split.value(i).to_string(),
-            label: label.value(i),
+            label: label[i],
             image: image.value(i).to_vec(),
-            path: path.value(i).to_string(),
+            path: if path.is_valid(i) {
+                path.value(i).to_string()
+            } else {
+                String::new()
+            },
             width: width.value(i),
             height: height.value(i),
             bbox: bbox.is_valid(i).then(|| {
@@ -469,5 +518,106 @@ mod tests {
         assert_eq!(image_col.compression(), Compression::UNCOMPRESSED);
         let id_col = rg.columns().iter().find(|c| c.column_path().string() == "id").unwrap();
         assert!(matches!(id_col.compression(), Compression::ZSTD(_)));
+    }
+
+    /// Writes `batch` under `schema` with a footer naming `version`, as an older (or newer)
+    /// build would have.
+    fn write_raw(dest: &Path, schema: SchemaRef, columns: Vec<ArrayRef>, version: u32) {
+        let meta = ShardMetadata {
+            schema_version: version,
+            dataset: "t".into(),
+            split: "train".into(),
+            class_names: vec!["a".into(), "b".into()],
+        };
+        let kv = meta.to_kv().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        let mut w = ArrowWriter::try_new(
+            File::create(dest).unwrap(),
+            schema,
+            Some(writer_properties(kv, 1 << 20)),
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    /// Columns of `rows` in the current schema, from the writer itself.
+    fn columns(rows: &[Row]) -> Vec<ArrayRef> {
+        rows_to_batch(&Arc::new(shard_schema()), rows)
+            .unwrap()
+            .columns()
+            .to_vec()
+    }
+
+    #[test]
+    fn version_1_shards_with_int32_labels_and_required_columns_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("train-00000-of-00001.parquet");
+        let rows: Vec<Row> = (0..9).map(row).collect();
+        // Version 1: `label` int32, the always-present columns and the bbox items non-nullable.
+        let v2 = shard_schema();
+        let v1 = arrow_schema::Schema::new(
+            v2.fields()
+                .iter()
+                .map(|f| {
+                    let required = schemas::shard::REQUIRED.contains(&f.name().as_str());
+                    let f = f.as_ref().clone().with_nullable(!required);
+                    match f.name().as_str() {
+                        col::LABEL => f.with_data_type(DataType::Int32),
+                        col::BBOX => f.with_data_type(DataType::FixedSizeList(
+                            Arc::new(Field::new("item", DataType::Int32, false)),
+                            4,
+                        )),
+                        _ => f,
+                    }
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut cols = columns(&rows);
+        cols[2] = Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.label)));
+        let bbox = cols[6].as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        cols[6] = Arc::new(FixedSizeListArray::new(
+            Arc::new(Field::new("item", DataType::Int32, false)),
+            4,
+            bbox.values().clone(),
+            bbox.nulls().cloned(),
+        ));
+        write_raw(&dest, Arc::new(v1), cols, 1);
+        let back: Vec<Row> = ShardReader::open(&dest).unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(back, rows);
+    }
+
+    #[test]
+    fn a_newer_schema_version_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("train-00000-of-00001.parquet");
+        let rows: Vec<Row> = (0..3).map(row).collect();
+        write_raw(
+            &dest,
+            Arc::new(shard_schema()),
+            columns(&rows),
+            schemas::SCHEMA_VERSION + 1,
+        );
+        let err = ShardReader::open(&dest).err().unwrap().to_string();
+        assert!(
+            err.contains("train-00000-of-00001.parquet") && err.contains("re-run `pipeline prepare`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_null_in_a_required_column_names_the_column_and_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("train-00000-of-00001.parquet");
+        let rows: Vec<Row> = (0..12).map(row).collect();
+        let mut cols = columns(&rows);
+        cols[2] = Arc::new(Int64Array::from_iter((0..12).map(|i| (i != 10).then_some(1i64))));
+        write_raw(&dest, Arc::new(shard_schema()), cols, schemas::SCHEMA_VERSION);
+        let err = ShardReader::open_with_batch(&dest, 4)
+            .unwrap()
+            .collect::<Result<Vec<Row>>>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'label'") && err.contains("null at row 10"), "{err}");
     }
 }

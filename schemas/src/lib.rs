@@ -7,5 +7,5 @@ pub mod shard;
 pub mod vocab;
 
 pub use manifest::{Manifest, ShardEntry, SkippedFile, SplitStats, TokenSet, TokenShard};
-pub use shard::{shard_schema, ShardMetadata, SCHEMA_VERSION};
+pub use shard::{shard_schema, ShardMetadata, MIN_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use vocab::{Preprocessing, VocabHeader, VocabKind};

@@ -12,8 +12,13 @@ use arrow_schema::{DataType, Field, Fields, Schema};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// Bumped whenever a column is added, removed or changes meaning.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped whenever a column is added, removed or changes type or meaning. Version 2: every
+/// field nullable and `label` int64, the fields HF `datasets` builds for its features
+/// (version 1 shards, `label` int32 and required columns, are still read).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest shard schema the readers accept.
+pub const MIN_SCHEMA_VERSION: u32 = 1;
 
 /// Key-value metadata keys written into every shard's footer.
 pub mod keys {
@@ -50,15 +55,20 @@ pub fn image_struct_fields() -> Fields {
 /// The schema every shard has, whatever the dataset. Source columns that a dataset lacks
 /// (`bbox` outside Stanford Cars, `coco_id` outside COCO, `mask` outside ADE20k) are null, which
 /// costs nothing in Parquet and keeps one reader for all datasets.
+///
+/// Every field is declared nullable, even those that are never null (the readers check them):
+/// HF `datasets` takes a declared feature (`Image`, `ClassLabel`) only when the file's Arrow
+/// field equals the one it builds for that feature, and it builds nullable fields (and int64
+/// for a `ClassLabel`); a non-nullable field would come out as a plain struct or int.
 pub fn shard_schema() -> Schema {
-    let bbox_item = Arc::new(Field::new("item", DataType::Int32, false));
+    let bbox_item = Arc::new(Field::new("item", DataType::Int32, true));
     Schema::new(vec![
-        Field::new(col::ID, DataType::Utf8, false),
-        Field::new(col::SPLIT, DataType::Utf8, false),
-        Field::new(col::LABEL, DataType::Int32, false),
-        Field::new(col::IMAGE, DataType::Struct(image_struct_fields()), false),
-        Field::new(col::WIDTH, DataType::Int32, false),
-        Field::new(col::HEIGHT, DataType::Int32, false),
+        Field::new(col::ID, DataType::Utf8, true),
+        Field::new(col::SPLIT, DataType::Utf8, true),
+        Field::new(col::LABEL, DataType::Int64, true),
+        Field::new(col::IMAGE, DataType::Struct(image_struct_fields()), true),
+        Field::new(col::WIDTH, DataType::Int32, true),
+        Field::new(col::HEIGHT, DataType::Int32, true),
         // [x1, y1, x2, y2] in source pixels, as the dataset's metadata gives it.
         Field::new(col::BBOX, DataType::FixedSizeList(bbox_item, 4), true),
         Field::new(col::COCO_ID, DataType::Int64, true),
@@ -67,6 +77,9 @@ pub fn shard_schema() -> Schema {
         Field::new(col::MASK, DataType::Struct(image_struct_fields()), true),
     ])
 }
+
+/// Columns every row has a value in (nullable in the schema only for HF `datasets`).
+pub const REQUIRED: [&str; 6] = [col::ID, col::SPLIT, col::LABEL, col::IMAGE, col::WIDTH, col::HEIGHT];
 
 /// What the `splitmask` key of a shard's footer holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,12 +104,13 @@ impl ShardMetadata {
     }
 }
 
-/// HF `datasets` features for the shard schema. Labels are a `ClassLabel` when the dataset has
-/// class names, a plain int otherwise (`-1` marks unlabeled rows).
+/// HF `datasets` features for the shard schema, each matching its Arrow field exactly. Labels
+/// are a `ClassLabel` when the dataset has class names, a plain int64 otherwise (`-1` marks
+/// unlabeled rows, as in `datasets`).
 pub fn hf_info(class_names: &[String]) -> serde_json::Value {
     let value = |dtype: &str| json!({"dtype": dtype, "_type": "Value"});
     let label = if class_names.is_empty() {
-        value("int32")
+        value("int64")
     } else {
         json!({"names": class_names, "_type": "ClassLabel"})
     };

@@ -68,6 +68,47 @@ fn stanford_cars_devkit_and_csv_agree() {
     }
 }
 
+/// Cars with only its train images at hand: the test split is listed as empty (every image
+/// skipped, with the reason) and writes no shard, and a rerun resumes to the same manifest.
+#[test]
+fn an_empty_split_writes_no_shard() {
+    let Some(fx) = shared("fixtures/stanford_cars") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cars");
+    for f in ["cars_meta.mat", "cars_train_annos.mat", "cars_test_annos.mat"] {
+        copy(&fx.join("devkit").join(f), &root.join("devkit").join(f));
+    }
+    let jpeg = tiny_jpeg(40, 30, 1);
+    let mut rdr = csv::Reader::from_path(fx.join("anno_train.csv")).unwrap();
+    for r in rdr.records() {
+        write_file(&root.join("cars_train").join(&r.unwrap()[0]), &jpeg);
+    }
+    let out = tmp.path().join("out");
+    let cfg = config("stanford_cars", &root, &out);
+    let first = pipeline::prepare::prepare(&cfg, pipeline::prepare::Worker::ALL, false).unwrap();
+    let m = first.manifest.unwrap();
+    assert_eq!(m.splits["train"].images, 8144);
+    let test = &m.splits["test"];
+    assert_eq!((test.images, test.skipped), (0, 8041));
+    assert!(m.shards.iter().all(|s| s.split == "train"), "{:?}", m.shards);
+    let files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.ends_with(".parquet"))
+        .collect();
+    assert!(files.iter().all(|f| f.starts_with("train-")), "{files:?}");
+    let skips: Vec<_> = m.skipped.iter().filter(|s| s.split == "test").collect();
+    assert_eq!(skips.len(), 8041);
+    assert!(skips[0].path.starts_with("cars_test/"), "{:?}", skips[0]);
+    // Resuming redoes nothing and writes the same manifest.
+    let again = pipeline::prepare::prepare(&cfg, pipeline::prepare::Worker::ALL, false).unwrap();
+    assert_eq!(again.written_shards, 0);
+    let m2 = again.manifest.unwrap();
+    assert_eq!((m2.splits, m2.shards, m2.skipped), (m.splits, m.shards, m.skipped));
+}
+
 #[test]
 fn cars_bbox_crop() {
     let tmp = tempfile::tempdir().unwrap();

@@ -224,3 +224,54 @@ fn jpeg_edge_cases_orientation_and_corruption() {
         .collect();
     assert!(labels.iter().all(|&l| (0..3).contains(&l)));
 }
+
+/// HF `datasets`, polars and duckdb read the prepared real Imagenette as declared: `image` an
+/// `Image` that decodes to what our reader decodes, `label` a `ClassLabel` with the manifest's
+/// names, and the same rows per split and label as the manifest (`tests/python/clients.py`).
+#[test]
+fn real_clients_read_shards_as_declared() {
+    let Some(out) = imagenette() else { return };
+    let m = pipeline::prepare::load_manifest(out).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let shard = m.shards.iter().find(|s| s.split == "val").unwrap();
+    let row = ShardReader::open(&out.join(&shard.file))
+        .unwrap()
+        .nth(7)
+        .unwrap()
+        .unwrap();
+    let (rgb, _) = decode_upright(&row.image).unwrap();
+    let rgb_path = tmp.path().join("ours.rgb");
+    std::fs::write(&rgb_path, rgb.as_raw()).unwrap();
+    let ours = tmp.path().join("ours.json");
+    let spec = serde_json::json!({
+        "id": row.id, "split": row.split, "width": rgb.width(), "height": rgb.height(), "rgb": rgb_path,
+    });
+    std::fs::write(&ours, spec.to_string()).unwrap();
+    let output = std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(workspace().join("tests/python/clients.py"))
+        .arg(out)
+        .arg(&ours)
+        // `datasets` caches its Arrow copy here, and never reaches for the network.
+        .env("HF_HOME", tmp.path().join("hf"))
+        .env("HF_DATASETS_OFFLINE", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .current_dir(tmp.path())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "a client disagrees (`make python-deps` installs them): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    eprintln!("clients: {report}");
+    for split in ["train", "val"] {
+        let n = m.splits[split].images;
+        assert_eq!(report["datasets"][split]["rows"], n, "{split}");
+        assert_eq!(report["datasets"][split]["label"], "ClassLabel");
+        assert_eq!(report["datasets"][split]["classes"], 10);
+        assert_eq!(report["polars"][split]["rows"], n);
+        assert_eq!(report["duckdb"][split]["labels"], 10);
+    }
+    assert_eq!(report["datasets"]["image_check"]["id"], row.id.as_str());
+}

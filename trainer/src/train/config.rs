@@ -217,8 +217,21 @@ impl RunArgs {
 
 /// Refuses an evaluation split the dataset has no images in, naming the ones it has.
 pub fn check_split(manifest: &schemas::Manifest, split: &str, data: &Path) -> Result<(), ConfigError> {
-    if manifest.splits.get(split).is_some_and(|s| s.images > 0) {
-        return Ok(());
+    match manifest.splits.get(split) {
+        Some(s) if s.images > 0 => return Ok(()),
+        Some(s) => {
+            return Err(E::invalid(
+                "eval-split",
+                split,
+                format!(
+                    "the {split:?} split of {} is empty: all {} of its images were skipped (manifest.json lists why; splits with images: {:?})",
+                    data.display(),
+                    s.skipped,
+                    manifest.split_names()
+                ),
+            ))
+        }
+        None => {}
     }
     Err(E::invalid(
         "eval-split",
