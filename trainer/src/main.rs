@@ -24,6 +24,9 @@ use trainer::train::run_folder::write_results;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Hide the progress bars (they are also hidden when stderr is not a terminal).
+    #[arg(long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -205,11 +208,13 @@ impl BackendTask for BenchTask<'_> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    trainer::progress::set_quiet(cli.quiet);
+    let progress = !cli.quiet;
     match cli.command {
         Command::Pretrain { args, backend } => {
             let cfg = args.resolve().context("resolving the configuration")?;
             eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
-            let summary = backend.run(Precision::Bf16, PretrainTask(&cfg, args.run.resume, !args.run.quiet))??;
+            let summary = backend.run(Precision::Bf16, PretrainTask(&cfg, args.run.resume, progress))??;
             println!(
                 "pre-trained {} steps in {:.0} s ({:.1} img/s); run folder {}",
                 summary.steps,
@@ -231,7 +236,7 @@ fn main() -> Result<()> {
         Command::Finetune { args, backend } => {
             let cfg = args.resolve().context("resolving the configuration")?;
             eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
-            match backend.run(Precision::Bf16, FinetuneTask(&cfg, args.run.resume, !args.run.quiet))?? {
+            match backend.run(Precision::Bf16, FinetuneTask(&cfg, args.run.resume, progress))?? {
                 Some(r) => println!(
                     "fine-tuned {} ({}) for {} steps in {:.0} s: {} top-1 {:.2}%, top-5 {:.2}% on {} images (best top-1 {:.2}% at step {}); {}",
                     r.model,

@@ -45,6 +45,11 @@ impl ImageSet {
             }
             .into());
         }
+        let bar = crate::progress::pass(
+            &format!("loading {split}"),
+            shards.iter().map(|s| s.rows).sum(),
+            "images",
+        );
         let per_shard: Vec<Result<Vec<Sample>>> = shards
             .par_iter()
             .map(|s| {
@@ -52,6 +57,7 @@ impl ImageSet {
                 ShardReader::open(&dir.join(&s.file))?
                     .map(|row| {
                         let row = row?;
+                        bar.inc(1);
                         Ok(Sample {
                             id: row.id,
                             label: row.label,
@@ -63,6 +69,7 @@ impl ImageSet {
                     .collect()
             })
             .collect();
+        bar.finish_and_clear();
         let mut samples = Vec::new();
         for s in per_shard {
             samples.extend(s?);

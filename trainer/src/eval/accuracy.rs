@@ -5,9 +5,8 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::data::images::ImageSet;
 use crate::error::DataError;
-use crate::eval::features::eval_images;
+use crate::eval::features::Pass;
 use crate::model::classifier::Classifier;
 use crate::model::vit::Mode;
 
@@ -71,18 +70,13 @@ impl ClassifyResult {
 /// Top-1 / top-5 accuracy and loss of `model` on the images at `indices`.
 pub fn classify<B: Backend>(
     model: &Classifier<B>,
-    set: &ImageSet,
-    indices: &[usize],
-    image_size: usize,
-    crop_ratio: f64,
-    batch: usize,
+    pass: Pass,
     device: &B::Device,
 ) -> Result<ClassifyResult, DataError> {
     let mut hits = TopK::default();
     let mut loss = 0f64;
     let mut predictions = Vec::new();
-    for chunk in indices.chunks(batch.max(1)) {
-        let (x, labels) = eval_images::<B>(set, chunk, image_size, crop_ratio, device)?;
+    pass.for_each::<B>(device, |x, labels| {
         let logits = model.forward(x, Mode::Eval);
         let classes = logits.dims()[1];
         predictions.resize(classes, 0);
@@ -94,13 +88,13 @@ pub fn classify<B: Backend>(
             let best = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
             predictions[best] += 1;
         }
-    }
+    })?;
     let (top1, top5) = hits.rates();
     Ok(ClassifyResult {
         top1,
         top5,
-        loss: loss / indices.len().max(1) as f64,
-        images: indices.len(),
+        loss: loss / pass.indices.len().max(1) as f64,
+        images: pass.indices.len(),
         predictions,
     })
 }

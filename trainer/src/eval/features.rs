@@ -23,25 +23,51 @@ pub fn eval_images<B: Backend>(
     Ok((x, b.labels))
 }
 
-/// Mean-pooled final-norm patch features of the images at `indices`, L2-normalized.
+/// What a pass over images needs besides the model: which images, at what size, in what
+/// batches, and the name its progress bar shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass<'a> {
+    pub set: &'a ImageSet,
+    pub indices: &'a [usize],
+    pub image_size: usize,
+    pub crop_ratio: f64,
+    pub batch: usize,
+    /// Shown on the progress bar ("k-NN bank", "evaluating test").
+    pub what: &'a str,
+}
+
+impl Pass<'_> {
+    /// The eval views of each batch in turn, with their labels, drawing a progress bar.
+    pub fn for_each<B: Backend>(
+        &self,
+        device: &B::Device,
+        mut f: impl FnMut(Tensor<B, 4>, Vec<i64>),
+    ) -> Result<(), DataError> {
+        let bar = crate::progress::pass(self.what, self.indices.len() as u64, "images");
+        for chunk in self.indices.chunks(self.batch.max(1)) {
+            let (x, labels) = eval_images::<B>(self.set, chunk, self.image_size, self.crop_ratio, device)?;
+            f(x, labels);
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
+}
+
+/// Mean-pooled final-norm patch features of the pass's images, L2-normalized.
 /// Returns `[n, dim]` row-major and the labels.
 pub fn features<B: Backend>(
     encoder: &Vit<B>,
-    set: &ImageSet,
-    indices: &[usize],
-    image_size: usize,
-    crop_ratio: f64,
-    batch: usize,
+    pass: Pass,
     device: &B::Device,
 ) -> Result<(Vec<f32>, Vec<i64>), DataError> {
     let mut feats = Vec::new();
     let mut labels = Vec::new();
-    for chunk in indices.chunks(batch.max(1)) {
-        let (x, batch_labels) = eval_images::<B>(set, chunk, image_size, crop_ratio, device)?;
+    pass.for_each::<B>(device, |x, batch_labels| {
         let pooled = l2_normalize(mean_patch_tokens(encoder.forward(x, Mode::Eval)));
         feats.extend(pooled.into_data().iter::<f32>());
         labels.extend(batch_labels);
-    }
+    })?;
     Ok((feats, labels))
 }
 
@@ -49,21 +75,16 @@ pub fn features<B: Backend>(
 /// each `[n, dim]` row-major, not normalized), and the labels.
 pub fn layer_features<B: Backend>(
     encoder: &Vit<B>,
-    set: &ImageSet,
-    indices: &[usize],
-    image_size: usize,
-    crop_ratio: f64,
-    batch: usize,
+    pass: Pass,
     device: &B::Device,
 ) -> Result<(Vec<Vec<f32>>, Vec<i64>), DataError> {
     let mut per_layer: Vec<Vec<f32>> = vec![Vec::new(); encoder.blocks.len() + 1];
     let mut labels = Vec::new();
-    for chunk in indices.chunks(batch.max(1)) {
-        let (x, batch_labels) = eval_images::<B>(set, chunk, image_size, crop_ratio, device)?;
+    pass.for_each::<B>(device, |x, batch_labels| {
         for (l, f) in encoder.pooled_layers(x).into_iter().enumerate() {
             per_layer[l].extend(f.into_data().iter::<f32>());
         }
         labels.extend(batch_labels);
-    }
+    })?;
     Ok((per_layer, labels))
 }

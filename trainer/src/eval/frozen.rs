@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::images::ImageSet;
 use crate::error::Result;
-use crate::eval::features::layer_features;
+use crate::eval::features::{layer_features, Pass};
 use crate::eval::knn::{knn, KnnResult};
 use crate::eval::probe::{linear_probe, Features, ProbeConfig, ProbeResult};
 use crate::model::vit::{Vit, VitConfig};
@@ -106,19 +106,20 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
     train.keep_labeled(classes);
     val.keep_labeled(classes);
     let vit = &frozen.vit;
-    let layers = |set: &ImageSet, n: usize| {
-        layer_features(
-            &frozen.encoder,
+    let layers = |set: &ImageSet, n: usize, what: &str| {
+        let indices = set.spread(n);
+        let pass = Pass {
             set,
-            &set.spread(n),
-            vit.image_size,
-            spec.crop_ratio,
-            spec.batch,
-            device,
-        )
+            indices: &indices,
+            image_size: vit.image_size,
+            crop_ratio: spec.crop_ratio,
+            batch: spec.batch,
+            what,
+        };
+        layer_features(&frozen.encoder, pass, device)
     };
-    let (train_f, train_y) = layers(&train, spec.train_images)?;
-    let (val_f, val_y) = layers(&val, spec.val_images)?;
+    let (train_f, train_y) = layers(&train, spec.train_images, "train features")?;
+    let (val_f, val_y) = layers(&val, spec.val_images, &format!("{} features", spec.eval_split))?;
     let dim = vit.dim;
     // k-NN on the final (normed) layer, L2-normalized as the monitor's features.
     let last = vit.depth;
@@ -136,8 +137,10 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
         crate::eval::knn::K,
         crate::eval::knn::TEMPERATURE,
     );
+    let bar = crate::progress::pass("linear probes", last as u64 + 1, "layers");
     let probes: Vec<ProbeResult> = (0..=last)
         .map(|l| {
+            bar.inc(1);
             let (top1, top5, train_top1) = linear_probe::<B>(
                 Features {
                     x: &train_f[l],
@@ -160,6 +163,7 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
             }
         })
         .collect();
+    bar.finish_and_clear();
     let best_probe = *probes
         .iter()
         .max_by(|a, b| a.top1.total_cmp(&b.top1))

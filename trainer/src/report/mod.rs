@@ -54,8 +54,10 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>> {
         }
     }
     dirs.sort();
+    let bar = crate::progress::pass("reading runs", dirs.len() as u64, "folders");
     let mut runs = Vec::new();
     for d in dirs {
+        bar.inc(1);
         let results = d.join(RESULTS_FILE);
         let metrics = d.join(METRICS_FILE);
         if !results.exists() && !metrics.exists() {
@@ -120,6 +122,7 @@ fn find_runs(dir: &Path) -> Result<Vec<Run>> {
         }
         runs.push(run);
     }
+    bar.finish_and_clear();
     Ok(runs)
 }
 
@@ -259,7 +262,9 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
         md.push('\n');
     }
     let mut plots = Vec::new();
+    let bar = crate::progress::pass("plotting", 4, "plots");
     let mut save = |img: image::RgbImage, name: &str, md: &mut String, caption: &str| -> Result<()> {
+        bar.inc(1);
         let path = out.join(name);
         let mut bytes = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
@@ -342,6 +347,7 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
             "fine-tuned accuracy",
         )?;
     }
+    bar.finish_and_clear();
     let markdown = out.join("report.md");
     pipeline::shard::write_atomic(&markdown, md.as_bytes())?;
     Ok(Report {

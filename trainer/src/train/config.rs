@@ -57,9 +57,6 @@ pub struct RunArgs {
     /// Updates between checkpoints (the last one is always written).
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: u64,
-    /// Hide the progress bar.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// The optimization schedule. Unset values come from the recipe (fine-tuning: Table 9) or

@@ -23,7 +23,7 @@ use crate::data::loader::Loader;
 use crate::data::mixup::mix_batch;
 use crate::error::{Error, Result};
 use crate::eval::accuracy::{classify, ClassifyResult};
-use crate::eval::features::eval_images;
+use crate::eval::features::Pass;
 use crate::eval::probe::{fit_probe, Features, ProbeConfig};
 use crate::model::classifier::Classifier;
 use crate::model::losses::soft_cross_entropy;
@@ -169,8 +169,17 @@ pub fn finetune<B: AutodiffBackend>(
     let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
     let mut bad_in_row = 0u32;
     let size = cfg.vit.image_size;
-    let classify_on = |model: &Classifier<B::InnerBackend>, set: &ImageSet, picks: &[usize]| {
-        classify(model, set, picks, size, cfg.crop_ratio, cfg.schedule.batch_size, device)
+    let eval_what = format!("evaluating {}", cfg.run.eval_split);
+    let classify_on = |model: &Classifier<B::InnerBackend>, set: &ImageSet, picks: &[usize], what: &str| {
+        let pass = Pass {
+            set,
+            indices: picks,
+            image_size: size,
+            crop_ratio: cfg.crop_ratio,
+            batch: cfg.schedule.batch_size,
+            what,
+        };
+        classify(model, pass, device)
     };
     while state.step < end {
         let step = state.step;
@@ -246,8 +255,8 @@ pub fn finetune<B: AutodiffBackend>(
             } else {
                 &eval_during
             };
-            let e = classify_on(&frozen, &eval, picks)?;
-            let t = classify_on(&frozen, &train, &train_probe)?;
+            let e = classify_on(&frozen, &eval, picks, &eval_what)?;
+            let t = classify_on(&frozen, &train, &train_probe, "train accuracy")?;
             (Some(e), Some(t.top1))
         } else {
             (None, None)
@@ -325,12 +334,18 @@ fn probe_head<B: AutodiffBackend>(
     let frozen = model.valid();
     let picks = train.spread(PROBE_IMAGES);
     let (mut x, mut y) = (Vec::new(), Vec::new());
-    for chunk in picks.chunks(cfg.schedule.batch_size.max(1)) {
-        let (images, labels) =
-            eval_images::<B::InnerBackend>(train, chunk, cfg.vit.image_size, cfg.crop_ratio, device)?;
+    let pass = Pass {
+        set: train,
+        indices: &picks,
+        image_size: cfg.vit.image_size,
+        crop_ratio: cfg.crop_ratio,
+        batch: cfg.schedule.batch_size,
+        what: "LP-FT head features",
+    };
+    pass.for_each::<B::InnerBackend>(device, |images, labels| {
         x.extend(frozen.features(images, Mode::Eval).into_data().iter::<f32>());
         y.extend(labels);
-    }
+    })?;
     let probe_cfg = ProbeConfig {
         seed: cfg.run.seed,
         ..Default::default()

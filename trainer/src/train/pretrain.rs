@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::images::ImageSet;
 use crate::data::loader::{HostBatch, Loader};
 use crate::error::{Error, Result};
-use crate::eval::features::features;
+use crate::eval::features::{features, Pass};
 use crate::eval::knn::{knn, K, TEMPERATURE};
 use crate::model::beit::Beit;
 use crate::model::masking::{draw_mask, draw_split};
@@ -347,19 +347,19 @@ fn knn_monitor<B: Backend>(
     queries: &ImageSet,
     device: &B::Device,
 ) -> Result<f64> {
-    let features = |set: &ImageSet| {
-        let picks = set.spread(cfg.knn_images);
-        features(
-            encoder,
+    let features = |set: &ImageSet, what: &str| {
+        let indices = set.spread(cfg.knn_images);
+        let pass = Pass {
             set,
-            &picks,
-            cfg.vit.image_size,
-            0.875,
-            cfg.schedule.batch_size,
-            device,
-        )
+            indices: &indices,
+            image_size: cfg.vit.image_size,
+            crop_ratio: 0.875,
+            batch: cfg.schedule.batch_size,
+            what,
+        };
+        features(encoder, pass, device)
     };
-    let (bf, bl) = features(bank)?;
-    let (qf, ql) = features(queries)?;
+    let (bf, bl) = features(bank, "k-NN bank")?;
+    let (qf, ql) = features(queries, "k-NN queries")?;
     Ok(knn(&bf, &bl, &qf, &ql, cfg.vit.dim, K, TEMPERATURE).top1)
 }

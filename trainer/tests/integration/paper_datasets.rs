@@ -171,3 +171,32 @@ fn domainnet_clipart_end_to_end_on_test() {
         layouts::domainnet(root, "clipart", 10, 16, 6)
     });
 }
+
+/// Food-101 with its test photos missing: prepare lists the test split as empty and writes no
+/// test shard, and the trainer says the evaluation split is empty (not that it is absent).
+#[test]
+fn an_empty_eval_split_is_reported_as_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("raw");
+    let Some((_, test)) = layouts::food101(&raw, 4, 2) else {
+        return;
+    };
+    assert_eq!(test, 20, "2 test photos for each of the fixture's 10 classes");
+    for line in std::fs::read_to_string(raw.join("meta/test.txt")).unwrap().lines() {
+        std::fs::remove_file(raw.join(format!("images/{line}.jpg"))).unwrap();
+    }
+    let data = tmp.path().join("data");
+    let m = prepare_recipe("food101", &raw, &data);
+    assert_eq!((m.splits["test"].images, m.splits["test"].skipped), (0, test as u64));
+    assert!(m.shards.iter().all(|s| s.split == "train"));
+    let err = finetune_args(&data, None, &tmp.path().join("x"), &[])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"test\" split")
+            && err.contains("is empty")
+            && err.contains(&format!("all {test} of its images")),
+        "{err}"
+    );
+}

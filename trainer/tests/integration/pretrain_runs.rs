@@ -296,7 +296,16 @@ fn best_knn_checkpoint_is_the_encoder_at_the_best_logged_knn() {
     let bank = trainer::data::images::ImageSet::load(&f.dir, "train").unwrap();
     let queries = trainer::data::images::ImageSet::load(&f.dir, "val").unwrap();
     let features = |set: &trainer::data::images::ImageSet| {
-        trainer::eval::features::features(&frozen.encoder, set, &set.spread(200), 64, 0.875, 16, &device).unwrap()
+        let indices = set.spread(200);
+        let pass = trainer::eval::features::Pass {
+            set,
+            indices: &indices,
+            image_size: 64,
+            crop_ratio: 0.875,
+            batch: 16,
+            what: "k-NN",
+        };
+        trainer::eval::features::features(&frozen.encoder, pass, &device).unwrap()
     };
     let ((bf, bl), (qf, ql)) = (features(&bank), features(&queries));
     let again = trainer::eval::knn::knn(&bf, &bl, &qf, &ql, cfg.vit.dim, 20, 0.07).top1;
