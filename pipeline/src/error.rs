@@ -51,6 +51,10 @@ pub enum PipelineError {
         min: u32,
         max: u32,
     },
+    #[error(
+        "{path}: another process writes this folder: {holder}; wait for it to finish (the lock goes when it exits)"
+    )]
+    Locked { path: PathBuf, holder: String },
     #[error("{0}")]
     Invalid(String),
 }

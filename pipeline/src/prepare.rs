@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::adapters::{self, AdapterOptions, Listing, SourceImage};
 use crate::error::{IoContext, PipelineError, Result};
+use crate::lock::{FolderLock, LOCK_FILE};
 use crate::shard::{file_sha256, write_atomic, write_table, Row, ShardWriter};
 use crate::transcode::{transcode, transcode_mask, TranscodeSettings};
 use schemas::manifest::MANIFEST_FILE;
@@ -417,6 +418,17 @@ pub fn prepare(cfg: &PrepareConfig, worker: Worker, progress: bool) -> Result<Pr
         )));
     }
     let start = Instant::now();
+    std::fs::create_dir_all(&cfg.out_dir).at(&cfg.out_dir)?;
+    // Workers of a job array write the same folder, each its own shards: one lock per worker.
+    let _lock = if worker == Worker::ALL {
+        FolderLock::acquire(&cfg.out_dir, LOCK_FILE, "prepare")?
+    } else {
+        FolderLock::acquire(
+            &cfg.out_dir,
+            &format!("{LOCK_FILE}-worker-{}-of-{}", worker.index, worker.count),
+            &format!("prepare worker {} of {}", worker.index, worker.count),
+        )?
+    };
     std::fs::create_dir_all(cfg.out_dir.join(PARTS_DIR)).at(&cfg.out_dir)?;
     let config_path = cfg.out_dir.join(CONFIG_FILE);
     if let Ok(text) = std::fs::read_to_string(&config_path) {
@@ -482,6 +494,7 @@ pub fn load_config(out_dir: &Path) -> Result<PrepareConfig> {
 
 /// Gathers every worker's part records into `manifest.json`.
 pub fn merge(out_dir: &Path) -> Result<Manifest> {
+    let _lock = FolderLock::acquire(out_dir, LOCK_FILE, "prepare merge")?;
     let cfg = load_config(out_dir)?;
     let listing = list_dataset(&cfg)?;
     let sizes = source_sizes(&cfg, &listing);

@@ -104,6 +104,7 @@ pub fn tokenize_images(vocab: &Vocabulary, images: &[(String, Vec<u8>)]) -> std:
 /// Tokenizes every image shard of the dataset in `dir` with the vocabulary at `vocab_path`
 /// (which should live in `dir`) and records the token set in the manifest.
 pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result<TokenSet> {
+    let _lock = crate::lock::FolderLock::acquire(dir, crate::lock::LOCK_FILE, "tokenize")?;
     let (vocab, vocab_sha) = Vocabulary::load(vocab_path)?;
     let mut manifest = load_manifest(dir)?;
     let vocab_name = vocab_path

@@ -183,3 +183,31 @@ fn job_array_workers_merge_to_the_single_run_manifest() {
     assert!(!merge.status.success());
     assert!(String::from_utf8_lossy(&merge.stderr).contains(&b.shards[0].file));
 }
+
+/// While one `prepare` holds the output folder, a second one (the real binary, another
+/// process) is refused with the holder named and writes nothing; a job array's workers hold
+/// locks of their own, so they never refuse each other.
+#[test]
+fn a_second_prepare_into_the_same_folder_is_refused_naming_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = dataset(tmp.path(), 5) else { return };
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let held = pipeline::lock::FolderLock::acquire(&out, pipeline::lock::LOCK_FILE, "prepare").unwrap();
+    let o = prepare_cmd(&root, &out, "1", &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("another process writes this folder") && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert!(!out.join("manifest.json").exists() && !out.join("prepare.json").exists());
+    let worker = prepare_cmd(&root, &out, "1", &["--num-shards", "2", "--shard-index", "0"])
+        .output()
+        .unwrap();
+    assert!(worker.status.success(), "{}", String::from_utf8_lossy(&worker.stderr));
+    drop(held);
+    let o = prepare_cmd(&root, &out, "1", &[]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(load(&out).splits["train"].images, 20);
+}

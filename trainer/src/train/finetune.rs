@@ -105,7 +105,7 @@ pub fn finetune<B: AutodiffBackend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<Option<FinetuneResults>> {
-    prepare_run_folder(&cfg.run.out, cfg, resume)?;
+    let _lock = prepare_run_folder(&cfg.run.out, cfg, resume)?;
     let started = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.run.seed);
     let mut model = Classifier::<B>::new(&cfg.vit, cfg.classes, &mut rng, device);

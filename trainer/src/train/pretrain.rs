@@ -82,7 +82,7 @@ pub fn pretrain<B: AutodiffBackend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<RunSummary> {
-    prepare_run_folder(&cfg.run.out, cfg, resume)?;
+    let _lock = prepare_run_folder(&cfg.run.out, cfg, resume)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.run.seed);
     match cfg.method {
         Method::Beit => {

@@ -10,6 +10,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::FloatDType;
+use pipeline::lock::{FolderLock, LOCK_FILE};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -30,13 +31,17 @@ pub const RESULTS_FILE: &str = "results.json";
 
 /// Writes `config.json` into a new run folder, or checks that a resumed run's folder was
 /// written by the same configuration (apart from `stop_after`, when to stop). Resuming a
-/// folder that holds no run yet starts it, so `--resume` can always be passed.
-pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(out: &Path, cfg: &C, resume: bool) -> Result<()> {
+/// folder that holds no run yet starts it, so `--resume` can always be passed. The returned
+/// lock keeps any other process out of the folder until it is dropped.
+pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(out: &Path, cfg: &C, resume: bool) -> Result<FolderLock> {
     let path = out.join(CONFIG_FILE);
     let folder_err = |message: String| RunFolderError {
         path: path.clone(),
         message,
     };
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Two trainers on one run folder would interleave checkpoints and metrics.
+    let lock = FolderLock::acquire(out, LOCK_FILE, "trainer")?;
     if resume && path.exists() {
         let old: serde_json::Value = read_config(out)?;
         let new = serde_json::to_value(cfg).expect("serializable");
@@ -48,13 +53,13 @@ pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(out: &Path, cfg: &C, 
             ))
             .into());
         }
-        return Ok(());
+        return Ok(lock);
     }
     if path.exists() {
         return Err(folder_err("already holds a run: pass --resume or choose a new --out".into()).into());
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    write_json(&path, cfg)
+    write_json(&path, cfg)?;
+    Ok(lock)
 }
 
 /// Top-level fields that differ between two configs, ignoring `stop_after`.

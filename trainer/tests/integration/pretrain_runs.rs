@@ -230,6 +230,31 @@ fn divergence_skips_updates_rolls_back_then_stops() {
     assert!(lines.windows(2).all(|w| w[0].step < w[1].step));
 }
 
+/// A second trainer on a run folder in use is refused, naming the holder, before it writes.
+#[test]
+fn a_second_trainer_on_a_run_folder_is_refused() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let held = pipeline::lock::FolderLock::acquire(&out, pipeline::lock::LOCK_FILE, "trainer").unwrap();
+    let cfg = args(f, &f.vocab_small, &out, &["--max-steps", "2", "--batch-size", "8"])
+        .resolve()
+        .unwrap();
+    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, true, &Default::default(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("another process writes this folder") && err.contains("trainer (pid"),
+        "{err}"
+    );
+    assert!(!out.join("config.json").exists());
+    drop(held);
+    let done =
+        trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, true, &Default::default(), false).unwrap();
+    assert_eq!(done.steps, 2);
+}
+
 #[test]
 fn bad_configuration_is_an_error_naming_the_field() {
     let Some(f) = fixture() else { return };
