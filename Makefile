@@ -77,16 +77,18 @@ finetune: build-trainer
 eval: build-trainer
 	$(TRAINER) eval --run $(RUN) --device $(DEVICE)
 
-# The pre-trained encoder of $(RUN) as a timm state dict.
+# $(RUN) as a timm export folder ($(RUN)/timm: model.safetensors + config.json): a pre-training
+# run's encoder or a fine-tuning run's classifier; timm.create_model("local-dir:$(RUN)/timm", pretrained=True).
 export: build-trainer
-	$(TRAINER) export --run $(RUN) --out $(RUN)/timm.safetensors
+	$(TRAINER) export --run $(RUN) --out $(RUN)/timm
 
-# Loads that export into timm (strict) and compares its features with ours on one input.
+# Loads that export into timm both ways (local-dir, and architecture + pretrained_cfg_overlay)
+# and compares its features (encoder) or logits (classifier) with ours on one input.
 # Installs torch + timm (gigabytes): not part of `make test`.
 check-timm: build-trainer
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check torch timm safetensors
-	$(TRAINER) export --run $(RUN) --out $(RUN)/timm.safetensors --check $(RUN)/timm-check.safetensors
-	$(PYTHON) tests/python/timm_check.py $(RUN)/timm.safetensors $(RUN)/timm-check.safetensors
+	$(TRAINER) export --run $(RUN) --out $(RUN)/timm --check $(RUN)/timm-check.safetensors
+	$(PYTHON) tests/python/timm_check.py $(RUN)/timm $(RUN)/timm-check.safetensors
 
 # report.md and PNG plots of every run folder under RUNS.
 RUNS ?= runs

@@ -1,17 +1,24 @@
-//! Export of a pre-trained encoder as a timm `VisionTransformer` state dict (safetensors):
-//! timm names (`norm1.weight` for burn's `norm1.gamma`), PyTorch layouts (linear weights
-//! `[out, in]`, the patch embedding as a `[dim, 3, p, p]` convolution). The pre-training heads
-//! and decoder are not part of it; timm's classifier `head.*` is left for fine-tuning.
+//! Export of a run as a timm `VisionTransformer` folder (`model.safetensors` + timm's
+//! `config.json`, the Hugging Face Hub layout): timm names (`norm1.weight` for burn's
+//! `norm1.gamma`), PyTorch layouts (linear weights `[out, in]`, the patch embedding as a
+//! `[dim, 3, p, p]` convolution). A pre-training run exports its encoder (the pre-training
+//! heads and decoder are not part of it); a fine-tuning run exports the whole classifier.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::CpuBackend;
-use crate::error::Result;
-use crate::model::vit::{Mode, Vit};
-use crate::train::checkpoint::{named_params, save_tensors, NamedTensors};
+use crate::data::augment::{MEAN, STD};
+use crate::error::{CheckpointError, Error, Result};
+use crate::model::classifier::Classifier;
+use crate::model::vit::{Mode, Vit, VitConfig};
+use crate::train::checkpoint::{load_params, load_tensors, named_params, save_tensors, split_optimizer, NamedTensors};
+use crate::train::config::{init_paths, FinetuneConfig};
 use crate::train::pretrained::run_encoder;
+use crate::train::run_folder::read_config;
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -50,44 +57,235 @@ pub fn timm_state_dict<B: Backend>(encoder: &Vit<B>, patch_size: usize) -> Named
         .collect()
 }
 
-/// Reads a pre-training run's checkpoint and writes its encoder as a timm safetensors file.
-/// Returns the number of tensors written.
-pub fn export_run(run: &Path, out: &Path) -> Result<usize> {
-    let (cfg, vit) = run_encoder::<CpuBackend>(run, &Default::default())?;
-    let dict = timm_state_dict(&vit, cfg.vit.patch_size);
-    let n = dict.len();
+/// The files of an export folder: timm's Hugging Face Hub layout, which
+/// `timm.create_model("local-dir:<folder>", pretrained=True)` loads as it is.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const TIMM_CONFIG_FILE: &str = "config.json";
+
+/// What [`export_run`] wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportSummary {
+    pub weights: PathBuf,
+    pub config: PathBuf,
+    pub tensors: usize,
+    /// 0 for a pre-trained encoder; the head's classes for a fine-tuned classifier.
+    pub num_classes: usize,
+    /// The timm architecture `config.json` names (its `model_args` set the shape).
+    pub architecture: String,
+}
+
+/// A finished run's model, as timm holds it.
+enum Exported<B: Backend> {
+    /// A pre-training run: the encoder with its final norm (timm's `global_pool='token'`
+    /// model without a head; `forward_features` equals ours).
+    Encoder { vit: Box<Vit<B>>, cfg: VitConfig },
+    /// A fine-tuning run: the classifier (timm's `global_pool='avg'` model: blocks, mean of
+    /// the patch tokens, `fc_norm`, `head`).
+    Classifier {
+        model: Box<Classifier<B>>,
+        cfg: VitConfig,
+        class_names: Vec<String>,
+    },
+}
+
+fn load_run<B: Backend>(run: &Path, device: &B::Device) -> Result<Exported<B>> {
+    let (folder, file) = init_paths(run);
+    let raw: serde_json::Value = read_config(&folder)?;
+    if raw.get("classes").is_none() {
+        let (cfg, vit) = run_encoder::<B>(run, device)?;
+        return Ok(Exported::Encoder {
+            vit: Box::new(vit),
+            cfg: cfg.vit,
+        });
+    }
+    let cfg: FinetuneConfig = read_config(&folder)?;
+    let (all, _) = load_tensors(&file)?;
+    let (params, _optimizer) = split_optimizer(all);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let skeleton = Classifier::<B>::new(&cfg.vit, cfg.classes, &mut rng, device);
+    let (model, unexpected) = load_params(skeleton, &params, &|_| false, &file, device)?;
+    if !unexpected.is_empty() {
+        return Err(CheckpointError::Unexpected {
+            path: file.clone(),
+            unexpected,
+        }
+        .into());
+    }
+    // The names travel with the export when the dataset is at hand; timm then labels outputs.
+    let class_names = pipeline::prepare::load_manifest(&cfg.run.data)
+        .map(|m| m.class_names)
+        .unwrap_or_default();
+    Ok(Exported::Classifier {
+        model: Box::new(model),
+        cfg: cfg.vit,
+        class_names,
+    })
+}
+
+/// A fine-tuned classifier under timm's names: the encoder's blocks (its final norm, which
+/// the classifier does not use, left out), `fc_norm` and `head` (`[classes, dim]`).
+pub fn timm_classifier_dict<B: Backend>(model: &Classifier<B>, patch_size: usize) -> NamedTensors {
+    let mut dict: NamedTensors = timm_state_dict(&model.encoder, patch_size)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("norm."))
+        .collect();
+    for (name, (shape, values)) in named_params(model) {
+        let timm_name = name.replace(".gamma", ".weight").replace(".beta", ".bias");
+        if name.starts_with("fc_norm.") {
+            dict.insert(timm_name, (shape, values));
+        } else if name == "head.weight" {
+            let (dim, classes) = (shape[0], shape[1]);
+            dict.insert(timm_name, (vec![classes, dim], transpose(&values, dim, classes)));
+        } else if name == "head.bias" {
+            dict.insert(timm_name, (shape, values));
+        }
+    }
+    dict
+}
+
+/// The timm architecture whose defaults are closest (`config.json`'s `model_args` give the
+/// exact shape either way, so any ViT preset exports).
+fn timm_architecture(v: &VitConfig) -> String {
+    let family = match (v.dim, v.depth, v.heads) {
+        (768, 12, 12) => "base",
+        (384, 12, 6) => "small",
+        _ => "tiny",
+    };
+    format!("vit_{family}_patch16_224")
+}
+
+/// timm's `config.json`: architecture, the constructor arguments of this exact ViT, and the
+/// `pretrained_cfg` (input size, mean / std, crop, classifier) its data pipeline resolves.
+pub fn timm_config(v: &VitConfig, num_classes: usize, class_names: &[String]) -> serde_json::Value {
+    let classifier = num_classes > 0;
+    let s = v.image_size;
+    let mut cfg = serde_json::json!({
+        "architecture": timm_architecture(v),
+        "num_classes": num_classes,
+        "num_features": v.dim,
+        "global_pool": if classifier { "avg" } else { "token" },
+        "model_args": {
+            "img_size": s,
+            "patch_size": v.patch_size,
+            "embed_dim": v.dim,
+            "depth": v.depth,
+            "num_heads": v.heads,
+            "mlp_ratio": v.mlp_ratio,
+            "qkv_bias": true,
+            "init_values": v.layer_scale_init,
+            "class_token": true,
+            "global_pool": if classifier { "avg" } else { "token" },
+            "fc_norm": classifier,
+            "num_classes": num_classes,
+        },
+        "pretrained_cfg": {
+            "tag": "splitmask",
+            "custom_load": false,
+            "input_size": [3, s, s],
+            "fixed_input_size": true,
+            "interpolation": "bicubic",
+            "crop_pct": 0.875,
+            "crop_mode": "center",
+            "mean": MEAN.map(rounded),
+            "std": STD.map(rounded),
+            "num_classes": num_classes,
+            "pool_size": null,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+        },
+    });
+    if classifier && class_names.len() == num_classes {
+        cfg["label_names"] = serde_json::json!(class_names);
+    }
+    cfg
+}
+
+/// An f32 constant as the decimal it was written as (0.485, not 0.48500001430511475).
+fn rounded(v: f32) -> f64 {
+    (v as f64 * 1e6).round() / 1e6
+}
+
+/// Writes a run's model as a timm export folder (`model.safetensors` + `config.json`): a
+/// pre-training run's encoder, or a fine-tuning run's whole classifier. `run` is a run folder
+/// or a checkpoint in one (`<run>/best.safetensors`).
+pub fn export_run(run: &Path, out: &Path) -> Result<ExportSummary> {
+    let bar = crate::progress::pass("export", 3, "steps");
+    let device = Default::default();
+    let exported = load_run::<CpuBackend>(run, &device)?;
+    bar.inc(1);
+    let (dict, vit, num_classes, names) = match &exported {
+        Exported::Encoder { vit, cfg } => (timm_state_dict(vit, cfg.patch_size), cfg, 0, Vec::new()),
+        Exported::Classifier {
+            model,
+            cfg,
+            class_names,
+        } => {
+            let classes = model.head.weight.dims()[1];
+            (
+                timm_classifier_dict(model, cfg.patch_size),
+                cfg,
+                classes,
+                class_names.clone(),
+            )
+        }
+    };
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
         "splitmask.source".to_string(),
-        serde_json::json!({
-            "method": cfg.method.name(),
-            "dataset": cfg.run.dataset,
-            "vit": cfg.vit,
-        })
-        .to_string(),
+        serde_json::json!({"run": run, "vit": vit, "num_classes": num_classes}).to_string(),
     );
-    save_tensors(out, &dict, Some(meta))?;
-    Ok(n)
+    let weights = out.join(WEIGHTS_FILE);
+    save_tensors(&weights, &dict, Some(meta))?;
+    bar.inc(1);
+    let config = out.join(TIMM_CONFIG_FILE);
+    let text = serde_json::to_vec_pretty(&timm_config(vit, num_classes, &names)).expect("serializable");
+    pipeline::shard::write_atomic(&config, &text)?;
+    bar.finish_and_clear();
+    Ok(ExportSummary {
+        weights,
+        config,
+        tensors: dict.len(),
+        num_classes,
+        architecture: timm_architecture(vit),
+    })
 }
 
 /// Writes a reference pair for checking an export in PyTorch: a seeded `input`
-/// `[2, 3, size, size]` (normalized-image scale) and our encoder's `features` on it
-/// `[2, 1 + patches, dim]` (timm's `forward_features`). `tests/python/timm_check.py` loads the
-/// export into `timm` and compares.
+/// `[2, 3, size, size]` (normalized-image scale) and our model's `output` on it: the
+/// encoder's tokens `[2, 1 + patches, dim]` (timm's `forward_features`) for a pre-training
+/// run; for a fine-tuning run the class logits `[2, classes]` (timm's `forward`) and the
+/// head's input `[2, dim]` (`forward_head(..., pre_logits=True)`).
+/// `tests/python/timm_check.py` loads the export folder into timm and compares.
 pub fn write_check(run: &Path, out: &Path) -> Result<()> {
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
     let device = Default::default();
-    let (cfg, vit) = run_encoder::<CpuBackend>(run, &device)?;
-    let s = cfg.vit.image_size;
+    let exported = load_run::<CpuBackend>(run, &device)?;
+    let s = match &exported {
+        Exported::Encoder { cfg, .. } | Exported::Classifier { cfg, .. } => cfg.image_size,
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let input: Vec<f32> = (0..2 * 3 * s * s).map(|_| rng.random_range(-2.0..2.0f32)).collect();
     let x = Tensor::<CpuBackend, 4>::from_data(TensorData::new(input.clone(), [2, 3, s, s]), &device);
-    let features = vit.forward(x, Mode::Eval);
-    let shape = features.dims().to_vec();
+    let host = |t: Tensor<CpuBackend, 2>| (t.dims().to_vec(), t.into_data().iter::<f32>().collect::<Vec<f32>>());
     let mut tensors = NamedTensors::new();
     tensors.insert("input".into(), (vec![2, 3, s, s], input));
-    tensors.insert("features".into(), (shape, features.into_data().iter::<f32>().collect()));
+    match &exported {
+        Exported::Encoder { vit, .. } => {
+            let f = vit.forward(x, Mode::Eval);
+            tensors.insert(
+                "features".into(),
+                (f.dims().to_vec(), f.into_data().iter::<f32>().collect()),
+            );
+        }
+        Exported::Classifier { model, .. } => {
+            // The head's input too: a freshly fine-tuned head is near zero, its logits tiny.
+            let pre = model.features(x, Mode::Eval);
+            tensors.insert("pre_logits".into(), host(pre.clone()));
+            tensors.insert("logits".into(), host(model.head.forward(pre)));
+        }
+    }
     save_tensors(out, &tensors, None)
 }
 
@@ -155,5 +353,78 @@ mod tests {
         let (o, c, y, x) = (6, 2, 1, 7);
         assert_eq!(b[((o * 3 + c) * 8 + y) * 8 + x], a[((c * 8 + y) * 8 + x) * 8 + o]);
         assert!(timm.contains_key("blocks.0.ls1.gamma") && timm.contains_key("norm.bias"));
+    }
+
+    #[test]
+    fn classifier_names_and_shapes_match_timm_with_average_pooling() {
+        let device = Default::default();
+        let Some(mut expected) = timm_keys("vit_small_patch16_224") else {
+            eprintln!("SKIP: ../shared/fixtures/timm is absent");
+            return;
+        };
+        // timm's `global_pool='avg'` ViT: `fc_norm` where the token-pooling one has `norm`.
+        for p in ["weight", "bias"] {
+            let shape = expected.remove(&format!("norm.{p}")).unwrap();
+            expected.insert(format!("fc_norm.{p}"), shape);
+        }
+        expected.insert("head.weight".into(), vec![5, 384]);
+        expected.insert("head.bias".into(), vec![5]);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let model =
+            Classifier::<TestBackend>::new(&VitConfig::small().with_layer_scale_init(None), 5, &mut rng, &device);
+        let got: BTreeMap<String, Vec<usize>> = timm_classifier_dict(&model, 16)
+            .into_iter()
+            .map(|(k, (s, _))| (k, s))
+            .collect();
+        assert_eq!(got, expected);
+        // The head is transposed to `[classes, dim]`.
+        let ours = named_params(&model);
+        let (_, w) = &ours["head.weight"];
+        let (_, t) = &timm_classifier_dict(&model, 16)["head.weight"];
+        assert_eq!(t[3 * 384 + 7], w[7 * 5 + 3]);
+    }
+
+    #[test]
+    fn timm_config_describes_the_exact_model() {
+        let v = VitConfig::cpu_tiny();
+        let names: Vec<String> = (0..3).map(|i| format!("class {i}")).collect();
+        let c = timm_config(&v, 3, &names);
+        assert_eq!(c["architecture"], "vit_tiny_patch16_224");
+        let a = &c["model_args"];
+        assert_eq!(
+            (
+                &a["img_size"],
+                &a["patch_size"],
+                &a["embed_dim"],
+                &a["depth"],
+                &a["num_heads"]
+            ),
+            (
+                &serde_json::json!(64),
+                &serde_json::json!(8),
+                &serde_json::json!(128),
+                &serde_json::json!(4),
+                &serde_json::json!(4)
+            )
+        );
+        assert_eq!(
+            (&a["global_pool"], &a["fc_norm"], &a["num_classes"]),
+            (
+                &serde_json::json!("avg"),
+                &serde_json::json!(true),
+                &serde_json::json!(3)
+            )
+        );
+        assert_eq!(c["pretrained_cfg"]["input_size"], serde_json::json!([3, 64, 64]));
+        assert_eq!(c["pretrained_cfg"]["mean"], serde_json::json!([0.485, 0.456, 0.406]));
+        assert_eq!(c["label_names"], serde_json::json!(names));
+        // An encoder: no head, token pooling after the final norm, no label names.
+        let e = timm_config(&VitConfig::base(), 0, &[]);
+        assert_eq!(e["architecture"], "vit_base_patch16_224");
+        assert_eq!(
+            (&e["global_pool"], &e["model_args"]["fc_norm"]),
+            (&serde_json::json!("token"), &serde_json::json!(false))
+        );
+        assert!(e.get("label_names").is_none());
     }
 }

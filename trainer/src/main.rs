@@ -61,17 +61,20 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Write a run's pre-trained encoder as a timm ViT state dict (safetensors).
+    /// Write a run as a timm export folder (model.safetensors + timm's config.json): a
+    /// pre-training run's encoder or a fine-tuning run's classifier.
     Export {
-        /// Run folder (holds config.json and checkpoint.safetensors).
+        /// Run folder (holds config.json and checkpoint.safetensors), or a checkpoint in one.
         #[arg(long)]
         run: PathBuf,
         /// Only `timm` for now.
         #[arg(long, default_value = "timm")]
         format: String,
+        /// Export folder.
         #[arg(long)]
         out: PathBuf,
-        /// Also write a reference input and our features on it (for tests/python/timm_check.py).
+        /// Also write a reference input and our output on it, features or logits (for
+        /// tests/python/timm_check.py).
         #[arg(long)]
         check: Option<PathBuf>,
     },
@@ -293,11 +296,22 @@ fn main() -> Result<()> {
             if format != "timm" {
                 anyhow::bail!("--format {format:?}: only \"timm\" is supported");
             }
-            let n = trainer::export::export_run(&run, &out)?;
-            println!("wrote {n} tensors with timm names to {}", out.display());
+            let e = trainer::export::export_run(&run, &out)?;
+            println!(
+                "wrote {} ({} tensors with timm names, {}) and {}; load it with timm.create_model(\"local-dir:{}\", pretrained=True)",
+                e.weights.display(),
+                e.tensors,
+                if e.num_classes > 0 {
+                    format!("a classifier of {} classes", e.num_classes)
+                } else {
+                    "the encoder".to_string()
+                },
+                e.config.display(),
+                out.display()
+            );
             if let Some(check) = check {
                 trainer::export::write_check(&run, &check)?;
-                println!("wrote a reference input and features to {}", check.display());
+                println!("wrote a reference input and our output on it to {}", check.display());
             }
         }
         Command::Bench { args, backend } => {

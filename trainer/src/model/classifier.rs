@@ -1,5 +1,7 @@
-//! The fine-tuning model: the ViT encoder, mean pooling of the patch tokens, a LayerNorm
-//! (`fc_norm`) and a linear head (BEiT's classifier).
+//! The fine-tuning model: the ViT encoder's blocks, mean pooling of the patch tokens, a
+//! LayerNorm (`fc_norm`) and a linear head. This is BEiT's mean-pooling classifier and timm's
+//! `global_pool='avg'` ViT: `fc_norm` takes the place of the encoder's final norm, which the
+//! classifier loads but does not use (so the exported classifier is timm's, weight for weight).
 
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
@@ -38,14 +40,14 @@ impl<B: Backend> Classifier<B> {
         self.head.forward(self.features(images, mode))
     }
 
-    /// What the head sees: `fc_norm` of the mean-pooled patch tokens.
+    /// What the head sees: `fc_norm` of the mean-pooled patch tokens of the last block.
     ///
     /// # Shapes
     /// - images: `[batch, 3, height, width]`
     /// - output: `[batch, dim]`
     pub fn features(&self, images: Tensor<B, 4>, mode: Mode) -> Tensor<B, 2> {
         self.fc_norm
-            .forward(mean_patch_tokens(self.encoder.forward(images, mode)))
+            .forward(mean_patch_tokens(self.encoder.forward_unnormed(images, mode)))
     }
 }
 

@@ -443,13 +443,33 @@ impl<B: Backend> Vit<B> {
     /// - tokens: `[batch, n, dim]`
     /// - output: `[batch, 1 + n, dim]`
     pub fn encode(&self, tokens: Tensor<B, 3>, mode: Mode) -> Tensor<B, 3> {
+        self.norm.forward(self.blocks_forward(tokens, mode))
+    }
+
+    /// [`Vit::encode`] without the final norm.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, n, dim]`
+    /// - output: `[batch, 1 + n, dim]`
+    fn blocks_forward(&self, tokens: Tensor<B, 3>, mode: Mode) -> Tensor<B, 3> {
         let [b, _, d] = tokens.dims();
         let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
         let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x, mode.for_layer(i as u64));
         }
-        self.norm.forward(x)
+        x
+    }
+
+    /// The last block's tokens of whole images, before the final norm: what BEiT's
+    /// mean-pooling classifier (and timm's `global_pool='avg'`) pools, its `fc_norm` taking
+    /// the final norm's place.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - output: `[batch, 1 + patches, dim]`
+    pub fn forward_unnormed(&self, images: Tensor<B, 4>, mode: Mode) -> Tensor<B, 3> {
+        self.blocks_forward(self.embed(images), mode)
     }
 
     /// Features of whole images.

@@ -112,6 +112,17 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
         serde_json::from_str(&std::fs::read_to_string(cfg.run.out.join("results.json")).unwrap()).unwrap();
     assert_eq!(on_disk, whole);
 
+    // The fine-tuned classifier exports as a timm folder with the dataset's class names.
+    let export = tmp.path().join("timm");
+    let e = trainer::export::export_run(&cfg.run.out, &export).unwrap();
+    assert_eq!((e.num_classes, e.tensors), (10, pre.vit.depth * 14 + 8));
+    let timm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&e.config).unwrap()).unwrap();
+    assert_eq!(timm["num_classes"], 10);
+    assert_eq!(timm["label_names"][0], "tench, Tinca tinca");
+    let (tensors, _) = load_tensors(&e.weights).unwrap();
+    assert_eq!(tensors["head.weight"].0, vec![10, pre.vit.dim]);
+    assert!(!tensors.contains_key("norm.weight") && tensors.contains_key("fc_norm.weight"));
+
     // Stop at 25, resume: the same losses and the same final accuracy.
     let mut extra = SHORT.to_vec();
     extra.extend(["--stop-after", "25"]);
@@ -191,6 +202,9 @@ fn finetuning_ends_above_its_own_linear_probe_without_collapsing() {
 
     let mut extra = SHORT.to_vec();
     extra.extend(CPU_SCALE);
+    // 120 steps of 32: 1.35 epochs of the 2,840 train images.
+    let at = extra.iter().position(|a| *a == "--max-steps").unwrap();
+    extra[at + 1] = "120";
     let cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("ft"), &extra)
         .resolve()
         .unwrap();
