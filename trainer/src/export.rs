@@ -129,16 +129,20 @@ pub fn timm_classifier_dict<B: Backend>(model: &Classifier<B>, patch_size: usize
         .into_iter()
         .filter(|(k, _)| !k.starts_with("norm."))
         .collect();
-    for (name, (shape, values)) in named_params(model) {
-        let timm_name = name.replace(".gamma", ".weight").replace(".beta", ".bias");
-        if name.starts_with("fc_norm.") {
-            dict.insert(timm_name, (shape, values));
-        } else if name == "head.weight" {
+    for (name, t) in named_params(&model.fc_norm) {
+        dict.insert(
+            format!("fc_norm.{}", name.replace("gamma", "weight").replace("beta", "bias")),
+            t,
+        );
+    }
+    for (name, (shape, values)) in named_params(&model.head) {
+        let t = if name == "weight" {
             let (dim, classes) = (shape[0], shape[1]);
-            dict.insert(timm_name, (vec![classes, dim], transpose(&values, dim, classes)));
-        } else if name == "head.bias" {
-            dict.insert(timm_name, (shape, values));
-        }
+            (vec![classes, dim], transpose(&values, dim, classes))
+        } else {
+            (shape, values)
+        };
+        dict.insert(format!("head.{name}"), t);
     }
     dict
 }

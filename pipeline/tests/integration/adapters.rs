@@ -13,6 +13,13 @@ fn copy(src: &Path, dst: &Path) {
     write_file(dst, &std::fs::read(src).unwrap());
 }
 
+/// The real Stanford Cars devkit `.mat` files under `<root>/devkit`.
+fn copy_devkit(fx: &Path, root: &Path) {
+    for f in ["cars_meta.mat", "cars_train_annos.mat", "cars_test_annos.mat"] {
+        copy(&fx.join("devkit").join(f), &root.join("devkit").join(f));
+    }
+}
+
 #[test]
 fn stanford_cars_devkit_and_csv_agree() {
     let Some(fx) = shared("fixtures/stanford_cars") else {
@@ -20,9 +27,7 @@ fn stanford_cars_devkit_and_csv_agree() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("cars");
-    for f in ["cars_meta.mat", "cars_train_annos.mat", "cars_test_annos.mat"] {
-        copy(&fx.join("devkit").join(f), &root.join("devkit").join(f));
-    }
+    copy_devkit(&fx, &root);
     let jpeg = tiny_jpeg(40, 30, 1);
     let mut csv_rows: BTreeMap<String, (i32, [i32; 4])> = BTreeMap::new();
     for (split, dir) in [("train", "cars_train"), ("test", "cars_test")] {
@@ -77,9 +82,7 @@ fn an_empty_split_writes_no_shard() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("cars");
-    for f in ["cars_meta.mat", "cars_train_annos.mat", "cars_test_annos.mat"] {
-        copy(&fx.join("devkit").join(f), &root.join("devkit").join(f));
-    }
+    copy_devkit(&fx, &root);
     let jpeg = tiny_jpeg(40, 30, 1);
     let mut rdr = csv::Reader::from_path(fx.join("anno_train.csv")).unwrap();
     for r in rdr.records() {

@@ -64,14 +64,15 @@ pub fn rows(dir: &Path, m: &Manifest) -> Vec<Row> {
         .collect()
 }
 
+/// The Python the Makefile installed the test clients into (`$PYTHON`, else `python3`).
+pub fn python() -> Command {
+    Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+}
+
 /// (id, split, label, width, height) of every row, read by pyarrow (not our reader).
 pub fn pyarrow_rows(dir: &Path) -> Vec<(String, String, i64, i64, i64)> {
     let script = workspace().join("tests/read_shards.py");
-    let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
-        .arg(&script)
-        .arg(dir)
-        .output()
-        .expect("python3 runs");
+    let out = python().arg(&script).arg(dir).output().expect("python3 runs");
     assert!(
         out.status.success(),
         "pyarrow reader failed (`make python-deps` installs pyarrow): {}",

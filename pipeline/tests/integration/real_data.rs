@@ -247,7 +247,7 @@ fn real_clients_read_shards_as_declared() {
         "id": row.id, "split": row.split, "width": rgb.width(), "height": rgb.height(), "rgb": rgb_path,
     });
     std::fs::write(&ours, spec.to_string()).unwrap();
-    let output = std::process::Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+    let output = python()
         .arg(workspace().join("tests/python/clients.py"))
         .arg(out)
         .arg(&ours)
