@@ -9,6 +9,14 @@ use crate::matfile::MatError;
 pub enum PipelineError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{path}: writing failed: {source} (the previous file, if any, is untouched; its temp file {tmp} was removed)"
+    )]
+    Write {
+        path: PathBuf,
+        tmp: PathBuf,
+        source: std::io::Error,
+    },
     #[error("required metadata file not found: {path} ({hint})")]
     MissingMetadata { path: PathBuf, hint: String },
     #[error("{path}:{line}: {message}: {text:?}")]
@@ -55,6 +63,13 @@ pub enum PipelineError {
         "{path}: another process writes this folder: {holder}; wait for it to finish (the lock goes when it exits)"
     )]
     Locked { path: PathBuf, holder: String },
+    #[error("{path}: stopped by {signal} {when}; run the same command again to continue")]
+    Interrupted {
+        path: PathBuf,
+        signal: &'static str,
+        /// Where the work stood ("after 3 of 10 shards").
+        when: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }

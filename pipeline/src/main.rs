@@ -522,10 +522,16 @@ fn run() -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = pipeline::interrupt::install() {
+        eprintln!("warning: SIGINT/SIGTERM handlers not installed ({e}): a signal stops at once");
+    }
     match run() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(pipeline::PipelineError::Interrupted { .. }) = e.downcast_ref() {
+                return ExitCode::from(pipeline::interrupt::EXIT_INTERRUPTED as u8);
+            }
             ExitCode::FAILURE
         }
     }

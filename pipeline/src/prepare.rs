@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::adapters::{self, AdapterOptions, Listing, SourceImage};
 use crate::error::{IoContext, PipelineError, Result};
+use crate::interrupt;
 use crate::lock::{FolderLock, LOCK_FILE};
 use crate::shard::{file_sha256, write_atomic, write_table, Row, ShardWriter};
 use crate::transcode::{transcode, transcode_mask, TranscodeSettings};
@@ -364,6 +365,14 @@ fn write_shard(cfg: &PrepareConfig, listing: &Listing, shard: &PlannedShard, bar
     let mut chunks = shard.images.chunks(BATCH);
     let mut pending = chunks.next().map(|c| (c, decode(c)));
     while let Some((chunk, results)) = pending.take() {
+        if let Some(signal) = interrupt::requested() {
+            // The writer's temp file goes with it; the shard is redone by the next run.
+            return Err(PipelineError::Interrupted {
+                path: dest,
+                signal,
+                when: "before the shard was complete".into(),
+            });
+        }
         let mut rows = Vec::with_capacity(chunk.len());
         for (&i, r) in chunk.iter().zip(results) {
             let img = &listing.images[i];
@@ -471,11 +480,26 @@ pub fn prepare(cfg: &PrepareConfig, worker: Worker, progress: bool) -> Result<Pr
         resumed_shards: done.len(),
         ..Default::default()
     };
+    let todo_count = todo.len();
     for shard in todo {
         let part = write_shard(cfg, &listing, shard, &bar)?;
         summary.written_shards += 1;
         summary.images += part.rows;
         summary.skipped += part.skipped.len() as u64;
+        interrupt::fault_point("shard", summary.written_shards as u64);
+        if let Some(signal) = interrupt::requested() {
+            if summary.written_shards < todo_count {
+                bar.abandon();
+                return Err(PipelineError::Interrupted {
+                    path: cfg.out_dir.clone(),
+                    signal,
+                    when: format!(
+                        "after {} of the {todo_count} shards left to write (each finished shard is kept)",
+                        summary.written_shards
+                    ),
+                });
+            }
+        }
     }
     bar.finish_and_clear();
     summary.wall_s = start.elapsed().as_secs_f64();

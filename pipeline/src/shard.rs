@@ -82,10 +82,71 @@ pub struct Row {
 /// leaves a file that looks complete.
 pub struct ShardWriter {
     writer: ArrowWriter<HashingWriter<BufWriter<File>>>,
-    tmp: PathBuf,
-    dest: PathBuf,
+    tmp: TempFile,
     schema: SchemaRef,
     rows: u64,
+}
+
+/// `<dest>.tmp`, removed when dropped unless [`TempFile::persist`] renamed it to `dest`: a
+/// write that fails (a full disk) or is abandoned (a signal) leaves neither a partial file nor
+/// the space it held, and the previous `dest`, if any, stays as it was.
+pub struct TempFile {
+    tmp: PathBuf,
+    dest: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    pub fn new(dest: &Path) -> Self {
+        TempFile {
+            tmp: tmp_path(dest),
+            dest: dest.to_path_buf(),
+            armed: true,
+        }
+    }
+
+    pub fn create(&self) -> Result<File> {
+        File::create(&self.tmp).map_err(|e| self.failed(e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// An I/O error while writing the temp file, named by the file it was to become.
+    pub fn failed(&self, source: std::io::Error) -> PipelineError {
+        PipelineError::Write {
+            path: self.dest.clone(),
+            tmp: self.tmp.clone(),
+            source,
+        }
+    }
+
+    /// Renames the (synced) temp file into place and syncs the folder, so the new name
+    /// survives a power cut as well as the contents.
+    pub fn persist(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.failed(e))?;
+        self.armed = false;
+        if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Some file systems refuse to sync a folder; the rename itself has happened.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Row groups are cut by their encoded size rather than a row count, since rows range from a
@@ -108,8 +169,8 @@ pub fn writer_properties(metadata: Vec<KeyValue>, row_group_bytes: usize) -> Wri
 
 impl ShardWriter {
     pub fn create(dest: &Path, meta: &ShardMetadata, row_group_bytes: usize) -> Result<Self> {
-        let tmp = tmp_path(dest);
-        let file = File::create(&tmp).at(&tmp)?;
+        let tmp = TempFile::new(dest);
+        let file = tmp.create()?;
         // The footer metadata goes both into the Parquet key-value metadata (duckdb, polars,
         // our reader) and into the embedded Arrow schema (pyarrow, HF `datasets`).
         let kv = meta.to_kv().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
@@ -117,16 +178,11 @@ impl ShardWriter {
             shard_schema().with_metadata(meta.to_kv().into_iter().collect::<std::collections::HashMap<_, _>>()),
         );
         let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties(kv, row_group_bytes))).map_err(
-            |source| PipelineError::Parquet {
-                path: tmp.clone(),
-                source,
-            },
-        )?;
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(writer_properties(kv, row_group_bytes)))
+            .map_err(|source| parquet_write_error(&tmp, source))?;
         Ok(ShardWriter {
             writer,
             tmp,
-            dest: dest.to_path_buf(),
             schema,
             rows: 0,
         })
@@ -137,35 +193,41 @@ impl ShardWriter {
             return Ok(());
         }
         let batch = rows_to_batch(&self.schema, rows).map_err(|source| PipelineError::Arrow {
-            path: self.tmp.clone(),
+            path: self.tmp.dest().to_path_buf(),
             source,
         })?;
-        self.writer.write(&batch).map_err(|source| PipelineError::Parquet {
-            path: self.tmp.clone(),
-            source,
-        })?;
+        self.writer
+            .write(&batch)
+            .map_err(|source| parquet_write_error(&self.tmp, source))?;
         self.rows += rows.len() as u64;
         Ok(())
     }
 
     /// Closes, syncs and renames the file; returns (rows, bytes, sha256).
     pub fn finish(self) -> Result<(u64, u64, String)> {
-        let ShardWriter {
-            writer,
-            tmp,
-            dest,
-            rows,
-            ..
-        } = self;
-        let mut sink = writer.into_inner().map_err(|source| PipelineError::Parquet {
-            path: tmp.clone(),
-            source,
-        })?;
-        sink.flush().at(&tmp)?;
+        let ShardWriter { writer, tmp, rows, .. } = self;
+        let mut sink = writer
+            .into_inner()
+            .map_err(|source| parquet_write_error(&tmp, source))?;
+        sink.flush().map_err(|e| tmp.failed(e))?;
         let (file, bytes, sha) = sink.finish();
-        file.get_ref().sync_all().at(&tmp)?;
-        std::fs::rename(&tmp, &dest).at(&dest)?;
+        file.get_ref().sync_all().map_err(|e| tmp.failed(e))?;
+        tmp.persist()?;
         Ok((rows, bytes, sha))
+    }
+}
+
+/// A Parquet writer's error: the I/O error underneath (a full disk) is reported as a failed
+/// write of the file, the rest as Parquet errors naming it.
+pub fn parquet_write_error(tmp: &TempFile, source: parquet::errors::ParquetError) -> PipelineError {
+    match source {
+        parquet::errors::ParquetError::External(e) if e.is::<std::io::Error>() => {
+            tmp.failed(*e.downcast::<std::io::Error>().expect("checked"))
+        }
+        source => PipelineError::Parquet {
+            path: tmp.dest().to_path_buf(),
+            source,
+        },
     }
 }
 
@@ -177,28 +239,25 @@ pub fn tmp_path(dest: &Path) -> PathBuf {
 
 /// Writes `bytes` to `dest` atomically (temp file, fsync, rename).
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(dest);
-    let mut f = File::create(&tmp).at(&tmp)?;
-    f.write_all(bytes).at(&tmp)?;
-    f.sync_all().at(&tmp)?;
-    std::fs::rename(&tmp, dest).at(dest)
+    let tmp = TempFile::new(dest);
+    let mut f = tmp.create()?;
+    f.write_all(bytes).map_err(|e| tmp.failed(e))?;
+    f.sync_all().map_err(|e| tmp.failed(e))?;
+    tmp.persist()
 }
 
 /// Writes a whole record batch as one Parquet file, atomically.
 pub fn write_table(dest: &Path, batch: &RecordBatch, metadata: Vec<KeyValue>) -> Result<(u64, String)> {
-    let tmp = tmp_path(dest);
-    let file = File::create(&tmp).at(&tmp)?;
-    let perr = |source| PipelineError::Parquet {
-        path: tmp.clone(),
-        source,
-    };
+    let tmp = TempFile::new(dest);
+    let file = tmp.create()?;
+    let perr = |source| parquet_write_error(&tmp, source);
     let mut w =
         ArrowWriter::try_new(file, batch.schema(), Some(writer_properties(metadata, 64 << 20))).map_err(perr)?;
     w.write(batch).map_err(perr)?;
     let f = w.into_inner().map_err(perr)?;
-    f.sync_all().at(&tmp)?;
-    let (bytes, sha) = file_sha256(&tmp)?;
-    std::fs::rename(&tmp, dest).at(dest)?;
+    f.sync_all().map_err(|e| tmp.failed(e))?;
+    let (bytes, sha) = file_sha256(tmp.path())?;
+    tmp.persist()?;
     Ok((bytes, sha))
 }
 

@@ -36,6 +36,14 @@ pub enum Error {
     },
     #[error("training diverged at step {step}: {bad} non-finite updates in a row after {rollbacks} rollbacks to the last checkpoint (lower the learning rate)")]
     Diverged { step: u64, bad: u32, rollbacks: u64 },
+    #[error(
+        "stopped by {signal} after step {step}; the checkpoint {checkpoint} holds it: rerun with --resume to continue"
+    )]
+    Interrupted {
+        signal: &'static str,
+        step: u64,
+        checkpoint: PathBuf,
+    },
     #[error("--device {device}: this binary was built without the `{feature}` feature (cargo build --release -p trainer --features {feature})")]
     BackendMissing {
         device: &'static str,
@@ -63,6 +71,12 @@ pub enum DataError {
         dir: PathBuf,
         split: String,
         available: Vec<String>,
+    },
+    #[error("{path}{}: cannot be read ({reason}); re-run `pipeline prepare` on its folder to redo it", row.map(|r| format!(" row {r}")).unwrap_or_default())]
+    Unreadable {
+        path: PathBuf,
+        row: Option<u64>,
+        reason: String,
     },
     #[error("{shard}: row {id:?} does not decode: {reason}")]
     Decode { shard: String, id: String, reason: String },

@@ -209,7 +209,42 @@ impl BackendTask for BenchTask<'_> {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    if let Err(e) = pipeline::interrupt::install() {
+        eprintln!("warning: SIGINT/SIGTERM handlers not installed ({e}): a signal stops at once");
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            if let Some(trainer::Error::Interrupted { .. }) = e.downcast_ref() {
+                eprintln!("resume with: {}", resume_command());
+                return std::process::ExitCode::from(pipeline::interrupt::EXIT_INTERRUPTED as u8);
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// This process's command line with `--resume` (added when missing), quoted for a shell.
+fn resume_command() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--resume") {
+        args.push("--resume".into());
+    }
+    args.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     trainer::progress::set_quiet(cli.quiet);
     let progress = !cli.quiet;

@@ -75,6 +75,12 @@ pub struct KmeansResult {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum KmeansError {
+    #[error("stopped by {signal} at k-means iteration {iteration} of {of}")]
+    Interrupted {
+        signal: &'static str,
+        iteration: u32,
+        of: u32,
+    },
     #[error("k-means needs at least k = {k} points, got {n}")]
     TooFewPoints { n: usize, k: usize },
     #[error("k must be > 0 and the dimension > 0 (k = {k}, d = {d})")]
@@ -138,7 +144,16 @@ pub fn kmeans(x: &[f32], d: usize, cfg: &KmeansConfig) -> Result<KmeansResult, K
     );
     let mut inertia = Vec::with_capacity(cfg.iterations as usize);
     let mut reseeded = 0u64;
-    for _ in 0..cfg.iterations {
+    for iteration in 0..cfg.iterations {
+        crate::interrupt::fault_point("kmeans", iteration as u64);
+        if let Some(signal) = crate::interrupt::requested() {
+            bar.abandon();
+            return Err(KmeansError::Interrupted {
+                signal,
+                iteration,
+                of: cfg.iterations,
+            });
+        }
         let (assign, best) = argmax_dot(x, &centroids, d);
         let obj: f64 = best.par_iter().map(|&b| 2.0 - 2.0 * b as f64).sum();
         inertia.push(obj);

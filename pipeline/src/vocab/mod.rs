@@ -27,7 +27,7 @@ use crate::prepare::load_manifest;
 use crate::shard::{file_sha256, ShardReader};
 use crate::transcode::decode_upright;
 use crate::views::{canonical_view, patch_pixels, patch_vectors};
-use crate::vocab::kmeans::{kmeans, normalize_rows, KmeansConfig};
+use crate::vocab::kmeans::{kmeans, normalize_rows, KmeansConfig, KmeansError};
 use crate::vocab::tokenizer::Vocabulary;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,7 +198,16 @@ pub fn build(dir: &Path, cfg: &VocabConfig) -> Result<Vocabulary> {
             } else {
                 let mut kc = KmeansConfig::new(cfg.size, cfg.iterations, cfg.seed);
                 kc.progress = cfg.progress;
-                let r = kmeans(&x, d, &kc).map_err(|e| PipelineError::Invalid(format!("{}: {e}", dir.display())))?;
+                let r = kmeans(&x, d, &kc).map_err(|e| match e {
+                    KmeansError::Interrupted { signal, iteration, of } => PipelineError::Interrupted {
+                        path: dir.to_path_buf(),
+                        signal,
+                        when: format!(
+                            "at k-means iteration {iteration} of {of}, before the vocabulary was written (a rerun builds it again from the same seed)"
+                        ),
+                    },
+                    e => PipelineError::Invalid(format!("{}: {e}", dir.display())),
+                })?;
                 kmeans_stats = Some(KmeansStats {
                     sample: r.points as u64,
                     iterations: cfg.iterations,

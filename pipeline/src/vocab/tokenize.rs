@@ -25,7 +25,9 @@ use crate::error::{IoContext, PipelineError, Result};
 use crate::prepare::load_manifest;
 use std::io::Write;
 
-use crate::shard::{file_sha256, tmp_path, write_atomic, writer_properties, HashingWriter, ShardReader};
+use crate::shard::{
+    file_sha256, parquet_write_error, write_atomic, writer_properties, HashingWriter, ShardReader, TempFile,
+};
 use crate::transcode::decode_upright;
 use crate::vocab::tokenizer::Vocabulary;
 
@@ -147,11 +149,21 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
             shards.push(t.clone());
             continue;
         }
-        let tmp = tmp_path(&dest);
-        let perr = |source| PipelineError::Parquet {
-            path: tmp.clone(),
-            source,
-        };
+        crate::interrupt::fault_point("token-shard", shards.len() as u64);
+        if let Some(signal) = crate::interrupt::requested() {
+            bar.abandon();
+            return Err(PipelineError::Interrupted {
+                path: dir.to_path_buf(),
+                signal,
+                when: format!(
+                    "after {} of {} token shards (finished ones are kept)",
+                    shards.len(),
+                    manifest.shards.len()
+                ),
+            });
+        }
+        let tmp = TempFile::new(&dest);
+        let perr = |source| parquet_write_error(&tmp, source);
         let kv = vec![
             KeyValue::new(
                 VOCAB_HEADER_KEY.to_string(),
@@ -160,7 +172,7 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
             KeyValue::new("vocab_sha256".to_string(), vocab_sha.clone()),
             KeyValue::new("image_shard_sha256".to_string(), img_shard.sha256.clone()),
         ];
-        let file = HashingWriter::new(std::io::BufWriter::new(File::create(&tmp).at(&tmp)?));
+        let file = HashingWriter::new(std::io::BufWriter::new(tmp.create()?));
         let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(kv, 64 << 20))).map_err(perr)?;
         let mut reader = ShardReader::open(&dir.join(&img_shard.file))?;
         let mut rows = 0u64;
@@ -179,7 +191,7 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
                 message: m,
             })?;
             let b = batch(&schema, &toks, grid2).map_err(|source| PipelineError::Arrow {
-                path: tmp.clone(),
+                path: dest.clone(),
                 source,
             })?;
             w.write(&b).map_err(perr)?;
@@ -187,10 +199,10 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
             bar.inc(chunk.len() as u64);
         }
         let mut sink = w.into_inner().map_err(perr)?;
-        sink.flush().at(&tmp)?;
+        sink.flush().map_err(|e| tmp.failed(e))?;
         let (file, bytes, sha256) = sink.finish();
-        file.get_ref().sync_all().at(&tmp)?;
-        std::fs::rename(&tmp, &dest).at(&dest)?;
+        file.get_ref().sync_all().map_err(|e| tmp.failed(e))?;
+        tmp.persist()?;
         shards.push(TokenShard {
             file: img_shard.file.clone(),
             image_sha256: img_shard.sha256.clone(),

@@ -14,6 +14,7 @@ fn modules_import_only_their_own_layer_or_below_and_never_in_a_loop() {
             ("error", 0),
             ("matfile", 0),
             ("lock", 0),
+            ("interrupt", 0),
             ("adapters", 1),
             ("shard", 1),
             ("transcode", 1),

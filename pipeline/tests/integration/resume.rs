@@ -130,13 +130,137 @@ fn killed_prepare_resumes_to_the_same_result() {
         "{:?}",
         report.problems
     );
+    // So is a truncated one (a copy cut short).
+    let cut = out.join(&expected.shards[2].file);
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
     let again = prepare_cmd(&root, &out, "2", &[]).output().unwrap();
     assert!(
-        String::from_utf8_lossy(&again.stdout).contains("wrote 1 shards"),
+        String::from_utf8_lossy(&again.stdout).contains("wrote 2 shards"),
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
     assert_eq!(load(&out), expected);
+}
+
+fn pipeline_cmd(args: &[&str], data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    c.args(args)
+        .arg("--data")
+        .arg(data)
+        .env_remove(pipeline::interrupt::FAULT_ENV);
+    c
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// SIGTERM (raised by the process itself at a chosen point, through the real handlers) stops
+/// `prepare`, `tokenize` and `vocab build` with status 75 and a line saying how to go on; a
+/// write that fails (a file-size limit, as a full disk) names the file and leaves no temp
+/// file; each rerun ends where an uninterrupted run does.
+#[test]
+fn signals_and_failed_writes_stop_prepare_tokenize_and_vocab_cleanly_and_reruns_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(root) = dataset(tmp.path(), 60) else { return };
+    let fault = pipeline::interrupt::FAULT_ENV;
+    let code = Some(pipeline::interrupt::EXIT_INTERRUPTED);
+    let reference = tmp.path().join("reference");
+    assert!(prepare_cmd(&root, &reference, "1", &[]).status().unwrap().success());
+    let expected = load(&reference);
+    assert!(expected.shards.len() >= 3, "{}", expected.shards.len());
+
+    let out = tmp.path().join("out");
+    let o = prepare_cmd(&root, &out, "1", &[])
+        .env(fault, "shard:2")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), code, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stopped by SIGTERM after 2 of the"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("run the same command again"), "{}", stderr(&o));
+    assert_eq!(parts(&out), 2);
+    assert!(!out.join("manifest.json").exists());
+    let o = prepare_cmd(&root, &out, "1", &[]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(2 kept from an earlier run)"));
+    assert_eq!(load(&out), expected);
+
+    // A shard write past a 64 KiB file-size limit fails naming the shard; nothing is left
+    // half-written and the rerun completes.
+    let limited = tmp.path().join("limited");
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\"")
+        .arg(prepare_cmd(&root, &limited, "1", &[]).get_program())
+        .args(prepare_cmd(&root, &limited, "1", &[]).get_args())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(".parquet: writing failed") && err.contains("File too large"),
+        "{err}"
+    );
+    let tmps = std::fs::read_dir(&limited)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert_eq!(tmps, 0, "a failed write removes its temp file");
+    assert!(prepare_cmd(&root, &limited, "1", &[]).status().unwrap().success());
+    assert_eq!(load(&limited), expected);
+
+    // tokenize: stopped after its first token shard, then resumed.
+    let vocab = |data: &Path, kind: &str, extra: &[&str], env: Option<&str>| {
+        let mut c = pipeline_cmd(
+            &["vocab", "build", "--kind", kind, "--size", "64", "--no-progress"],
+            data,
+        );
+        c.args(extra);
+        if let Some(e) = env {
+            c.env(fault, e);
+        }
+        c.output().unwrap()
+    };
+    // One vocabulary for both (it records the manifest it was built from, whose wall time
+    // differs between the two folders).
+    let o = vocab(&reference, "random-patches", &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let vocab_file = "vocab-random_patches-64-s0.safetensors";
+    std::fs::copy(reference.join(vocab_file), out.join(vocab_file)).unwrap();
+    let tokenize = |data: &Path| {
+        let mut c = pipeline_cmd(&["tokenize", "--no-progress"], data);
+        c.arg("--vocab").arg(data.join(vocab_file));
+        c
+    };
+    let o = tokenize(&reference).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tokenize(&out).env(fault, "token-shard:1").output().unwrap();
+    assert_eq!(o.status.code(), code, "{}", stderr(&o));
+    assert!(stderr(&o).contains("after 1 of"), "{}", stderr(&o));
+    let o = tokenize(&out).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (load(&out), load(&reference));
+    assert_eq!(a.tokens.len(), 1);
+    assert_eq!(
+        a.tokens, b.tokens,
+        "the resumed token shards are the uninterrupted ones"
+    );
+
+    // k-means: stopped between iterations, nothing written.
+    let o = vocab(
+        &out,
+        "kmeans",
+        &["--sample", "5000", "--iterations", "4"],
+        Some("kmeans:2"),
+    );
+    assert_eq!(o.status.code(), code, "{}", stderr(&o));
+    assert!(stderr(&o).contains("k-means iteration 2 of 4"), "{}", stderr(&o));
+    assert!(!out.join("vocab-kmeans-64-s0.safetensors").exists());
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use pipeline::shard::ShardReader;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 
@@ -30,10 +31,33 @@ pub struct ImageSet {
     pub split: String,
     pub samples: Vec<Sample>,
     pub class_names: Vec<String>,
+    /// Rows left out because their shard was damaged and they no longer decode, and one
+    /// entry per damaged shard; written to the run folder's `skipped.jsonl`.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A row (or, with `row: None`, a whole shard's note) that a run left out, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub split: String,
+    pub shard: String,
+    /// Row number within the shard.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub row: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub id: Option<String>,
+    pub reason: String,
 }
 
 impl ImageSet {
     /// Reads every shard of `split` listed in `<dir>/manifest.json`.
+    ///
+    /// Every shard is checked against the manifest first. One that cannot be opened or read
+    /// (missing, truncated, not Parquet) is an error naming it, so a run stops before its
+    /// first step rather than hours in. One whose sha256 differs (damaged after `prepare`)
+    /// still loads, but each of its rows is decoded here and the ones that do not decode are
+    /// left out and listed in [`ImageSet::skipped`] (the run folder's `skipped.jsonl`): a
+    /// shard from `prepare` decodes by construction, so clean shards need no such pass.
     pub fn load(dir: &Path, split: &str) -> Result<Self> {
         let manifest = pipeline::prepare::load_manifest(dir)?;
         let shards: Vec<_> = manifest.shards.iter().filter(|s| s.split == split).collect();
@@ -50,35 +74,80 @@ impl ImageSet {
             shards.iter().map(|s| s.rows).sum(),
             "images",
         );
-        let per_shard: Vec<Result<Vec<Sample>>> = shards
+        let per_shard: Vec<Result<(Vec<Sample>, Vec<Skipped>)>> = shards
             .par_iter()
             .map(|s| {
                 let shard: Arc<str> = Arc::from(s.file.as_str());
-                ShardReader::open(&dir.join(&s.file))?
-                    .map(|row| {
-                        let row = row?;
-                        bar.inc(1);
-                        Ok(Sample {
-                            id: row.id,
-                            label: row.label,
-                            bytes: row.image,
-                            shard: shard.clone(),
-                            tokens: None,
-                        })
-                    })
-                    .collect()
+                let path = dir.join(&s.file);
+                let unreadable = |row: Option<u64>, reason: String| DataError::Unreadable {
+                    path: path.clone(),
+                    row,
+                    reason,
+                };
+                let (bytes, sha) = pipeline::shard::file_sha256(&path).map_err(|e| unreadable(None, e.to_string()))?;
+                let mut skipped = Vec::new();
+                let damaged = sha != s.sha256;
+                if damaged {
+                    skipped.push(Skipped {
+                        split: split.to_string(),
+                        shard: s.file.clone(),
+                        row: None,
+                        id: None,
+                        reason: format!(
+                            "sha256 {sha} ({bytes} bytes) differs from the manifest's {} ({} bytes): damaged after `pipeline prepare` (which redoes it); its rows were decoded one by one",
+                            s.sha256, s.bytes
+                        ),
+                    });
+                }
+                let reader = ShardReader::open(&path).map_err(|e| unreadable(None, e.to_string()))?;
+                let mut samples = Vec::new();
+                for (row, r) in reader.enumerate() {
+                    let r = r.map_err(|e| unreadable(Some(row as u64), e.to_string()))?;
+                    bar.inc(1);
+                    if damaged {
+                        if let Err(e) = pipeline::transcode::decode_upright(&r.image) {
+                            skipped.push(Skipped {
+                                split: split.to_string(),
+                                shard: s.file.clone(),
+                                row: Some(row as u64),
+                                id: Some(r.id),
+                                reason: format!("image bytes do not decode: {}", e.0),
+                            });
+                            continue;
+                        }
+                    }
+                    samples.push(Sample {
+                        id: r.id,
+                        label: r.label,
+                        bytes: r.image,
+                        shard: shard.clone(),
+                        tokens: None,
+                    });
+                }
+                if (samples.len() + skipped.iter().filter(|k| k.row.is_some()).count()) as u64 != s.rows {
+                    return Err(unreadable(
+                        None,
+                        format!("the manifest lists {} rows", s.rows),
+                    )
+                    .into());
+                }
+                Ok((samples, skipped))
             })
             .collect();
         bar.finish_and_clear();
         let mut samples = Vec::new();
+        let mut skipped = Vec::new();
         for s in per_shard {
-            samples.extend(s?);
+            let (rows, left_out) = s?;
+            samples.extend(rows);
+            skipped.extend(left_out);
         }
         Ok(ImageSet {
             dir: dir.to_path_buf(),
             split: split.to_string(),
             samples,
             class_names: manifest.class_names,
+            skipped,
         })
     }
 
@@ -104,7 +173,17 @@ impl ImageSet {
             {
                 return Err(DataError::StaleTokens { path }.into());
             }
+            // Rows left out of a damaged image shard keep their token rows: step over them.
+            let left_out: std::collections::HashSet<&str> = self
+                .skipped
+                .iter()
+                .filter(|k| k.shard == shard.file)
+                .filter_map(|k| k.id.as_deref())
+                .collect();
             for row in pipeline::vocab::tokenize::read_token_shard(&path)? {
+                if left_out.contains(row.id.as_str()) {
+                    continue;
+                }
                 let Some(s) = self.samples.get_mut(i) else { break };
                 if s.id != row.id {
                     return Err(DataError::TokenRow {
@@ -174,6 +253,7 @@ mod tests {
             split: "train".into(),
             samples: [0, -1, 2, 1, 3].into_iter().map(sample).collect(),
             class_names: vec!["a".into(), "b".into(), "c".into()],
+            skipped: Vec::new(),
         };
         assert_eq!(set.keep_labeled(3), 2);
         let ids: Vec<&str> = set.samples.iter().map(|s| s.id.as_str()).collect();

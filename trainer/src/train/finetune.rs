@@ -33,8 +33,8 @@ use crate::train::config::{FinetuneConfig, HeadInit};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, layer_decay_scale, AdamW};
 use crate::train::pretrained::{load_encoder, pretrained_encoder};
 use crate::train::run_folder::{
-    load_checkpoint, prepare_run_folder, read_results, save_checkpoint, trim_metrics, write_results, MetricsLog,
-    TrainState,
+    load_checkpoint, prepare_run_folder, read_results, record_skipped, save_checkpoint, trim_metrics, write_results,
+    MetricsLog, TrainState,
 };
 
 /// Non-finite updates in a row before fine-tuning gives up (it has no rollback: its
@@ -125,6 +125,7 @@ pub fn finetune<B: AutodiffBackend>(
     let mut train = ImageSet::load(&cfg.run.data, "train")?;
     let mut eval = ImageSet::load(&cfg.run.data, &cfg.run.eval_split)?;
     for set in [&mut train, &mut eval] {
+        record_skipped(&cfg.run.out, set)?;
         let dropped = set.keep_labeled(cfg.classes);
         if dropped > 0 {
             bar_println(
@@ -289,8 +290,19 @@ pub fn finetune<B: AutodiffBackend>(
             ));
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
         }
-        if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end {
+        pipeline::interrupt::fault_point("step", state.step);
+        // The last step goes on to write results.json: a resumed run would find nothing to do.
+        let stop = pipeline::interrupt::requested().filter(|_| !done);
+        if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end || stop.is_some() {
             save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;
+        }
+        if let Some(signal) = stop {
+            bar.abandon();
+            return Err(Error::Interrupted {
+                signal,
+                step: state.step,
+                checkpoint: ckpt,
+            });
         }
         if let (true, Some(e)) = (done, eval_result) {
             bar.finish();

@@ -32,7 +32,8 @@ use crate::seed::mix;
 use crate::train::config::{PretrainConfig, Targets};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, AdamW};
 use crate::train::run_folder::{
-    load_checkpoint, prepare_run_folder, read_state, save_checkpoint, save_model, trim_metrics, MetricsLog, TrainState,
+    load_checkpoint, prepare_run_folder, read_state, record_skipped, save_checkpoint, save_model, trim_metrics,
+    MetricsLog, TrainState,
 };
 
 /// One line of metrics.jsonl. Non-finite values (a diverging step) are written as `null`
@@ -154,13 +155,16 @@ where
     if cfg.targets == Targets::Pretokenized {
         set.attach_tokens(&cfg.vocab_sha256)?;
     }
-    let set = Arc::new(set);
     // The k-NN monitor's bank is the training set itself; its queries the evaluation split.
     let knn_queries = if cfg.knn_every > 0 {
         Some(ImageSet::load(&cfg.run.data, &cfg.run.eval_split)?)
     } else {
         None
     };
+    for s in std::iter::once(&set).chain(&knn_queries) {
+        record_skipped(&cfg.run.out, s)?;
+    }
+    let set = Arc::new(set);
     let schedule = cfg.schedule.cosine();
     let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
     let mut model = model;
@@ -324,8 +328,18 @@ where
                 save_model(&cfg.run.best_path(), cfg, &model, &state)?;
             }
         }
-        if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end {
+        pipeline::interrupt::fault_point("step", state.step);
+        let stop = pipeline::interrupt::requested().filter(|_| state.step < end);
+        if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end || stop.is_some() {
             save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;
+        }
+        if let Some(signal) = stop {
+            bar.abandon();
+            return Err(Error::Interrupted {
+                signal,
+                step: state.step,
+                checkpoint: ckpt,
+            });
         }
     }
     bar.finish();

@@ -14,6 +14,7 @@ use pipeline::lock::{FolderLock, LOCK_FILE};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::data::images::ImageSet;
 use crate::error::{CheckpointError, Error, Result, RunFolderError};
 use crate::train::checkpoint::{
     load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, NamedTensors, STATE_KEY,
@@ -26,6 +27,8 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// The model at the best k-NN top-1 of a pre-training run (with `--knn-every`).
 pub const BEST_FILE: &str = "best.safetensors";
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Rows a run left out of a damaged shard (one JSON object per line, see [`record_skipped`]).
+pub const SKIPPED_FILE: &str = "skipped.jsonl";
 /// What `trainer eval` and fine-tuning write at the end of a run.
 pub const RESULTS_FILE: &str = "results.json";
 
@@ -60,6 +63,37 @@ pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(out: &Path, cfg: &C, 
     }
     write_json(&path, cfg)?;
     Ok(lock)
+}
+
+/// Adds `set`'s left-out rows to `<run>/skipped.jsonl`, each once (a resumed run meets the same
+/// rows again), and says so on stderr: a run goes on without them rather than stopping hours in.
+pub fn record_skipped(run: &Path, set: &ImageSet) -> Result<()> {
+    if set.skipped.is_empty() {
+        return Ok(());
+    }
+    let path = run.join(SKIPPED_FILE);
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    let before = text.len();
+    for s in &set.skipped {
+        let line = serde_json::to_string(s).expect("serializable");
+        if !text.lines().any(|l| l == line) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let shards: std::collections::BTreeSet<&str> = set.skipped.iter().map(|s| s.shard.as_str()).collect();
+    eprintln!(
+        "warning: {} damaged {} shard(s) ({}): {} rows that no longer decode are left out; listed in {}",
+        shards.len(),
+        set.split,
+        shards.into_iter().collect::<Vec<_>>().join(", "),
+        set.skipped.iter().filter(|k| k.row.is_some()).count(),
+        path.display()
+    );
+    if text.len() > before {
+        pipeline::shard::write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Top-level fields that differ between two configs, ignoring `stop_after`.

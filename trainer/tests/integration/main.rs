@@ -14,6 +14,7 @@ use trainer::train::config::{FinetuneArgs, PretrainArgs, PretrainConfig};
 use trainer::train::pretrain::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
 
+mod faults;
 mod finetune_runs;
 mod layering;
 mod layouts;

@@ -1,0 +1,274 @@
+//! Faults a long run meets on a shared machine: a scheduler's SIGTERM, a full disk while a
+//! checkpoint is written, shards damaged after they were written. The signal and disk tests
+//! run the real binary; the damaged-shard test runs on a copy of the fixture dataset.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use trainer::train::pretrain::MetricsLine;
+use trainer::train::run_folder::{read_state, SKIPPED_FILE};
+
+use crate::{args, fixture, metrics, run, Fixture};
+
+/// `trainer pretrain` on the fixture: cpu-tiny, 6 updates of 16 images, logged every step.
+fn pretrain_argv(f: &Fixture, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        "--quiet",
+        "pretrain",
+        "--recipes",
+        &crate::workspace().join("datasets").display().to_string(),
+        "--data",
+        &f.dir.display().to_string(),
+        "--vocab",
+        &f.vocab_small.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--method",
+        "splitmask",
+        "--model",
+        "cpu-tiny",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "6",
+        "--epochs",
+        "1",
+        "--log-every",
+        "1",
+        "--warmup-epochs",
+        "0.1",
+        "--limit-images",
+        "256",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    argv
+}
+
+fn trainer(argv: &[String], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    c.args(argv).env_remove(pipeline::interrupt::FAULT_ENV);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// The same command under a file-size limit of `kib` KiB (`ulimit -f`, no root needed): a
+/// write past it fails with EFBIG, as a full disk fails with ENOSPC. SIGXFSZ is ignored so the
+/// write returns the error instead of the signal killing the process.
+fn trainer_limited(argv: &[String], kib: u64) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_trainer"))
+        .args(argv)
+        .env_remove(pipeline::interrupt::FAULT_ENV)
+        .output()
+        .unwrap()
+}
+
+fn read_metrics(out: &Path) -> Vec<MetricsLine> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn assert_same_losses(a: &[MetricsLine], b: &[MetricsLine]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.step, y.step);
+        assert!(
+            (x.loss - y.loss).abs() < 1e-5,
+            "step {}: {} vs {}",
+            x.step,
+            x.loss,
+            y.loss
+        );
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_uninterrupted_one() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    let o = trainer(&pretrain_argv(f, &whole, &[]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = read_metrics(&whole);
+    assert_eq!(reference.len(), 6);
+
+    // One SIGTERM at the end of step 3: checkpoint, a distinct status, how to resume.
+    let out = tmp.path().join("interrupted");
+    let o = trainer(
+        &pretrain_argv(f, &out, &[]),
+        &[(pipeline::interrupt::FAULT_ENV, "step:3")],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(pipeline::interrupt::EXIT_INTERRUPTED), "{err}");
+    assert!(err.contains("stopped by SIGTERM after step 3"), "{err}");
+    assert!(err.contains("resume with:") && err.contains("--resume"), "{err}");
+    let ckpt = out.join("checkpoint.safetensors");
+    assert_eq!(read_state(&ckpt).unwrap().step, 3);
+    assert_eq!(read_metrics(&out).len(), 3);
+    let o = trainer(&pretrain_argv(f, &out, &["--resume"]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_losses(&reference, &read_metrics(&out));
+
+    // A second signal exits at once with 128 + SIGTERM, before any checkpoint.
+    let out = tmp.path().join("twice");
+    let o = trainer(
+        &pretrain_argv(f, &out, &[]),
+        &[(pipeline::interrupt::FAULT_ENV, "step:2:2")],
+    );
+    assert_eq!(o.status.code(), Some(128 + 15), "{}", stderr(&o));
+    assert!(!out.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_loadable() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    let o = trainer(&pretrain_argv(f, &whole, &[]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let out = tmp.path().join("full");
+    let o = trainer(&pretrain_argv(f, &out, &["--stop-after", "3"]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = out.join("checkpoint.safetensors");
+    let good = std::fs::read(&ckpt).unwrap();
+    assert!(
+        good.len() > 1 << 20,
+        "the limit below must be under the checkpoint's size"
+    );
+
+    // The resumed run's checkpoint at step 6 cannot be written (metrics lines still can).
+    let o = trainer_limited(&pretrain_argv(f, &out, &["--resume"]), 512);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("checkpoint.safetensors: writing failed"), "{err}");
+    assert!(err.contains("File too large"), "{err}");
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        good,
+        "the previous checkpoint is untouched"
+    );
+    assert!(
+        !out.join("checkpoint.safetensors.tmp").exists(),
+        "the temp file is removed"
+    );
+    assert_eq!(read_state(&ckpt).unwrap().step, 3);
+
+    // With space again, the run resumes from it to the uninterrupted result.
+    let o = trainer(&pretrain_argv(f, &out, &["--resume"]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_losses(&read_metrics(&whole), &read_metrics(&out));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The file offset of `needle` in `hay` (it must occur exactly once).
+fn find_once(hay: &[u8], needle: &[u8]) -> usize {
+    let hits: Vec<usize> = hay
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hits.len(), 1, "the needle must be unique");
+    hits[0]
+}
+
+#[test]
+fn damaged_shards_are_named_corrupt_rows_are_skipped_and_recorded_unreadable_shards_stop_the_run() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&f.dir, &data);
+    let manifest = pipeline::prepare::load_manifest(&data).unwrap();
+    let shard = manifest.shards.iter().find(|s| s.split == "train").unwrap();
+    let shard_path: PathBuf = data.join(&shard.file);
+
+    // Image bytes are stored uncompressed: find row 5's JPEG in the file and break its header.
+    let victim = pipeline::shard::ShardReader::open(&shard_path)
+        .unwrap()
+        .nth(5)
+        .unwrap()
+        .unwrap();
+    let mut bytes = std::fs::read(&shard_path).unwrap();
+    let mid = victim.image.len() / 2;
+    let start = find_once(&bytes, &victim.image[mid..mid + 64]) - mid;
+    assert_eq!(&bytes[start..start + 2], &[0xff, 0xd8]);
+    bytes[start] = 0;
+    bytes[start + 1] = 0;
+    std::fs::write(&shard_path, &bytes).unwrap();
+
+    let extra = [
+        "--model",
+        "cpu-tiny",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "2",
+        "--epochs",
+        "1",
+    ];
+    let resolve = |out: &str| {
+        let mut cfg = args(f, &f.vocab_small, &tmp.path().join(out), &extra)
+            .resolve()
+            .unwrap();
+        cfg.run.data = data.clone();
+        cfg
+    };
+    let cfg = resolve("skips");
+    let summary = run(&cfg, false);
+    assert_eq!(summary.steps, 2, "the run goes on without the corrupt row");
+    assert_eq!(metrics(&cfg).last().unwrap().step, 2);
+    let skipped: Vec<serde_json::Value> = std::fs::read_to_string(cfg.run.out.join(SKIPPED_FILE))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("sha256"), "{skipped:?}");
+    assert_eq!(skipped[0]["shard"], shard.file.as_str());
+    assert_eq!(skipped[1]["row"], 5);
+    assert_eq!(skipped[1]["id"], victim.id.as_str());
+    assert!(skipped[1]["reason"].as_str().unwrap().contains("do not decode"));
+    // Resuming meets the same rows and records them once.
+    let mut more = cfg.clone();
+    more.schedule.stop_after = None;
+    trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&more, true, &Default::default(), false).unwrap();
+    let lines = std::fs::read_to_string(cfg.run.out.join(SKIPPED_FILE)).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+
+    // A truncated shard (a copy cut short) cannot be opened: the run stops before step 1,
+    // naming it.
+    std::fs::write(&shard_path, &bytes[..bytes.len() / 2]).unwrap();
+    let cfg = resolve("truncated");
+    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, false, &Default::default(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&shard.file) && err.contains("cannot be read"), "{err}");
+    assert!(!cfg.run.metrics_path().exists() && !cfg.run.checkpoint_path().exists());
+}
