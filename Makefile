@@ -23,7 +23,7 @@ RUN      ?= runs/$(DATASET)-$(METHOD)-$(MODEL)-$(VOCAB)
 TRAIN_ARGS ?=
 TRAINER  := target/release/trainer
 
-.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm test lint fmt python-deps bench-ingest bench-kmeans bench-gpu
+.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu
 
 all: build
 
@@ -116,6 +116,23 @@ test: python-deps lint
 
 fmt:
 	$(CARGO) fmt --all
+
+# Coverage-guided fuzzing of every parser (libFuzzer through libfuzzer-sys, on stable Rust: the
+# sanitizer-coverage passes are stable codegen flags, so cargo-fuzz and nightly are not needed).
+# `make test` runs a fixed number of mutants per target; this runs FUZZ_SECONDS per target.
+# The explicit --target keeps the flags off build scripts and proc macros, as cargo-fuzz does.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+HOST := $(shell rustc -vV | sed -n 's/^host: //p')
+FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+	-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+	-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks
+fuzz:
+	$(CARGO) run --release -p fuzz --bin fuzz-seeds -- target/fuzz/corpus
+	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" $(CARGO) build --release -p fuzz --features libfuzzer --bin fuzz \
+		--target $(HOST) --target-dir target/fuzz/build
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" \
+		FUZZ_BIN=target/fuzz/build/$(HOST)/release/fuzz bash fuzz/run.sh
 
 bench-ingest: build python-deps
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check pillow

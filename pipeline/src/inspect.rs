@@ -2,15 +2,13 @@
 //! labels) and draw a contact sheet of sample images per class.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow_array::StringArray;
 use image::{imageops, RgbImage};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 
-use crate::error::{IoContext, PipelineError, Result};
+use crate::error::{PipelineError, Result};
 use crate::prepare::load_manifest;
 use crate::shard::{file_sha256, ShardReader};
 use crate::transcode::decode_upright;
@@ -88,8 +86,7 @@ fn count_labels(path: &Path) -> Result<(SplitCounts, SplitHistogram)> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).at(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(perr)?;
+    let builder = crate::shard::open_parquet(path)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), [col::SPLIT, col::LABEL]);
     let reader = builder
         .with_projection(mask)

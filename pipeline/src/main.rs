@@ -350,9 +350,11 @@ fn run() -> Result<ExitCode> {
             };
             let out = out.unwrap_or_else(|| data.join(cfg.file_name()));
             let start = std::time::Instant::now();
-            let v =
-                vocab::build(&data, &cfg).with_context(|| format!("building a vocabulary for {}", data.display()))?;
+            let state = vocab::kmeans_state_path(&out);
+            let v = vocab::build_resumable(&data, &cfg, Some(&state))
+                .with_context(|| format!("building a vocabulary for {}", data.display()))?;
             let sha = v.save(&out)?;
+            let _ = std::fs::remove_file(&state);
             println!(
                 "{} vocabulary: {} x {} in {:.1} s -> {} (sha256 {sha})",
                 cfg.kind.name(),

@@ -7,6 +7,8 @@
 //! k distinct random points, and the objective reported is the sum of squared L2 distances
 //! `sum ||x - c||² = sum (2 - 2 x·c)`, which never increases across iterations.
 
+use std::path::PathBuf;
+
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -39,6 +41,18 @@ pub struct KmeansConfig {
     /// faiss's default: 256 points per centroid at most.
     pub max_points_per_centroid: usize,
     pub progress: bool,
+    /// Keep the state after every iteration here, and resume from it.
+    pub state: Option<KmeansState>,
+}
+
+/// Where k-means keeps its state (centroids, objective so far, RNG position) after every
+/// iteration, so that a stopped run continues from there to the result an uninterrupted run
+/// gets. `key` says which points and settings the state belongs to: a state with another key
+/// is ignored and overwritten.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KmeansState {
+    pub path: PathBuf,
+    pub key: String,
 }
 
 impl KmeansConfig {
@@ -57,6 +71,7 @@ impl KmeansConfig {
             seed,
             max_points_per_centroid: 256,
             progress: false,
+            state: None,
         }
     }
 }
@@ -83,6 +98,8 @@ pub enum KmeansError {
     },
     #[error("k-means needs at least k = {k} points, got {n}")]
     TooFewPoints { n: usize, k: usize },
+    #[error("{path}: k-means state: {message}")]
+    State { path: PathBuf, message: String },
     #[error("k must be > 0 and the dimension > 0 (k = {k}, d = {d})")]
     BadShape { k: usize, d: usize },
 }
@@ -144,7 +161,20 @@ pub fn kmeans(x: &[f32], d: usize, cfg: &KmeansConfig) -> Result<KmeansResult, K
     );
     let mut inertia = Vec::with_capacity(cfg.iterations as usize);
     let mut reseeded = 0u64;
-    for iteration in 0..cfg.iterations {
+    let mut start = 0;
+    if let Some(st) = &cfg.state {
+        if let Some(saved) = load_state(st, k, d) {
+            if saved.iteration <= cfg.iterations {
+                start = saved.iteration;
+                centroids = saved.centroids;
+                inertia = saved.inertia;
+                reseeded = saved.reseeded;
+                rng.set_word_pos(saved.word_pos);
+                bar.set_position(start as u64);
+            }
+        }
+    }
+    for iteration in start..cfg.iterations {
         crate::interrupt::fault_point("kmeans", iteration as u64);
         if let Some(signal) = crate::interrupt::requested() {
             bar.abandon();
@@ -223,6 +253,16 @@ pub fn kmeans(x: &[f32], d: usize, cfg: &KmeansConfig) -> Result<KmeansResult, K
             }
         }
         bar.inc(1);
+        if let Some(st) = &cfg.state {
+            let saved = SavedState {
+                iteration: iteration + 1,
+                centroids: centroids.clone(),
+                inertia: inertia.clone(),
+                reseeded,
+                word_pos: rng.get_word_pos(),
+            };
+            save_state(st, &saved, k, d)?;
+        }
     }
     bar.finish_and_clear();
     Ok(KmeansResult {
@@ -230,6 +270,77 @@ pub fn kmeans(x: &[f32], d: usize, cfg: &KmeansConfig) -> Result<KmeansResult, K
         inertia,
         points: n,
         reseeded,
+    })
+}
+
+struct SavedState {
+    /// Iterations done.
+    iteration: u32,
+    centroids: Vec<f32>,
+    inertia: Vec<f64>,
+    reseeded: u64,
+    word_pos: u128,
+}
+
+fn save_state(st: &KmeansState, s: &SavedState, k: usize, d: usize) -> Result<(), KmeansError> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let err = |message: String| KmeansError::State {
+        path: st.path.clone(),
+        message,
+    };
+    let c: Vec<u8> = s.centroids.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let i: Vec<u8> = s.inertia.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = [
+        (
+            "centroids",
+            TensorView::new(Dtype::F32, vec![k, d], &c).map_err(|e| err(e.to_string()))?,
+        ),
+        (
+            "inertia",
+            TensorView::new(Dtype::F64, vec![s.inertia.len()], &i).map_err(|e| err(e.to_string()))?,
+        ),
+    ];
+    let meta: std::collections::HashMap<String, String> = [
+        ("key", st.key.clone()),
+        ("iteration", s.iteration.to_string()),
+        ("reseeded", s.reseeded.to_string()),
+        ("word_pos", s.word_pos.to_string()),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b))
+    .collect();
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(e.to_string()))?;
+    crate::shard::write_atomic(&st.path, &bytes).map_err(|e| err(e.to_string()))
+}
+
+/// The saved state if it is there, readable and for these points and shapes.
+fn load_state(st: &KmeansState, k: usize, d: usize) -> Option<SavedState> {
+    let bytes = std::fs::read(&st.path).ok()?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    let meta = header.metadata().as_ref()?;
+    if meta.get("key")? != &st.key {
+        return None;
+    }
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+    let c = tensors.tensor("centroids").ok()?;
+    let i = tensors.tensor("inertia").ok()?;
+    if c.shape() != [k, d] {
+        return None;
+    }
+    Some(SavedState {
+        iteration: meta.get("iteration")?.parse().ok()?,
+        centroids: c
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect(),
+        inertia: i
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
+        reseeded: meta.get("reseeded")?.parse().ok()?,
+        word_pos: meta.get("word_pos")?.parse().ok()?,
     })
 }
 

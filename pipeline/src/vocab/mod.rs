@@ -27,7 +27,7 @@ use crate::prepare::load_manifest;
 use crate::shard::{file_sha256, ShardReader};
 use crate::transcode::decode_upright;
 use crate::views::{canonical_view, patch_pixels, patch_vectors};
-use crate::vocab::kmeans::{kmeans, normalize_rows, KmeansConfig, KmeansError};
+use crate::vocab::kmeans::{kmeans, normalize_rows, KmeansConfig, KmeansError, KmeansState};
 use crate::vocab::tokenizer::Vocabulary;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +143,20 @@ fn train_images(m: &Manifest) -> usize {
 /// Builds a vocabulary from the prepared dataset in `dir` (random projection needs no data
 /// but still records which dataset it was made for).
 pub fn build(dir: &Path, cfg: &VocabConfig) -> Result<Vocabulary> {
+    build_resumable(dir, cfg, None)
+}
+
+/// Where `pipeline vocab build` keeps the k-means state of the vocabulary it writes to `out`
+/// (removed once the vocabulary is saved).
+pub fn kmeans_state_path(out: &Path) -> std::path::PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".kmeans-state");
+    out.with_file_name(name)
+}
+
+/// [`build`], with the k-means state kept in `state` after every iteration: a stopped build
+/// (a signal, a crash) run again continues from the last iteration it finished.
+pub fn build_resumable(dir: &Path, cfg: &VocabConfig, state: Option<&Path>) -> Result<Vocabulary> {
     let p = Preprocessing::paper();
     let d = p.dim();
     let manifest_sha = file_sha256(&dir.join(MANIFEST_FILE)).ok().map(|(_, s)| s);
@@ -198,12 +212,29 @@ pub fn build(dir: &Path, cfg: &VocabConfig) -> Result<Vocabulary> {
             } else {
                 let mut kc = KmeansConfig::new(cfg.size, cfg.iterations, cfg.seed);
                 kc.progress = cfg.progress;
+                // The points are a function of the dataset (its manifest) and these settings.
+                kc.state = state.map(|path| KmeansState {
+                    path: path.to_path_buf(),
+                    key: format!(
+                        "{}:{}:{}:{}:{}",
+                        manifest_sha.as_deref().unwrap_or("-"),
+                        cfg.size,
+                        cfg.seed,
+                        cfg.sample,
+                        x.len()
+                    ),
+                });
                 let r = kmeans(&x, d, &kc).map_err(|e| match e {
                     KmeansError::Interrupted { signal, iteration, of } => PipelineError::Interrupted {
                         path: dir.to_path_buf(),
                         signal,
                         when: format!(
-                            "at k-means iteration {iteration} of {of}, before the vocabulary was written (a rerun builds it again from the same seed)"
+                            "at k-means iteration {iteration} of {of}, before the vocabulary was written{}",
+                            if state.is_some() {
+                                " (a rerun continues from this iteration)"
+                            } else {
+                                ""
+                            }
                         ),
                     },
                     e => PipelineError::Invalid(format!("{}: {e}", dir.display())),

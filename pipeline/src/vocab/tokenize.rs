@@ -6,7 +6,6 @@
 //! Resumable: a token shard is kept when the manifest's record of it matches the vocabulary,
 //! the image shard and its own checksum.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -234,15 +233,11 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
 /// Reads a token shard back.
 pub fn read_token_shard(path: &Path) -> Result<Vec<TokenRow>> {
     use arrow_array::{Array, FixedSizeListArray, UInt16Array};
-    let file = File::open(path).at(path)?;
     let perr = |source| PipelineError::Parquet {
         path: path.to_path_buf(),
         source,
     };
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(perr)?
-        .build()
-        .map_err(perr)?;
+    let reader = crate::shard::open_parquet(path)?.build().map_err(perr)?;
     let bad = |m: &str| PipelineError::BadField {
         path: path.to_path_buf(),
         field: "tokens".into(),

@@ -251,16 +251,45 @@ fn signals_and_failed_writes_stop_prepare_tokenize_and_vocab_cleanly_and_reruns_
         "the resumed token shards are the uninterrupted ones"
     );
 
-    // k-means: stopped between iterations, nothing written.
+    // k-means: stopped between iterations with no vocabulary written; the rerun continues
+    // from the saved state to the vocabulary of an uninterrupted build.
+    let km = ["--sample", "5000", "--iterations", "4"];
+    let whole = out.join("whole.safetensors");
     let o = vocab(
         &out,
         "kmeans",
-        &["--sample", "5000", "--iterations", "4"],
-        Some("kmeans:2"),
+        &[&km[..], &["--out", whole.to_str().unwrap()]].concat(),
+        None,
     );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = vocab(&out, "kmeans", &km, Some("kmeans:2"));
     assert_eq!(o.status.code(), code, "{}", stderr(&o));
     assert!(stderr(&o).contains("k-means iteration 2 of 4"), "{}", stderr(&o));
-    assert!(!out.join("vocab-kmeans-64-s0.safetensors").exists());
+    assert!(
+        stderr(&o).contains("a rerun continues from this iteration"),
+        "{}",
+        stderr(&o)
+    );
+    let file = out.join("vocab-kmeans-64-s0.safetensors");
+    let state = pipeline::vocab::kmeans_state_path(&file);
+    assert!(!file.exists() && state.exists());
+    let o = vocab(&out, "kmeans", &km, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!state.exists(), "the state goes once the vocabulary is saved");
+    let (a, _) = pipeline::vocab::tokenizer::Vocabulary::load(&whole).unwrap();
+    let (b, _) = pipeline::vocab::tokenizer::Vocabulary::load(&file).unwrap();
+    let (ka, kb) = (a.header.kmeans.unwrap(), b.header.kmeans.unwrap());
+    assert_eq!(ka.inertia.len(), 4);
+    for (x, y) in ka.inertia.iter().zip(&kb.inertia) {
+        assert!((x - y).abs() <= 1e-9 * x.abs(), "{:?} vs {:?}", ka.inertia, kb.inertia);
+    }
+    let diff = a
+        .embeddings
+        .iter()
+        .zip(&b.embeddings)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-6, "centroids differ by {diff}");
 }
 
 #[test]
