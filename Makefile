@@ -128,7 +128,7 @@ FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 	-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 	-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks
 fuzz:
-	$(CARGO) run --release -p fuzz --bin fuzz-seeds -- target/fuzz/corpus
+	$(CARGO) run -p fuzz --bin fuzz-seeds -- target/fuzz/corpus
 	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" $(CARGO) build --release -p fuzz --features libfuzzer --bin fuzz \
 		--target $(HOST) --target-dir target/fuzz/build
 	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" \

@@ -16,7 +16,9 @@ for t in $targets; do
     log=target/fuzz/$t.log
     # -timeout: an input running over 10 s is a hang; -rss_limit_mb: an input making a parser
     # allocate gigabytes (a header claiming a huge size) is a crash too.
-    FUZZ_TARGET=$t timeout $((seconds + 60)) "$bin" "$corpus" -max_total_time="$seconds" -timeout=10 \
+    # New inputs go to the first folder; the kept regressions are read too.
+    FUZZ_TARGET=$t timeout $((seconds + 60)) "$bin" "$corpus" $(ls -d "fuzz/regressions/$t" 2>/dev/null) \
+        -max_total_time="$seconds" -timeout=10 \
         -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -123,6 +123,60 @@ fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_unint
     assert!(o.status.success(), "{}", stderr(&o));
     assert_same_losses(&reference, &read_metrics(&out));
 
+    // Fine-tuning the run stops and resumes the same way, to the same results.json.
+    let ft = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut argv: Vec<String> = [
+            "--quiet",
+            "finetune",
+            "--recipes",
+            &crate::workspace().join("datasets").display().to_string(),
+            "--data",
+            &f.dir.display().to_string(),
+            "--init",
+            &whole.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+            "--batch-size",
+            "16",
+            "--max-steps",
+            "4",
+            "--epochs",
+            "1",
+            "--log-every",
+            "1",
+            "--limit-images",
+            "256",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv
+    };
+    let ft_whole = tmp.path().join("ft-whole");
+    let o = trainer(&ft(&ft_whole, &[]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ft_out = tmp.path().join("ft-interrupted");
+    let o = trainer(&ft(&ft_out, &[]), &[(pipeline::interrupt::FAULT_ENV, "step:2")]);
+    assert_eq!(
+        o.status.code(),
+        Some(pipeline::interrupt::EXIT_INTERRUPTED),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!ft_out.join("results.json").exists());
+    let o = trainer(&ft(&ft_out, &["--resume"]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let results = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (results(&ft_out), results(&ft_whole));
+    assert_eq!(a["steps"], b["steps"]);
+    assert_eq!(a["eval"]["top1"], b["eval"]["top1"]);
+    assert_eq!(a["eval"]["images"], b["eval"]["images"]);
+    let loss = |r: &serde_json::Value| r["eval"]["loss"].as_f64().unwrap();
+    assert!((loss(&a) - loss(&b)).abs() < 1e-4, "{} vs {}", loss(&a), loss(&b));
+
     // A second signal exits at once with 128 + SIGTERM, before any checkpoint.
     let out = tmp.path().join("twice");
     let o = trainer(
