@@ -4,13 +4,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use trainer::train::pretrain::MetricsLine;
 use trainer::train::run_folder::{read_state, SKIPPED_FILE};
 
 use crate::{args, fixture, metrics, run, Fixture};
 
-/// `trainer pretrain` on the fixture: cpu-tiny, 6 updates of 16 images, logged every step.
+/// `trainer pretrain` on the fixture: cpu-tiny, 4 updates of 16 images, logged every step.
 fn pretrain_argv(f: &Fixture, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut argv: Vec<String> = [
         "--quiet",
@@ -30,7 +31,7 @@ fn pretrain_argv(f: &Fixture, out: &Path, extra: &[&str]) -> Vec<String> {
         "--batch-size",
         "16",
         "--max-steps",
-        "6",
+        "4",
         "--epochs",
         "1",
         "--log-every",
@@ -70,6 +71,18 @@ fn trainer_limited(argv: &[String], kib: u64) -> Output {
         .unwrap()
 }
 
+/// The uninterrupted run both tests compare with, run once.
+fn reference(f: &Fixture) -> &'static Path {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults-reference");
+        let _ = std::fs::remove_dir_all(&out);
+        let o = trainer(&pretrain_argv(f, &out, &[]), &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        out
+    })
+}
+
 fn read_metrics(out: &Path) -> Vec<MetricsLine> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap_or_default()
@@ -100,30 +113,29 @@ fn stderr(o: &Output) -> String {
 fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_uninterrupted_one() {
     let Some(f) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let whole = tmp.path().join("whole");
-    let o = trainer(&pretrain_argv(f, &whole, &[]), &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let reference = read_metrics(&whole);
-    assert_eq!(reference.len(), 6);
+    let whole = reference(f);
+    let reference = read_metrics(whole);
+    assert_eq!(reference.len(), 4);
 
-    // One SIGTERM at the end of step 3: checkpoint, a distinct status, how to resume.
+    // One SIGTERM at the end of step 2: checkpoint, a distinct status, how to resume.
     let out = tmp.path().join("interrupted");
     let o = trainer(
         &pretrain_argv(f, &out, &[]),
-        &[(pipeline::interrupt::FAULT_ENV, "step:3")],
+        &[(pipeline::interrupt::FAULT_ENV, "step:2")],
     );
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(pipeline::interrupt::EXIT_INTERRUPTED), "{err}");
-    assert!(err.contains("stopped by SIGTERM after step 3"), "{err}");
+    assert!(err.contains("stopped by SIGTERM after step 2"), "{err}");
     assert!(err.contains("resume with:") && err.contains("--resume"), "{err}");
     let ckpt = out.join("checkpoint.safetensors");
-    assert_eq!(read_state(&ckpt).unwrap().step, 3);
-    assert_eq!(read_metrics(&out).len(), 3);
+    assert_eq!(read_state(&ckpt).unwrap().step, 2);
+    assert_eq!(read_metrics(&out).len(), 2);
     let o = trainer(&pretrain_argv(f, &out, &["--resume"]), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_same_losses(&reference, &read_metrics(&out));
 
-    // Fine-tuning the run stops and resumes the same way, to the same results.json.
+    // Fine-tuning stops and resumes the same way. It stops after 3 of 4 steps (`--stop-after`),
+    // where it evaluates 64 images: the final evaluation would read the whole val split.
     let ft = |out: &Path, extra: &[&str]| -> Vec<String> {
         let mut argv: Vec<String> = [
             "--quiet",
@@ -140,6 +152,10 @@ fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_unint
             "16",
             "--max-steps",
             "4",
+            "--stop-after",
+            "3",
+            "--eval-images",
+            "64",
             "--epochs",
             "1",
             "--log-every",
@@ -153,35 +169,43 @@ fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_unint
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv
     };
+    let lines = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
     let ft_whole = tmp.path().join("ft-whole");
     let o = trainer(&ft(&ft_whole, &[]), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ft_out = tmp.path().join("ft-interrupted");
-    let o = trainer(&ft(&ft_out, &[]), &[(pipeline::interrupt::FAULT_ENV, "step:2")]);
+    let o = trainer(&ft(&ft_out, &[]), &[(pipeline::interrupt::FAULT_ENV, "step:1")]);
     assert_eq!(
         o.status.code(),
         Some(pipeline::interrupt::EXIT_INTERRUPTED),
         "{}",
         stderr(&o)
     );
-    assert!(!ft_out.join("results.json").exists());
+    assert_eq!(lines(&ft_out).len(), 1);
     let o = trainer(&ft(&ft_out, &["--resume"]), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let results = |dir: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
-    };
-    let (a, b) = (results(&ft_out), results(&ft_whole));
-    assert_eq!(a["steps"], b["steps"]);
-    assert_eq!(a["eval"]["top1"], b["eval"]["top1"]);
-    assert_eq!(a["eval"]["images"], b["eval"]["images"]);
-    let loss = |r: &serde_json::Value| r["eval"]["loss"].as_f64().unwrap();
-    assert!((loss(&a) - loss(&b)).abs() < 1e-4, "{} vs {}", loss(&a), loss(&b));
+    let (a, b) = (lines(&ft_out), lines(&ft_whole));
+    assert_eq!(a.len(), 3);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["step"], y["step"]);
+        let loss = |l: &serde_json::Value| l["loss"].as_f64().unwrap();
+        assert!((loss(x) - loss(y)).abs() < 1e-5, "{x} vs {y}");
+        assert_eq!(x["eval_top1"], y["eval_top1"]);
+    }
+    assert!(a[2]["eval_top1"].is_number(), "the last step evaluates");
 
     // A second signal exits at once with 128 + SIGTERM, before any checkpoint.
     let out = tmp.path().join("twice");
     let o = trainer(
         &pretrain_argv(f, &out, &[]),
-        &[(pipeline::interrupt::FAULT_ENV, "step:2:2")],
+        &[(pipeline::interrupt::FAULT_ENV, "step:1:2")],
     );
     assert_eq!(o.status.code(), Some(128 + 15), "{}", stderr(&o));
     assert!(!out.join("checkpoint.safetensors").exists());
@@ -191,12 +215,9 @@ fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_unint
 fn a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_loadable() {
     let Some(f) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let whole = tmp.path().join("whole");
-    let o = trainer(&pretrain_argv(f, &whole, &[]), &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
-
+    let whole = reference(f);
     let out = tmp.path().join("full");
-    let o = trainer(&pretrain_argv(f, &out, &["--stop-after", "3"]), &[]);
+    let o = trainer(&pretrain_argv(f, &out, &["--stop-after", "2"]), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ckpt = out.join("checkpoint.safetensors");
     let good = std::fs::read(&ckpt).unwrap();
@@ -205,7 +226,7 @@ fn a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_loadable() {
         "the limit below must be under the checkpoint's size"
     );
 
-    // The resumed run's checkpoint at step 6 cannot be written (metrics lines still can).
+    // The resumed run's checkpoint at step 4 cannot be written (metrics lines still can).
     let o = trainer_limited(&pretrain_argv(f, &out, &["--resume"]), 512);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -220,12 +241,12 @@ fn a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_loadable() {
         !out.join("checkpoint.safetensors.tmp").exists(),
         "the temp file is removed"
     );
-    assert_eq!(read_state(&ckpt).unwrap().step, 3);
+    assert_eq!(read_state(&ckpt).unwrap().step, 2);
 
     // With space again, the run resumes from it to the uninterrupted result.
     let o = trainer(&pretrain_argv(f, &out, &["--resume"]), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_same_losses(&read_metrics(&whole), &read_metrics(&out));
+    assert_same_losses(&read_metrics(whole), &read_metrics(&out));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
