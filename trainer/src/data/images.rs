@@ -142,6 +142,18 @@ impl ImageSet {
             samples.extend(rows);
             skipped.extend(left_out);
         }
+        if !skipped.is_empty() {
+            // Every command that reads a split says so, `trainer eval` included; the training
+            // loops also list the rows in the run folder.
+            let damaged: std::collections::BTreeSet<&str> = skipped.iter().map(|s| s.shard.as_str()).collect();
+            eprintln!(
+                "warning: {} damaged {split} shard(s) in {} ({}): {} rows that no longer decode are left out",
+                damaged.len(),
+                dir.display(),
+                damaged.into_iter().collect::<Vec<_>>().join(", "),
+                skipped.iter().filter(|k| k.row.is_some()).count(),
+            );
+        }
         Ok(ImageSet {
             dir: dir.to_path_buf(),
             split: split.to_string(),

@@ -66,7 +66,7 @@ pub fn prepare_run_folder<C: Serialize + DeserializeOwned>(out: &Path, cfg: &C, 
 }
 
 /// Adds `set`'s left-out rows to `<run>/skipped.jsonl`, each once (a resumed run meets the same
-/// rows again), and says so on stderr: a run goes on without them rather than stopping hours in.
+/// rows again): a run goes on without them rather than stopping hours in.
 pub fn record_skipped(run: &Path, set: &ImageSet) -> Result<()> {
     if set.skipped.is_empty() {
         return Ok(());
@@ -81,15 +81,7 @@ pub fn record_skipped(run: &Path, set: &ImageSet) -> Result<()> {
             text.push('\n');
         }
     }
-    let shards: std::collections::BTreeSet<&str> = set.skipped.iter().map(|s| s.shard.as_str()).collect();
-    eprintln!(
-        "warning: {} damaged {} shard(s) ({}): {} rows that no longer decode are left out; listed in {}",
-        shards.len(),
-        set.split,
-        shards.into_iter().collect::<Vec<_>>().join(", "),
-        set.skipped.iter().filter(|k| k.row.is_some()).count(),
-        path.display()
-    );
+    eprintln!("  (listed in {})", path.display());
     if text.len() > before {
         pipeline::shard::write_atomic(&path, text.as_bytes())?;
     }
