@@ -33,7 +33,7 @@ use crate::train::config::{FinetuneConfig, HeadInit};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, layer_decay_scale, AdamW};
 use crate::train::pretrained::{load_encoder, pretrained_encoder};
 use crate::train::run_folder::{
-    load_checkpoint, prepare_run_folder, read_results, record_skipped, save_checkpoint, trim_metrics, write_results,
+    end_step, load_checkpoint, prepare_run_folder, read_results, record_skipped, trim_metrics, write_results,
     MetricsLog, TrainState,
 };
 
@@ -290,20 +290,9 @@ pub fn finetune<B: AutodiffBackend>(
             ));
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
         }
-        pipeline::interrupt::fault_point("step", state.step);
+        let due = state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end;
         // The last step goes on to write results.json: a resumed run would find nothing to do.
-        let stop = pipeline::interrupt::requested().filter(|_| !done);
-        if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end || stop.is_some() {
-            save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;
-        }
-        if let Some(signal) = stop {
-            bar.abandon();
-            return Err(Error::Interrupted {
-                signal,
-                step: state.step,
-                checkpoint: ckpt,
-            });
-        }
+        end_step(&ckpt, cfg, &model, &opt, &state, due, !done).inspect_err(|_| bar.abandon())?;
         if let (true, Some(e)) = (done, eval_result) {
             bar.finish();
             let (best_top1, best_step) = best_eval(&metrics_path);

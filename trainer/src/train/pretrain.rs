@@ -32,8 +32,8 @@ use crate::seed::mix;
 use crate::train::config::{PretrainConfig, Targets};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, AdamW};
 use crate::train::run_folder::{
-    load_checkpoint, prepare_run_folder, read_state, record_skipped, save_checkpoint, save_model, trim_metrics,
-    MetricsLog, TrainState,
+    end_step, load_checkpoint, prepare_run_folder, read_state, record_skipped, save_model, trim_metrics, MetricsLog,
+    TrainState,
 };
 
 /// One line of metrics.jsonl. Non-finite values (a diverging step) are written as `null`
@@ -328,19 +328,8 @@ where
                 save_model(&cfg.run.best_path(), cfg, &model, &state)?;
             }
         }
-        pipeline::interrupt::fault_point("step", state.step);
-        let stop = pipeline::interrupt::requested().filter(|_| state.step < end);
-        if state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end || stop.is_some() {
-            save_checkpoint(&ckpt, cfg, &model, &opt, &state)?;
-        }
-        if let Some(signal) = stop {
-            bar.abandon();
-            return Err(Error::Interrupted {
-                signal,
-                step: state.step,
-                checkpoint: ckpt,
-            });
-        }
+        let due = state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end;
+        end_step(&ckpt, cfg, &model, &opt, &state, due, state.step < end).inspect_err(|_| bar.abandon())?;
     }
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();

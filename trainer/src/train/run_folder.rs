@@ -249,6 +249,33 @@ pub fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
     save_tensors(path, &tensors, Some(meta))
 }
 
+/// The end of training step `state.step`: writes the checkpoint when it is `due` or when a
+/// signal asked the run to stop, and then returns [`Error::Interrupted`] so the command exits
+/// saying how to resume. `may_stop` is false where the loop must go on (its last step).
+pub fn end_step<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
+    path: &Path,
+    cfg: &C,
+    model: &M,
+    opt: &AdamW<B>,
+    state: &TrainState,
+    due: bool,
+    may_stop: bool,
+) -> Result<()> {
+    pipeline::interrupt::fault_point("step", state.step);
+    let stop = pipeline::interrupt::requested().filter(|_| may_stop);
+    if due || stop.is_some() {
+        save_checkpoint(path, cfg, model, opt, state)?;
+    }
+    match stop {
+        Some(signal) => Err(Error::Interrupted {
+            signal,
+            step: state.step,
+            checkpoint: path.to_path_buf(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Writes the model's parameters alone (no optimizer state) with the training state, as
 /// best.safetensors: a file `trainer finetune --init` and `trainer eval --run` read like a
 /// checkpoint.

@@ -6,46 +6,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use trainer::train::finetune::FinetuneLine;
 use trainer::train::pretrain::MetricsLine;
 use trainer::train::run_folder::{read_state, SKIPPED_FILE};
 
-use crate::{args, fixture, metrics, run, Fixture};
+use crate::{args, assert_same_losses, fixture, metrics, metrics_lines, run, Fixture};
 
-/// `trainer pretrain` on the fixture: cpu-tiny, 4 updates of 16 images, logged every step.
-fn pretrain_argv(f: &Fixture, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut argv: Vec<String> = [
+/// `trainer <command>` on the fixture, quiet, writing `out`, with `args`.
+fn trainer_argv(command: &str, f: &Fixture, out: &Path, args: &[&str]) -> Vec<String> {
+    let prefix = [
         "--quiet",
-        "pretrain",
+        command,
         "--recipes",
         &crate::workspace().join("datasets").display().to_string(),
         "--data",
         &f.dir.display().to_string(),
-        "--vocab",
-        &f.vocab_small.display().to_string(),
         "--out",
         &out.display().to_string(),
-        "--method",
-        "splitmask",
-        "--model",
-        "cpu-tiny",
-        "--batch-size",
-        "16",
-        "--max-steps",
-        "4",
-        "--epochs",
-        "1",
-        "--log-every",
-        "1",
-        "--warmup-epochs",
-        "0.1",
-        "--limit-images",
-        "256",
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    argv
+    .map(str::to_string);
+    prefix.into_iter().chain(args.iter().map(|s| s.to_string())).collect()
+}
+
+/// `trainer pretrain` on the fixture: cpu-tiny, 4 updates of 16 images, logged every step.
+fn pretrain_argv(f: &Fixture, out: &Path, extra: &[&str]) -> Vec<String> {
+    let vocab = f.vocab_small.display().to_string();
+    #[rustfmt::skip]
+    let args = [
+        "--vocab", &vocab, "--method", "splitmask", "--model", "cpu-tiny", "--batch-size", "16",
+        "--max-steps", "4", "--epochs", "1", "--log-every", "1", "--warmup-epochs", "0.1",
+        "--limit-images", "256",
+    ];
+    trainer_argv("pretrain", f, out, &[&args[..], extra].concat())
 }
 
 fn trainer(argv: &[String], env: &[(&str, &str)]) -> Output {
@@ -83,26 +75,11 @@ fn reference(f: &Fixture) -> &'static Path {
     })
 }
 
-fn read_metrics(out: &Path) -> Vec<MetricsLine> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    metrics_lines::<MetricsLine>(out)
+        .iter()
+        .map(|l| (l.step, l.loss))
         .collect()
-}
-
-fn assert_same_losses(a: &[MetricsLine], b: &[MetricsLine]) {
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!(x.step, y.step);
-        assert!(
-            (x.loss - y.loss).abs() < 1e-5,
-            "step {}: {} vs {}",
-            x.step,
-            x.loss,
-            y.loss
-        );
-    }
 }
 
 fn stderr(o: &Output) -> String {
@@ -114,7 +91,7 @@ fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_unint
     let Some(f) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let whole = reference(f);
-    let reference = read_metrics(whole);
+    let reference = losses(whole);
     assert_eq!(reference.len(), 4);
 
     // One SIGTERM at the end of step 2: checkpoint, a distinct status, how to resume.
@@ -129,53 +106,21 @@ fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_unint
     assert!(err.contains("resume with:") && err.contains("--resume"), "{err}");
     let ckpt = out.join("checkpoint.safetensors");
     assert_eq!(read_state(&ckpt).unwrap().step, 2);
-    assert_eq!(read_metrics(&out).len(), 2);
+    assert_eq!(losses(&out).len(), 2);
     let o = trainer(&pretrain_argv(f, &out, &["--resume"]), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_same_losses(&reference, &read_metrics(&out));
+    assert_same_losses(&reference, &losses(&out), 1e-5);
 
     // Fine-tuning stops and resumes the same way. It stops after 3 of 4 steps (`--stop-after`),
     // where it evaluates 64 images: the final evaluation would read the whole val split.
-    let ft = |out: &Path, extra: &[&str]| -> Vec<String> {
-        let mut argv: Vec<String> = [
-            "--quiet",
-            "finetune",
-            "--recipes",
-            &crate::workspace().join("datasets").display().to_string(),
-            "--data",
-            &f.dir.display().to_string(),
-            "--init",
-            &whole.display().to_string(),
-            "--out",
-            &out.display().to_string(),
-            "--batch-size",
-            "16",
-            "--max-steps",
-            "4",
-            "--stop-after",
-            "3",
-            "--eval-images",
-            "64",
-            "--epochs",
-            "1",
-            "--log-every",
-            "1",
-            "--limit-images",
-            "256",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        argv
-    };
-    let lines = |dir: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let init = whole.display().to_string();
+    #[rustfmt::skip]
+    let ft_args = [
+        "--init", &init, "--batch-size", "16", "--max-steps", "4", "--stop-after", "3",
+        "--eval-images", "64", "--epochs", "1", "--log-every", "1", "--limit-images", "256",
+    ];
+    let ft = |out: &Path, extra: &[&str]| trainer_argv("finetune", f, out, &[&ft_args[..], extra].concat());
+    let lines = |dir: &Path| metrics_lines::<FinetuneLine>(dir);
     let ft_whole = tmp.path().join("ft-whole");
     let o = trainer(&ft(&ft_whole, &[]), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -192,14 +137,12 @@ fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_unint
     assert!(o.status.success(), "{}", stderr(&o));
     let (a, b) = (lines(&ft_out), lines(&ft_whole));
     assert_eq!(a.len(), 3);
-    assert_eq!(a.len(), b.len());
+    let ft_losses = |l: &[FinetuneLine]| l.iter().map(|l| (l.step, l.loss)).collect::<Vec<_>>();
+    assert_same_losses(&ft_losses(&a), &ft_losses(&b), 1e-5);
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x["step"], y["step"]);
-        let loss = |l: &serde_json::Value| l["loss"].as_f64().unwrap();
-        assert!((loss(x) - loss(y)).abs() < 1e-5, "{x} vs {y}");
-        assert_eq!(x["eval_top1"], y["eval_top1"]);
+        assert_eq!(x.eval_top1, y.eval_top1);
     }
-    assert!(a[2]["eval_top1"].is_number(), "the last step evaluates");
+    assert!(a[2].eval_top1.is_some(), "the last step evaluates");
 
     // A second signal exits at once with 128 + SIGTERM, before any checkpoint.
     let out = tmp.path().join("twice");
@@ -246,7 +189,7 @@ fn a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_loadable() {
     // With space again, the run resumes from it to the uninterrupted result.
     let o = trainer(&pretrain_argv(f, &out, &["--resume"]), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_same_losses(&read_metrics(whole), &read_metrics(&out));
+    assert_same_losses(&losses(whole), &losses(&out), 1e-5);
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -65,11 +65,11 @@ const SHORT: [&str; 16] = [
 ];
 
 fn lines(cfg: &FinetuneConfig) -> Vec<FinetuneLine> {
-    std::fs::read_to_string(cfg.run.out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    crate::metrics_lines(&cfg.run.out)
+}
+
+fn losses(lines: &[FinetuneLine]) -> Vec<(u64, f64)> {
+    lines.iter().map(|l| (l.step, l.loss)).collect()
 }
 
 fn ft(cfg: &FinetuneConfig, resume: bool) -> Option<FinetuneResults> {
@@ -134,17 +134,7 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     resumed_cfg.schedule.stop_after = None;
     let resumed = ft(&resumed_cfg, true).expect("finished");
     let b = lines(&resumed_cfg);
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x.step, y.step);
-        assert!(
-            (x.loss - y.loss).abs() < 1e-4,
-            "step {}: {} vs {}",
-            x.step,
-            x.loss,
-            y.loss
-        );
-    }
+    crate::assert_same_losses(&losses(&a), &losses(&b), 1e-4);
     assert_eq!(resumed.eval, whole.eval);
 
     // A checkpoint with a key that is neither encoder nor pre-training head is refused.

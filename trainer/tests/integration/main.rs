@@ -155,12 +155,26 @@ pub fn args(f: &Fixture, vocab: &Path, out: &Path, extra: &[&str]) -> PretrainAr
     pretrain_args(&f.dir, vocab, out, extra)
 }
 
-pub fn metrics(cfg: &PretrainConfig) -> Vec<MetricsLine> {
-    std::fs::read_to_string(cfg.run.metrics_path())
+/// Every line of `<run>/metrics.jsonl` as `T`; a line that does not parse fails the test.
+pub fn metrics_lines<T: serde::de::DeserializeOwned>(run: &Path) -> Vec<T> {
+    std::fs::read_to_string(run.join(trainer::train::run_folder::METRICS_FILE))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+pub fn metrics(cfg: &PretrainConfig) -> Vec<MetricsLine> {
+    metrics_lines(&cfg.run.out)
+}
+
+/// Two runs logged the same steps with losses within `tol`: `(step, loss)` per line.
+pub fn assert_same_losses(a: &[(u64, f64)], b: &[(u64, f64)], tol: f64) {
+    assert_eq!(a.len(), b.len());
+    for ((step_a, x), (step_b, y)) in a.iter().zip(b) {
+        assert_eq!(step_a, step_b);
+        assert!((x - y).abs() < tol, "step {step_a}: {x} vs {y}");
+    }
 }
 
 pub fn run(cfg: &PretrainConfig, resume: bool) -> trainer::train::pretrain::RunSummary {
