@@ -62,6 +62,10 @@ enum Command {
         vocab: Option<PathBuf>,
         #[arg(long)]
         no_progress: bool,
+        /// As one worker of a job array: then run once without these flags to merge (it keeps
+        /// the workers' token shards and records them in the manifest).
+        #[command(flatten)]
+        worker: WorkerArgs,
     },
     /// List the dataset recipes: evaluation split, pre-training epochs and fine-tuning recipe.
     Recipes {
@@ -170,12 +174,8 @@ struct PrepareArgs {
     shard_mb: u64,
     #[arg(long, default_value_t = 64)]
     row_group_mb: usize,
-    /// Number of workers of a job array; each writes the shards with index % N == i.
-    #[arg(long, default_value_t = 1)]
-    num_shards: usize,
-    /// This worker's index (e.g. $SLURM_ARRAY_TASK_ID).
-    #[arg(long, default_value_t = 0)]
-    shard_index: usize,
+    #[command(flatten)]
+    worker: WorkerArgs,
     /// Override adapter options.
     #[arg(long)]
     synsets: Option<PathBuf>,
@@ -248,17 +248,33 @@ fn print_manifest_summary(m: &Manifest) {
     }
 }
 
+/// A job array's worker: `prepare` and `tokenize` split their output shards among N workers.
+#[derive(Debug, Clone, clap::Args)]
+struct WorkerArgs {
+    /// Number of workers of a job array; each writes the shards with index % N == i.
+    #[arg(long, default_value_t = 1)]
+    num_shards: usize,
+    /// This worker's index (e.g. $SLURM_ARRAY_TASK_ID).
+    #[arg(long, default_value_t = 0)]
+    shard_index: usize,
+}
+
+impl WorkerArgs {
+    fn worker(&self) -> Worker {
+        Worker {
+            count: self.num_shards,
+            index: self.shard_index,
+        }
+    }
+}
+
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Prepare(args) => {
             let cfg = resolve(&args)?;
             println!("{}", serde_json::to_string_pretty(&cfg)?);
-            let worker = Worker {
-                count: args.num_shards,
-                index: args.shard_index,
-            };
-            let s = prepare::prepare(&cfg, worker, !args.no_progress)
+            let s = prepare::prepare(&cfg, args.worker.worker(), !args.no_progress)
                 .with_context(|| format!("preparing {} from {}", cfg.dataset, cfg.source.display()))?;
             println!(
                 "wrote {} shards ({} kept from an earlier run), {} images in {:.1} s ({:.0} images/s), {} skipped",
@@ -282,8 +298,8 @@ fn run() -> Result<ExitCode> {
                 None => {
                     println!(
                         "worker {}/{} done; run `pipeline merge {}` after all workers",
-                        args.shard_index,
-                        args.num_shards,
+                        args.worker.shard_index,
+                        args.worker.num_shards,
                         cfg.out_dir.display()
                     );
                     Ok(ExitCode::SUCCESS)
@@ -432,7 +448,9 @@ fn run() -> Result<ExitCode> {
             data,
             vocab: path,
             no_progress,
+            worker,
         } => {
+            let worker = worker.worker();
             let paths = match path {
                 Some(p) => vec![p],
                 None => {
@@ -450,7 +468,7 @@ fn run() -> Result<ExitCode> {
             };
             for p in paths {
                 let start = std::time::Instant::now();
-                let set = pipeline::vocab::tokenize::tokenize_dataset(&data, &p, !no_progress)?;
+                let set = pipeline::vocab::tokenize::tokenize_shards(&data, &p, worker, !no_progress)?;
                 let rows: u64 = set.shards.iter().map(|s| s.rows).sum();
                 let secs = start.elapsed().as_secs_f64();
                 println!(
@@ -458,6 +476,14 @@ fn run() -> Result<ExitCode> {
                     set.vocab,
                     rows as f64 / secs.max(1e-9),
                     data.join(&set.dir).display()
+                );
+            }
+            if worker != Worker::ALL {
+                println!(
+                    "worker {}/{} done; run `pipeline tokenize --data {}` without --num-shards after all workers (the merge)",
+                    worker.index,
+                    worker.count,
+                    data.display()
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -136,7 +136,19 @@ pub struct Worker {
 impl Worker {
     pub const ALL: Worker = Worker { count: 1, index: 0 };
 
-    fn owns(&self, shard: usize) -> bool {
+    /// An index below the count, or an error saying so.
+    pub fn check(&self) -> Result<()> {
+        if self.count == 0 || self.index >= self.count {
+            return Err(PipelineError::Invalid(format!(
+                "worker index {} must be below the number of workers {}",
+                self.index, self.count
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether output shard `shard` is this worker's.
+    pub fn owns(&self, shard: usize) -> bool {
         shard % self.count == self.index
     }
 }
@@ -420,12 +432,7 @@ fn write_shard(cfg: &PrepareConfig, listing: &Listing, shard: &PlannedShard, bar
 /// Writes this worker's shards (skipping finished ones) and, for a single worker, the manifest.
 pub fn prepare(cfg: &PrepareConfig, worker: Worker, progress: bool) -> Result<PrepareSummary> {
     cfg.validate()?;
-    if worker.count == 0 || worker.index >= worker.count {
-        return Err(PipelineError::Invalid(format!(
-            "shard index {} must be below the number of workers {}",
-            worker.index, worker.count
-        )));
-    }
+    worker.check()?;
     let start = Instant::now();
     std::fs::create_dir_all(&cfg.out_dir).at(&cfg.out_dir)?;
     // Workers of a job array write the same folder, each its own shards: one lock per worker.

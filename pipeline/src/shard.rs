@@ -337,6 +337,8 @@ pub struct ShardReader {
     pending: std::vec::IntoIter<Row>,
     pub metadata: Option<ShardMetadata>,
     pub num_rows: u64,
+    /// Row number (in the shard) of the first row this reader returns.
+    pub first_row: u64,
     /// Rows returned by earlier batches (for row numbers in errors).
     rows_read: u64,
 }
@@ -347,11 +349,34 @@ impl ShardReader {
     }
 
     pub fn open_with_batch(path: &Path, batch_size: usize) -> Result<Self> {
+        Self::open_rows(path, batch_size, None)
+    }
+
+    /// The rows of row group `group` only (a streaming reader's unit of reading); row numbers
+    /// in errors stay the shard's.
+    pub fn open_row_group(path: &Path, group: usize) -> Result<Self> {
+        Self::open_rows(path, 256, Some(group))
+    }
+
+    fn open_rows(path: &Path, batch_size: usize, group: Option<usize>) -> Result<Self> {
         let perr = |source| PipelineError::Parquet {
             path: path.to_path_buf(),
             source,
         };
-        let builder = open_parquet(path)?;
+        let mut builder = open_parquet(path)?;
+        let mut first_row = 0;
+        if let Some(g) = group {
+            let groups = builder.metadata().row_groups();
+            if g >= groups.len() {
+                return Err(PipelineError::BadField {
+                    path: path.to_path_buf(),
+                    field: format!("row group {g}"),
+                    message: format!("the shard has {} row groups", groups.len()),
+                });
+            }
+            first_row = groups[..g].iter().map(|r| r.num_rows() as u64).sum();
+            builder = builder.with_row_groups(vec![g]);
+        }
         let file_meta = builder.metadata().file_metadata();
         let num_rows = file_meta.num_rows() as u64;
         let metadata = file_meta
@@ -369,8 +394,19 @@ impl ShardReader {
             pending: Vec::new().into_iter(),
             metadata,
             num_rows,
-            rows_read: 0,
+            first_row,
+            rows_read: first_row,
         })
+    }
+
+    /// Rows per row group, from the footer.
+    pub fn row_group_rows(path: &Path) -> Result<Vec<u64>> {
+        Ok(open_parquet(path)?
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows() as u64)
+            .collect())
     }
 
     fn next_batch(&mut self) -> Option<Result<Vec<Row>>> {
@@ -612,6 +648,26 @@ mod tests {
         assert_eq!(image_col.compression(), Compression::UNCOMPRESSED);
         let id_col = rg.columns().iter().find(|c| c.column_path().string() == "id").unwrap();
         assert!(matches!(id_col.compression(), Compression::ZSTD(_)));
+
+        // Row groups read one at a time give the same rows, in order, and nothing else.
+        let groups = ShardReader::row_group_rows(&dest).unwrap();
+        assert_eq!(groups.len(), pq.metadata().num_row_groups());
+        assert_eq!(groups.iter().sum::<u64>(), 50);
+        let mut by_group = Vec::new();
+        for (g, &n) in groups.iter().enumerate() {
+            let part: Vec<Row> = ShardReader::open_row_group(&dest, g)
+                .unwrap()
+                .collect::<Result<_>>()
+                .unwrap();
+            assert_eq!(part.len() as u64, n);
+            by_group.extend(part);
+        }
+        assert_eq!(by_group, rows);
+        let err = ShardReader::open_row_group(&dest, groups.len())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(&format!("row group {}", groups.len())), "{err}");
     }
 
     /// Writes `batch` under `schema` with a footer naming `version`, as an older (or newer)

@@ -78,6 +78,15 @@ pub enum DataError {
         row: Option<u64>,
         reason: String,
     },
+    #[error("{dir}: --loader-memory-mb {memory_mb} holds less than row group {group} of {shard} ({group_mb:.1} MB of {split} images): raise it, use --cache ram, or prepare with a smaller --row-group-mb")]
+    LoaderMemory {
+        dir: PathBuf,
+        split: String,
+        shard: String,
+        group: u32,
+        group_mb: f64,
+        memory_mb: u64,
+    },
     #[error("{shard}: row {id:?} does not decode: {reason}")]
     Decode { shard: String, id: String, reason: String },
     #[error("{dir}: no pre-tokenized targets for the vocabulary with sha256 {vocab_sha} (run `pipeline tokenize`)")]

@@ -8,6 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
 use trainer::backend::{BackendArgs, BackendTask, Precision};
 use trainer::bench::{bench_steps, BenchArgs, BenchResult, BenchSpec};
+use trainer::data::images::LoaderArgs;
 use trainer::eval::frozen::{evaluate, EvalResults, EvalSpec, FrozenEncoder};
 use trainer::eval::probe::ProbeConfig;
 use trainer::model::vit::VitConfig;
@@ -117,6 +118,8 @@ struct EvalArgs {
     seed: u64,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    #[command(flatten)]
+    loader: LoaderArgs,
 }
 
 /// Where the evaluated encoder comes from.
@@ -167,6 +170,7 @@ impl EvalArgs {
                 seed: self.seed,
                 ..Default::default()
             },
+            loader: self.loader.options()?,
         };
         Ok((encoder, spec, out))
     }

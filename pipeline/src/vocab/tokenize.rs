@@ -5,6 +5,12 @@
 //!
 //! Resumable: a token shard is kept when the manifest's record of it matches the vocabulary,
 //! the image shard and its own checksum.
+//!
+//! Shardable as `pipeline prepare` is: the workers of a job array (`--workers N --worker i`)
+//! each write the token shards of the image shards with index % N == i and leave the manifest
+//! alone; the run without `--workers` afterwards is the merge: it keeps every token shard a
+//! worker finished (its footer names this vocabulary and the image shard's sha256, and every
+//! row reads back), tokenizes whatever is missing and records the set.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,10 +24,10 @@ use parquet::file::metadata::KeyValue;
 use rayon::prelude::*;
 use schemas::manifest::MANIFEST_FILE;
 use schemas::vocab::VOCAB_HEADER_KEY;
-use schemas::{Manifest, TokenSet, TokenShard};
+use schemas::{Manifest, ShardEntry, TokenSet, TokenShard};
 
 use crate::error::{IoContext, PipelineError, Result};
-use crate::prepare::load_manifest;
+use crate::prepare::{load_manifest, Worker};
 use std::io::Write;
 
 use crate::shard::{
@@ -105,7 +111,29 @@ pub fn tokenize_images(vocab: &Vocabulary, images: &[(String, Vec<u8>)]) -> std:
 /// Tokenizes every image shard of the dataset in `dir` with the vocabulary at `vocab_path`
 /// (which should live in `dir`) and records the token set in the manifest.
 pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result<TokenSet> {
-    let _lock = crate::lock::FolderLock::acquire(dir, crate::lock::LOCK_FILE, "tokenize")?;
+    tokenize_shards(dir, vocab_path, Worker::ALL, progress)
+}
+
+/// [`tokenize_dataset`] as one worker of a job array: the token shards of the image shards
+/// `worker` owns, not recorded in the manifest (the merge, [`Worker::ALL`], does that).
+/// Returns the shards written or kept.
+pub fn tokenize_shards(dir: &Path, vocab_path: &Path, worker: Worker, progress: bool) -> Result<TokenSet> {
+    worker.check()?;
+    // Workers each take their own lock; the merge takes the folder's.
+    let _lock = if worker == Worker::ALL {
+        crate::lock::FolderLock::acquire(dir, crate::lock::LOCK_FILE, "tokenize")?
+    } else {
+        crate::lock::FolderLock::acquire(
+            dir,
+            &format!(
+                "{}-tokenize-worker-{}-of-{}",
+                crate::lock::LOCK_FILE,
+                worker.index,
+                worker.count
+            ),
+            &format!("tokenize worker {} of {}", worker.index, worker.count),
+        )?
+    };
     let (vocab, vocab_sha) = Vocabulary::load(vocab_path)?;
     let mut manifest = load_manifest(dir)?;
     let vocab_name = vocab_path
@@ -123,7 +151,14 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
         .cloned();
     let grid2 = vocab.header.preprocessing.grid().pow(2);
     let schema: SchemaRef = Arc::new(token_schema(grid2));
-    let total: u64 = manifest.shards.iter().map(|s| s.rows).sum();
+    let owned: Vec<&ShardEntry> = manifest
+        .shards
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| worker.owns(*k))
+        .map(|(_, s)| s)
+        .collect();
+    let total: u64 = owned.iter().map(|s| s.rows).sum();
     let bar = if progress {
         ProgressBar::new(total)
     } else {
@@ -134,18 +169,22 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
             .expect("valid template"),
     );
     let mut shards = Vec::new();
-    for img_shard in &manifest.shards {
+    for &img_shard in &owned {
         let dest = dir.join(&tok_dir).join(&img_shard.file);
-        let kept = previous
-            .as_ref()
-            .and_then(|p| p.shards.iter().find(|t| t.file == img_shard.file))
-            .filter(|t| {
-                t.image_sha256 == img_shard.sha256
-                    && matches!(file_sha256(&dest), Ok((b, s)) if b == t.bytes && s == t.sha256)
-            });
+        let recorded = previous.as_ref().and_then(|p| {
+            p.shards
+                .iter()
+                .find(|t| t.file == img_shard.file && t.image_sha256 == img_shard.sha256)
+        });
+        // A shard the manifest records must match its checksum; one it does not (a worker's)
+        // must say in its footer what it was computed from and read back whole.
+        let kept = match recorded {
+            Some(t) => matches!(file_sha256(&dest), Ok((b, s)) if b == t.bytes && s == t.sha256).then(|| t.clone()),
+            None => worker_token_shard(&dest, img_shard, &vocab_sha),
+        };
         if let Some(t) = kept {
             bar.inc(img_shard.rows);
-            shards.push(t.clone());
+            shards.push(t);
             continue;
         }
         crate::interrupt::fault_point("token-shard", shards.len() as u64);
@@ -157,7 +196,7 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
                 when: format!(
                     "after {} of {} token shards (finished ones are kept)",
                     shards.len(),
-                    manifest.shards.len()
+                    owned.len()
                 ),
             });
         }
@@ -217,10 +256,34 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
         dir: tok_dir.clone(),
         shards,
     };
+    if worker != Worker::ALL {
+        return Ok(set);
+    }
     manifest.tokens.retain(|t| t.dir != tok_dir);
     manifest.tokens.push(set.clone());
     write_manifest(dir, &manifest)?;
     Ok(set)
+}
+
+/// A token shard a job-array worker finished for `img_shard`: its footer names the vocabulary
+/// and the image shard's sha256, and all of its rows read back with the image shard's count.
+fn worker_token_shard(path: &Path, img_shard: &ShardEntry, vocab_sha: &str) -> Option<TokenShard> {
+    let builder = crate::shard::open_parquet(path).ok()?;
+    let kv = builder.metadata().file_metadata().key_value_metadata()?;
+    let value = |key: &str| kv.iter().find(|k| k.key == key).and_then(|k| k.value.as_deref());
+    if value("vocab_sha256") != Some(vocab_sha) || value("image_shard_sha256") != Some(img_shard.sha256.as_str()) {
+        return None;
+    }
+    drop(builder);
+    let rows = read_token_shard(path).ok()?.len() as u64;
+    let (bytes, sha256) = file_sha256(path).ok()?;
+    (rows == img_shard.rows).then(|| TokenShard {
+        file: img_shard.file.clone(),
+        image_sha256: img_shard.sha256.clone(),
+        rows,
+        bytes,
+        sha256,
+    })
 }
 
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {

@@ -1,31 +1,118 @@
-//! One split of a prepared dataset in memory: its rows read from the Parquet shards the
-//! manifest lists, as encoded bytes (a few tens of KB per image at the prepared size), with
-//! optional pre-tokenized targets. Decoding happens per batch, in the loader.
+//! One split of a prepared dataset: its row index (id, label, where each row lies in the
+//! Parquet shards the manifest lists, its encoded size) and, when the split fits the loader's
+//! memory bound or `--cache ram` asks for it, its encoded bytes (a few tens of KB per image at
+//! the prepared size), with optional pre-tokenized targets. A split kept on disk is read as it
+//! goes: the training loader streams its row groups through a bounded shuffle buffer
+//! ([`crate::data::shuffle`]), evaluation passes read one row group at a time. Decoding happens
+//! per batch, in the loader.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::Mutex;
 
 use image::RgbImage;
 use pipeline::shard::ShardReader;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::data::shuffle::Group;
 use crate::error::{DataError, Result};
+
+/// Whether a split's encoded images are held in RAM (`--cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Cache {
+    /// In RAM when the split's shards fit `--loader-memory-mb`, read as it goes otherwise.
+    #[default]
+    Auto,
+    Ram,
+    /// Always read from the shards as the epoch goes (bounded memory).
+    None,
+}
+
+/// How a split is loaded, as resolved into a run's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadOptions {
+    pub cache: Cache,
+    /// Bound on the encoded image bytes the training loader holds (shuffle buffer, row group
+    /// being read, row in hand), in MB. Also sizes the shuffle buffer in RAM, so the batches
+    /// do not depend on `cache`.
+    pub memory_mb: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            cache: Cache::Auto,
+            memory_mb: 1024,
+        }
+    }
+}
+
+impl LoadOptions {
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mb * 1_000_000
+    }
+}
+
+/// The loader's flags, shared by every command that reads a split.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoaderArgs {
+    /// Encoded image bytes the training loader may hold, in MB (its shuffle buffer when the
+    /// split is read from the shards; a split whose shards fit is cached in RAM).
+    #[arg(long, default_value_t = 1024)]
+    pub loader_memory_mb: u64,
+    /// auto: cache the split in RAM when its shards fit --loader-memory-mb; ram; none: always
+    /// read the shards as the epoch goes.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cache: Cache,
+}
+
+impl LoaderArgs {
+    pub fn options(&self) -> std::result::Result<LoadOptions, crate::error::ConfigError> {
+        if self.loader_memory_mb == 0 {
+            return Err(crate::error::ConfigError::invalid(
+                "loader-memory-mb",
+                "0",
+                "the loader needs room for at least one row group",
+            ));
+        }
+        Ok(LoadOptions {
+            cache: self.cache,
+            memory_mb: self.loader_memory_mb,
+        })
+    }
+}
 
 /// One image of a split.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub id: String,
     pub label: i32,
-    pub bytes: Vec<u8>,
-    /// The shard it came from, for error messages.
-    pub shard: Arc<str>,
+    /// The encoded image, when the split is cached in RAM.
+    pub bytes: Option<Vec<u8>>,
+    /// Encoded size in bytes.
+    pub size: u32,
+    /// Index of its shard in [`ImageSet::shards`].
+    pub shard: u32,
+    /// Its row group within the shard, and its row number in the shard.
+    pub group: u32,
+    pub row: u32,
     /// Pre-tokenized grids of the canonical view and of its flip ([`ImageSet::attach_tokens`]).
     pub tokens: Option<Box<[Vec<u16>; 2]>>,
 }
 
-/// All rows of one split, in manifest order.
-#[derive(Debug, Clone)]
+/// The rows of one row group, read by an evaluation pass over a split kept on disk.
+#[derive(Debug)]
+struct CachedGroup {
+    shard: u32,
+    group: u32,
+    first_row: u32,
+    rows: Vec<Vec<u8>>,
+}
+
+/// The rows of one split, in manifest order.
+#[derive(Debug)]
 pub struct ImageSet {
     pub dir: PathBuf,
     pub split: String,
@@ -34,6 +121,13 @@ pub struct ImageSet {
     /// Rows left out because their shard was damaged and they no longer decode, and one
     /// entry per damaged shard; written to the run folder's `skipped.jsonl`.
     pub skipped: Vec<Skipped>,
+    /// The split's shard files, relative to `dir`.
+    pub shards: Vec<String>,
+    pub options: LoadOptions,
+    /// Encoded bytes of the largest row group (all its rows).
+    pub max_group_bytes: u64,
+    /// The row group an evaluation pass read last (streamed splits only).
+    last_group: Mutex<Option<CachedGroup>>,
 }
 
 /// A row (or, with `row: None`, a whole shard's note) that a run left out, and why.
@@ -50,7 +144,13 @@ pub struct Skipped {
 }
 
 impl ImageSet {
-    /// Reads every shard of `split` listed in `<dir>/manifest.json`.
+    /// [`ImageSet::load_with`] with the default options (cached in RAM when it fits 1 GB).
+    pub fn load(dir: &Path, split: &str) -> Result<Self> {
+        Self::load_with(dir, split, &LoadOptions::default())
+    }
+
+    /// Reads the row index of every shard of `split` listed in `<dir>/manifest.json`, and
+    /// their encoded images when the split is cached (`options`).
     ///
     /// Every shard is checked against the manifest first. One that cannot be opened or read
     /// (missing, truncated, not Parquet) is an error naming it, so a run stops before its
@@ -58,7 +158,7 @@ impl ImageSet {
     /// still loads, but each of its rows is decoded here and the ones that do not decode are
     /// left out and listed in [`ImageSet::skipped`] (the run folder's `skipped.jsonl`): a
     /// shard from `prepare` decodes by construction, so clean shards need no such pass.
-    pub fn load(dir: &Path, split: &str) -> Result<Self> {
+    pub fn load_with(dir: &Path, split: &str, options: &LoadOptions) -> Result<Self> {
         let manifest = pipeline::prepare::load_manifest(dir)?;
         let shards: Vec<_> = manifest.shards.iter().filter(|s| s.split == split).collect();
         if shards.is_empty() {
@@ -69,15 +169,21 @@ impl ImageSet {
             }
             .into());
         }
+        let cached = match options.cache {
+            Cache::Ram => true,
+            Cache::None => false,
+            Cache::Auto => shards.iter().map(|s| s.bytes).sum::<u64>() <= options.memory_bytes(),
+        };
         let bar = crate::progress::pass(
-            &format!("loading {split}"),
+            &format!("{} {split}", if cached { "loading" } else { "indexing" }),
             shards.iter().map(|s| s.rows).sum(),
             "images",
         );
-        let per_shard: Vec<Result<(Vec<Sample>, Vec<Skipped>)>> = shards
+        type ShardRows = (Vec<Sample>, Vec<Skipped>, u64);
+        let per_shard: Vec<Result<ShardRows>> = shards
             .par_iter()
-            .map(|s| {
-                let shard: Arc<str> = Arc::from(s.file.as_str());
+            .enumerate()
+            .map(|(shard_index, s)| {
                 let path = dir.join(&s.file);
                 let unreadable = |row: Option<u64>, reason: String| DataError::Unreadable {
                     path: path.clone(),
@@ -99,11 +205,25 @@ impl ImageSet {
                         ),
                     });
                 }
+                // Row group boundaries, so a streaming reader can fetch a row's group alone.
+                let group_rows = ShardReader::row_group_rows(&path).map_err(|e| unreadable(None, e.to_string()))?;
+                let mut group_ends = group_rows.iter().scan(0u64, |end, &n| {
+                    *end += n;
+                    Some(*end)
+                });
+                let mut group_end = group_ends.next().unwrap_or(0);
+                let (mut group, mut group_bytes, mut max_group_bytes) = (0u32, 0u64, 0u64);
                 let reader = ShardReader::open(&path).map_err(|e| unreadable(None, e.to_string()))?;
                 let mut samples = Vec::new();
                 for (row, r) in reader.enumerate() {
                     let r = r.map_err(|e| unreadable(Some(row as u64), e.to_string()))?;
                     bar.inc(1);
+                    while row as u64 >= group_end {
+                        max_group_bytes = max_group_bytes.max(group_bytes);
+                        (group, group_bytes) = (group + 1, 0);
+                        group_end = group_ends.next().unwrap_or(u64::MAX);
+                    }
+                    group_bytes += r.image.len() as u64;
                     if damaged {
                         if let Err(e) = pipeline::transcode::decode_upright(&r.image) {
                             skipped.push(Skipped {
@@ -119,11 +239,15 @@ impl ImageSet {
                     samples.push(Sample {
                         id: r.id,
                         label: r.label,
-                        bytes: r.image,
-                        shard: shard.clone(),
+                        size: r.image.len() as u32,
+                        bytes: cached.then_some(r.image),
+                        shard: shard_index as u32,
+                        group,
+                        row: row as u32,
                         tokens: None,
                     });
                 }
+                max_group_bytes = max_group_bytes.max(group_bytes);
                 if (samples.len() + skipped.iter().filter(|k| k.row.is_some()).count()) as u64 != s.rows {
                     return Err(unreadable(
                         None,
@@ -131,16 +255,18 @@ impl ImageSet {
                     )
                     .into());
                 }
-                Ok((samples, skipped))
+                Ok((samples, skipped, max_group_bytes))
             })
             .collect();
         bar.finish_and_clear();
         let mut samples = Vec::new();
         let mut skipped = Vec::new();
+        let mut max_group_bytes = 0;
         for s in per_shard {
-            let (rows, left_out) = s?;
+            let (rows, left_out, group_bytes) = s?;
             samples.extend(rows);
             skipped.extend(left_out);
+            max_group_bytes = max_group_bytes.max(group_bytes);
         }
         if !skipped.is_empty() {
             // Every command that reads a split says so, `trainer eval` included; the training
@@ -160,7 +286,124 @@ impl ImageSet {
             samples,
             class_names: manifest.class_names,
             skipped,
+            shards: shards.iter().map(|s| s.file.clone()).collect(),
+            options: *options,
+            max_group_bytes,
+            last_group: Mutex::new(None),
         })
+    }
+
+    /// Whether the encoded images are in RAM.
+    pub fn cached(&self) -> bool {
+        self.samples.first().is_none_or(|s| s.bytes.is_some())
+    }
+
+    /// The runs of samples that share a row group, in sample order (what a streaming epoch
+    /// reads; see [`crate::data::shuffle::epoch_plan`]).
+    pub fn groups(&self) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, s) in self.samples.iter().enumerate() {
+            let same = groups.last().is_some_and(|g| {
+                let first = &self.samples[g.start];
+                (first.shard, first.group) == (s.shard, s.group)
+            });
+            if !same {
+                groups.push(Group {
+                    start: i,
+                    len: 0,
+                    bytes: 0,
+                });
+            }
+            let g = groups.last_mut().expect("pushed");
+            g.len += 1;
+            g.bytes += u64::from(s.size);
+        }
+        groups
+    }
+
+    /// Encoded sizes of the samples, in order.
+    pub fn sizes(&self) -> Vec<u32> {
+        self.samples.iter().map(|s| s.size).collect()
+    }
+
+    fn shard_path(&self, shard: u32) -> PathBuf {
+        self.dir.join(&self.shards[shard as usize])
+    }
+
+    /// Reads row group `group` of shard `shard`: every row's encoded image. Checks the ids of
+    /// the set's samples in it, so a shard rewritten since the run loaded it is an error, not
+    /// silently other images.
+    fn read_row_group(&self, shard: u32, group: u32) -> Result<CachedGroup, DataError> {
+        let path = self.shard_path(shard);
+        let unreadable = |row: Option<u64>, reason: String| DataError::Unreadable {
+            path: path.clone(),
+            row,
+            reason,
+        };
+        let reader = ShardReader::open_row_group(&path, group as usize).map_err(|e| unreadable(None, e.to_string()))?;
+        let first_row = reader.first_row as u32;
+        let (mut ids, mut rows) = (Vec::new(), Vec::new());
+        for r in reader {
+            let r = r.map_err(|e| unreadable(None, e.to_string()))?;
+            ids.push(r.id);
+            rows.push(r.image);
+        }
+        let start = self.samples.partition_point(|s| (s.shard, s.group) < (shard, group));
+        for s in self.samples[start..]
+            .iter()
+            .take_while(|s| (s.shard, s.group) == (shard, group))
+        {
+            let found = ids.get((s.row - first_row) as usize);
+            if found != Some(&s.id) {
+                return Err(unreadable(
+                    Some(u64::from(s.row)),
+                    format!(
+                        "holds {found:?} where the run loaded {:?}: the shard changed since the run started",
+                        s.id
+                    ),
+                ));
+            }
+        }
+        Ok(CachedGroup {
+            shard,
+            group,
+            first_row,
+            rows,
+        })
+    }
+
+    /// The encoded images of the samples of `g` (one of [`ImageSet::groups`]), read from
+    /// their row group: what a streaming epoch puts into its buffer.
+    pub fn read_group(&self, g: &Group) -> Result<Vec<Vec<u8>>, DataError> {
+        let first = &self.samples[g.start];
+        let mut read = self.read_row_group(first.shard, first.group)?;
+        Ok(self.samples[g.start..g.start + g.len]
+            .iter()
+            .map(|s| std::mem::take(&mut read.rows[(s.row - read.first_row) as usize]))
+            .collect())
+    }
+
+    /// The encoded images of the samples at `indices`: borrowed when cached, otherwise read
+    /// a row group at a time (the last one is kept, so a pass in index order reads each
+    /// group once).
+    pub fn fetch(&self, indices: &[usize]) -> Result<Vec<Cow<'_, [u8]>>, DataError> {
+        let mut last = self.last_group.lock().unwrap_or_else(|e| e.into_inner());
+        indices
+            .iter()
+            .map(|&i| {
+                let s = &self.samples[i];
+                if let Some(b) = &s.bytes {
+                    return Ok(Cow::Borrowed(b.as_slice()));
+                }
+                if last.as_ref().is_none_or(|g| (g.shard, g.group) != (s.shard, s.group)) {
+                    // Drop the previous group before reading the next one.
+                    *last = None;
+                    *last = Some(self.read_row_group(s.shard, s.group)?);
+                }
+                let g = last.as_ref().expect("just read");
+                Ok(Cow::Owned(g.rows[(s.row - g.first_row) as usize].clone()))
+            })
+            .collect()
     }
 
     /// Attaches the grids `pipeline tokenize` wrote with the vocabulary of sha256 `vocab_sha`.
@@ -235,15 +478,113 @@ impl ImageSet {
         self
     }
 
-    pub fn decode(&self, i: usize) -> Result<RgbImage, DataError> {
-        let s = &self.samples[i];
-        pipeline::transcode::decode_upright(&s.bytes)
+    /// Sample `i`, decoded (one row at a time: passes over many use [`ImageSet::fetch`]).
+    pub fn image(&self, i: usize) -> Result<RgbImage, DataError> {
+        let bytes = self.fetch(&[i])?;
+        self.decode(i, &bytes[0])
+    }
+
+    /// Decodes sample `i` from its encoded `bytes` (see [`ImageSet::fetch`]).
+    pub fn decode(&self, i: usize, bytes: &[u8]) -> Result<RgbImage, DataError> {
+        pipeline::transcode::decode_upright(bytes)
             .map(|(img, _)| img)
             .map_err(|e| DataError::Decode {
-                shard: s.shard.to_string(),
-                id: s.id.clone(),
+                shard: self.shards[self.samples[i].shard as usize].clone(),
+                id: self.samples[i].id.clone(),
                 reason: e.0,
             })
+    }
+}
+
+/// Small prepared splits for the data layer's unit tests: real JPEGs (noise of varied
+/// detail, so sizes differ) in shards cut into small row groups, with their manifest.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::path::Path;
+
+    use image::{codecs::jpeg::JpegEncoder, RgbImage};
+    use pipeline::shard::{Row, ShardWriter};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use schemas::manifest::{Manifest, ShardEntry, SplitStats};
+    use schemas::shard::ShardMetadata;
+
+    /// Writes `rows` train images (labels `i % 3`) in `shards` shards of row groups of about
+    /// `row_group_bytes`, and `manifest.json`.
+    pub fn write_split(dir: &Path, rows: usize, shards: usize, row_group_bytes: usize) {
+        let mut rng = ChaCha8Rng::seed_from_u64(rows as u64);
+        let meta = ShardMetadata {
+            schema_version: schemas::SCHEMA_VERSION,
+            dataset: "t".into(),
+            split: "train".into(),
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+        };
+        let mut entries = Vec::new();
+        let per = rows.div_ceil(shards);
+        for k in 0..shards {
+            let file = format!("train-{k:05}-of-{shards:05}.parquet");
+            let mut w = ShardWriter::create(&dir.join(&file), &meta, row_group_bytes).unwrap();
+            let batch: Vec<Row> = (k * per..((k + 1) * per).min(rows))
+                .map(|i| {
+                    let side = rng.random_range(16..40u32);
+                    let img = RgbImage::from_fn(side, side, |_, _| image::Rgb(rng.random()));
+                    let mut image = Vec::new();
+                    JpegEncoder::new_with_quality(&mut image, 90)
+                        .encode_image(&img)
+                        .unwrap();
+                    Row {
+                        id: format!("img{i:04}"),
+                        split: "train".into(),
+                        label: (i % 3) as i32,
+                        image,
+                        path: format!("{i}.jpg"),
+                        width: side as i32,
+                        height: side as i32,
+                        bbox: None,
+                        coco_id: None,
+                        domain: None,
+                        mask: None,
+                        mask_path: None,
+                    }
+                })
+                .collect();
+            // The writer closes a row group between writes, once it holds row_group_bytes.
+            for chunk in batch.chunks(4) {
+                w.write(chunk).unwrap();
+            }
+            let (n, bytes, sha256) = w.finish().unwrap();
+            entries.push(ShardEntry {
+                file,
+                split: "train".into(),
+                rows: n,
+                bytes,
+                sha256,
+            });
+        }
+        let manifest = Manifest {
+            schema_version: schemas::SCHEMA_VERSION,
+            pipeline_version: "test".into(),
+            dataset: "t".into(),
+            adapter: "folder".into(),
+            source: "memory".into(),
+            settings: serde_json::json!({}),
+            class_names: meta.class_names.clone(),
+            splits: [(
+                "train".to_string(),
+                SplitStats {
+                    images: rows as u64,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            eval_split: None,
+            shards: entries,
+            side_tables: Vec::new(),
+            skipped: Vec::new(),
+            wall_time_s: 0.0,
+            tokens: Vec::new(),
+        };
+        std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     }
 }
 
@@ -256,8 +597,11 @@ mod tests {
         let sample = |label| Sample {
             id: format!("{label}"),
             label,
-            bytes: Vec::new(),
-            shard: Arc::from("s.parquet"),
+            bytes: None,
+            size: 0,
+            shard: 0,
+            group: 0,
+            row: 0,
             tokens: None,
         };
         let mut set = ImageSet {
@@ -266,9 +610,73 @@ mod tests {
             samples: [0, -1, 2, 1, 3].into_iter().map(sample).collect(),
             class_names: vec!["a".into(), "b".into(), "c".into()],
             skipped: Vec::new(),
+            shards: vec!["s.parquet".into()],
+            options: LoadOptions::default(),
+            max_group_bytes: 0,
+            last_group: Mutex::new(None),
         };
         assert_eq!(set.keep_labeled(3), 2);
         let ids: Vec<&str> = set.samples.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["0", "2", "1"]);
+    }
+
+    #[test]
+    fn a_split_on_disk_reads_the_same_bytes_as_one_in_ram() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture::write_split(dir.path(), 120, 3, 8_000);
+        let ram = ImageSet::load_with(
+            dir.path(),
+            "train",
+            &LoadOptions {
+                cache: Cache::Ram,
+                memory_mb: 1,
+            },
+        )
+        .unwrap();
+        let disk = ImageSet::load_with(
+            dir.path(),
+            "train",
+            &LoadOptions {
+                cache: Cache::None,
+                memory_mb: 1,
+            },
+        )
+        .unwrap();
+        assert!(ram.cached() && !disk.cached());
+        // Auto caches a split whose shards fit the bound.
+        assert!(ImageSet::load(dir.path(), "train").unwrap().cached());
+        let groups = disk.groups();
+        assert!(groups.len() > 6, "small row groups: {}", groups.len());
+        assert_eq!(groups.iter().map(|g| g.len).sum::<usize>(), 120);
+        assert_eq!(disk.sizes(), ram.sizes());
+        assert!(disk.max_group_bytes >= groups.iter().map(|g| g.bytes).max().unwrap());
+        let all: Vec<usize> = (0..120).collect();
+        let (a, b) = (ram.fetch(&all).unwrap(), disk.fetch(&all).unwrap());
+        assert!(a.iter().zip(&b).all(|(x, y)| x == y));
+        for g in &groups {
+            let read = disk.read_group(g).unwrap();
+            assert_eq!(read.len(), g.len);
+            assert!(read
+                .iter()
+                .enumerate()
+                .all(|(k, r)| r.as_slice() == a[g.start + k].as_ref()));
+        }
+        // Rows left out of the set are skipped inside their group, and the rest still match.
+        let mut labeled = ImageSet::load_with(dir.path(), "train", &disk.options).unwrap();
+        labeled.samples.retain(|s| s.label != 1);
+        let picks: Vec<usize> = (0..labeled.samples.len()).step_by(3).collect();
+        for (k, bytes) in picks.iter().zip(labeled.fetch(&picks).unwrap()) {
+            let id = &labeled.samples[*k].id;
+            let i = ram.samples.iter().position(|s| &s.id == id).unwrap();
+            assert_eq!(bytes.as_ref(), a[i].as_ref());
+        }
+        // A shard rewritten under a running set is an error naming it, not other images.
+        let running = ImageSet::load_with(dir.path(), "train", &disk.options).unwrap();
+        fixture::write_split(dir.path(), 121, 3, 8_000);
+        let err = running.fetch(&[119]).unwrap_err().to_string();
+        assert!(
+            err.contains(&running.shards[2]) && err.contains("the shard changed"),
+            "{err}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::images::ImageSet;
+use crate::data::images::{ImageSet, LoadOptions};
 use crate::error::Result;
 use crate::eval::features::{layer_features, Pass};
 use crate::eval::knn::{knn, KnnResult};
@@ -28,6 +28,7 @@ pub struct EvalSpec {
     pub crop_ratio: f64,
     pub batch: usize,
     pub probe: ProbeConfig,
+    pub loader: LoadOptions,
 }
 
 /// Where an evaluated encoder came from (recorded in `results.json`).
@@ -100,8 +101,8 @@ fn val() -> String {
 /// k-NN and per-layer probes of `frozen` on `spec.data`.
 pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: &B::Device) -> Result<EvalResults> {
     let started = Instant::now();
-    let mut train = ImageSet::load(&spec.data, "train")?;
-    let mut val = ImageSet::load(&spec.data, &spec.eval_split)?;
+    let mut train = ImageSet::load_with(&spec.data, "train", &spec.loader)?;
+    let mut val = ImageSet::load_with(&spec.data, &spec.eval_split, &spec.loader)?;
     let classes = train.class_names.len().max(1);
     train.keep_labeled(classes);
     val.keep_labeled(classes);

@@ -11,6 +11,7 @@ use pipeline::recipe::{FinetuneDefaults, Masking, Recipe};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
+use crate::data::images::{LoadOptions, LoaderArgs};
 use crate::data::mixup::MixupConfig;
 use crate::data::randaugment::RandAugmentConfig;
 use crate::error::{ConfigError, Result};
@@ -57,6 +58,8 @@ pub struct RunArgs {
     /// Updates between checkpoints (the last one is always written).
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: u64,
+    #[command(flatten)]
+    pub loader: LoaderArgs,
 }
 
 /// The optimization schedule. Unset values come from the recipe (fine-tuning: Table 9) or
@@ -168,6 +171,10 @@ pub struct RunConfig {
     pub log_every: u64,
     pub checkpoint_every: u64,
     pub out: PathBuf,
+    /// How splits are read: cached in RAM or streamed, and the loader's memory bound (runs
+    /// from before the streaming loader read theirs into RAM: the default).
+    #[serde(default)]
+    pub loader: LoadOptions,
 }
 
 impl RunConfig {
@@ -208,6 +215,7 @@ impl RunArgs {
             log_every: self.log_every.max(1),
             checkpoint_every: self.checkpoint_every.max(1),
             out: self.out.clone(),
+            loader: self.loader.options()?,
         })
     }
 }

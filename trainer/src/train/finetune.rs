@@ -55,6 +55,10 @@ pub struct FinetuneLine {
     pub images_per_s: f64,
     pub data_wait_s: f64,
     pub skipped_steps: u64,
+    /// Most encoded MB the loader's shuffle buffer held so far, when the split is streamed
+    /// from its shards (`--cache none`, or `auto` on a split over `--loader-memory-mb`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub loader_mb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default, alias = "val_top1")]
     pub eval_top1: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default, alias = "val_top5")]
@@ -122,8 +126,8 @@ pub fn finetune<B: AutodiffBackend>(
         let file = init.checkpoint.clone().unwrap_or_else(|| pre.run.checkpoint_path());
         model = load_encoder(model, &encoder, &file, device)?;
     }
-    let mut train = ImageSet::load(&cfg.run.data, "train")?;
-    let mut eval = ImageSet::load(&cfg.run.data, &cfg.run.eval_split)?;
+    let mut train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
+    let mut eval = ImageSet::load_with(&cfg.run.data, &cfg.run.eval_split, &cfg.run.loader)?;
     for set in [&mut train, &mut eval] {
         record_skipped(&cfg.run.out, set)?;
         let dropped = set.keep_labeled(cfg.classes);
@@ -274,6 +278,7 @@ pub fn finetune<B: AutodiffBackend>(
                 images_per_s: window_images as f64 / secs.max(1e-9),
                 data_wait_s: window_wait,
                 skipped_steps: state.skipped_steps,
+                loader_mb: (!train.cached()).then(|| loader.meter().peak_bytes() as f64 / 1e6),
                 eval_top1: v.map(|v| v.top1),
                 eval_top5: v.map(|v| v.top5),
                 eval_loss: v.map(|v| v.loss),

@@ -58,6 +58,10 @@ pub struct MetricsLine {
     /// Seconds of the logging window spent waiting for the loader.
     pub data_wait_s: f64,
     pub skipped_steps: u64,
+    /// Most encoded MB the loader's shuffle buffer held so far, when the split is streamed
+    /// from its shards (`--cache none`, or `auto` on a split over `--loader-memory-mb`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub loader_mb: Option<f64>,
     /// k-NN top-1 of the frozen encoder (train bank, val queries), on monitor steps.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub knn_top1: Option<f64>,
@@ -148,7 +152,7 @@ where
 {
     let (vocab, _) = pipeline::vocab::tokenizer::Vocabulary::load(&cfg.vocab)?;
     let tokenizer = DeviceTokenizer::<B>::new(&vocab, cfg.vit.patch_size, device)?;
-    let mut set = ImageSet::load(&cfg.run.data, "train")?;
+    let mut set = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
     if let Some(n) = cfg.run.limit_images {
         set = set.truncate(n);
     }
@@ -157,7 +161,11 @@ where
     }
     // The k-NN monitor's bank is the training set itself; its queries the evaluation split.
     let knn_queries = if cfg.knn_every > 0 {
-        Some(ImageSet::load(&cfg.run.data, &cfg.run.eval_split)?)
+        Some(ImageSet::load_with(
+            &cfg.run.data,
+            &cfg.run.eval_split,
+            &cfg.run.loader,
+        )?)
     } else {
         None
     };
@@ -303,6 +311,7 @@ where
                 images_per_s: window_images as f64 / secs.max(1e-9),
                 data_wait_s: window_wait,
                 skipped_steps: state.skipped_steps,
+                loader_mb: (!set.cached()).then(|| loader.meter().peak_bytes() as f64 / 1e6),
                 knn_top1,
             };
             metrics.append(&line)?;

@@ -186,6 +186,7 @@ fn finetuning_ends_above_its_own_linear_probe_without_collapsing() {
             epochs: 50,
             ..Default::default()
         },
+        loader: Default::default(),
     };
     let encoder = trainer::train::pretrained::frozen_encoder::<trainer::CpuBackend>(&pre_dir, &device).unwrap();
     let probed = trainer::eval::frozen::evaluate(&spec, &encoder, &device).unwrap();
@@ -257,6 +258,7 @@ fn eval_writes_probes_and_knn_and_report_gathers_runs() {
             epochs: 30,
             ..Default::default()
         },
+        loader: Default::default(),
     };
     let device = Default::default();
     let run_encoder = trainer::train::pretrained::frozen_encoder::<trainer::CpuBackend>(&pre_dir, &device).unwrap();

@@ -47,33 +47,38 @@ pub struct Fixture {
     pub vocab_full: PathBuf,
 }
 
+/// Prepares real Imagenette at 72 px into `dir`: a class-balanced `fraction` of train and of
+/// val, in shards and row groups of about the given sizes. None without shared data.
+pub fn prepare_imagenette(dir: &Path, fraction: f64, shard_bytes: u64, row_group_bytes: usize) -> Option<()> {
+    let cfg = PrepareConfig {
+        dataset: "imagenette".into(),
+        adapter: "imagenet".into(),
+        source: shared("data/imagenette")?,
+        out_dir: dir.to_path_buf(),
+        options: AdapterOptions {
+            synsets: Some(shared("fixtures/imagenet/LOC_synset_mapping.txt")?),
+            ..Default::default()
+        },
+        transcode: TranscodeSettings {
+            max_short_side: Some(72),
+            ..Default::default()
+        },
+        subset: Some(Subset { fraction, seed: 0 }),
+        eval_split: "val".into(),
+        holdout: None,
+        shard_bytes,
+        row_group_bytes,
+    };
+    prepare(&cfg, Worker::ALL, false).unwrap();
+    Some(())
+}
+
 /// Imagenette at 72 px, 30% of train, with two vocabularies; None without shared data.
 pub fn fixture() -> Option<&'static Fixture> {
     static F: OnceLock<Option<Fixture>> = OnceLock::new();
     F.get_or_init(|| {
-        let root = shared("data/imagenette")?;
-        let synsets = shared("fixtures/imagenet/LOC_synset_mapping.txt")?;
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("imagenette-72");
-        let cfg = PrepareConfig {
-            dataset: "imagenette".into(),
-            adapter: "imagenet".into(),
-            source: root,
-            out_dir: dir.clone(),
-            options: AdapterOptions {
-                synsets: Some(synsets),
-                ..Default::default()
-            },
-            transcode: TranscodeSettings {
-                max_short_side: Some(72),
-                ..Default::default()
-            },
-            subset: Some(Subset { fraction: 0.3, seed: 0 }),
-            eval_split: "val".into(),
-            holdout: None,
-            shard_bytes: 256_000_000,
-            row_group_bytes: 64_000_000,
-        };
-        prepare(&cfg, Worker::ALL, false).unwrap();
+        prepare_imagenette(&dir, 0.3, 256_000_000, 64_000_000)?;
         let vocab = |kind: VocabKind, size: usize| {
             let vc = VocabConfig {
                 kind,

@@ -137,6 +137,11 @@ fn end_to_end(dataset: &str, build: impl FnOnce(&Path) -> Option<(usize, usize)>
             epochs: 5,
             ..Default::default()
         },
+        // Read as it goes: the evaluation passes stream row groups from the shards.
+        loader: trainer::data::images::LoadOptions {
+            cache: trainer::data::images::Cache::None,
+            memory_mb: 1,
+        },
     };
     let e = evaluate(&spec, &frozen, &device).unwrap();
     assert_eq!(

@@ -4,7 +4,7 @@
 use trainer::model::vit::VitConfig;
 use trainer::train::config::PretrainConfig;
 
-use crate::{args, fixture, metrics, run};
+use crate::{args, fixture, metrics, prepare_imagenette, pretrain_args, run};
 
 /// A model small enough for several runs per test on 2 cores.
 fn micro_vit() -> VitConfig {
@@ -269,6 +269,7 @@ fn bad_configuration_is_an_error_naming_the_field() {
     assert!(err(&["--batch-size", "100000"]).contains("--batch-size"));
     assert!(err(&["--method", "splitmask", "--mask-ratio", "0.4"]).contains("50/50"));
     assert!(err(&["--masking", "diagonal"]).contains("block or uniform"));
+    assert!(err(&["--loader-memory-mb", "0"]).contains("--loader-memory-mb \"0\""));
 }
 
 #[test]
@@ -338,4 +339,81 @@ fn best_knn_checkpoint_is_the_encoder_at_the_best_logged_knn() {
     // The last checkpoint is still the end of the run.
     let last = trainer::train::run_folder::read_state(&cfg.run.checkpoint_path()).unwrap();
     assert_eq!(last.step, 24);
+}
+
+/// A split several times larger than --loader-memory-mb, in small row groups: streamed from
+/// its shards, pre-training gives the cached run's losses and k-NN, resumes mid-epoch to the
+/// same, and its shuffle buffer stays under the bound (bytes held, as metrics.jsonl logs).
+#[test]
+fn a_streamed_run_matches_the_cached_one_within_its_memory_bound() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("imagenette-small-groups");
+    prepare_imagenette(&data, 0.12, 1_000_000, 100_000).unwrap();
+    let manifest = pipeline::prepare::load_manifest(&data).unwrap();
+    let train_bytes: u64 = manifest
+        .shards
+        .iter()
+        .filter(|s| s.split == "train")
+        .map(|s| s.bytes)
+        .sum();
+    assert!(
+        train_bytes > 3_000_000,
+        "the train split ({train_bytes} bytes) is several times the 1 MB bound"
+    );
+    let resolve = |out: &str, extra: &[&str]| -> PretrainConfig {
+        let mut all = vec![
+            "--method",
+            "beit",
+            "--model",
+            "cpu-tiny",
+            "--batch-size",
+            "16",
+            "--max-steps",
+            "6",
+            "--log-every",
+            "1",
+            "--warmup-epochs",
+            "0.1",
+            "--knn-every",
+            "3",
+            "--knn-images",
+            "64",
+            "--loader-memory-mb",
+            "1",
+        ];
+        all.extend_from_slice(extra);
+        let mut cfg = pretrain_args(&data, &f.vocab_small, &tmp.path().join(out), &all)
+            .resolve()
+            .unwrap();
+        cfg.vit = micro_vit();
+        cfg
+    };
+    let cached = resolve("cached", &["--cache", "ram"]);
+    run(&cached, false);
+    let streamed = resolve("streamed", &["--cache", "none"]);
+    run(&streamed, false);
+    let (a, b) = (metrics(&cached), metrics(&streamed));
+    assert_eq!(a.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.step, x.loss, x.knn_top1), (y.step, y.loss, y.knn_top1));
+        assert!(x.loader_mb.is_none(), "a cached split holds no buffer");
+        let held = y.loader_mb.expect("a streamed split logs its buffer");
+        assert!(
+            held > 0.0 && held <= 1.0,
+            "step {}: {held} MB held against a 1 MB bound",
+            y.step
+        );
+    }
+    // Stopped after 3 of the epoch's steps and resumed: the same sequence continues.
+    let part = resolve("part", &["--cache", "none", "--stop-after", "3"]);
+    run(&part, false);
+    let mut rest = part.clone();
+    rest.schedule.stop_after = None;
+    run(&rest, true);
+    let c = metrics(&part);
+    assert_eq!(c.len(), 6);
+    for (x, y) in b.iter().zip(&c) {
+        assert_eq!((x.step, x.loss, x.knn_top1), (y.step, y.loss, y.knn_top1));
+    }
 }

@@ -35,7 +35,7 @@ fn device_targets_equal_pretokenized_grids() {
         for &i in chunk {
             let s = &images.samples[i];
             assert_eq!(s.id, grids[i].id, "token rows follow image rows");
-            let view = vocab.canonical_views(&images.decode(i).unwrap())[0].clone();
+            let view = vocab.canonical_views(&images.image(i).unwrap())[0].clone();
             to_chw(&view, &mut chw);
             views.push(view);
         }
@@ -114,7 +114,7 @@ fn pretokenized_targets_match_the_device_and_train() {
         differ += got.iter().zip(&host).filter(|(a, b)| a != b).count();
         // Flipped views must have been matched with the flipped grids: count rows that equal the
         // flipped grid and differ from the plain one.
-        let order = trainer::data::loader::epoch_order(64, 5, 0, 1);
+        let order = trainer::data::loader::epoch_order(&set, 5, 0, 1);
         for (k, &i) in order[index as usize * 8..(index as usize + 1) * 8].iter().enumerate() {
             let grids = set.samples[i].tokens.as_ref().unwrap();
             let row: Vec<u16> = host[k * 196..(k + 1) * 196].iter().map(|&v| v as u16).collect();
