@@ -99,6 +99,11 @@ enum VocabCommand {
         out: Option<PathBuf>,
         #[arg(long)]
         no_progress: bool,
+        /// As one worker of a job array: sample the patches of this worker's train shards
+        /// into <out>.patches/; then run once without these flags to merge (it reads the
+        /// workers' patches and builds the vocabulary).
+        #[command(flatten)]
+        worker: WorkerArgs,
     },
     /// Token usage over a split, perplexity, dead tokens, and a PNG of the vocabulary.
     Inspect {
@@ -248,7 +253,8 @@ fn print_manifest_summary(m: &Manifest) {
     }
 }
 
-/// A job array's worker: `prepare` and `tokenize` split their output shards among N workers.
+/// A job array's worker: `prepare`, `tokenize` and `vocab build` split their shards among N
+/// workers.
 #[derive(Debug, Clone, clap::Args)]
 struct WorkerArgs {
     /// Number of workers of a job array; each writes the shards with index % N == i.
@@ -355,7 +361,9 @@ fn run() -> Result<ExitCode> {
             iterations,
             out,
             no_progress,
+            worker,
         }) => {
+            let worker = worker.worker();
             let cfg = VocabConfig {
                 kind: kind.into(),
                 size,
@@ -367,10 +375,26 @@ fn run() -> Result<ExitCode> {
             let out = out.unwrap_or_else(|| data.join(cfg.file_name()));
             let start = std::time::Instant::now();
             let state = vocab::kmeans_state_path(&out);
-            let v = vocab::build_resumable(&data, &cfg, Some(&state))
-                .with_context(|| format!("building a vocabulary for {}", data.display()))?;
+            let patches = vocab::patches_dir(&out);
+            let files = vocab::BuildFiles {
+                kmeans_state: Some(&state),
+                patches: Some(&patches),
+                worker,
+            };
+            let Some(v) = vocab::build_with(&data, &cfg, &files)
+                .with_context(|| format!("building a vocabulary for {}", data.display()))?
+            else {
+                println!(
+                    "worker {}/{} done ({} s); run the same `pipeline vocab build` without --num-shards after all workers (the merge)",
+                    worker.index,
+                    worker.count,
+                    start.elapsed().as_secs()
+                );
+                return Ok(ExitCode::SUCCESS);
+            };
             let sha = v.save(&out)?;
             let _ = std::fs::remove_file(&state);
+            let _ = std::fs::remove_dir_all(&patches);
             println!(
                 "{} vocabulary: {} x {} in {:.1} s -> {} (sha256 {sha})",
                 cfg.kind.name(),

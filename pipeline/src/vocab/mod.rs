@@ -23,8 +23,8 @@ use schemas::vocab::{KmeansStats, VOCAB_VERSION};
 use schemas::{Manifest, Preprocessing, VocabHeader, VocabKind};
 
 use crate::error::{IoContext, PipelineError, Result};
-use crate::prepare::load_manifest;
-use crate::shard::{file_sha256, ShardReader};
+use crate::prepare::{load_manifest, Worker};
+use crate::shard::{file_sha256, write_atomic, ShardReader};
 use crate::transcode::decode_upright;
 use crate::views::{canonical_view, patch_pixels, patch_vectors};
 use crate::vocab::kmeans::{kmeans, normalize_rows, KmeansConfig, KmeansError, KmeansState};
@@ -59,11 +59,93 @@ impl VocabConfig {
     }
 }
 
+/// Where the sampled patches of a vocabulary build are kept, one file per train shard, and
+/// which shards this process samples. Job-array workers (`vocab build --num-shards N
+/// --shard-index i`) each sample the train shards they own and stop; the build without
+/// workers (the merge) reads every shard's file that matches `key` and samples the rest, so
+/// its sample, and the vocabulary, are those of one process. A stopped build resumes from the
+/// files too.
+#[derive(Debug, Clone)]
+pub struct PatchStore {
+    pub dir: PathBuf,
+    /// What the sample is a function of (dataset, kind, size, seed, sample size, draws).
+    pub key: String,
+    pub worker: Worker,
+}
+
+/// The patch store of the vocabulary written to `out`: `<out>.patches/` (removed once the
+/// vocabulary is saved).
+pub fn patches_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".patches");
+    out.with_file_name(name)
+}
+
+const PATCHES: &str = "patches";
+const PATCHES_KEY: &str = "splitmask.patches";
+
+impl PatchStore {
+    fn file(&self, shard: &schemas::ShardEntry) -> PathBuf {
+        self.dir.join(format!("{}.safetensors", shard.file))
+    }
+
+    /// The shard's patches from an earlier worker or run, if they were sampled for this key
+    /// from this version of the shard.
+    fn read(&self, shard: &schemas::ShardEntry, d: usize) -> Option<Vec<f32>> {
+        let bytes = std::fs::read(self.file(shard)).ok()?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+        let key = meta.metadata().as_ref()?.get(PATCHES_KEY)?;
+        if *key != format!("{}:{}", self.key, shard.sha256) {
+            return None;
+        }
+        let st = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+        let t = st.tensor(PATCHES).ok()?;
+        if t.dtype() != safetensors::Dtype::F32 || t.shape().get(1) != Some(&d) {
+            return None;
+        }
+        Some(
+            t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+
+    fn write(&self, shard: &schemas::ShardEntry, patches: &[f32], d: usize) -> Result<()> {
+        let path = self.file(shard);
+        std::fs::create_dir_all(&self.dir).at(&self.dir)?;
+        let bytes: Vec<u8> = patches.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bad = |e: safetensors::SafeTensorError| PipelineError::BadField {
+            path: path.clone(),
+            field: PATCHES.into(),
+            message: e.to_string(),
+        };
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![patches.len() / d, d], &bytes)
+            .map_err(bad)?;
+        let meta = [(PATCHES_KEY.to_string(), format!("{}:{}", self.key, shard.sha256))].into();
+        let out = safetensors::serialize([(PATCHES, view)], Some(meta)).map_err(bad)?;
+        write_atomic(&path, &out)
+    }
+}
+
 /// Normalized (unit) vectors of the train-split patches at the given global indices
 /// (`image index * grid² + position`, images in the order of the manifest's train shards), in
 /// increasing index order. Flat patches (zero vectors) are dropped. Only the picked rows are
 /// kept in memory, whatever the dataset size.
 pub fn sample_train_patches(dir: &Path, picks: &[usize], p: &Preprocessing, progress: bool) -> Result<Vec<f32>> {
+    sample_patches_with(dir, picks, p, progress, None)
+}
+
+/// [`sample_train_patches`] through a [`PatchStore`]: shards with a matching file are read
+/// from it, the ones this worker owns are sampled and written to it, the others (another
+/// worker's) are left out.
+pub fn sample_patches_with(
+    dir: &Path,
+    picks: &[usize],
+    p: &Preprocessing,
+    progress: bool,
+    store: Option<&PatchStore>,
+) -> Result<Vec<f32>> {
     let manifest = load_manifest(dir)?;
     let grid2 = p.grid() * p.grid();
     let d = p.dim();
@@ -106,20 +188,49 @@ pub fn sample_train_patches(dir: &Path, picks: &[usize], p: &Preprocessing, prog
         }
         batch.clear();
     };
-    let mut index = 0usize;
-    for shard in manifest.shards.iter().filter(|s| s.split == "train") {
+    let mut first = 0usize;
+    for (k, shard) in manifest.shards.iter().enumerate().filter(|(_, s)| s.split == "train") {
+        let images = first..first + shard.rows as usize;
+        first = images.end;
+        let picked_images = by_image.range(images.clone()).count() as u64;
+        if let Some(store) = store {
+            if let Some(patches) = store.read(shard, d) {
+                bar.inc(picked_images);
+                out.extend(patches);
+                continue;
+            }
+            if !store.worker.owns(k) {
+                continue;
+            }
+        }
+        crate::interrupt::fault_point("patch-shard", k as u64);
+        if let Some(signal) = crate::interrupt::requested() {
+            bar.abandon();
+            return Err(PipelineError::Interrupted {
+                path: dir.to_path_buf(),
+                signal,
+                when: format!(
+                    "while sampling patches, before {} (sampled shards are kept)",
+                    shard.file
+                ),
+            });
+        }
+        let mut shard_out = Vec::new();
         let mut batch = Vec::new();
-        for row in ShardReader::open(&dir.join(&shard.file))? {
-            let row = row?;
-            if let Some(positions) = by_image.get(&index) {
-                batch.push((row.image, positions));
+        for (row, r) in ShardReader::open(&dir.join(&shard.file))?.enumerate() {
+            let r = r?;
+            if let Some(positions) = by_image.get(&(images.start + row)) {
+                batch.push((r.image, positions));
                 if batch.len() == 256 {
-                    flush(&mut batch, &mut out);
+                    flush(&mut batch, &mut shard_out);
                 }
             }
-            index += 1;
         }
-        flush(&mut batch, &mut out);
+        flush(&mut batch, &mut shard_out);
+        if let Some(store) = store {
+            store.write(shard, &shard_out, d)?;
+        }
+        out.extend(shard_out);
     }
     bar.finish_and_clear();
     normalize_rows(&mut out, d);
@@ -157,6 +268,29 @@ pub fn kmeans_state_path(out: &Path) -> std::path::PathBuf {
 /// [`build`], with the k-means state kept in `state` after every iteration: a stopped build
 /// (a signal, a crash) run again continues from the last iteration it finished.
 pub fn build_resumable(dir: &Path, cfg: &VocabConfig, state: Option<&Path>) -> Result<Vocabulary> {
+    let files = BuildFiles {
+        kmeans_state: state,
+        patches: None,
+        worker: Worker::ALL,
+    };
+    Ok(build_with(dir, cfg, &files)?.expect("a single process builds the vocabulary"))
+}
+
+/// What a build keeps beside its output, and which worker of a job array runs it.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildFiles<'a> {
+    /// The k-means state, rewritten after every iteration ([`kmeans_state_path`]).
+    pub kmeans_state: Option<&'a Path>,
+    /// The sampled patches, one file per train shard ([`patches_dir`], [`PatchStore`]).
+    pub patches: Option<&'a Path>,
+    pub worker: Worker,
+}
+
+/// [`build_resumable`] with a patch store: a job-array worker samples its train shards into
+/// it and returns `None`; the build without workers returns the vocabulary.
+pub fn build_with(dir: &Path, cfg: &VocabConfig, files: &BuildFiles) -> Result<Option<Vocabulary>> {
+    files.worker.check()?;
+    let state = files.kmeans_state;
     let p = Preprocessing::paper();
     let d = p.dim();
     let manifest_sha = file_sha256(&dir.join(MANIFEST_FILE)).ok().map(|(_, s)| s);
@@ -169,6 +303,8 @@ pub fn build_resumable(dir: &Path, cfg: &VocabConfig, state: Option<&Path>) -> R
     }
     let mut kmeans_stats = None;
     let embeddings = match cfg.kind {
+        // Random projection samples nothing: a worker has nothing to do.
+        VocabKind::RandomProjection if files.worker != Worker::ALL => return Ok(None),
         VocabKind::RandomProjection => {
             let mut e: Vec<f32> = (0..cfg.size * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             normalize_rows(&mut e, d);
@@ -197,7 +333,22 @@ pub fn build_resumable(dir: &Path, cfg: &VocabConfig, state: Option<&Path>) -> R
             }
             let mut picks: Vec<usize> = sample(&mut rng, total, draws).into_vec();
             picks.sort_unstable();
-            let mut x = sample_train_patches(dir, &picks, &p, cfg.progress)?;
+            let store = files.patches.map(|dir| PatchStore {
+                dir: dir.to_path_buf(),
+                key: format!(
+                    "{}:{}:{}:{}:{}:{draws}",
+                    manifest_sha.as_deref().unwrap_or("-"),
+                    cfg.kind.name(),
+                    cfg.size,
+                    cfg.seed,
+                    cfg.sample
+                ),
+                worker: files.worker,
+            });
+            let mut x = sample_patches_with(dir, &picks, &p, cfg.progress, store.as_ref())?;
+            if files.worker != Worker::ALL {
+                return Ok(None);
+            }
             if cfg.kind == VocabKind::RandomPatches {
                 if x.len() < cfg.size * d {
                     return Err(PipelineError::Invalid(format!(
@@ -249,7 +400,7 @@ pub fn build_resumable(dir: &Path, cfg: &VocabConfig, state: Option<&Path>) -> R
             }
         }
     };
-    Ok(Vocabulary {
+    Ok(Some(Vocabulary {
         header: VocabHeader {
             version: VOCAB_VERSION,
             kind: cfg.kind,
@@ -261,7 +412,7 @@ pub fn build_resumable(dir: &Path, cfg: &VocabConfig, state: Option<&Path>) -> R
             kmeans: kmeans_stats,
         },
         embeddings,
-    })
+    }))
 }
 
 #[derive(Debug, Clone)]

@@ -108,22 +108,17 @@ fn imagenette_three_vocabularies_and_token_grids_for_every_image() {
     assert_eq!(load_manifest(dir).unwrap().tokens.len(), 3);
 }
 
-/// `tokenize` as a job array of 3 workers, then the merge, gives the one-process token set
-/// byte for byte, and the merge keeps every worker's shard as it is.
-#[test]
-fn tokenize_as_a_job_array_then_merge_equals_one_process() {
-    let (Some(root), Some(synsets)) = (
-        shared("data/imagenette"),
-        shared("fixtures/imagenet/LOC_synset_mapping.txt"),
-    ) else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    // 3 classes x (16 train + 6 val) real photos in Imagenette's layout, linked.
-    let source = tmp.path().join("source");
+/// 3 classes x (16 train + 6 val) real Imagenette photos, prepared at 64 px into `<tmp>/one`
+/// in shards of a few images; None without shared data.
+fn small_imagenette(tmp: &std::path::Path) -> Option<(std::path::PathBuf, schemas::Manifest)> {
+    let root = shared("data/imagenette")?;
+    let synsets = shared("fixtures/imagenet/LOC_synset_mapping.txt")?;
+    let source = tmp.join("source");
     for split in ["train", "val"] {
-        let classes = std::fs::read_dir(root.join(split)).unwrap().map(|e| e.unwrap().path());
-        let mut classes: Vec<_> = classes.collect();
+        let mut classes: Vec<_> = std::fs::read_dir(root.join(split))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         classes.sort();
         for class in classes.iter().take(3) {
             let dest = source.join(split).join(class.file_name().unwrap());
@@ -135,7 +130,7 @@ fn tokenize_as_a_job_array_then_merge_equals_one_process() {
             }
         }
     }
-    let one = tmp.path().join("one");
+    let one = tmp.join("one");
     let mut cfg = config("imagenet", &source, &one);
     cfg.dataset = "imagenette".into();
     cfg.options = pipeline::adapters::AdapterOptions {
@@ -145,6 +140,17 @@ fn tokenize_as_a_job_array_then_merge_equals_one_process() {
     cfg.transcode.max_short_side = Some(64);
     cfg.shard_bytes = 40_000;
     let m = run(&cfg);
+    Some((one, m))
+}
+
+/// `tokenize` as a job array of 3 workers, then the merge, gives the one-process token set
+/// byte for byte, and the merge keeps every worker's shard as it is.
+#[test]
+fn tokenize_as_a_job_array_then_merge_equals_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((one, m)) = small_imagenette(tmp.path()) else {
+        return;
+    };
     assert!(m.shards.len() >= 4, "{} shards", m.shards.len());
     // The array's folder: the same shards and manifest.
     let array = tmp.path().join("array");
@@ -211,4 +217,57 @@ fn tokenize_as_a_job_array_then_merge_equals_one_process() {
     let bad = pipeline::prepare::Worker { count: 2, index: 2 };
     let err = tokenize_shards(&array, &path, bad, false).unwrap_err().to_string();
     assert!(err.contains("worker index 2"), "{err}");
+}
+
+/// `vocab build` (k-means) as a job array of 2 workers sampling patches, then the merge, gives
+/// the one-process vocabulary exactly, and the merge reads the workers' patches as they are.
+#[test]
+fn vocab_build_as_a_job_array_then_merge_equals_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((dir, m)) = small_imagenette(tmp.path()) else {
+        return;
+    };
+    let cfg = VocabConfig {
+        kind: VocabKind::Kmeans,
+        size: 32,
+        seed: 2,
+        sample: 5_000,
+        iterations: 4,
+        progress: false,
+    };
+    let whole = vocab::build(&dir, &cfg).unwrap();
+    let patches = tmp.path().join("vocab.patches");
+    let files = |index: usize, count: usize| vocab::BuildFiles {
+        kmeans_state: None,
+        patches: Some(&patches),
+        worker: pipeline::prepare::Worker { count, index },
+    };
+    for index in 0..2 {
+        assert!(vocab::build_with(&dir, &cfg, &files(index, 2)).unwrap().is_none());
+    }
+    let train: Vec<_> = m.shards.iter().filter(|s| s.split == "train").collect();
+    assert!(train.len() >= 2, "{} train shards", train.len());
+    let written: Vec<_> = std::fs::read_dir(&patches)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(written.len(), train.len(), "one patch file per train shard");
+    let mtimes = || -> Vec<_> {
+        let mut t: Vec<_> = written
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+            .collect();
+        t.sort();
+        t
+    };
+    let before = mtimes();
+    let merged = vocab::build_with(&dir, &cfg, &files(0, 1)).unwrap().unwrap();
+    assert_eq!(merged.header, whole.header);
+    assert_eq!(merged.embeddings, whole.embeddings);
+    assert_eq!(mtimes(), before, "the merge reads the workers' patches");
+    // Patches sampled for other settings are not reused: another seed resamples.
+    let other = VocabConfig { seed: 3, ..cfg.clone() };
+    let again = vocab::build_with(&dir, &other, &files(0, 1)).unwrap().unwrap();
+    assert_eq!(again.embeddings, vocab::build(&dir, &other).unwrap().embeddings);
+    assert_ne!(mtimes(), before);
 }
