@@ -87,3 +87,10 @@ pub fn fault_point(stage: &str, n: u64) {
         }
     }
 }
+
+/// A safe point of long work: the test fault named `stage:n` fires here, then the first
+/// signal received (if any) is returned, so the caller saves what it has and stops.
+pub fn safe_point(stage: &str, n: u64) -> Option<&'static str> {
+    fault_point(stage, n);
+    requested()
+}

@@ -493,8 +493,7 @@ pub fn prepare(cfg: &PrepareConfig, worker: Worker, progress: bool) -> Result<Pr
         summary.written_shards += 1;
         summary.images += part.rows;
         summary.skipped += part.skipped.len() as u64;
-        interrupt::fault_point("shard", summary.written_shards as u64);
-        if let Some(signal) = interrupt::requested() {
+        if let Some(signal) = interrupt::safe_point("shard", summary.written_shards as u64) {
             if summary.written_shards < todo_count {
                 bar.abandon();
                 return Err(PipelineError::Interrupted {

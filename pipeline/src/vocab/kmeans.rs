@@ -175,8 +175,7 @@ pub fn kmeans(x: &[f32], d: usize, cfg: &KmeansConfig) -> Result<KmeansResult, K
         }
     }
     for iteration in start..cfg.iterations {
-        crate::interrupt::fault_point("kmeans", iteration as u64);
-        if let Some(signal) = crate::interrupt::requested() {
+        if let Some(signal) = crate::interrupt::safe_point("kmeans", iteration as u64) {
             bar.abandon();
             return Err(KmeansError::Interrupted {
                 signal,

@@ -203,8 +203,7 @@ pub fn sample_patches_with(
                 continue;
             }
         }
-        crate::interrupt::fault_point("patch-shard", k as u64);
-        if let Some(signal) = crate::interrupt::requested() {
+        if let Some(signal) = crate::interrupt::safe_point("patch-shard", k as u64) {
             bar.abandon();
             return Err(PipelineError::Interrupted {
                 path: dir.to_path_buf(),

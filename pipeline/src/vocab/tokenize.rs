@@ -187,8 +187,7 @@ pub fn tokenize_shards(dir: &Path, vocab_path: &Path, worker: Worker, progress: 
             shards.push(t);
             continue;
         }
-        crate::interrupt::fault_point("token-shard", shards.len() as u64);
-        if let Some(signal) = crate::interrupt::requested() {
+        if let Some(signal) = crate::interrupt::safe_point("token-shard", shards.len() as u64) {
             bar.abandon();
             return Err(PipelineError::Interrupted {
                 path: dir.to_path_buf(),

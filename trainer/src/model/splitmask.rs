@@ -146,6 +146,22 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
 }
 
 #[cfg(test)]
+impl<B: Backend> SplitMask<B> {
+    /// The tests' SplitMask: the tiny test ViT, default settings, seed 0.
+    pub(crate) fn tiny(vocab: usize, device: &B::Device) -> Self {
+        use rand::SeedableRng;
+        let vit = crate::model::objective::test_support::tiny_vit();
+        Self::new(
+            &vit,
+            &SplitMaskConfig::new(),
+            vocab,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
+            device,
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::objective::test_support::{quarter_batch, split_batch as batch, tiny_vit as tiny};
@@ -156,13 +172,7 @@ mod tests {
     #[test]
     fn forward_shapes_and_both_losses() {
         let device = Default::default();
-        let model = SplitMask::<TestBackend>::new(
-            &tiny(),
-            &SplitMaskConfig::new(),
-            64,
-            &mut ChaCha8Rng::seed_from_u64(0),
-            &device,
-        );
+        let model = SplitMask::<TestBackend>::tiny(64, &device);
         assert_eq!(model.decoder_blocks.len(), 2);
         assert_eq!(model.decoder_pos.dims(), [1, 16, 32]);
         let out = model.forward(&batch(3, 64, 1, &device), Mode::Eval);
@@ -181,13 +191,7 @@ mod tests {
         // so changing the target of a patch hidden from both branches moves the loss, and the
         // pixels of a patch neither branch sees do not reach the encoder.
         let device = Default::default();
-        let model = SplitMask::<TestBackend>::new(
-            &tiny(),
-            &SplitMaskConfig::new(),
-            64,
-            &mut ChaCha8Rng::seed_from_u64(0),
-            &device,
-        );
+        let model = SplitMask::<TestBackend>::tiny(64, &device);
         let b = quarter_batch::<TestBackend>(2, 64, 3, &device);
         let Masks::Split {
             a,

@@ -255,7 +255,7 @@ mod tests {
     use crate::model::beit::Beit;
     use crate::model::objective::test_support::{beit_batch, quarter_batch, split_batch, tiny_vit};
     use crate::model::objective::{MimBatch, Objective};
-    use crate::model::splitmask::{SplitMask, SplitMaskConfig};
+    use crate::model::splitmask::SplitMask;
     use crate::model::vit::Mode;
     use crate::TestAutodiff;
     use burn::nn::{Linear, LinearConfig};
@@ -390,13 +390,7 @@ mod tests {
     #[test]
     fn splitmask_overfits_one_batch() {
         let device = Default::default();
-        let model = SplitMask::<TestAutodiff>::new(
-            &tiny_vit(),
-            &SplitMaskConfig::new(),
-            32,
-            &mut ChaCha8Rng::seed_from_u64(0),
-            &device,
-        );
+        let model = SplitMask::<TestAutodiff>::tiny(32, &device);
         let losses = overfit_losses(model, &split_batch(4, 32, 2, &device), 60);
         assert!(losses[59] < losses[0] * 0.3, "{losses:?}");
     }
@@ -406,13 +400,7 @@ mod tests {
         // Each branch sees 4 of 16 patches and predicts the other 12: a harder task, so more
         // steps than the halves need.
         let device = Default::default();
-        let model = SplitMask::<TestAutodiff>::new(
-            &tiny_vit(),
-            &SplitMaskConfig::new(),
-            32,
-            &mut ChaCha8Rng::seed_from_u64(0),
-            &device,
-        );
+        let model = SplitMask::<TestAutodiff>::tiny(32, &device);
         let losses = overfit_losses(model, &quarter_batch(4, 32, 2, &device), 100);
         assert!(losses[99] < losses[0] * 0.3, "{losses:?}");
     }

@@ -237,16 +237,22 @@ pub fn save_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
     tensors.extend(optimizer_entries("m", m));
     tensors.extend(optimizer_entries("v", v));
     tensors.extend(optimizer_entries("master", master));
-    let mut meta = HashMap::new();
-    meta.insert(
-        STATE_KEY.to_string(),
-        serde_json::to_string(state).expect("serializable"),
-    );
-    meta.insert(
-        "splitmask.config".to_string(),
-        serde_json::to_string(cfg).expect("serializable"),
-    );
-    save_tensors(path, &tensors, Some(meta))
+    save_tensors(path, &tensors, Some(file_meta(cfg, state)))
+}
+
+/// The safetensors metadata of a checkpoint or best.safetensors: the training state and the
+/// run's resolved config.
+fn file_meta<C: Serialize>(cfg: &C, state: &TrainState) -> HashMap<String, String> {
+    HashMap::from([
+        (
+            STATE_KEY.to_string(),
+            serde_json::to_string(state).expect("serializable"),
+        ),
+        (
+            "splitmask.config".to_string(),
+            serde_json::to_string(cfg).expect("serializable"),
+        ),
+    ])
 }
 
 /// The end of training step `state.step`: writes the checkpoint when it is `due` or when a
@@ -261,8 +267,7 @@ pub fn end_step<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
     due: bool,
     may_stop: bool,
 ) -> Result<()> {
-    pipeline::interrupt::fault_point("step", state.step);
-    let stop = pipeline::interrupt::requested().filter(|_| may_stop);
+    let stop = pipeline::interrupt::safe_point("step", state.step).filter(|_| may_stop);
     if due || stop.is_some() {
         save_checkpoint(path, cfg, model, opt, state)?;
     }
@@ -285,16 +290,7 @@ pub fn save_model<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
     model: &M,
     state: &TrainState,
 ) -> Result<()> {
-    let mut meta = HashMap::new();
-    meta.insert(
-        STATE_KEY.to_string(),
-        serde_json::to_string(state).expect("serializable"),
-    );
-    meta.insert(
-        "splitmask.config".to_string(),
-        serde_json::to_string(cfg).expect("serializable"),
-    );
-    save_tensors(path, &named_params(model), Some(meta))
+    save_tensors(path, &named_params(model), Some(file_meta(cfg, state)))
 }
 
 /// The training state recorded in a checkpoint or best.safetensors.
