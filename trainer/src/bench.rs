@@ -160,7 +160,7 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
             targets,
             masks,
         };
-        let out = model.forward(&b, Mode::Train { seed: step as u64 });
+        let out = model.forward(&b, Mode::train(step as u64));
         let l = out.loss.clone();
         let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
         let norm = global_grad_norm::<B, M>(&model, &grads);

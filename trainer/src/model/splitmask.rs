@@ -114,7 +114,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
             vec![gather_tokens(x.clone(), a.clone()), gather_tokens(x, b_idx.clone())],
             0,
         );
-        let z = enc.encode(branches, mode);
+        let z = enc.encode(branches, mode.stacked(2));
         let z = z.slice([0..2 * b, 1..k + 1, 0..d]); // drop the class token: [2 * batch, k, dim]
         let visible = Tensor::cat(vec![a.clone(), b_idx.clone()], 0); // [2 * batch, k]
         let missing = Tensor::cat(vec![hidden_a.clone(), hidden_b.clone()], 0); // [2 * batch, h]
@@ -125,7 +125,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         // back in grid order: each carries its position embedding.
         let mut z = Tensor::cat(vec![vis, miss], 1); // [2 * batch, patches, dim]
         for (i, block) in self.decoder_blocks.iter().enumerate() {
-            z = block.forward(z, mode.for_layer(1000 + i as u64));
+            z = block.forward(z, mode.stacked(2).for_layer(1000 + i as u64));
         }
         let z = self.decoder_norm.forward(z);
         let pred = z.clone().slice([0..2 * b, k..n, 0..d]); // [2 * batch, h, dim]

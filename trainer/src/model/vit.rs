@@ -11,28 +11,60 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 
 use crate::error::ConfigError;
 use crate::model::init::{linear, param, trunc_normal};
 use crate::seed::mix;
 
-/// Whether a forward pass trains (drop path active, its per-sample draws seeded by `seed`) or
-/// evaluates. Drop-path draws come from a host RNG rather than the backend's global one, so a
-/// step is reproducible on every backend and under concurrent use of the backend RNG.
+/// Whether a forward pass trains (drop path active) or evaluates. Drop-path draws come from a
+/// host hash of (`seed`, layer, the sample's position in the global batch) rather than the
+/// backend's RNG, so a step is reproducible on every backend, and a data-parallel rank holding
+/// positions `first..first + b` of the global batch draws what one process with the whole
+/// batch draws for those samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Eval,
-    Train { seed: u64 },
+    Train {
+        /// The step's seed (layers derive theirs from it).
+        seed: u64,
+        /// Position in the global batch of this batch's first sample.
+        first: u64,
+        /// How many copies of the batch the rows stack (SplitMask runs both branches of each
+        /// sample as one `[2 * batch, ..]` tensor): row `i` of `rows` is copy
+        /// `i / (rows / copies)` of sample `first + i % (rows / copies)`.
+        copies: u64,
+    },
 }
 
 impl Mode {
+    /// Training on a whole batch held by one process (positions from 0).
+    pub fn train(seed: u64) -> Mode {
+        Mode::train_at(seed, 0)
+    }
+
+    /// Training on the slice of the global batch that starts at position `first`.
+    pub fn train_at(seed: u64, first: u64) -> Mode {
+        Mode::Train { seed, first, copies: 1 }
+    }
+
     /// The mode of layer `i`: its own seed, derived from the pass's.
     pub fn for_layer(self, i: u64) -> Mode {
         match self {
             Mode::Eval => Mode::Eval,
-            Mode::Train { seed } => Mode::Train { seed: mix(seed, i, 6) },
+            Mode::Train { seed, first, copies } => Mode::Train {
+                seed: mix(seed, i, 6),
+                first,
+                copies,
+            },
+        }
+    }
+
+    /// The mode of a pass whose rows stack `copies` copies of the batch.
+    pub fn stacked(self, copies: u64) -> Mode {
+        match self {
+            Mode::Eval => Mode::Eval,
+            Mode::Train { seed, first, .. } => Mode::Train { seed, first, copies },
         }
     }
 }
@@ -385,19 +417,32 @@ impl<B: Backend> Block<B> {
 }
 
 /// Stochastic depth: drops the whole residual branch of a sample with probability `rate`,
-/// scaling kept ones by 1 / (1 - rate). `branch` tells a block's two branches apart.
+/// scaling kept ones by 1 / (1 - rate). `branch` tells a block's two branches apart; each
+/// row's draw is a function of its sample's global position (see [`Mode`]).
 pub fn drop_path<B: Backend>(x: Tensor<B, 3>, rate: f64, mode: Mode, branch: u64) -> Tensor<B, 3> {
-    let Mode::Train { seed } = mode else { return x };
+    let Mode::Train { seed, first, copies } = mode else {
+        return x;
+    };
     if rate == 0.0 {
         return x;
     }
     let keep = 1.0 - rate;
-    let [b, _, _] = x.dims();
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, branch, 5));
-    let mask: Vec<f32> = (0..b)
-        .map(|_| rng.random_bool(keep) as u8 as f32 / keep as f32)
+    let [rows, _, _] = x.dims();
+    let per_copy = (rows as u64 / copies.max(1)).max(1);
+    let seed = mix(seed, branch, 5);
+    let mask: Vec<f32> = (0..rows as u64)
+        .map(|i| {
+            let (copy, sample) = (i / per_copy, first + i % per_copy);
+            // The top 53 bits of the hash as a uniform in [0, 1).
+            let u = (mix(seed, sample, copy) >> 11) as f64 / (1u64 << 53) as f64;
+            if u < keep {
+                1.0 / keep as f32
+            } else {
+                0.0
+            }
+        })
         .collect();
-    let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [b, 1, 1]), &x.device());
+    let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [rows, 1, 1]), &x.device());
     x * mask
 }
 
@@ -531,6 +576,37 @@ mod tests {
     use super::*;
     use crate::TestBackend;
     use burn::tensor::Distribution;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn drop_path_draws_by_global_position() {
+        // A rank holding positions 4..8 of an 8-sample global batch drops what one process with
+        // all 8 drops for them, also when the rows stack two copies (SplitMask's branches).
+        let device = Default::default();
+        let rows = |n: usize| Tensor::<TestBackend, 3>::ones([n, 2, 3], &device);
+        let kept = |t: Tensor<TestBackend, 3>| -> Vec<f32> {
+            let [n, _, _] = t.dims();
+            t.slice([0..n, 0..1, 0..1]).into_data().to_vec().unwrap()
+        };
+        let mode = Mode::train(9).for_layer(2);
+        let whole = kept(drop_path(rows(8), 0.5, mode, 1));
+        let head = kept(drop_path(rows(4), 0.5, mode, 1));
+        let tail = kept(drop_path(rows(4), 0.5, Mode::train_at(9, 4).for_layer(2), 1));
+        assert_eq!([head, tail].concat(), whole);
+        assert!(whole.contains(&0.0) && whole.contains(&2.0), "{whole:?}");
+        assert_ne!(whole, kept(drop_path(rows(8), 0.5, mode, 0)), "branches draw apart");
+
+        let two = kept(drop_path(rows(16), 0.5, mode.stacked(2), 1));
+        let part = kept(drop_path(rows(8), 0.5, Mode::train_at(9, 4).for_layer(2).stacked(2), 1));
+        assert_eq!(
+            &two[..8],
+            whole.as_slice(),
+            "the first copy draws as the unstacked rows"
+        );
+        assert_eq!([&two[4..8], &two[12..16]].concat(), part);
+        assert_ne!(&two[..8], &two[8..], "the copies draw apart");
+    }
 
     #[test]
     fn patchify_orders_channel_y_x() {

@@ -211,12 +211,7 @@ pub fn finetune<B: AutodiffBackend>(
             );
             let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
             let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, cfg.classes]), device);
-            let logits = model.forward(
-                x,
-                Mode::Train {
-                    seed: mix(cfg.run.seed, index, 4),
-                },
-            );
+            let logits = model.forward(x, Mode::train(mix(cfg.run.seed, index, 4)));
             let loss = soft_cross_entropy(logits, t);
             if log_now && micro == 0 {
                 loss_value = Some(loss.clone().into_scalar().elem::<f64>());

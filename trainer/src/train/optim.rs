@@ -371,7 +371,7 @@ mod tests {
         let mut opt = AdamW::<B>::new(AdamWSettings::default());
         let mut losses = Vec::new();
         for _ in 0..steps {
-            let out = model.forward(batch, Mode::Train { seed: 0 });
+            let out = model.forward(batch, Mode::train(0));
             losses.push(out.mim.clone().into_scalar().elem::<f32>());
             let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
             model = opt.step(model, &mut grads, 2e-3, 1.0, &|_| 1.0);

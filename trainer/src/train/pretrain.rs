@@ -101,12 +101,15 @@ pub fn pretrain<B: AutodiffBackend>(
     }
 }
 
-/// The device batch of a host batch: images, their tokens, and the step's masks.
+/// The device batch of a host batch: images, their tokens, and the step's masks, drawn per
+/// sample from `mask_seed` and its position in the global batch (`first` is that of the host
+/// batch's first sample).
 pub fn device_batch<B: Backend>(
     cfg: &PretrainConfig,
     tokenizer: &DeviceTokenizer<B>,
     host: HostBatch,
     mask_seed: u64,
+    first: u64,
     device: &B::Device,
 ) -> MimBatch<B> {
     let (b, s) = (host.len(), host.size);
@@ -119,17 +122,19 @@ pub fn device_batch<B: Backend>(
         None => tokenizer.tokens(images.clone()),
     };
     let g = cfg.vit.grid();
-    let mut rng = ChaCha8Rng::seed_from_u64(mask_seed);
+    // One generator per sample, keyed by its position in the global batch, so a rank holding
+    // positions `first..first + b` draws the masks one process with the whole batch draws.
+    let rng = |j: usize| ChaCha8Rng::seed_from_u64(mix(mask_seed, first + j as u64, 0));
     let masks = match cfg.method {
         Method::Beit => {
             let m: Vec<Vec<bool>> = (0..b)
-                .map(|_| draw_mask(&mut rng, g, g, cfg.mask_count, cfg.masking))
+                .map(|j| draw_mask(&mut rng(j), g, g, cfg.mask_count, cfg.masking))
                 .collect();
             Masks::masked(&m, device)
         }
         Method::Splitmask => {
             let h: Vec<_> = (0..b)
-                .map(|_| draw_split(&mut rng, g, g, cfg.mask_count, cfg.masking))
+                .map(|j| draw_split(&mut rng(j), g, g, cfg.mask_count, cfg.masking))
                 .collect();
             Masks::split(&h, g * g, device)
         }
@@ -219,13 +224,8 @@ where
             let index = step * cfg.schedule.accum as u64 + micro;
             debug_assert_eq!(host.index, index);
             let images = host.len();
-            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), device);
-            let out = model.forward(
-                &batch,
-                Mode::Train {
-                    seed: mix(cfg.run.seed, index, 4),
-                },
-            );
+            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), 0, device);
+            let out = model.forward(&batch, Mode::train(mix(cfg.run.seed, index, 4)));
             if log_now && micro == 0 {
                 logged = Some(Logged {
                     loss: out.loss.clone().into_scalar().elem::<f64>(),

@@ -417,3 +417,122 @@ fn a_streamed_run_matches_the_cached_one_within_its_memory_bound() {
         assert_eq!((x.step, x.loss, x.knn_top1), (y.step, y.loss, y.knn_top1));
     }
 }
+
+#[test]
+fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients() {
+    // What data parallelism rests on: ranks holding positions 0..4 and 4..8 of a global batch
+    // of 8 draw the masks and drop-path decisions one process with all 8 draws, so the mean of
+    // their losses and of their gradients (what an all-reduce of the mean gives) is the whole
+    // batch's.
+    use rand::SeedableRng;
+    use trainer::data::images::ImageSet;
+    use trainer::data::loader::{make_batch, HostBatch};
+    use trainer::model::beit::Beit;
+    use trainer::model::objective::{Masks, Objective};
+    use trainer::model::splitmask::SplitMask;
+    use trainer::model::tokenizer::DeviceTokenizer;
+    use trainer::model::vit::Mode;
+    use trainer::train::pretrain::device_batch;
+    use trainer::CpuAutodiff as B;
+
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let set = ImageSet::load(&f.dir, "train").unwrap();
+    let (vocab, _) = pipeline::vocab::tokenizer::Vocabulary::load(&f.vocab_small).unwrap();
+    let halves = |h: &HostBatch| -> [HostBatch; 2] {
+        let (n, px) = (h.len() / 2, h.images.len() / h.len());
+        let part = |r: std::ops::Range<usize>| HostBatch {
+            images: h.images[r.start * px..r.end * px].to_vec(),
+            labels: h.labels[r.clone()].to_vec(),
+            tokens: None,
+            ..*h
+        };
+        [part(0..n), part(n..2 * n)]
+    };
+    let close = |a: f32, b: f32, what: &str| assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{what}: {a} vs {b}");
+    for method in ["beit", "splitmask"] {
+        let cfg = pretrain_args(
+            &f.dir,
+            &f.vocab_small,
+            &tmp.path().join(method),
+            &[
+                "--method",
+                method,
+                "--model",
+                "cpu-tiny",
+                "--batch-size",
+                "8",
+                "--drop-path",
+                "0.2",
+            ],
+        )
+        .resolve()
+        .unwrap();
+        assert!(cfg.vit.drop_path > 0.0, "the test must exercise drop path");
+        let tokenizer = DeviceTokenizer::<B>::new(&vocab, cfg.vit.patch_size, &device).unwrap();
+        let host = make_batch(&set, &cfg.augment, 8, 5, 3).unwrap();
+        let [lo, hi] = halves(&host);
+        let whole = device_batch::<B>(&cfg, &tokenizer, host, 17, 0, &device);
+        let ranks = [
+            device_batch::<B>(&cfg, &tokenizer, lo, 17, 0, &device),
+            device_batch::<B>(&cfg, &tokenizer, hi, 17, 4, &device),
+        ];
+        let visible = |m: &Masks<B>| -> Vec<i32> {
+            match m {
+                Masks::Masked { index, .. } => index.clone().into_data().convert::<i32>().to_vec().unwrap(),
+                Masks::Split { a, .. } => a.clone().into_data().convert::<i32>().to_vec().unwrap(),
+            }
+        };
+        let rank_masks: Vec<i32> = ranks.iter().flat_map(|b| visible(&b.masks)).collect();
+        assert_eq!(visible(&whole.masks), rank_masks, "{method}: masks by global position");
+
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let check = |whole_out: (f32, f32, Vec<f32>), parts: [(f32, f32, Vec<f32>); 2]| {
+            close(whole_out.0, (parts[0].0 + parts[1].0) / 2.0, &format!("{method} loss"));
+            close(whole_out.1, (parts[0].1 + parts[1].1) / 2.0, &format!("{method} MIM"));
+            let mean: Vec<f32> = parts[0].2.iter().zip(&parts[1].2).map(|(a, b)| (a + b) / 2.0).collect();
+            for (i, (a, b)) in whole_out.2.iter().zip(&mean).enumerate() {
+                close(*a, *b, &format!("{method} patch-embedding gradient {i}"));
+            }
+        };
+        match method {
+            "beit" => {
+                let model = Beit::<B>::new(&cfg.vit, cfg.vocab_size, &mut rng, &device);
+                let step = |b: &trainer::model::objective::MimBatch<B>, mode: Mode| {
+                    let out = model.forward(b, mode);
+                    let (loss, mim) = (out.loss.clone().into_scalar(), out.mim.into_scalar());
+                    let grads = out.loss.backward();
+                    let g = model.encoder.patch_embed.proj.weight.grad(&grads).unwrap();
+                    (loss, mim, g.into_data().to_vec().unwrap())
+                };
+                check(
+                    step(&whole, Mode::train(23)),
+                    [
+                        step(&ranks[0], Mode::train_at(23, 0)),
+                        step(&ranks[1], Mode::train_at(23, 4)),
+                    ],
+                );
+            }
+            _ => {
+                let model = SplitMask::<B>::new(&cfg.vit, &cfg.splitmask, cfg.vocab_size, &mut rng, &device);
+                // InfoNCE's negatives are each rank's own samples (global negatives gather
+                // them), so here the token loss alone is compared.
+                let step = |b: &trainer::model::objective::MimBatch<B>, mode: Mode| {
+                    let out = model.forward(b, mode);
+                    let mim = out.mim.clone().into_scalar();
+                    let grads = out.mim.backward();
+                    let g = model.encoder.patch_embed.proj.weight.grad(&grads).unwrap();
+                    (mim, mim, g.into_data().to_vec().unwrap())
+                };
+                check(
+                    step(&whole, Mode::train(23)),
+                    [
+                        step(&ranks[0], Mode::train_at(23, 0)),
+                        step(&ranks[1], Mode::train_at(23, 4)),
+                    ],
+                );
+            }
+        }
+    }
+}
