@@ -34,6 +34,22 @@ pub struct HostBatch {
     /// `[batch, grid²]` pre-tokenized targets, when the set has them attached.
     pub tokens: Option<Vec<i64>>,
     pub size: usize,
+    /// Position of the first sample in the global batch (a data-parallel rank's offset; 0
+    /// for a whole batch), which seeds the per-sample masks and drop path.
+    pub first: u64,
+}
+
+/// The share of each global batch one data-parallel rank reads: of a global batch of
+/// `ranks * b` samples, rank `r` holds positions `r * b..(r + 1) * b`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub rank: usize,
+    pub ranks: usize,
+}
+
+impl Part {
+    /// One process reading whole batches.
+    pub const WHOLE: Part = Part { rank: 0, ranks: 1 };
 }
 
 impl HostBatch {
@@ -230,23 +246,27 @@ pub fn make_batch(
     let epoch = index / per_epoch;
     let first = (index % per_epoch) as usize * batch;
     let mut rows = EpochRows::new(set, seed, epoch, aug.repeats, first, &Arc::default())?;
-    batch_of(set, aug, batch, seed, index, &mut rows)
+    batch_of(set, aug, batch, Part::WHOLE, seed, index, &mut rows)
 }
 
-/// Batch `index` from its epoch's rows (the loader keeps them for the epoch).
+/// `part`'s share (`batch` samples) of global batch `index`, from its epoch's rows (the
+/// loader keeps them for the epoch).
 fn batch_of(
     set: &ImageSet,
     aug: &AugmentConfig,
     batch: usize,
+    part: Part,
     seed: u64,
     index: u64,
     rows: &mut EpochRows,
 ) -> Result<HostBatch, DataError> {
-    let per_epoch = (set.samples.len() / batch) as u64;
+    let global = batch * part.ranks;
+    let per_epoch = (set.samples.len() / global) as u64;
     let epoch = index / per_epoch;
     debug_assert_eq!(epoch, rows.epoch);
-    let j = (index % per_epoch) as usize;
-    let picks: Vec<(usize, Cow<[u8]>)> = (j * batch..(j + 1) * batch)
+    let first = part.rank * batch;
+    let start = (index % per_epoch) as usize * global + first;
+    let picks: Vec<(usize, Cow<[u8]>)> = (start..start + batch)
         .map(|p| rows.at(set, p))
         .collect::<Result<_, _>>()?;
     type View = (Vec<f32>, i64, Option<Vec<i64>>);
@@ -259,7 +279,7 @@ fn batch_of(
             let img = set.decode(i, bytes)?;
             // Repeated copies of an image need their own views: seed by position then.
             let view_seed = if aug.repeats > 1 {
-                mix(seed, epoch, (n + j * batch + k) as u64)
+                mix(seed, epoch, (n + start + k) as u64)
             } else {
                 mix(seed, epoch, i as u64)
             };
@@ -294,6 +314,7 @@ fn batch_of(
         labels,
         tokens,
         size: aug.size as usize,
+        first: first as u64,
     })
 }
 
@@ -324,6 +345,7 @@ pub fn eval_batch(set: &ImageSet, indices: &[usize], size: u32, crop_ratio: f64)
         labels,
         tokens: None,
         size: size as usize,
+        first: 0,
     })
 }
 
@@ -335,23 +357,26 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// `part`'s shares (`batch` samples each) of the global batches `start..`.
     pub fn spawn(
         set: Arc<ImageSet>,
         aug: AugmentConfig,
         batch: usize,
+        part: Part,
         seed: u64,
         start: u64,
         prefetch: usize,
     ) -> Result<Self, DataError> {
-        if set.samples.len() < batch {
+        let global = batch * part.ranks;
+        if set.samples.len() < global {
             return Err(DataError::TooSmall {
                 dir: set.dir.clone(),
                 split: set.split.clone(),
                 rows: set.samples.len(),
-                batch,
+                batch: global,
             });
         }
-        let per_epoch = (set.samples.len() / batch) as u64;
+        let per_epoch = (set.samples.len() / global) as u64;
         let meter = Arc::new(Meter::default());
         // The first epoch's rows here, so a bound too small for a row group fails the call.
         let first = EpochRows::new(
@@ -359,7 +384,7 @@ impl Loader {
             seed,
             start / per_epoch,
             aug.repeats,
-            (start % per_epoch) as usize * batch,
+            (start % per_epoch) as usize * global,
             &meter,
         )?;
         let (tx, rx) = sync_channel(prefetch.max(1));
@@ -381,7 +406,7 @@ impl Loader {
                             }
                         }
                     }
-                    let b = batch_of(&set, &aug, batch, seed, index, &mut rows);
+                    let b = batch_of(&set, &aug, batch, part, seed, index, &mut rows);
                     let failed = b.is_err();
                     if tx.send(b).is_err() || failed {
                         break;
@@ -436,9 +461,38 @@ mod tests {
 
     /// The batches `start..start + n` of a loader, as (labels, images).
     fn batches(set: &Arc<ImageSet>, a: &AugmentConfig, start: u64, n: u64) -> (Vec<HostBatch>, u64) {
-        let mut loader = Loader::spawn(set.clone(), *a, 8, 11, start, 2).unwrap();
+        let mut loader = Loader::spawn(set.clone(), *a, 8, Part::WHOLE, 11, start, 2).unwrap();
         let out = (0..n).map(|_| loader.next_batch().unwrap()).collect();
         (out, loader.meter().peak_bytes())
+    }
+
+    #[test]
+    fn the_ranks_shares_of_a_global_batch_make_the_whole_batch() {
+        // Two ranks reading 4 samples each of every global batch of 8 get, side by side,
+        // the batch of 8 one process reads: the same rows, views and order, cached or
+        // streamed, across an epoch boundary and with repeated augmentation.
+        let dir = tempfile::tempdir().unwrap();
+        fixture::write_split(dir.path(), 120, 2, 8_000);
+        for set in [load(dir.path(), Cache::Ram, 1), load(dir.path(), Cache::None, 1)] {
+            for a in [aug(1), aug(3)] {
+                let start = 13; // 15 batches of 8 per epoch: 13..17 crosses into epoch 1.
+                let (whole, _) = batches(&set, &a, start, 4);
+                let mut ranks: Vec<Loader> = (0..2)
+                    .map(|rank| Loader::spawn(set.clone(), a, 4, Part { rank, ranks: 2 }, 11, start, 2).unwrap())
+                    .collect();
+                for w in &whole {
+                    let parts: Vec<HostBatch> = ranks.iter_mut().map(|l| l.next_batch().unwrap()).collect();
+                    assert_eq!((parts[0].first, parts[1].first), (0, 4));
+                    assert_eq!((parts[0].index, parts[1].epoch), (w.index, w.epoch));
+                    assert_eq!([parts[0].labels.clone(), parts[1].labels.clone()].concat(), w.labels);
+                    assert!(
+                        [parts[0].images.clone(), parts[1].images.clone()].concat() == w.images,
+                        "batch {}: the shares' views differ from the whole batch's",
+                        w.index
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -479,7 +533,7 @@ mod tests {
         // A bound below one row group is refused up front, naming the shard.
         let mut tiny = ImageSet::load_with(dir.path(), "train", &disk.options).unwrap();
         tiny.options.memory_mb = 0;
-        let err = Loader::spawn(Arc::new(tiny), aug(1), 8, 0, 0, 1)
+        let err = Loader::spawn(Arc::new(tiny), aug(1), 8, Part::WHOLE, 0, 0, 1)
             .err()
             .unwrap()
             .to_string();

@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::images::ImageSet;
-use crate::data::loader::Loader;
+use crate::data::loader::{Loader, Part};
 use crate::data::mixup::mix_batch;
 use crate::error::{Error, Result};
 use crate::eval::accuracy::{classify, ClassifyResult};
@@ -165,6 +165,7 @@ pub fn finetune<B: AutodiffBackend>(
         train.clone(),
         cfg.augment,
         cfg.schedule.batch_size,
+        Part::WHOLE,
         cfg.run.seed,
         state.step * accum,
         cfg.run.prefetch,
@@ -211,7 +212,7 @@ pub fn finetune<B: AutodiffBackend>(
             );
             let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
             let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, cfg.classes]), device);
-            let logits = model.forward(x, Mode::train(mix(cfg.run.seed, index, 4)));
+            let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, index, 4), host.first));
             let loss = soft_cross_entropy(logits, t);
             if log_now && micro == 0 {
                 loss_value = Some(loss.clone().into_scalar().elem::<f64>());

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::images::ImageSet;
-use crate::data::loader::{HostBatch, Loader};
+use crate::data::loader::{HostBatch, Loader, Part};
 use crate::error::{Error, Result};
 use crate::eval::features::{features, Pass};
 use crate::eval::knn::{knn, K, TEMPERATURE};
@@ -197,6 +197,7 @@ where
         set.clone(),
         cfg.augment,
         cfg.schedule.batch_size,
+        Part::WHOLE,
         cfg.run.seed,
         state.step * cfg.schedule.accum as u64,
         cfg.run.prefetch,
@@ -224,8 +225,9 @@ where
             let index = step * cfg.schedule.accum as u64 + micro;
             debug_assert_eq!(host.index, index);
             let images = host.len();
-            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), 0, device);
-            let out = model.forward(&batch, Mode::train(mix(cfg.run.seed, index, 4)));
+            let first = host.first;
+            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), first, device);
+            let out = model.forward(&batch, Mode::train_at(mix(cfg.run.seed, index, 4), first));
             if log_now && micro == 0 {
                 logged = Some(Logged {
                     loss: out.loss.clone().into_scalar().elem::<f64>(),
@@ -283,6 +285,7 @@ where
                     set.clone(),
                     cfg.augment,
                     cfg.schedule.batch_size,
+                    Part::WHOLE,
                     mix(cfg.run.seed, rollbacks, 3),
                     state.step * cfg.schedule.accum as u64,
                     cfg.run.prefetch,
