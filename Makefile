@@ -23,7 +23,7 @@ RUN      ?= runs/$(DATASET)-$(METHOD)-$(MODEL)-$(VOCAB)
 TRAIN_ARGS ?=
 TRAINER  := target/release/trainer
 
-.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu
+.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective
 
 all: build
 
@@ -137,6 +137,12 @@ fuzz:
 bench-ingest: build python-deps
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check pillow
 	$(PYTHON) bench/ingest/run.py
+
+# The per-update gradient all-reduce of data-parallel training: burn-collective (flex, threads)
+# against torch.distributed gloo (processes) on the same ViT-S-sized gradients.
+bench-collective:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check torch
+	$(PYTHON) bench/collective/run.py
 
 # Builds the CUDA trainer here and writes bench/gpu/carry/ (binary + scripts) for the GPU machine;
 # bench/gpu/run_device.sh runs there (see bench/gpu/README.md).

@@ -1,0 +1,160 @@
+//! The all-reduce that data-parallel training would do once per update, on burn-collective
+//! between in-process flex workers (`--devices cpu:N`'s engine):
+//! 1. a check that N workers, each the gradient of its share of a batch, Mean-reduced, hold
+//!    the whole batch's gradient (a 3-layer MLP; the maximum difference is printed);
+//! 2. the time of one update's all-reduce of ViT-sized gradients: the weight matrices of a
+//!    ViT of the given width and depth (ViT-S/16: 384 x 12), one all-reduce per tensor, in
+//!    sorted order as `GradientsParams::all_reduce` does them.
+//!
+//! Prints one JSON line; bench/collective/run.py runs it beside torch.distributed (gloo).
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::collective::{all_reduce, finish_collective, register, CollectiveConfig, PeerId, ReduceOperation};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use clap::Parser;
+
+type Inner = burn_flex::Flex;
+type Train = Autodiff<Inner>;
+
+#[derive(Parser)]
+struct Args {
+    /// In-process workers (threads), one collective peer each.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// ViT width of the gradients to reduce.
+    #[arg(long, default_value_t = 384)]
+    dim: usize,
+    /// ViT depth.
+    #[arg(long, default_value_t = 12)]
+    depth: usize,
+    /// Timed updates (after one warm-up update).
+    #[arg(long, default_value_t = 10)]
+    updates: usize,
+}
+
+/// The weight shapes of a ViT/16 at 224 px: per block qkv, proj, fc1, fc2; then the patch
+/// embedding and the position embedding (biases and norms are under 0.1% of the values).
+fn vit_shapes(dim: usize, depth: usize) -> Vec<[usize; 2]> {
+    (0..depth)
+        .flat_map(|_| [[dim, 3 * dim], [dim, dim], [dim, 4 * dim], [4 * dim, dim]])
+        .chain([[3 * 16 * 16, dim], [197, dim]])
+        .collect()
+}
+
+fn mlp_grads(layers: &[Linear<Train>], x: Tensor<Train, 2>) -> GradientsParams {
+    let h = layers.iter().fold(x, |h, l| l.forward(h).tanh());
+    GradientsParams::from_grads(h.powi_scalar(2).mean().backward(), &layers.to_vec())
+}
+
+fn flat(layers: &[Linear<Train>], g: &GradientsParams) -> Vec<f32> {
+    layers
+        .iter()
+        .flat_map(|l| {
+            g.get::<Inner, 2>(l.weight.id)
+                .expect("every weight has a gradient")
+                .into_data()
+                .to_vec::<f32>()
+                .expect("f32")
+        })
+        .collect()
+}
+
+/// Runs `work(rank)` on `n` threads, each registered as a collective peer, and returns their
+/// results in rank order.
+fn on_workers<T: Send + 'static>(
+    n: usize,
+    first_id: usize,
+    work: impl Fn(usize, PeerId) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
+    let handles: Vec<_> = (0..n)
+        .map(|rank| {
+            let work = work.clone();
+            std::thread::spawn(move || {
+                let id = PeerId::from(first_id + rank);
+                register::<Inner>(id, Default::default(), CollectiveConfig::default().with_num_devices(n))
+                    .expect("register the peer");
+                let out = work(rank, id);
+                finish_collective::<Inner>(id).expect("finish the collective");
+                out
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("worker")).collect()
+}
+
+fn main() {
+    let args = Args::parse();
+    let n = args.workers;
+    let device = Default::default();
+
+    // 1. N shares of a batch, reduced, against the whole batch.
+    let layers: Vec<Linear<Train>> = (0..3).map(|_| LinearConfig::new(32, 32).init(&device)).collect();
+    let batch = 8 * n;
+    let x = Tensor::<Train, 2>::random([batch, 32], Distribution::Normal(0.0, 1.0), &device);
+    let whole = flat(&layers, &mlp_grads(&layers, x.clone()));
+    let shares = {
+        let (layers, x) = (layers.clone(), x.clone());
+        on_workers(n, 0, move |rank, id| {
+            let share = x.clone().slice([rank * 8..(rank + 1) * 8, 0..32]);
+            let g = mlp_grads(&layers, share)
+                .all_reduce::<Inner>(id, ReduceOperation::Mean)
+                .expect("all-reduce");
+            flat(&layers, &g)
+        })
+    };
+    assert!(
+        shares.iter().all(|s| s == &shares[0]),
+        "every rank holds the same reduced gradient"
+    );
+    let max_diff = whole
+        .iter()
+        .zip(&shares[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+
+    // 2. One update's all-reduce of ViT-sized gradients.
+    let shapes = vit_shapes(args.dim, args.depth);
+    let values: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
+    let updates = args.updates;
+    let times = on_workers(n, 100, move |_, id| {
+        let device = Default::default();
+        (0..=updates)
+            .map(|_| {
+                let grads: Vec<Tensor<Inner, 2>> = shapes
+                    .iter()
+                    .map(|s| Tensor::random(*s, Distribution::Normal(0.0, 1.0), &device))
+                    .collect();
+                // Both peers start the clock together: a one-value all-reduce as a barrier, so
+                // the time is the reduction's, not a wait for the slower peer's tensors.
+                let one = Tensor::<Inner, 1>::ones([1], &device).into_primitive().tensor();
+                drop(all_reduce::<Inner>(id, one, ReduceOperation::Sum).expect("barrier"));
+                let t0 = Instant::now();
+                for g in grads {
+                    let reduced = all_reduce::<Inner>(id, g.into_primitive().tensor(), ReduceOperation::Mean)
+                        .expect("all-reduce");
+                    drop(reduced);
+                }
+                t0.elapsed().as_secs_f64()
+            })
+            .skip(1)
+            .collect::<Vec<f64>>()
+    });
+    let mut t = times[0].clone();
+    t.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({
+            "engine": "burn-collective 0.21 (flex, in-process threads)",
+            "workers": n,
+            "values": values,
+            "tensors": vit_shapes(args.dim, args.depth).len(),
+            "median_s": t[t.len() / 2],
+            "min_s": t[0],
+            "shares_vs_whole_max_diff": max_diff,
+        })
+    );
+}
