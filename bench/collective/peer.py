@@ -35,12 +35,17 @@ def work(rank, n, dim, depth, updates, port, queue):
     dist.destroy_process_group()
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def size_args(ap):
+    """The flags both sides of the bench take (run.py passes them to each)."""
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--depth", type=int, default=12)
     ap.add_argument("--updates", type=int, default=10)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    size_args(ap)
     ap.add_argument("--port", type=int, default=29517)
     a = ap.parse_args()
     ctx = mp.get_context("spawn")

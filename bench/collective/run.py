@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from peer import size_args  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--dim", type=int, default=384)
-    ap.add_argument("--depth", type=int, default=12)
-    ap.add_argument("--updates", type=int, default=10)
+    size_args(ap)
     a = ap.parse_args()
     flags = ["--workers", str(a.workers), "--dim", str(a.dim), "--depth", str(a.depth), "--updates", str(a.updates)]
     ours = subprocess.run(["cargo", "run", "-q", "--release", "--manifest-path", str(HERE / "Cargo.toml"), "--", *flags],

@@ -102,17 +102,15 @@ pub fn pretrain<B: AutodiffBackend>(
 }
 
 /// The device batch of a host batch: images, their tokens, and the step's masks, drawn per
-/// sample from `mask_seed` and its position in the global batch (`first` is that of the host
-/// batch's first sample).
+/// sample from `mask_seed` and its position in the global batch (from `host.first`).
 pub fn device_batch<B: Backend>(
     cfg: &PretrainConfig,
     tokenizer: &DeviceTokenizer<B>,
     host: HostBatch,
     mask_seed: u64,
-    first: u64,
     device: &B::Device,
 ) -> MimBatch<B> {
-    let (b, s) = (host.len(), host.size);
+    let (b, s, first) = (host.len(), host.size, host.first);
     let images = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, s, s]), device);
     let targets = match host.tokens {
         Some(t) => {
@@ -226,7 +224,7 @@ where
             debug_assert_eq!(host.index, index);
             let images = host.len();
             let first = host.first;
-            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), first, device);
+            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), device);
             let out = model.forward(&batch, Mode::train_at(mix(cfg.run.seed, index, 4), first));
             if log_now && micro == 0 {
                 logged = Some(Logged {

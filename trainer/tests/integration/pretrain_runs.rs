@@ -428,10 +428,9 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
     use trainer::data::images::ImageSet;
     use trainer::data::loader::{make_batch, HostBatch};
     use trainer::model::beit::Beit;
-    use trainer::model::objective::{Masks, Objective};
+    use trainer::model::objective::Masks;
     use trainer::model::splitmask::SplitMask;
     use trainer::model::tokenizer::DeviceTokenizer;
-    use trainer::model::vit::Mode;
     use trainer::train::pretrain::device_batch;
     use trainer::CpuAutodiff as B;
 
@@ -446,6 +445,7 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
             images: h.images[r.start * px..r.end * px].to_vec(),
             labels: h.labels[r.clone()].to_vec(),
             tokens: None,
+            first: r.start as u64,
             ..*h
         };
         [part(0..n), part(n..2 * n)]
@@ -473,10 +473,10 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
         let tokenizer = DeviceTokenizer::<B>::new(&vocab, cfg.vit.patch_size, &device).unwrap();
         let host = make_batch(&set, &cfg.augment, 8, 5, 3).unwrap();
         let [lo, hi] = halves(&host);
-        let whole = device_batch::<B>(&cfg, &tokenizer, host, 17, 0, &device);
+        let whole = device_batch::<B>(&cfg, &tokenizer, host, 17, &device);
         let ranks = [
-            device_batch::<B>(&cfg, &tokenizer, lo, 17, 0, &device),
-            device_batch::<B>(&cfg, &tokenizer, hi, 17, 4, &device),
+            device_batch::<B>(&cfg, &tokenizer, lo, 17, &device),
+            device_batch::<B>(&cfg, &tokenizer, hi, 17, &device),
         ];
         let visible = |m: &Masks<B>| -> Vec<i32> {
             match m {
@@ -488,51 +488,52 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
         assert_eq!(visible(&whole.masks), rank_masks, "{method}: masks by global position");
 
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let check = |whole_out: (f32, f32, Vec<f32>), parts: [(f32, f32, Vec<f32>); 2]| {
-            close(whole_out.0, (parts[0].0 + parts[1].0) / 2.0, &format!("{method} loss"));
-            close(whole_out.1, (parts[0].1 + parts[1].1) / 2.0, &format!("{method} MIM"));
-            let mean: Vec<f32> = parts[0].2.iter().zip(&parts[1].2).map(|(a, b)| (a + b) / 2.0).collect();
-            for (i, (a, b)) in whole_out.2.iter().zip(&mean).enumerate() {
-                close(*a, *b, &format!("{method} patch-embedding gradient {i}"));
-            }
-        };
-        match method {
+        // InfoNCE's negatives are each rank's own samples (global negatives gather them), so
+        // for SplitMask the token loss alone is compared.
+        let (whole_out, parts) = match method {
             "beit" => {
                 let model = Beit::<B>::new(&cfg.vit, cfg.vocab_size, &mut rng, &device);
-                let step = |b: &trainer::model::objective::MimBatch<B>, mode: Mode| {
-                    let out = model.forward(b, mode);
-                    let (loss, mim) = (out.loss.clone().into_scalar(), out.mim.into_scalar());
-                    let grads = out.loss.backward();
-                    let g = model.encoder.patch_embed.proj.weight.grad(&grads).unwrap();
-                    (loss, mim, g.into_data().to_vec().unwrap())
-                };
-                check(
-                    step(&whole, Mode::train(23)),
-                    [
-                        step(&ranks[0], Mode::train_at(23, 0)),
-                        step(&ranks[1], Mode::train_at(23, 4)),
-                    ],
-                );
+                shares_and_whole(&model, &model.encoder.patch_embed.proj.weight, &whole, &ranks, false)
             }
             _ => {
                 let model = SplitMask::<B>::new(&cfg.vit, &cfg.splitmask, cfg.vocab_size, &mut rng, &device);
-                // InfoNCE's negatives are each rank's own samples (global negatives gather
-                // them), so here the token loss alone is compared.
-                let step = |b: &trainer::model::objective::MimBatch<B>, mode: Mode| {
-                    let out = model.forward(b, mode);
-                    let mim = out.mim.clone().into_scalar();
-                    let grads = out.mim.backward();
-                    let g = model.encoder.patch_embed.proj.weight.grad(&grads).unwrap();
-                    (mim, mim, g.into_data().to_vec().unwrap())
-                };
-                check(
-                    step(&whole, Mode::train(23)),
-                    [
-                        step(&ranks[0], Mode::train_at(23, 0)),
-                        step(&ranks[1], Mode::train_at(23, 4)),
-                    ],
-                );
+                shares_and_whole(&model, &model.encoder.patch_embed.proj.weight, &whole, &ranks, true)
             }
+        };
+        close(whole_out.0, (parts[0].0 + parts[1].0) / 2.0, &format!("{method} loss"));
+        close(whole_out.1, (parts[0].1 + parts[1].1) / 2.0, &format!("{method} MIM"));
+        let mean: Vec<f32> = parts[0].2.iter().zip(&parts[1].2).map(|(a, b)| (a + b) / 2.0).collect();
+        for (i, (a, b)) in whole_out.2.iter().zip(&mean).enumerate() {
+            close(*a, *b, &format!("{method} patch-embedding gradient {i}"));
         }
     }
+}
+
+/// (loss, token loss, gradient of `weight`) of one training step on the whole batch and on
+/// each rank's share, with the step's drop path drawn at each share's global position. The
+/// loss differentiated is the token loss alone when `token_loss_only`.
+type StepOut = (f32, f32, Vec<f32>);
+fn shares_and_whole<M: trainer::model::objective::Objective<trainer::CpuAutodiff>>(
+    model: &M,
+    weight: &burn::module::Param<burn::tensor::Tensor<trainer::CpuAutodiff, 2>>,
+    whole: &trainer::model::objective::MimBatch<trainer::CpuAutodiff>,
+    ranks: &[trainer::model::objective::MimBatch<trainer::CpuAutodiff>; 2],
+    token_loss_only: bool,
+) -> (StepOut, [StepOut; 2]) {
+    use trainer::model::vit::Mode;
+    let step = |b: &trainer::model::objective::MimBatch<trainer::CpuAutodiff>, mode: Mode| {
+        let out = model.forward(b, mode);
+        let loss = if token_loss_only { out.mim.clone() } else { out.loss };
+        let (value, mim) = (loss.clone().into_scalar(), out.mim.into_scalar());
+        let grads = loss.backward();
+        let g = weight.grad(&grads).expect("the weight has a gradient");
+        (value, mim, g.into_data().to_vec().unwrap())
+    };
+    (
+        step(whole, Mode::train(23)),
+        [
+            step(&ranks[0], Mode::train_at(23, 0)),
+            step(&ranks[1], Mode::train_at(23, 4)),
+        ],
+    )
 }
