@@ -44,6 +44,10 @@ pub enum Error {
         step: u64,
         checkpoint: PathBuf,
     },
+    #[error("rank {rank}: {what} failed: {reason}")]
+    Collective { rank: usize, what: String, reason: String },
+    #[error("rank {rank} stopped: another rank failed (its error is reported with it)")]
+    PeerFailed { rank: usize },
     #[error("--device {device}: this binary was built without the `{feature}` feature (cargo build --release -p trainer --features {feature})")]
     BackendMissing {
         device: &'static str,

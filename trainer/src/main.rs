@@ -179,16 +179,16 @@ impl EvalArgs {
 struct PretrainTask<'a>(&'a PretrainConfig, bool, bool);
 impl BackendTask for PretrainTask<'_> {
     type Output = trainer::Result<RunSummary>;
-    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
-        pretrain::<B>(self.0, self.1, device, self.2)
+    fn run<B: AutodiffBackend>(self, devices: &[B::Device]) -> Self::Output {
+        pretrain::<B>(self.0, self.1, devices, self.2)
     }
 }
 
 struct FinetuneTask<'a>(&'a FinetuneConfig, bool, bool);
 impl BackendTask for FinetuneTask<'_> {
     type Output = trainer::Result<Option<FinetuneResults>>;
-    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
-        finetune::<B>(self.0, self.1, device, self.2)
+    fn run<B: AutodiffBackend>(self, devices: &[B::Device]) -> Self::Output {
+        finetune::<B>(self.0, self.1, devices, self.2)
     }
 }
 
@@ -196,7 +196,8 @@ impl BackendTask for FinetuneTask<'_> {
 struct EvalTask<'a>(&'a Encoder, &'a EvalSpec);
 impl BackendTask for EvalTask<'_> {
     type Output = trainer::Result<EvalResults>;
-    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+    fn run<B: AutodiffBackend>(self, devices: &[B::Device]) -> Self::Output {
+        let device = &devices[0];
         let frozen = match self.0 {
             Encoder::Run(run) => frozen_encoder::<B::InnerBackend>(run, device)?,
             Encoder::Random { model, vit, seed } => FrozenEncoder::random(model, vit, *seed, device),
@@ -208,7 +209,8 @@ impl BackendTask for EvalTask<'_> {
 struct BenchTask<'a>(&'a BenchSpec);
 impl BackendTask for BenchTask<'_> {
     type Output = BenchResult;
-    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+    fn run<B: AutodiffBackend>(self, devices: &[B::Device]) -> Self::Output {
+        let device = &devices[0];
         bench_steps::<B>(self.0, device)
     }
 }
@@ -256,7 +258,11 @@ fn run() -> Result<()> {
         Command::Pretrain { args, backend } => {
             let cfg = args.resolve().context("resolving the configuration")?;
             eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
-            let summary = backend.run(Precision::Bf16, PretrainTask(&cfg, args.run.resume, progress))??;
+            let summary = backend.run_on(
+                args.schedule.devices.as_ref(),
+                Precision::Bf16,
+                PretrainTask(&cfg, args.run.resume, progress),
+            )??;
             println!(
                 "pre-trained {} steps in {:.0} s ({:.1} img/s); run folder {}",
                 summary.steps,
@@ -278,7 +284,11 @@ fn run() -> Result<()> {
         Command::Finetune { args, backend } => {
             let cfg = args.resolve().context("resolving the configuration")?;
             eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
-            match backend.run(Precision::Bf16, FinetuneTask(&cfg, args.run.resume, progress))?? {
+            match backend.run_on(
+                args.schedule.devices.as_ref(),
+                Precision::Bf16,
+                FinetuneTask(&cfg, args.run.resume, progress),
+            )?? {
                 Some(r) => println!(
                     "fine-tuned {} ({}) for {} steps in {:.0} s: {} top-1 {:.2}%, top-5 {:.2}% on {} images (best top-1 {:.2}% at step {}); {}",
                     r.model,

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use pipeline::recipe::{FinetuneDefaults, Masking, Recipe};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::DeviceList;
 use crate::data::augment::AugmentConfig;
 use crate::data::images::{LoadOptions, LoaderArgs};
 use crate::data::mixup::MixupConfig;
@@ -70,9 +71,13 @@ pub struct ScheduleArgs {
     /// fine-tuning, which a small device reaches with --accum).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Micro-batches accumulated per update (effective batch = batch-size x accum).
+    /// Micro-batches accumulated per update (effective batch = batch-size x devices x accum).
     #[arg(long, default_value_t = 1)]
     pub accum: usize,
+    /// Devices to train on, one data-parallel rank each: `cpu:N` (N CPU workers) or
+    /// `cuda:0,1,...`; --batch-size is per device (default: one device of --device's kind).
+    #[arg(long)]
+    pub devices: Option<DeviceList>,
     /// Epochs (default: the recipe's: Table 3 in pre-training, Table 9 in fine-tuning).
     #[arg(long)]
     pub epochs: Option<u64>,
@@ -256,6 +261,9 @@ pub struct Schedule {
     pub batch_size: usize,
     /// Micro-batches accumulated per update.
     pub accum: usize,
+    /// Data-parallel ranks, each with `batch_size` per micro-batch.
+    #[serde(default = "one_device")]
+    pub devices: usize,
     pub epochs: u64,
     pub steps_per_epoch: u64,
     pub total_steps: u64,
@@ -275,9 +283,14 @@ impl Schedule {
         self.stop_after.map_or(self.total_steps, |s| s.min(self.total_steps))
     }
 
-    /// Images per update.
+    /// Images per update, over all ranks.
     pub fn effective_batch(&self) -> usize {
-        self.batch_size * self.accum
+        self.batch_size * self.devices * self.accum
+    }
+
+    /// Images per micro-batch, over all ranks (the loader's global batch).
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.devices
     }
 
     /// The learning-rate schedule.
@@ -309,9 +322,10 @@ impl ScheduleArgs {
                 "batch size and --accum must be positive",
             ));
         }
-        check_batch(batch_size, train_images, data)?;
+        let devices = self.devices.as_ref().map_or(1, DeviceList::len);
+        check_batch(batch_size, devices, train_images, data)?;
         let epochs = self.epochs.unwrap_or(epochs);
-        let effective = batch_size * self.accum;
+        let effective = batch_size * devices * self.accum;
         let steps_per_epoch = (train_images / effective).max(1) as u64;
         let mut total_steps = epochs * steps_per_epoch;
         if let Some(m) = self.max_steps {
@@ -329,6 +343,7 @@ impl ScheduleArgs {
         Ok(Schedule {
             batch_size,
             accum: self.accum,
+            devices,
             epochs,
             steps_per_epoch,
             total_steps,
@@ -345,13 +360,25 @@ impl ScheduleArgs {
     }
 }
 
-/// Refuses a batch larger than the training set.
-fn check_batch(batch: usize, train_images: usize, data: &Path) -> Result<(), ConfigError> {
-    if train_images < batch {
+fn one_device() -> usize {
+    1
+}
+
+/// Refuses a global batch (per device x devices) larger than the training set.
+fn check_batch(batch: usize, devices: usize, train_images: usize, data: &Path) -> Result<(), ConfigError> {
+    if train_images < batch * devices {
+        let on = if devices > 1 {
+            format!(" x {devices} devices")
+        } else {
+            String::new()
+        };
         return Err(E::invalid(
             "batch-size",
             batch,
-            format!("larger than the {train_images} train images of {}", data.display()),
+            format!(
+                "{batch}{on} is larger than the {train_images} train images of {}",
+                data.display()
+            ),
         ));
     }
     Ok(())

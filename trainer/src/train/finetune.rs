@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::images::ImageSet;
-use crate::data::loader::{Loader, Part};
+use crate::data::loader::Loader;
 use crate::data::mixup::mix_batch;
 use crate::error::{Error, Result};
 use crate::eval::accuracy::{classify, ClassifyResult};
@@ -31,6 +31,7 @@ use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::{FinetuneConfig, HeadInit};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, layer_decay_scale, AdamW};
+use crate::train::parallel::{on_ranks, World};
 use crate::train::pretrained::{load_encoder, pretrained_encoder};
 use crate::train::run_folder::{
     end_step, load_checkpoint, prepare_run_folder, read_results, record_skipped, trim_metrics, write_results,
@@ -101,26 +102,23 @@ fn val() -> String {
     "val".into()
 }
 
-/// Fine-tunes (or resumes) as configured; writes `results.json` when the schedule ends.
-/// Returns `None` when `stop_after` ended the run early.
+/// Fine-tunes (or resumes) as configured, data-parallel over `devices` (one rank each) where
+/// there are several; writes `results.json` when the schedule ends. Returns `None` when
+/// `stop_after` ended the run early.
 pub fn finetune<B: AutodiffBackend>(
     cfg: &FinetuneConfig,
     resume: bool,
-    device: &B::Device,
+    devices: &[B::Device],
     progress: bool,
 ) -> Result<Option<FinetuneResults>> {
     let _lock = prepare_run_folder(&cfg.run.out, cfg, resume)?;
     let started = Instant::now();
+    let device = &devices[0];
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.run.seed);
     let mut model = Classifier::<B>::new(&cfg.vit, cfg.classes, &mut rng, device);
     let ckpt = cfg.run.checkpoint_path();
-    let metrics_path = cfg.run.metrics_path();
-    let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
-    let mut state = TrainState::new();
-    if resume && ckpt.exists() {
-        (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
-        trim_metrics(&metrics_path, state.step)?;
-    } else if let Some(init) = &cfg.init {
+    let resuming = resume && ckpt.exists();
+    if let (false, Some(init)) = (resuming, &cfg.init) {
         let file = init.checkpoint.as_ref().unwrap_or(&init.run);
         let (pre, encoder) = pretrained_encoder(file, &cfg.vit)?;
         let file = init.checkpoint.clone().unwrap_or_else(|| pre.run.checkpoint_path());
@@ -145,9 +143,51 @@ pub fn finetune<B: AutodiffBackend>(
     if let Some(n) = cfg.run.limit_images {
         train = train.truncate(n);
     }
-    let fresh = !(resume && ckpt.exists());
-    if fresh && cfg.head_init == HeadInit::Probe {
+    if !resuming && cfg.head_init == HeadInit::Probe {
         model = probe_head(cfg, model, &train, device)?;
+    }
+    let sets = Sets {
+        train: Arc::new(train),
+        eval,
+        started,
+    };
+    // One model, replicated: the same weights and parameter ids on every rank.
+    let replicas = vec![model; devices.len()];
+    on_ranks::<B, _, _, _>(devices, replicas, |world, device, model| {
+        run(cfg, &sets, model.fork(device), resume, world, device, progress)
+    })
+}
+
+/// The splits every rank reads, loaded once, and when the command started.
+struct Sets {
+    train: Arc<ImageSet>,
+    eval: ImageSet,
+    started: Instant,
+}
+
+/// One rank's fine-tuning loop (the whole run on one device). Rank 0 alone writes metrics,
+/// checkpoints and results, draws the progress bar and evaluates.
+fn run<B: AutodiffBackend>(
+    cfg: &FinetuneConfig,
+    sets: &Sets,
+    model: Classifier<B>,
+    resume: bool,
+    world: World,
+    device: &B::Device,
+    progress: bool,
+) -> Result<Option<FinetuneResults>> {
+    let lead = world.leads();
+    let (train, eval) = (&sets.train, &sets.eval);
+    let mut model = model;
+    let ckpt = cfg.run.checkpoint_path();
+    let metrics_path = cfg.run.metrics_path();
+    let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
+    let mut state = TrainState::new();
+    if resume && ckpt.exists() {
+        (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
+        if lead {
+            trim_metrics(&metrics_path, state.step)?;
+        }
     }
     let eval_during = cfg
         .eval_images
@@ -160,18 +200,17 @@ pub fn finetune<B: AutodiffBackend>(
     let lr_scale = move |path: &str| layer_decay_scale(path, depth, decay);
     let end = cfg.schedule.end();
     let accum = cfg.schedule.accum as u64;
-    let train = Arc::new(train);
     let mut loader = Loader::spawn(
         train.clone(),
         cfg.augment,
         cfg.schedule.batch_size,
-        Part::WHOLE,
+        world.part(),
         cfg.run.seed,
         state.step * accum,
         cfg.run.prefetch,
     )?;
-    let mut metrics = MetricsLog::open(&metrics_path)?;
-    let bar = crate::progress::steps(progress, cfg.schedule.total_steps, state.step);
+    let mut metrics = lead.then(|| MetricsLog::open(&metrics_path)).transpose()?;
+    let bar = crate::progress::steps(progress && lead, cfg.schedule.total_steps, state.step);
     let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
     let mut bad_in_row = 0u32;
     let size = cfg.vit.image_size;
@@ -192,39 +231,55 @@ pub fn finetune<B: AutodiffBackend>(
         let done = step + 1 == cfg.schedule.total_steps;
         let eval_now = !done && ((step + 1).is_multiple_of(cfg.eval_every) || step + 1 == end);
         let log_now = (step + 1).is_multiple_of(cfg.run.log_every) || step + 1 == end || eval_now || done;
-        let mut grads: Option<GradientsParams> = None;
-        let mut loss_value = None;
-        for micro in 0..accum {
-            let index = step * accum + micro;
-            let t0 = Instant::now();
-            let mut host = loader.next_batch()?;
-            window_wait += t0.elapsed().as_secs_f64();
-            debug_assert_eq!(host.index, index);
-            let b = host.len();
-            let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, index, 7));
-            let (targets, _) = mix_batch(
-                &mut host.images,
-                &host.labels,
-                size,
-                cfg.classes,
-                &cfg.mixup,
-                &mut mix_rng,
-            );
-            let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
-            let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, cfg.classes]), device);
-            let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, index, 4), host.first));
-            let loss = soft_cross_entropy(logits, t);
-            if log_now && micro == 0 {
-                loss_value = Some(loss.clone().into_scalar().elem::<f64>());
+        // This rank's micro-batches: their summed gradients and the first one's loss.
+        let local = (|| -> Result<(GradientsParams, Option<f64>)> {
+            let mut grads: Option<GradientsParams> = None;
+            let mut loss_value = None;
+            for micro in 0..accum {
+                let index = step * accum + micro;
+                let t0 = Instant::now();
+                let mut host = loader.next_batch()?;
+                window_wait += t0.elapsed().as_secs_f64();
+                debug_assert_eq!(host.index, index);
+                let b = host.len();
+                let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, index, 7));
+                let (targets, _) = mix_batch(
+                    &mut host.images,
+                    &host.labels,
+                    size,
+                    cfg.classes,
+                    &cfg.mixup,
+                    &mut mix_rng,
+                );
+                let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
+                let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, cfg.classes]), device);
+                let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, index, 4), host.first));
+                let loss = soft_cross_entropy(logits, t);
+                if log_now && micro == 0 {
+                    loss_value = Some(loss.clone().into_scalar().elem::<f64>());
+                }
+                let g = GradientsParams::from_grads(loss.backward(), &model);
+                grads = Some(match grads {
+                    Some(acc) => accumulate::<B, _>(&model, acc, g),
+                    None => g,
+                });
+                // The ranks run in lockstep: each update covers every rank's share.
+                window_images += b * world.ranks;
             }
-            let g = GradientsParams::from_grads(loss.backward(), &model);
-            grads = Some(match grads {
-                Some(acc) => accumulate::<B, _>(&model, acc, g),
-                None => g,
-            });
-            window_images += b;
-        }
-        let mut grads = grads.expect("accum >= 1");
+            Ok((grads.expect("accum >= 1"), loss_value))
+        })();
+        let peer_failed = world.any_failed::<B::InnerBackend>(local.is_err(), device)?;
+        let (grads, loss_value) = match local {
+            Err(e) => return Err(e),
+            Ok(_) if peer_failed => return Err(Error::PeerFailed { rank: world.rank }),
+            Ok(l) => l,
+        };
+        // Every rank now holds the same mean gradient, so the guard below decides alike.
+        let mut grads = world.mean_grads::<B>(grads)?;
+        let loss_value = match loss_value {
+            Some(l) => Some(world.mean::<B::InnerBackend>(&[l], device)?[0]),
+            None => None,
+        };
         let k = accum as f64;
         let norm = global_grad_norm::<B, _>(&model, &grads) / k;
         let lr = schedule.lr(step);
@@ -246,55 +301,67 @@ pub fn finetune<B: AutodiffBackend>(
         }
         state.step += 1;
         bar.inc(1);
-        // Periodic evaluations may use a subset; the final one uses every image of the split.
-        let (eval_result, train_top1) = if done || eval_now {
-            let frozen = model.valid();
-            let all: Vec<usize>;
-            let picks = if done {
-                all = (0..eval.samples.len()).collect();
-                &all
-            } else {
-                &eval_during
-            };
-            let e = classify_on(&frozen, &eval, picks, &eval_what)?;
-            let t = classify_on(&frozen, &train, &train_probe, "train accuracy")?;
-            (Some(e), Some(t.top1))
-        } else {
-            (None, None)
+        // Rank 0's evaluation and writes of this step; an error is held for `end_step`, where
+        // the ranks agree. Periodic evaluations may use a subset; the final one every image.
+        let mut final_eval = None;
+        let wrote = match metrics.as_mut() {
+            None => Ok(()),
+            Some(metrics) => (|| -> Result<()> {
+                let (eval_result, train_top1) = if done || eval_now {
+                    let frozen = model.valid();
+                    let all: Vec<usize>;
+                    let picks = if done {
+                        all = (0..eval.samples.len()).collect();
+                        &all
+                    } else {
+                        &eval_during
+                    };
+                    let e = classify_on(&frozen, eval, picks, &eval_what)?;
+                    let t = classify_on(&frozen, train, &train_probe, "train accuracy")?;
+                    (Some(e), Some(t.top1))
+                } else {
+                    (None, None)
+                };
+                if let Some(loss) = loss_value {
+                    let secs = window_start.elapsed().as_secs_f64();
+                    let v = eval_result.as_ref();
+                    let line = FinetuneLine {
+                        step: state.step,
+                        epoch: state.step as f64 / cfg.schedule.steps_per_epoch as f64,
+                        loss,
+                        lr,
+                        grad_norm: norm,
+                        images_per_s: window_images as f64 / secs.max(1e-9),
+                        data_wait_s: window_wait,
+                        skipped_steps: state.skipped_steps,
+                        loader_mb: (!train.cached()).then(|| loader.meter().peak_bytes() as f64 / 1e6),
+                        eval_top1: v.map(|v| v.top1),
+                        eval_top5: v.map(|v| v.top5),
+                        eval_loss: v.map(|v| v.loss),
+                        eval_predictions: v.map(|v| v.predictions.clone()),
+                        train_top1,
+                    };
+                    metrics.append(&line)?;
+                    bar.set_message(format!(
+                        "loss {:.3} {:.0} img/s{}",
+                        line.loss,
+                        line.images_per_s,
+                        v.map(|v| format!(" {} top-1 {:.1}%", cfg.run.eval_split, 100.0 * v.top1))
+                            .unwrap_or_default()
+                    ));
+                }
+                final_eval = eval_result.filter(|_| done);
+                Ok(())
+            })(),
         };
-        if let Some(loss) = loss_value {
-            let secs = window_start.elapsed().as_secs_f64();
-            let v = eval_result.as_ref();
-            let line = FinetuneLine {
-                step: state.step,
-                epoch: state.step as f64 / cfg.schedule.steps_per_epoch as f64,
-                loss,
-                lr,
-                grad_norm: norm,
-                images_per_s: window_images as f64 / secs.max(1e-9),
-                data_wait_s: window_wait,
-                skipped_steps: state.skipped_steps,
-                loader_mb: (!train.cached()).then(|| loader.meter().peak_bytes() as f64 / 1e6),
-                eval_top1: v.map(|v| v.top1),
-                eval_top5: v.map(|v| v.top5),
-                eval_loss: v.map(|v| v.loss),
-                eval_predictions: v.map(|v| v.predictions.clone()),
-                train_top1,
-            };
-            metrics.append(&line)?;
-            bar.set_message(format!(
-                "loss {:.3} {:.0} img/s{}",
-                line.loss,
-                line.images_per_s,
-                v.map(|v| format!(" {} top-1 {:.1}%", cfg.run.eval_split, 100.0 * v.top1))
-                    .unwrap_or_default()
-            ));
+        if loss_value.is_some() {
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
         }
         let due = state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end;
         // The last step goes on to write results.json: a resumed run would find nothing to do.
-        end_step(&ckpt, cfg, &model, &opt, &state, due, !done).inspect_err(|_| bar.abandon())?;
-        if let (true, Some(e)) = (done, eval_result) {
+        end_step(&ckpt, cfg, &model, &opt, &state, (due, !done), wrote, &world, device)
+            .inspect_err(|_| bar.abandon())?;
+        if let Some(e) = final_eval {
             bar.finish();
             let (best_top1, best_step) = best_eval(&metrics_path);
             let results = FinetuneResults {
@@ -311,14 +378,14 @@ pub fn finetune<B: AutodiffBackend>(
                 best_top1: best_top1.max(e.top1),
                 best_step: if e.top1 >= best_top1 { state.step } else { best_step },
                 eval: e,
-                seconds: started.elapsed().as_secs_f64(),
+                seconds: sets.started.elapsed().as_secs_f64(),
             };
             write_results(&cfg.run.out, &results)?;
             return Ok(Some(results));
         }
     }
     bar.finish();
-    if state.step == cfg.schedule.total_steps {
+    if lead && state.step == cfg.schedule.total_steps {
         // Resumed after the end: the results are already written.
         return read_results(&cfg.run.out).map(Some);
     }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod finetune;
 pub mod optim;
+pub mod parallel;
 pub mod pretrain;
 pub mod pretrained;
 pub mod run_folder;

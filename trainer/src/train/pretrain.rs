@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::images::ImageSet;
-use crate::data::loader::{HostBatch, Loader, Part};
+use crate::data::loader::{HostBatch, Loader};
 use crate::error::{Error, Result};
 use crate::eval::features::{features, Pass};
 use crate::eval::knn::{knn, K, TEMPERATURE};
@@ -31,6 +31,7 @@ use crate::model::vit::{Mode, Vit};
 use crate::seed::mix;
 use crate::train::config::{PretrainConfig, Targets};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, AdamW};
+use crate::train::parallel::{on_ranks, World};
 use crate::train::run_folder::{
     end_step, load_checkpoint, prepare_run_folder, read_state, record_skipped, save_model, trim_metrics, MetricsLog,
     TrainState,
@@ -80,24 +81,73 @@ pub struct RunSummary {
     pub images_per_s: f64,
 }
 
-/// Runs (or resumes) pre-training as configured. `progress` draws a progress bar.
+/// Runs (or resumes) pre-training as configured, data-parallel over `devices` (one rank
+/// each) where there are several. `progress` draws a progress bar.
 pub fn pretrain<B: AutodiffBackend>(
     cfg: &PretrainConfig,
     resume: bool,
-    device: &B::Device,
+    devices: &[B::Device],
     progress: bool,
 ) -> Result<RunSummary> {
     let _lock = prepare_run_folder(&cfg.run.out, cfg, resume)?;
+    let inputs = Inputs::load(cfg)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.run.seed);
+    // One model, replicated: every rank starts from the same weights and parameter ids (the
+    // all-reduce matches gradients by id).
+    let device = &devices[0];
+    let n = devices.len();
     match cfg.method {
         Method::Beit => {
             let model = Beit::<B>::new(&cfg.vit, cfg.vocab_size, &mut rng, device);
-            run(cfg, model, resume, device, progress)
+            on_ranks::<B, _, _, _>(devices, vec![model; n], |world, device, model| {
+                run(cfg, &inputs, model.fork(device), resume, world, device, progress)
+            })
         }
         Method::Splitmask => {
             let model = SplitMask::<B>::new(&cfg.vit, &cfg.splitmask, cfg.vocab_size, &mut rng, device);
-            run(cfg, model, resume, device, progress)
+            on_ranks::<B, _, _, _>(devices, vec![model; n], |world, device, model| {
+                run(cfg, &inputs, model.fork(device), resume, world, device, progress)
+            })
         }
+    }
+}
+
+/// What every rank reads, loaded once: the vocabulary, the training split (its rows shared by
+/// the ranks' loaders) and the k-NN monitor's queries.
+struct Inputs {
+    vocab: pipeline::vocab::tokenizer::Vocabulary,
+    set: Arc<ImageSet>,
+    knn_queries: Option<ImageSet>,
+}
+
+impl Inputs {
+    fn load(cfg: &PretrainConfig) -> Result<Inputs> {
+        let (vocab, _) = pipeline::vocab::tokenizer::Vocabulary::load(&cfg.vocab)?;
+        let mut set = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
+        if let Some(n) = cfg.run.limit_images {
+            set = set.truncate(n);
+        }
+        if cfg.targets == Targets::Pretokenized {
+            set.attach_tokens(&cfg.vocab_sha256)?;
+        }
+        // The k-NN monitor's bank is the training set itself; its queries the evaluation split.
+        let knn_queries = if cfg.knn_every > 0 {
+            Some(ImageSet::load_with(
+                &cfg.run.data,
+                &cfg.run.eval_split,
+                &cfg.run.loader,
+            )?)
+        } else {
+            None
+        };
+        for s in std::iter::once(&set).chain(&knn_queries) {
+            record_skipped(&cfg.run.out, s)?;
+        }
+        Ok(Inputs {
+            vocab,
+            set: Arc::new(set),
+            knn_queries,
+        })
     }
 }
 
@@ -140,6 +190,7 @@ pub fn device_batch<B: Backend>(
     MimBatch { images, targets, masks }
 }
 
+#[derive(Clone, Copy)]
 struct Logged {
     loss: f64,
     mim: f64,
@@ -147,43 +198,36 @@ struct Logged {
     accuracy: f64,
 }
 
-fn run<B, M>(cfg: &PretrainConfig, model: M, resume: bool, device: &B::Device, progress: bool) -> Result<RunSummary>
+/// One rank's training loop (the whole run on one device). Rank 0 alone writes metrics,
+/// checkpoints and the best model, draws the progress bar and runs the k-NN monitor.
+fn run<B, M>(
+    cfg: &PretrainConfig,
+    inputs: &Inputs,
+    model: M,
+    resume: bool,
+    world: World,
+    device: &B::Device,
+    progress: bool,
+) -> Result<RunSummary>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Objective<B>,
     M::InnerModule: Objective<B::InnerBackend>,
 {
-    let (vocab, _) = pipeline::vocab::tokenizer::Vocabulary::load(&cfg.vocab)?;
-    let tokenizer = DeviceTokenizer::<B>::new(&vocab, cfg.vit.patch_size, device)?;
-    let mut set = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
-    if let Some(n) = cfg.run.limit_images {
-        set = set.truncate(n);
-    }
-    if cfg.targets == Targets::Pretokenized {
-        set.attach_tokens(&cfg.vocab_sha256)?;
-    }
-    // The k-NN monitor's bank is the training set itself; its queries the evaluation split.
-    let knn_queries = if cfg.knn_every > 0 {
-        Some(ImageSet::load_with(
-            &cfg.run.data,
-            &cfg.run.eval_split,
-            &cfg.run.loader,
-        )?)
-    } else {
-        None
-    };
-    for s in std::iter::once(&set).chain(&knn_queries) {
-        record_skipped(&cfg.run.out, s)?;
-    }
-    let set = Arc::new(set);
+    let lead = world.leads();
+    let tokenizer = DeviceTokenizer::<B>::new(&inputs.vocab, cfg.vit.patch_size, device)?;
+    let set = &inputs.set;
     let schedule = cfg.schedule.cosine();
     let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
     let mut model = model;
     let mut state = TrainState::new();
     let ckpt = cfg.run.checkpoint_path();
+    let metrics_path = cfg.run.metrics_path();
     if resume && ckpt.exists() {
         (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
-        trim_metrics(&cfg.run.metrics_path(), state.step)?;
+        if lead {
+            trim_metrics(&metrics_path, state.step)?;
+        }
         // best.safetensors may be newer than the checkpoint; its score is the one to beat.
         let best = cfg.run.best_path();
         if best.exists() {
@@ -191,18 +235,22 @@ where
         }
     }
     let end = cfg.schedule.end();
-    let mut loader = Loader::spawn(
-        set.clone(),
-        cfg.augment,
-        cfg.schedule.batch_size,
-        Part::WHOLE,
-        cfg.run.seed,
-        state.step * cfg.schedule.accum as u64,
-        cfg.run.prefetch,
-    )?;
-    let metrics_path = cfg.run.metrics_path();
-    let mut metrics = MetricsLog::open(&metrics_path)?;
-    let bar = crate::progress::steps(progress, cfg.schedule.total_steps, state.step);
+    let accum = cfg.schedule.accum as u64;
+    let spawn = |seed: u64, step: u64| {
+        let batch = cfg.schedule.batch_size;
+        Loader::spawn(
+            set.clone(),
+            cfg.augment,
+            batch,
+            world.part(),
+            seed,
+            step * accum,
+            cfg.run.prefetch,
+        )
+    };
+    let mut loader = spawn(cfg.run.seed, state.step)?;
+    let mut metrics = lead.then(|| MetricsLog::open(&metrics_path)).transpose()?;
+    let bar = crate::progress::steps(progress && lead, cfg.schedule.total_steps, state.step);
     let started = Instant::now();
     let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
     let mut bad_in_row = 0u32;
@@ -210,40 +258,56 @@ where
     let mut images_done = 0usize;
     while state.step < end {
         let step = state.step;
-        let mut grads: Option<GradientsParams> = None;
-        let mut logged = None;
-        let knn_now = knn_queries.is_some() && ((step + 1).is_multiple_of(cfg.knn_every) || step + 1 == end);
+        let knn_now = inputs.knn_queries.is_some() && ((step + 1).is_multiple_of(cfg.knn_every) || step + 1 == end);
         let log_now = (step + 1).is_multiple_of(cfg.run.log_every) || step + 1 == end || knn_now;
-        let mut epoch = 0;
-        for micro in 0..cfg.schedule.accum as u64 {
-            let t0 = Instant::now();
-            let host = loader.next_batch()?;
-            window_wait += t0.elapsed().as_secs_f64();
-            epoch = host.epoch;
-            let index = step * cfg.schedule.accum as u64 + micro;
-            debug_assert_eq!(host.index, index);
-            let images = host.len();
-            let first = host.first;
-            let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), device);
-            let out = model.forward(&batch, Mode::train_at(mix(cfg.run.seed, index, 4), first));
-            if log_now && micro == 0 {
-                logged = Some(Logged {
-                    loss: out.loss.clone().into_scalar().elem::<f64>(),
-                    mim: out.mim.clone().into_scalar().elem::<f64>(),
-                    nce: out.nce.clone().map(|t| t.into_scalar().elem::<f64>()),
-                    accuracy: out.accuracy.clone().into_scalar().elem::<f64>(),
+        // This rank's micro-batches: their summed gradients, the first one's logged values.
+        let local = (|| -> Result<(GradientsParams, Option<Logged>, u64)> {
+            let mut grads: Option<GradientsParams> = None;
+            let mut logged = None;
+            let mut epoch = 0;
+            for micro in 0..accum {
+                let t0 = Instant::now();
+                let host = loader.next_batch()?;
+                window_wait += t0.elapsed().as_secs_f64();
+                epoch = host.epoch;
+                let index = step * accum + micro;
+                debug_assert_eq!(host.index, index);
+                // The ranks run in lockstep: each update covers every rank's share.
+                let images = host.len() * world.ranks;
+                let first = host.first;
+                let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), device);
+                let out = model.forward(&batch, Mode::train_at(mix(cfg.run.seed, index, 4), first));
+                if log_now && micro == 0 {
+                    logged = Some(Logged {
+                        loss: out.loss.clone().into_scalar().elem::<f64>(),
+                        mim: out.mim.clone().into_scalar().elem::<f64>(),
+                        nce: out.nce.clone().map(|t| t.into_scalar().elem::<f64>()),
+                        accuracy: out.accuracy.clone().into_scalar().elem::<f64>(),
+                    });
+                }
+                let g = GradientsParams::from_grads(out.loss.backward(), &model);
+                grads = Some(match grads {
+                    Some(acc) => accumulate::<B, M>(&model, acc, g),
+                    None => g,
                 });
+                window_images += images;
+                images_done += images;
             }
-            let g = GradientsParams::from_grads(out.loss.backward(), &model);
-            grads = Some(match grads {
-                Some(acc) => accumulate::<B, M>(&model, acc, g),
-                None => g,
-            });
-            window_images += images;
-            images_done += images;
-        }
-        let mut grads = grads.expect("accum >= 1");
-        let k = cfg.schedule.accum as f64;
+            Ok((grads.expect("accum >= 1"), logged, epoch))
+        })();
+        let peer_failed = world.any_failed::<B::InnerBackend>(local.is_err(), device)?;
+        let (grads, logged, epoch) = match local {
+            Err(e) => return Err(e),
+            Ok(_) if peer_failed => return Err(Error::PeerFailed { rank: world.rank }),
+            Ok(l) => l,
+        };
+        // Every rank now holds the same mean gradient, so the guard below decides alike.
+        let mut grads = world.mean_grads::<B>(grads)?;
+        let logged = match logged {
+            Some(l) => Some(l.mean_over::<B::InnerBackend>(&world, device)?),
+            None => None,
+        };
+        let k = accum as f64;
         let norm = global_grad_norm::<B, M>(&model, &grads) / k;
         let lr = schedule.lr(step);
         if norm.is_finite() {
@@ -266,8 +330,10 @@ where
                 }
                 let (skipped, best) = (state.skipped_steps, state.best_knn);
                 (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
-                trim_metrics(&metrics_path, state.step)?;
-                metrics = MetricsLog::open(&metrics_path)?;
+                if lead {
+                    trim_metrics(&metrics_path, state.step)?;
+                    metrics = Some(MetricsLog::open(&metrics_path)?);
+                }
                 state.skipped_steps = skipped;
                 state.best_knn = best;
                 state.rollbacks = rollbacks;
@@ -279,67 +345,79 @@ where
                 // drop paths keep their per-step seeds).
                 bad_in_row = 0;
                 drop(loader);
-                loader = Loader::spawn(
-                    set.clone(),
-                    cfg.augment,
-                    cfg.schedule.batch_size,
-                    Part::WHOLE,
-                    mix(cfg.run.seed, rollbacks, 3),
-                    state.step * cfg.schedule.accum as u64,
-                    cfg.run.prefetch,
-                )?;
+                loader = spawn(mix(cfg.run.seed, rollbacks, 3), state.step)?;
                 continue;
             }
         }
         state.step += 1;
         bar.inc(1);
-        let knn_top1 = match (&knn_queries, knn_now) {
-            (Some(queries), true) => Some(knn_monitor(cfg, model.valid().encoder(), &set, queries, device)?),
-            _ => None,
+        // Rank 0's writes of this step; an error is held for `end_step`, where the ranks agree.
+        let wrote = match metrics.as_mut() {
+            None => Ok(()),
+            Some(metrics) => (|| -> Result<()> {
+                let knn_top1 = match (&inputs.knn_queries, knn_now) {
+                    (Some(queries), true) => Some(knn_monitor(cfg, model.valid().encoder(), set, queries, device)?),
+                    _ => None,
+                };
+                if let Some(l) = logged {
+                    let secs = window_start.elapsed().as_secs_f64();
+                    let per_epoch = cfg.schedule.steps_per_epoch.max(1);
+                    let line = MetricsLine {
+                        step: state.step,
+                        epoch: epoch as f64 + (step % per_epoch) as f64 / cfg.schedule.steps_per_epoch as f64,
+                        loss: l.loss,
+                        mim: l.mim,
+                        nce: l.nce,
+                        mim_accuracy: l.accuracy,
+                        lr,
+                        grad_norm: norm,
+                        images_per_s: window_images as f64 / secs.max(1e-9),
+                        data_wait_s: window_wait,
+                        skipped_steps: state.skipped_steps,
+                        loader_mb: (!set.cached()).then(|| loader.meter().peak_bytes() as f64 / 1e6),
+                        knn_top1,
+                    };
+                    metrics.append(&line)?;
+                    bar.set_message(format!(
+                        "loss {:.3} mim {:.3}{} acc {:.3} {:.0} img/s{}",
+                        line.loss,
+                        line.mim,
+                        line.nce.map(|n| format!(" nce {n:.3}")).unwrap_or_default(),
+                        line.mim_accuracy,
+                        line.images_per_s,
+                        line.knn_top1
+                            .map(|k| format!(" knn {:.1}%", 100.0 * k))
+                            .unwrap_or_default()
+                    ));
+                    last_line = Some(line);
+                }
+                if let Some(top1) = knn_top1 {
+                    // The overfitting guard of long schedules (the paper's Fig. 6): keep the
+                    // model at the best k-NN so far, beside the last checkpoint.
+                    if state.best_knn.is_none_or(|(best, _)| top1 > best) {
+                        state.best_knn = Some((top1, state.step));
+                        save_model(&cfg.run.best_path(), cfg, &model, &state)?;
+                    }
+                }
+                Ok(())
+            })(),
         };
-        if let Some(l) = logged {
-            let secs = window_start.elapsed().as_secs_f64();
-            let line = MetricsLine {
-                step: state.step,
-                epoch: epoch as f64
-                    + (step % cfg.schedule.steps_per_epoch.max(1)) as f64 / cfg.schedule.steps_per_epoch as f64,
-                loss: l.loss,
-                mim: l.mim,
-                nce: l.nce,
-                mim_accuracy: l.accuracy,
-                lr,
-                grad_norm: norm,
-                images_per_s: window_images as f64 / secs.max(1e-9),
-                data_wait_s: window_wait,
-                skipped_steps: state.skipped_steps,
-                loader_mb: (!set.cached()).then(|| loader.meter().peak_bytes() as f64 / 1e6),
-                knn_top1,
-            };
-            metrics.append(&line)?;
-            bar.set_message(format!(
-                "loss {:.3} mim {:.3}{} acc {:.3} {:.0} img/s{}",
-                line.loss,
-                line.mim,
-                line.nce.map(|n| format!(" nce {n:.3}")).unwrap_or_default(),
-                line.mim_accuracy,
-                line.images_per_s,
-                line.knn_top1
-                    .map(|k| format!(" knn {:.1}%", 100.0 * k))
-                    .unwrap_or_default()
-            ));
-            last_line = Some(line);
+        if logged.is_some() {
             (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
         }
-        if let Some(top1) = knn_top1 {
-            // The overfitting guard of long schedules (the paper's Fig. 6): keep the model at
-            // the best k-NN so far, beside the last checkpoint.
-            if state.best_knn.is_none_or(|(best, _)| top1 > best) {
-                state.best_knn = Some((top1, state.step));
-                save_model(&cfg.run.best_path(), cfg, &model, &state)?;
-            }
-        }
         let due = state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end;
-        end_step(&ckpt, cfg, &model, &opt, &state, due, state.step < end).inspect_err(|_| bar.abandon())?;
+        end_step(
+            &ckpt,
+            cfg,
+            &model,
+            &opt,
+            &state,
+            (due, state.step < end),
+            wrote,
+            &world,
+            device,
+        )
+        .inspect_err(|_| bar.abandon())?;
     }
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
@@ -349,6 +427,23 @@ where
         seconds,
         images_per_s: images_done as f64 / seconds.max(1e-9),
     })
+}
+
+impl Logged {
+    /// The mean over the ranks of each logged value (the global batch's, as the ranks' shares
+    /// are equal).
+    fn mean_over<B: Backend>(self, world: &World, device: &B::Device) -> Result<Logged> {
+        if world.ranks == 1 {
+            return Ok(self);
+        }
+        let m = world.mean::<B>(&[self.loss, self.mim, self.nce.unwrap_or(0.0), self.accuracy], device)?;
+        Ok(Logged {
+            loss: m[0],
+            mim: m[1],
+            nce: self.nce.map(|_| m[2]),
+            accuracy: m[3],
+        })
+    }
 }
 
 /// k-NN top-1 of the frozen encoder: `knn_images` train images (spread over the set) vote

@@ -20,6 +20,7 @@ use crate::train::checkpoint::{
     load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, NamedTensors, STATE_KEY,
 };
 use crate::train::optim::{AdamW, Moments};
+use crate::train::parallel::World;
 
 /// The resolved configuration of the run, written at its start.
 pub const CONFIG_FILE: &str = "config.json";
@@ -255,22 +256,43 @@ fn file_meta<C: Serialize>(cfg: &C, state: &TrainState) -> HashMap<String, Strin
     ])
 }
 
-/// The end of training step `state.step`: writes the checkpoint when it is `due` or when a
-/// signal asked the run to stop, and then returns [`Error::Interrupted`] so the command exits
-/// saying how to resume. `may_stop` is false where the loop must go on (its last step).
+/// The end of training step `state.step` on every rank. Rank 0, the only one that writes,
+/// polls for a stop signal and writes the checkpoint when it is `due` or when a signal asked
+/// the run to stop; `wrote` is what its other writes of the step (metrics, best model) came
+/// to. With several ranks they then agree, so all go on or all stop at this step: rank 0
+/// returns [`Error::Interrupted`] (the command exits saying how to resume) or its write
+/// error, the others [`Error::PeerFailed`]. `may_stop` is false where the loop must go on
+/// (its last step).
+#[allow(clippy::too_many_arguments)]
 pub fn end_step<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
     path: &Path,
     cfg: &C,
     model: &M,
     opt: &AdamW<B>,
     state: &TrainState,
-    due: bool,
-    may_stop: bool,
+    (due, may_stop): (bool, bool),
+    wrote: Result<()>,
+    world: &World,
+    device: &B::Device,
 ) -> Result<()> {
-    let stop = pipeline::interrupt::safe_point("step", state.step).filter(|_| may_stop);
-    if due || stop.is_some() {
-        save_checkpoint(path, cfg, model, opt, state)?;
+    let (stop, wrote) = if world.leads() {
+        let stop = pipeline::interrupt::safe_point("step", state.step).filter(|_| may_stop);
+        let wrote = wrote.and_then(|()| match due || stop.is_some() {
+            true => save_checkpoint(path, cfg, model, opt, state),
+            false => Ok(()),
+        });
+        (stop, wrote)
+    } else {
+        (None, wrote)
+    };
+    if world.ranks > 1 {
+        let flag = |b: bool| f64::from(u8::from(b));
+        let any = world.sum::<B::InnerBackend>(&[flag(wrote.is_err()), flag(stop.is_some())], device)?;
+        if !world.leads() && any.iter().any(|&v| v > 0.0) {
+            return Err(Error::PeerFailed { rank: world.rank });
+        }
     }
+    wrote?;
     match stop {
         Some(signal) => Err(Error::Interrupted {
             signal,

@@ -276,7 +276,7 @@ fn damaged_shards_are_named_corrupt_rows_are_skipped_and_recorded_unreadable_sha
     // Resuming meets the same rows and records them once.
     let mut more = cfg.clone();
     more.schedule.stop_after = None;
-    trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&more, true, &Default::default(), false).unwrap();
+    trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&more, true, &[Default::default()], false).unwrap();
     let lines = std::fs::read_to_string(cfg.run.out.join(SKIPPED_FILE)).unwrap();
     assert_eq!(lines.lines().count(), 2);
 
@@ -284,7 +284,7 @@ fn damaged_shards_are_named_corrupt_rows_are_skipped_and_recorded_unreadable_sha
     // naming it.
     std::fs::write(&shard_path, &bytes[..bytes.len() / 2]).unwrap();
     let cfg = resolve("truncated");
-    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, false, &Default::default(), false)
+    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, false, &[Default::default()], false)
         .unwrap_err()
         .to_string();
     assert!(err.contains(&shard.file) && err.contains("cannot be read"), "{err}");

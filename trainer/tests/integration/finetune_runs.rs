@@ -73,7 +73,7 @@ fn losses(lines: &[FinetuneLine]) -> Vec<(u64, f64)> {
 }
 
 fn ft(cfg: &FinetuneConfig, resume: bool) -> Option<FinetuneResults> {
-    finetune::<CpuAutodiff>(cfg, resume, &Default::default(), false).unwrap()
+    finetune::<CpuAutodiff>(cfg, resume, &[Default::default()], false).unwrap()
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     let bad = ft_args(f, Some(&pre_dir), &tmp.path().join("bad"), &SHORT)
         .resolve()
         .unwrap();
-    let err = finetune::<CpuAutodiff>(&bad, false, &Default::default(), false)
+    let err = finetune::<CpuAutodiff>(&bad, false, &[Default::default()], false)
         .unwrap_err()
         .to_string();
     assert!(

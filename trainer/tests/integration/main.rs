@@ -14,6 +14,7 @@ use trainer::train::config::{FinetuneArgs, PretrainArgs, PretrainConfig};
 use trainer::train::pretrain::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
 
+mod data_parallel;
 mod faults;
 mod finetune_runs;
 mod layering;
@@ -183,7 +184,7 @@ pub fn assert_same_losses(a: &[(u64, f64)], b: &[(u64, f64)], tol: f64) {
 }
 
 pub fn run(cfg: &PretrainConfig, resume: bool) -> trainer::train::pretrain::RunSummary {
-    pretrain::<CpuAutodiff>(cfg, resume, &Default::default(), false).unwrap()
+    pretrain::<CpuAutodiff>(cfg, resume, &[Default::default()], false).unwrap()
 }
 
 pub fn load_vocab(path: &Path) -> Vocabulary {

@@ -117,7 +117,7 @@ fn end_to_end(dataset: &str, build: impl FnOnce(&Path) -> Option<(usize, usize)>
     let cfg = finetune_args(&data, Some(&best), &ft_dir, &short).resolve().unwrap();
     assert_eq!(cfg.run.eval_split, "test");
     assert_eq!(cfg.init.as_ref().unwrap().checkpoint.as_deref(), Some(best.as_path()));
-    let r = finetune::<CpuAutodiff>(&cfg, false, &Default::default(), false)
+    let r = finetune::<CpuAutodiff>(&cfg, false, &[Default::default()], false)
         .unwrap()
         .unwrap();
     assert_eq!((r.eval_split.as_str(), r.eval.images), ("test", test), "{dataset}");

@@ -59,8 +59,9 @@ fn resumed_run_continues_with_identical_losses() {
         // Resuming with a different configuration is refused, naming the field.
         let mut other = part.clone();
         other.schedule.lr *= 2.0;
-        let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&other, true, &Default::default(), false)
-            .unwrap_err();
+        let err =
+            trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&other, true, &[Default::default()], false)
+                .unwrap_err();
         assert!(err.to_string().contains("lr"), "{err}");
         // A process killed after its checkpoint may have logged later steps: resuming drops them.
         let mut text = std::fs::read_to_string(part.run.metrics_path()).unwrap();
@@ -220,7 +221,7 @@ fn divergence_skips_updates_rolls_back_then_stops() {
     .resolve()
     .unwrap();
     cfg.vit = micro_vit();
-    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, false, &Default::default(), false)
+    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, false, &[Default::default()], false)
         .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("diverged") && msg.contains("after 3 rollbacks"), "{msg}");
@@ -241,7 +242,7 @@ fn a_second_trainer_on_a_run_folder_is_refused() {
     let cfg = args(f, &f.vocab_small, &out, &["--max-steps", "2", "--batch-size", "8"])
         .resolve()
         .unwrap();
-    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, true, &Default::default(), false)
+    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, true, &[Default::default()], false)
         .unwrap_err()
         .to_string();
     assert!(
@@ -251,7 +252,7 @@ fn a_second_trainer_on_a_run_folder_is_refused() {
     assert!(!out.join("config.json").exists());
     drop(held);
     let done =
-        trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, true, &Default::default(), false).unwrap();
+        trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, true, &[Default::default()], false).unwrap();
     assert_eq!(done.steps, 2);
 }
 
