@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::ConfigError;
 use crate::model::beit::Beit;
 use crate::model::masking::{draw_mask, draw_split, MaskSpec};
-use crate::model::objective::{Masks, Method, MimBatch, Objective};
+use crate::model::objective::{Masks, Method, MimBatch, Negatives, Objective};
 use crate::model::splitmask::{SplitMask, SplitMaskConfig};
 use crate::model::tokenizer::DeviceTokenizer;
 use crate::model::vit::{Mode, VitConfig};
@@ -159,6 +159,7 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
             images: x,
             targets,
             masks,
+            negatives: Negatives::Local,
         };
         let out = model.forward(&b, Mode::train(step as u64));
         let l = out.loss.clone();

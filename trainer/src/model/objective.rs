@@ -1,6 +1,8 @@
 //! What BEiT and SplitMask share: the batch they train on, the losses they report and the
 //! trait the training engine drives.
 
+use std::sync::Arc;
+
 use burn::prelude::*;
 
 use crate::model::masking::complement;
@@ -88,6 +90,44 @@ pub struct MimBatch<B: Backend> {
     /// `[batch, patches]` visual tokens.
     pub targets: Tensor<B, 2, Int>,
     pub masks: Masks<B>,
+    /// Where SplitMask's InfoNCE takes its negatives from.
+    pub negatives: Negatives<B>,
+}
+
+/// Gathers one rank's rows into the global batch's, for InfoNCE's negatives. Every rank
+/// calls it at the same point of its forward pass (it is a collective operation).
+pub trait Gather<B: Backend> {
+    /// `local` is this rank's `[b, dim]`; returns the global batch's `[ranks * b, dim]`, in
+    /// rank order, in which only this rank's rows carry gradient (the others are constants).
+    fn gather(&self, local: Tensor<B, 2>) -> Tensor<B, 2>;
+}
+
+/// Where InfoNCE's negatives come from.
+#[derive(Clone)]
+pub enum Negatives<B: Backend> {
+    /// The other images of this batch (one device, or each rank's share alone).
+    Local,
+    /// Every image of the global batch, through a [`Gather`] across the ranks.
+    Global(Arc<dyn Gather<B>>),
+}
+
+impl<B: Backend> std::fmt::Debug for Negatives<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Negatives::Local => "Local",
+            Negatives::Global(_) => "Global",
+        })
+    }
+}
+
+impl<B: Backend> Negatives<B> {
+    /// The rows InfoNCE runs over: `local` alone, or the global batch's.
+    pub fn gather(&self, local: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            Negatives::Local => local,
+            Negatives::Global(g) => g.gather(local),
+        }
+    }
 }
 
 /// Losses of one forward pass; scalars stay on the device until logged.
@@ -163,6 +203,7 @@ pub(crate) mod test_support {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
             targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
             masks: Masks::masked(&masks, device),
+            negatives: Negatives::Local,
         }
     }
 
@@ -177,6 +218,7 @@ pub(crate) mod test_support {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
             targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
             masks: Masks::split(&halves, 16, device),
+            negatives: Negatives::Local,
         }
     }
 
@@ -191,6 +233,7 @@ pub(crate) mod test_support {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
             targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
             masks: Masks::split(&branches, 16, device),
+            negatives: Negatives::Local,
         }
     }
 }

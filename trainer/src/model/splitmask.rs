@@ -139,7 +139,18 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         let pooled = z.mean_dim(1).reshape([2 * b, d]); // [2 * batch, dim]
         let za = pooled.clone().slice([0..b, 0..d]);
         let zb = pooled.slice([b..2 * b, 0..d]);
-        let nce = info_nce(za, zb, self.temperature);
+        // With global negatives every rank computes the whole global batch's InfoNCE, in
+        // which only its own rows carry gradient. Scaled by the number of ranks (the value
+        // kept, the gradient multiplied), the ranks' mean gradient is then the global loss's
+        // exactly, the path through other ranks' features included.
+        let all_a = batch.negatives.gather(za);
+        let all_b = batch.negatives.gather(zb);
+        let ranks = all_a.dims()[0] / b;
+        let nce = info_nce(all_a, all_b, self.temperature);
+        let nce = match ranks {
+            1 => nce,
+            n => nce.clone() * n as f64 - nce.detach() * (n - 1) as f64,
+        };
         let loss = mim.clone() * self.mim_weight + nce.clone() * self.contrastive_weight;
         MimOutput::new(loss, mim, Some(nce), &logits, &targets)
     }

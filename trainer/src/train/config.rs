@@ -360,6 +360,10 @@ impl ScheduleArgs {
     }
 }
 
+fn global_negatives() -> bool {
+    true
+}
+
 fn one_device() -> usize {
     1
 }
@@ -455,6 +459,10 @@ pub struct PretrainArgs {
     /// best.safetensors.
     #[arg(long, default_value_t = 0)]
     pub knn_every: u64,
+    /// SplitMask on several devices: InfoNCE's negatives from each rank's own share instead
+    /// of the whole global batch.
+    #[arg(long)]
+    pub local_negatives: bool,
     /// Images of each split used by the k-NN monitor.
     #[arg(long, default_value_t = 2000)]
     pub knn_images: usize,
@@ -482,6 +490,10 @@ pub struct PretrainConfig {
     pub mask_count: usize,
     pub augment: AugmentConfig,
     pub targets: Targets,
+    /// SplitMask on several devices: InfoNCE's negatives from the whole global batch (false:
+    /// each rank's share).
+    #[serde(default = "global_negatives")]
+    pub global_negatives: bool,
     pub knn_every: u64,
     pub knn_images: usize,
     pub max_bad_steps: u32,
@@ -643,6 +655,7 @@ impl PretrainArgs {
             mask_count,
             augment,
             targets: self.targets,
+            global_negatives: !self.local_negatives,
             knn_every: self.knn_every,
             knn_images: self.knn_images,
             max_bad_steps: self.max_bad_steps.max(1),

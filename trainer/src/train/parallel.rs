@@ -19,6 +19,7 @@ use burn::tensor::TensorPrimitive;
 
 use crate::data::loader::Part;
 use crate::error::{Error, Result};
+use crate::model::objective::Gather;
 
 /// One rank's place among the ranks of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,36 @@ impl World {
     /// A rank that failed returns its own error afterwards; the others [`Error::PeerFailed`].
     pub fn any_failed<B: Backend>(&self, failed: bool, device: &B::Device) -> Result<bool> {
         Ok(self.sum::<B>(&[f64::from(u8::from(failed))], device)?[0] > 0.0)
+    }
+}
+
+/// InfoNCE's negatives from every rank. burn-collective 0.21 has no all-gather, so each rank
+/// all-reduces (Sum) a global-batch-sized tensor holding its own rows and zeros elsewhere;
+/// its own rows are then put back with their gradient.
+pub struct WorldGather<B: AutodiffBackend> {
+    world: World,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> WorldGather<B> {
+    pub fn new(world: World, device: B::Device) -> Self {
+        WorldGather { world, device }
+    }
+}
+
+impl<B: AutodiffBackend> Gather<B> for WorldGather<B> {
+    fn gather(&self, local: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [b, d] = local.dims();
+        let World { rank, ranks, peer } = self.world;
+        let rows = rank * b..(rank + 1) * b;
+        let padded = Tensor::<B::InnerBackend, 2>::zeros([ranks * b, d], &self.device)
+            .slice_assign([rows.clone(), 0..d], local.clone().inner()); // [ranks * b, dim]
+                                                                        // A forward pass cannot return an error; a failing collective is a broken run (a peer
+                                                                        // gone or a mismatched call), reported as this rank's panic.
+        let summed = all_reduce::<B::InnerBackend>(peer, padded.into_primitive().tensor(), ReduceOperation::Sum)
+            .unwrap_or_else(|e| panic!("rank {rank}: the all-reduce of InfoNCE's negatives failed: {e:?}"));
+        let all = Tensor::<B, 2>::from_inner(Tensor::from_primitive(TensorPrimitive::Float(summed)));
+        all.slice_assign([rows, 0..d], local)
     }
 }
 

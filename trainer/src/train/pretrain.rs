@@ -24,14 +24,14 @@ use crate::eval::features::{features, Pass};
 use crate::eval::knn::{knn, K, TEMPERATURE};
 use crate::model::beit::Beit;
 use crate::model::masking::{draw_mask, draw_split};
-use crate::model::objective::{Masks, Method, MimBatch, Objective};
+use crate::model::objective::{Masks, Method, MimBatch, Negatives, Objective};
 use crate::model::splitmask::SplitMask;
 use crate::model::tokenizer::DeviceTokenizer;
 use crate::model::vit::{Mode, Vit};
 use crate::seed::mix;
 use crate::train::config::{PretrainConfig, Targets};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, AdamW};
-use crate::train::parallel::{on_ranks, World};
+use crate::train::parallel::{on_ranks, World, WorldGather};
 use crate::train::run_folder::{
     end_step, load_checkpoint, prepare_run_folder, read_state, record_skipped, save_model, trim_metrics, MetricsLog,
     TrainState,
@@ -187,7 +187,12 @@ pub fn device_batch<B: Backend>(
             Masks::split(&h, g * g, device)
         }
     };
-    MimBatch { images, targets, masks }
+    MimBatch {
+        images,
+        targets,
+        masks,
+        negatives: Negatives::Local,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -249,6 +254,10 @@ where
         )
     };
     let mut loader = spawn(cfg.run.seed, state.step)?;
+    let negatives = match world.ranks > 1 && cfg.global_negatives {
+        true => Negatives::Global(Arc::new(WorldGather::new(world, device.clone()))),
+        false => Negatives::Local,
+    };
     let mut metrics = lead.then(|| MetricsLog::open(&metrics_path)).transpose()?;
     let bar = crate::progress::steps(progress && lead, cfg.schedule.total_steps, state.step);
     let started = Instant::now();
@@ -275,7 +284,8 @@ where
                 // The ranks run in lockstep: each update covers every rank's share.
                 let images = host.len() * world.ranks;
                 let first = host.first;
-                let batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), device);
+                let mut batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), device);
+                batch.negatives = negatives.clone();
                 let out = model.forward(&batch, Mode::train_at(mix(cfg.run.seed, index, 4), first));
                 if log_now && micro == 0 {
                     logged = Some(Logged {
