@@ -155,6 +155,31 @@ fn sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_matches_an_unint
 }
 
 #[test]
+fn sigterm_stops_every_worker_of_a_data_parallel_run_at_the_same_step() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // 2 workers x 8 with global negatives follow the 1 x 16 reference.
+    let two = |out: &Path, extra: &[&str]| {
+        let mut argv = pretrain_argv(f, out, &[&["--devices", "cpu:2"][..], extra].concat());
+        let at = argv.iter().position(|a| a == "--batch-size").unwrap();
+        argv[at + 1] = "8".into();
+        argv
+    };
+    let out = tmp.path().join("interrupted");
+    let o = trainer(&two(&out, &[]), &[(pipeline::interrupt::FAULT_ENV, "step:2")]);
+    let err = stderr(&o);
+    // Rank 0 saw the signal; the ranks agreed, rank 0 checkpointed and its error is the one
+    // reported (not the other rank's).
+    assert_eq!(o.status.code(), Some(pipeline::interrupt::EXIT_INTERRUPTED), "{err}");
+    assert!(err.contains("stopped by SIGTERM after step 2"), "{err}");
+    assert_eq!(read_state(&out.join("checkpoint.safetensors")).unwrap().step, 2);
+    assert_eq!(losses(&out).len(), 2);
+    let o = trainer(&two(&out, &["--resume"]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_losses(&losses(reference(f)), &losses(&out), 1e-4);
+}
+
+#[test]
 fn a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_loadable() {
     let Some(f) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
