@@ -5,23 +5,13 @@
 
 use std::path::Path;
 
-use trainer::model::vit::VitConfig;
 use trainer::train::checkpoint::load_tensors;
 use trainer::train::config::{FinetuneConfig, PretrainConfig};
 use trainer::train::finetune::{finetune, FinetuneLine};
 use trainer::train::pretrain::pretrain;
 use trainer::CpuAutodiff;
 
-use crate::{args, assert_same_losses, finetune_args, fixture, metrics, metrics_lines, Fixture};
-
-/// Drop path on, so the per-position draws are part of what must agree.
-fn micro_vit() -> VitConfig {
-    VitConfig::cpu_tiny()
-        .with_dim(64)
-        .with_depth(2)
-        .with_heads(2)
-        .with_drop_path(0.1)
-}
+use crate::{args, assert_same_losses, finetune_args, fixture, metrics, metrics_lines, micro_vit, Fixture};
 
 /// The largest difference between two checkpoints' parameters (same names, same shapes).
 fn max_param_diff(a: &Path, b: &Path) -> f32 {

@@ -10,6 +10,7 @@ use pipeline::transcode::TranscodeSettings;
 use pipeline::vocab::tokenizer::Vocabulary;
 use pipeline::vocab::VocabConfig;
 use schemas::VocabKind;
+use trainer::model::vit::VitConfig;
 use trainer::train::config::{FinetuneArgs, PretrainArgs, PretrainConfig};
 use trainer::train::pretrain::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
@@ -38,6 +39,16 @@ pub fn shared(rel: &str) -> Option<PathBuf> {
         );
         None
     }
+}
+
+/// A model small enough for several runs per test on 2 cores, with drop path on (so the
+/// per-position draws are part of what resumed and data-parallel runs must reproduce).
+pub fn micro_vit() -> VitConfig {
+    VitConfig::cpu_tiny()
+        .with_dim(64)
+        .with_depth(2)
+        .with_heads(2)
+        .with_drop_path(0.1)
 }
 
 pub struct Fixture {

@@ -1,19 +1,9 @@
 //! Pre-training runs on the small real Imagenette: resume equality, a short run that learns,
 //! configuration errors.
 
-use trainer::model::vit::VitConfig;
 use trainer::train::config::PretrainConfig;
 
-use crate::{args, fixture, metrics, prepare_imagenette, pretrain_args, run};
-
-/// A model small enough for several runs per test on 2 cores.
-fn micro_vit() -> VitConfig {
-    VitConfig::cpu_tiny()
-        .with_dim(64)
-        .with_depth(2)
-        .with_heads(2)
-        .with_drop_path(0.1)
-}
+use crate::{args, fixture, metrics, micro_vit, prepare_imagenette, pretrain_args, run};
 
 #[test]
 fn resumed_run_continues_with_identical_losses() {
