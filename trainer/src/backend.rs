@@ -2,9 +2,9 @@
 //! picks a concrete one here, once, and hands a [`BackendTask`] to it. Adding a backend is a
 //! cargo feature, a [`DeviceKind`] value and one match arm in [`BackendArgs::run`].
 
-use burn::tensor::backend::AutodiffBackend;
 use std::str::FromStr;
 
+use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;

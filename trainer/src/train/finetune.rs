@@ -268,12 +268,7 @@ fn run<B: AutodiffBackend>(
             }
             Ok((grads.expect("accum >= 1"), loss_value))
         })();
-        let peer_failed = world.any_failed::<B::InnerBackend>(local.is_err(), device)?;
-        let (grads, loss_value) = match local {
-            Err(e) => return Err(e),
-            Ok(_) if peer_failed => return Err(Error::PeerFailed { rank: world.rank }),
-            Ok(l) => l,
-        };
+        let (grads, loss_value) = world.agree::<B::InnerBackend, _>(local, device)?;
         // Every rank now holds the same mean gradient, so the guard below decides alike.
         let mut grads = world.mean_grads::<B>(grads)?;
         let loss_value = match loss_value {

@@ -79,10 +79,15 @@ impl World {
         Ok(self.sum::<B>(values, device)?.into_iter().map(|v| v / n).collect())
     }
 
-    /// Whether any rank's part of this update failed (every rank calls it at the same point).
-    /// A rank that failed returns its own error afterwards; the others [`Error::PeerFailed`].
-    pub fn any_failed<B: Backend>(&self, failed: bool, device: &B::Device) -> Result<bool> {
-        Ok(self.sum::<B>(&[f64::from(u8::from(failed))], device)?[0] > 0.0)
+    /// This rank's part of an update, once every rank has said whether its part failed
+    /// (every rank calls it at the same point): a rank that failed gets its own error back,
+    /// the others [`Error::PeerFailed`] if any rank failed.
+    pub fn agree<B: Backend, T>(&self, local: Result<T>, device: &B::Device) -> Result<T> {
+        let failed = self.sum::<B>(&[f64::from(u8::from(local.is_err()))], device)?[0] > 0.0;
+        match local {
+            Ok(_) if failed => Err(Error::PeerFailed { rank: self.rank }),
+            local => local,
+        }
     }
 }
 
@@ -105,10 +110,11 @@ impl<B: AutodiffBackend> Gather<B> for WorldGather<B> {
         let [b, d] = local.dims();
         let World { rank, ranks, peer } = self.world;
         let rows = rank * b..(rank + 1) * b;
+        // [ranks * b, dim]
         let padded = Tensor::<B::InnerBackend, 2>::zeros([ranks * b, d], &self.device)
-            .slice_assign([rows.clone(), 0..d], local.clone().inner()); // [ranks * b, dim]
-                                                                        // A forward pass cannot return an error; a failing collective is a broken run (a peer
-                                                                        // gone or a mismatched call), reported as this rank's panic.
+            .slice_assign([rows.clone(), 0..d], local.clone().inner());
+        // A forward pass cannot return an error; a failing collective is a broken run (a peer
+        // gone or a mismatched call), reported as this rank's panic.
         let summed = all_reduce::<B::InnerBackend>(peer, padded.into_primitive().tensor(), ReduceOperation::Sum)
             .unwrap_or_else(|e| panic!("rank {rank}: the all-reduce of InfoNCE's negatives failed: {e:?}"));
         let all = Tensor::<B, 2>::from_inner(Tensor::from_primitive(TensorPrimitive::Float(summed)));
@@ -184,22 +190,20 @@ where
             })
             .collect()
     });
-    let mut first_error = None;
+    // A rank's own error goes before the PeerFailed of a rank that only heard of it.
+    let mut errors = Vec::new();
     let mut lead = None;
     for (rank, outcome) in outcomes.into_iter().enumerate() {
         match outcome {
             Ok(out) if rank == 0 => lead = Some(out),
             Ok(_) => {}
-            Err(Error::PeerFailed { .. }) if first_error.is_some() => {}
-            Err(e @ Error::PeerFailed { .. }) => first_error = Some(e),
-            Err(e) => {
-                if matches!(first_error, None | Some(Error::PeerFailed { .. })) {
-                    first_error = Some(e);
-                }
-            }
+            Err(e) => errors.push(e),
         }
     }
-    match (first_error, lead) {
+    if let Some(own) = errors.iter().position(|e| !matches!(e, Error::PeerFailed { .. })) {
+        return Err(errors.swap_remove(own));
+    }
+    match (errors.into_iter().next(), lead) {
         (Some(e), _) => Err(e),
         (None, Some(out)) => Ok(out),
         (None, None) => unreachable!("rank 0 returned neither a result nor an error"),
@@ -221,18 +225,14 @@ mod tests {
         .unwrap();
         assert_eq!(sums, vec![3.0, 3.0]);
         let err = on_ranks::<CpuAutodiff, _, (), _>(&devices, vec![(); 3], |world, device, ()| {
-            let failed = world.rank == 2;
-            if world.any_failed::<Inner>(failed, device)? {
-                return Err(if failed {
-                    Error::Io {
-                        path: "rank-2-file".into(),
-                        source: std::io::Error::other("disk"),
-                    }
-                } else {
-                    Error::PeerFailed { rank: world.rank }
-                });
-            }
-            Ok(())
+            let local = match world.rank {
+                2 => Err(Error::Io {
+                    path: "rank-2-file".into(),
+                    source: std::io::Error::other("disk"),
+                }),
+                _ => Ok(()),
+            };
+            world.agree::<Inner, _>(local, device)
         })
         .unwrap_err()
         .to_string();

@@ -305,12 +305,7 @@ where
             }
             Ok((grads.expect("accum >= 1"), logged, epoch))
         })();
-        let peer_failed = world.any_failed::<B::InnerBackend>(local.is_err(), device)?;
-        let (grads, logged, epoch) = match local {
-            Err(e) => return Err(e),
-            Ok(_) if peer_failed => return Err(Error::PeerFailed { rank: world.rank }),
-            Ok(l) => l,
-        };
+        let (grads, logged, epoch) = world.agree::<B::InnerBackend, _>(local, device)?;
         // Every rank now holds the same mean gradient, so the guard below decides alike.
         let mut grads = world.mean_grads::<B>(grads)?;
         let logged = match logged {

@@ -37,11 +37,10 @@ fn beit(f: &Fixture, out: &Path, batch: &str, devices: Option<&str>, stop_after:
     pre(f, out, "beit", batch, devices, &stop)
 }
 
-/// A 20-step pre-training run of `method` with `batch` per device on `devices`.
-fn pre(f: &Fixture, out: &Path, method: &str, batch: &str, devices: Option<&str>, more: &[&str]) -> PretrainConfig {
-    let mut extra = vec![
-        "--method",
-        method,
+/// The schedule both kinds of run share: 20 updates of cpu-tiny (the micro ViT is set after
+/// resolving) with `batch` per device on `devices` (`None`: one device), logged every step.
+fn schedule<'a>(batch: &'a str, devices: Option<&'a str>) -> Vec<&'a str> {
+    let mut args = vec![
         "--model",
         "cpu-tiny",
         "--batch-size",
@@ -50,18 +49,21 @@ fn pre(f: &Fixture, out: &Path, method: &str, batch: &str, devices: Option<&str>
         "20",
         "--epochs",
         "2",
-        "--blr",
-        "0.2",
         "--warmup-epochs",
         "0.2",
         "--log-every",
         "1",
-        "--checkpoint-every",
-        "5",
         "--limit-images",
         "320",
     ];
-    extra.extend(devices.iter().flat_map(|d| ["--devices", d]));
+    args.extend(devices.iter().flat_map(|d| ["--devices", d]));
+    args
+}
+
+/// A 20-step pre-training run of `method` with `batch` per device on `devices`.
+fn pre(f: &Fixture, out: &Path, method: &str, batch: &str, devices: Option<&str>, more: &[&str]) -> PretrainConfig {
+    let mut extra = schedule(batch, devices);
+    extra.extend(["--method", method, "--blr", "0.2", "--checkpoint-every", "5"]);
     extra.extend(more);
     let mut cfg = args(f, &f.vocab_small, out, &extra).resolve().unwrap();
     cfg.vit = micro_vit();
@@ -163,33 +165,12 @@ fn two_finetuning_workers_with_batch_b_follow_one_with_batch_2b() {
     // Mixup and CutMix pair images within a rank's share, so they are off here (as DeiT's
     // per-rank mixup, 2 x b cannot reproduce 1 x 2b with them on).
     let run = |name: &str, batch: &str, devices: Option<&str>| -> FinetuneConfig {
-        let mut extra = vec![
-            "--model",
-            "cpu-tiny",
-            "--batch-size",
-            batch,
-            "--max-steps",
-            "20",
-            "--epochs",
-            "2",
-            "--blr",
-            "1.6e-2",
-            "--warmup-epochs",
-            "0.2",
-            "--mixup",
-            "0",
-            "--cutmix",
-            "0",
-            "--eval-every-epochs",
-            "1",
-            "--eval-images",
-            "100",
-            "--log-every",
-            "1",
-            "--limit-images",
-            "320",
-        ];
-        extra.extend(devices.iter().flat_map(|d| ["--devices", d]));
+        let mut extra = schedule(batch, devices);
+        #[rustfmt::skip]
+        extra.extend([
+            "--blr", "1.6e-2", "--mixup", "0", "--cutmix", "0", "--eval-every-epochs", "1",
+            "--eval-images", "100",
+        ]);
         let mut cfg = finetune_args(&f.dir, None, &tmp.path().join(name), &extra)
             .resolve()
             .unwrap();
