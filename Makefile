@@ -20,6 +20,14 @@ MODEL    ?= cpu-small
 DEVICE   ?= cpu
 # Data-parallel devices, one rank each (cpu:N or cuda:0,1,...); BATCH is per device.
 DEVICES  ?=
+# Several machines, one process each (README, "Several machines"): NODES processes, this one
+# NODE_RANK, node 0 at MASTER=host:port, this node's tensor service at NODE_ADDRESS=host:port.
+NODES    ?=
+NODE_RANK ?=
+MASTER   ?=
+NODE_ADDRESS ?=
+NODE_FLAGS = $(if $(NODES),--num-nodes $(NODES)) $(if $(NODE_RANK),--node-rank $(NODE_RANK)) \
+	$(if $(MASTER),--master $(MASTER)) $(if $(NODE_ADDRESS),--node-address $(NODE_ADDRESS))
 BATCH    ?= 64
 RUN      ?= runs/$(DATASET)-$(METHOD)-$(MODEL)-$(VOCAB)
 TRAIN_ARGS ?=
@@ -66,15 +74,15 @@ build-trainer:
 # epochs; the paper's settings for the smallest datasets); RESUME=1 continues $(RUN).
 pretrain: build-trainer
 	$(TRAINER) pretrain --data $(OUT) --vocab $(VOCAB_FILE) --method $(METHOD) --model $(MODEL) \
-		--device $(DEVICE) $(if $(DEVICES),--devices $(DEVICES)) --batch-size $(BATCH) --out $(RUN) \
-		$(if $(RESUME),--resume) $(TRAIN_ARGS)
+		--device $(DEVICE) $(if $(DEVICES),--devices $(DEVICES)) $(NODE_FLAGS) --batch-size $(BATCH) \
+		--out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
 
 # Fine-tune a pre-training run (INIT=<run folder>; without INIT: random init, the baseline).
 FT_RUN   ?= $(if $(INIT),$(INIT)-finetune,runs/$(DATASET)-scratch-$(MODEL))
 FT_ARGS  ?=
 finetune: build-trainer
 	$(TRAINER) finetune --data $(OUT) $(if $(INIT),--init $(INIT),--model $(MODEL)) --device $(DEVICE) \
-		$(if $(DEVICES),--devices $(DEVICES)) \
+		$(if $(DEVICES),--devices $(DEVICES)) $(NODE_FLAGS) \
 		--batch-size $(BATCH) --out $(FT_RUN) $(if $(RESUME),--resume) $(FT_ARGS)
 
 # k-NN and per-layer linear probes of a pre-training run's frozen encoder -> $(RUN)/results.json.

@@ -15,8 +15,9 @@ use trainer::model::vit::VitConfig;
 use trainer::train::config::{
     check_split, init_paths, load_config, FinetuneArgs, FinetuneConfig, PretrainArgs, PretrainConfig,
 };
-use trainer::train::finetune::{finetune, FinetuneResults};
-use trainer::train::pretrain::{pretrain, RunSummary};
+use trainer::train::finetune::{finetune_on, FinetuneResults};
+use trainer::train::parallel::Cluster;
+use trainer::train::pretrain::{pretrain_on, RunSummary};
 use trainer::train::pretrained::frozen_encoder;
 use trainer::train::run_folder::write_results;
 
@@ -176,19 +177,20 @@ impl EvalArgs {
     }
 }
 
-struct PretrainTask<'a>(&'a PretrainConfig, bool, bool);
+/// Configuration, resume, this process's place in the run, progress bar.
+struct PretrainTask<'a>(&'a PretrainConfig, bool, &'a Cluster, bool);
 impl BackendTask for PretrainTask<'_> {
     type Output = trainer::Result<RunSummary>;
     fn run<B: AutodiffBackend>(self, devices: &[B::Device]) -> Self::Output {
-        pretrain::<B>(self.0, self.1, devices, self.2)
+        pretrain_on::<B>(self.0, self.1, devices, self.2, self.3)
     }
 }
 
-struct FinetuneTask<'a>(&'a FinetuneConfig, bool, bool);
+struct FinetuneTask<'a>(&'a FinetuneConfig, bool, &'a Cluster, bool);
 impl BackendTask for FinetuneTask<'_> {
     type Output = trainer::Result<Option<FinetuneResults>>;
     fn run<B: AutodiffBackend>(self, devices: &[B::Device]) -> Self::Output {
-        finetune::<B>(self.0, self.1, devices, self.2)
+        finetune_on::<B>(self.0, self.1, devices, self.2, self.3)
     }
 }
 
@@ -257,12 +259,23 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Pretrain { args, backend } => {
             let cfg = args.resolve().context("resolving the configuration")?;
+            let cluster = args.schedule.nodes.resolve()?;
             eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
             let summary = backend.run_on(
                 args.schedule.devices.as_ref(),
                 Precision::Bf16,
-                PretrainTask(&cfg, args.run.resume, progress),
+                PretrainTask(&cfg, args.run.resume, &cluster, progress),
             )??;
+            if cluster.node > 0 {
+                println!(
+                    "node {} of {}: pre-trained {} steps with the other nodes; node 0 wrote {}",
+                    cluster.node,
+                    cluster.nodes,
+                    summary.steps,
+                    cfg.run.out.display()
+                );
+                return Ok(());
+            }
             println!(
                 "pre-trained {} steps in {:.0} s ({:.1} img/s); run folder {}",
                 summary.steps,
@@ -283,12 +296,23 @@ fn run() -> Result<()> {
         }
         Command::Finetune { args, backend } => {
             let cfg = args.resolve().context("resolving the configuration")?;
+            let cluster = args.schedule.nodes.resolve()?;
             eprintln!("{}", serde_json::to_string_pretty(&cfg)?);
-            match backend.run_on(
+            let results = backend.run_on(
                 args.schedule.devices.as_ref(),
                 Precision::Bf16,
-                FinetuneTask(&cfg, args.run.resume, progress),
-            )?? {
+                FinetuneTask(&cfg, args.run.resume, &cluster, progress),
+            )??;
+            if cluster.node > 0 {
+                println!(
+                    "node {} of {}: fine-tuned with the other nodes; node 0 wrote {}",
+                    cluster.node,
+                    cluster.nodes,
+                    cfg.run.out.display()
+                );
+                return Ok(());
+            }
+            match results {
                 Some(r) => println!(
                     "fine-tuned {} ({}) for {} steps in {:.0} s: {} top-1 {:.2}%, top-5 {:.2}% on {} images (best top-1 {:.2}% at step {}); {}",
                     r.model,

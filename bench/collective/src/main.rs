@@ -6,7 +6,11 @@
 //!    ViT of the given width and depth (ViT-S/16: 384 x 12), one all-reduce per tensor, in
 //!    sorted order as `GradientsParams::all_reduce` does them.
 //!
-//! Prints one JSON line; bench/collective/run.py runs it beside torch.distributed (gloo).
+//! With `--nodes 2` it is one process of burn-collective's multi-node mode (`trainer
+//! --num-nodes`'s engine): node 0 hosts the orchestrator and the nodes reduce over websockets,
+//! the topology of gloo's processes over loopback.
+//!
+//! Prints one JSON line (node 0); bench/collective/run.py runs it beside torch.distributed (gloo).
 use std::time::Instant;
 
 use burn::backend::Autodiff;
@@ -34,6 +38,30 @@ struct Args {
     /// Timed updates (after one warm-up update).
     #[arg(long, default_value_t = 10)]
     updates: usize,
+    /// Processes of a multi-node run (each with --workers threads).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// This process's index among --nodes.
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Node 0's orchestrator port on 127.0.0.1; node r serves tensors on port + 1 + r.
+    #[arg(long, default_value_t = 29600)]
+    port: u16,
+}
+
+/// The collective's configuration of this process: `workers` local peers, and with several
+/// nodes the addresses of the orchestrator and of this node's tensor service on loopback.
+fn collective(args: &Args) -> CollectiveConfig {
+    let config = CollectiveConfig::default().with_num_devices(args.workers);
+    if args.nodes == 1 {
+        return config;
+    }
+    let data_port = args.port + 1 + args.node_rank as u16;
+    config
+        .with_num_nodes(args.nodes as u32)
+        .with_global_address(format!("ws://127.0.0.1:{}", args.port).parse().expect("address"))
+        .with_node_address(format!("ws://127.0.0.1:{data_port}").parse().expect("address"))
+        .with_data_service_port(data_port)
 }
 
 /// The weight shapes of a ViT/16 at 224 px: per block qkv, proj, fc1, fc2; then the patch
@@ -63,20 +91,22 @@ fn flat(layers: &[Linear<Train>], g: &GradientsParams) -> Vec<f32> {
         .collect()
 }
 
-/// Runs `work(rank)` on `n` threads, each registered as a collective peer, and returns their
-/// results in rank order.
+/// Runs `work(rank)` on this process's threads, each registered as a collective peer (global
+/// ranks `first_id + node * workers + i`), and returns their results in rank order.
 fn on_workers<T: Send + 'static>(
-    n: usize,
+    args: &Args,
     first_id: usize,
     work: impl Fn(usize, PeerId) -> T + Send + Sync + Clone + 'static,
 ) -> Vec<T> {
+    let n = args.workers;
     let handles: Vec<_> = (0..n)
-        .map(|rank| {
+        .map(|i| {
             let work = work.clone();
+            let config = collective(args);
+            let rank = args.node_rank * n + i;
             std::thread::spawn(move || {
                 let id = PeerId::from(first_id + rank);
-                register::<Inner>(id, Default::default(), CollectiveConfig::default().with_num_devices(n))
-                    .expect("register the peer");
+                register::<Inner>(id, Default::default(), config).expect("register the peer");
                 let out = work(rank, id);
                 finish_collective::<Inner>(id).expect("finish the collective");
                 out
@@ -88,8 +118,20 @@ fn on_workers<T: Send + 'static>(
 
 fn main() {
     let args = Args::parse();
-    let n = args.workers;
+    let n = args.workers * args.nodes;
     let device = Default::default();
+    if args.nodes > 1 && args.node_rank == 0 {
+        let port = args.port;
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(burn_collective::start_global_orchestrator(port))
+        });
+    }
+    // Every process draws the same layers and batch.
+    <Train as Backend>::seed(&device, 7);
 
     // 1. N shares of a batch, reduced, against the whole batch.
     let layers: Vec<Linear<Train>> = (0..3).map(|_| LinearConfig::new(32, 32).init(&device)).collect();
@@ -98,7 +140,7 @@ fn main() {
     let whole = flat(&layers, &mlp_grads(&layers, x.clone()));
     let shares = {
         let (layers, x) = (layers.clone(), x.clone());
-        on_workers(n, 0, move |rank, id| {
+        on_workers(&args, 0, move |rank, id| {
             let share = x.clone().slice([rank * 8..(rank + 1) * 8, 0..32]);
             let g = mlp_grads(&layers, share)
                 .all_reduce::<Inner>(id, ReduceOperation::Mean)
@@ -120,7 +162,7 @@ fn main() {
     let shapes = vit_shapes(args.dim, args.depth);
     let values: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
     let updates = args.updates;
-    let times = on_workers(n, 100, move |_, id| {
+    let times = on_workers(&args, 100, move |_, id| {
         let device = Default::default();
         (0..=updates)
             .map(|_| {
@@ -143,12 +185,19 @@ fn main() {
             .skip(1)
             .collect::<Vec<f64>>()
     });
+    if args.node_rank > 0 {
+        return;
+    }
     let mut t = times[0].clone();
     t.sort_by(f64::total_cmp);
+    let engine = match args.nodes {
+        1 => "burn-collective 0.21 (flex, in-process threads)".to_string(),
+        nodes => format!("burn-collective 0.21 multi-node ({nodes} processes, websockets)"),
+    };
     println!(
         "{}",
         serde_json::json!({
-            "engine": "burn-collective 0.21 (flex, in-process threads)",
+            "engine": engine,
             "workers": n,
             "values": values,
             "tensors": vit_shapes(args.dim, args.depth).len(),

@@ -31,11 +31,11 @@ use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::{FinetuneConfig, HeadInit};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, layer_decay_scale, AdamW};
-use crate::train::parallel::{on_ranks, World};
+use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
 use crate::train::pretrained::{load_encoder, pretrained_encoder};
 use crate::train::run_folder::{
-    end_step, load_checkpoint, prepare_run_folder, read_results, record_skipped, trim_metrics, write_results,
-    MetricsLog, TrainState,
+    end_step, prepare_run_folder, read_results, record_skipped, start_ranks, trim_metrics, write_results, MetricsLog,
+    TrainState,
 };
 
 /// Non-finite updates in a row before fine-tuning gives up (it has no rollback: its
@@ -111,7 +111,23 @@ pub fn finetune<B: AutodiffBackend>(
     devices: &[B::Device],
     progress: bool,
 ) -> Result<Option<FinetuneResults>> {
-    let _lock = prepare_run_folder(&cfg.run.out, cfg, resume)?;
+    finetune_on::<B>(cfg, resume, devices, &Cluster::ONE, progress)
+}
+
+/// [`finetune`] as one node of a multi-node run: node 0 writes the run folder and the results
+/// (returned there), the others only read the folder (on resume) and return `None`.
+pub fn finetune_on<B: AutodiffBackend>(
+    cfg: &FinetuneConfig,
+    resume: bool,
+    devices: &[B::Device],
+    cluster: &Cluster,
+    progress: bool,
+) -> Result<Option<FinetuneResults>> {
+    let writes = cluster.node == 0;
+    let _lock = match writes {
+        true => Some(prepare_run_folder(&cfg.run.out, cfg, resume)?),
+        false => None,
+    };
     let started = Instant::now();
     let device = &devices[0];
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.run.seed);
@@ -127,7 +143,9 @@ pub fn finetune<B: AutodiffBackend>(
     let mut train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
     let mut eval = ImageSet::load_with(&cfg.run.data, &cfg.run.eval_split, &cfg.run.loader)?;
     for set in [&mut train, &mut eval] {
-        record_skipped(&cfg.run.out, set)?;
+        if writes {
+            record_skipped(&cfg.run.out, set)?;
+        }
         let dropped = set.keep_labeled(cfg.classes);
         if dropped > 0 {
             bar_println(
@@ -152,8 +170,8 @@ pub fn finetune<B: AutodiffBackend>(
         started,
     };
     // One model, replicated: the same weights and parameter ids on every rank.
-    let replicas = vec![model; devices.len()];
-    on_ranks::<B, _, _, _>(devices, replicas, |world, device, model| {
+    let replicas = vec![numbered_params(model); devices.len()];
+    on_ranks::<B, _, _, _>(devices, cluster, replicas, |world, device, model| {
         run(cfg, &sets, model.fork(device), resume, world, device, progress)
     })
 }
@@ -183,8 +201,10 @@ fn run<B: AutodiffBackend>(
     let metrics_path = cfg.run.metrics_path();
     let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
     let mut state = TrainState::new();
-    if resume && ckpt.exists() {
-        (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
+    let resumed;
+    (model, resumed) = start_ranks(&ckpt, cfg, model, &mut opt, resume, &world, device)?;
+    if let Some(resumed) = resumed {
+        state = resumed;
         if lead {
             trim_metrics(&metrics_path, state.step)?;
         }

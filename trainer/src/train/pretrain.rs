@@ -31,10 +31,10 @@ use crate::model::vit::{Mode, Vit};
 use crate::seed::mix;
 use crate::train::config::{PretrainConfig, Targets};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, AdamW};
-use crate::train::parallel::{on_ranks, World, WorldGather};
+use crate::train::parallel::{numbered_params, on_ranks, Cluster, World, WorldGather};
 use crate::train::run_folder::{
-    end_step, load_checkpoint, prepare_run_folder, read_state, record_skipped, save_model, trim_metrics, MetricsLog,
-    TrainState,
+    end_step, load_checkpoint, prepare_run_folder, read_state, record_skipped, save_model, start_ranks, trim_metrics,
+    MetricsLog, TrainState,
 };
 
 /// One line of metrics.jsonl. Non-finite values (a diverging step) are written as `null`
@@ -89,8 +89,23 @@ pub fn pretrain<B: AutodiffBackend>(
     devices: &[B::Device],
     progress: bool,
 ) -> Result<RunSummary> {
-    let _lock = prepare_run_folder(&cfg.run.out, cfg, resume)?;
-    let inputs = Inputs::load(cfg)?;
+    pretrain_on::<B>(cfg, resume, devices, &Cluster::ONE, progress)
+}
+
+/// [`pretrain`] as one node of a multi-node run: node 0 writes the run folder, the others
+/// only read it (on resume).
+pub fn pretrain_on<B: AutodiffBackend>(
+    cfg: &PretrainConfig,
+    resume: bool,
+    devices: &[B::Device],
+    cluster: &Cluster,
+    progress: bool,
+) -> Result<RunSummary> {
+    let _lock = match cluster.node {
+        0 => Some(prepare_run_folder(&cfg.run.out, cfg, resume)?),
+        _ => None,
+    };
+    let inputs = Inputs::load(cfg, cluster.node == 0)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.run.seed);
     // One model, replicated: every rank starts from the same weights and parameter ids (the
     // all-reduce matches gradients by id).
@@ -98,14 +113,15 @@ pub fn pretrain<B: AutodiffBackend>(
     let n = devices.len();
     match cfg.method {
         Method::Beit => {
-            let model = Beit::<B>::new(&cfg.vit, cfg.vocab_size, &mut rng, device);
-            on_ranks::<B, _, _, _>(devices, vec![model; n], |world, device, model| {
+            let model = numbered_params(Beit::<B>::new(&cfg.vit, cfg.vocab_size, &mut rng, device));
+            on_ranks::<B, _, _, _>(devices, cluster, vec![model; n], |world, device, model| {
                 run(cfg, &inputs, model.fork(device), resume, world, device, progress)
             })
         }
         Method::Splitmask => {
             let model = SplitMask::<B>::new(&cfg.vit, &cfg.splitmask, cfg.vocab_size, &mut rng, device);
-            on_ranks::<B, _, _, _>(devices, vec![model; n], |world, device, model| {
+            let model = numbered_params(model);
+            on_ranks::<B, _, _, _>(devices, cluster, vec![model; n], |world, device, model| {
                 run(cfg, &inputs, model.fork(device), resume, world, device, progress)
             })
         }
@@ -121,7 +137,8 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn load(cfg: &PretrainConfig) -> Result<Inputs> {
+    /// `writes`: this process records the rows left out (node 0's).
+    fn load(cfg: &PretrainConfig, writes: bool) -> Result<Inputs> {
         let (vocab, _) = pipeline::vocab::tokenizer::Vocabulary::load(&cfg.vocab)?;
         let mut set = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
         if let Some(n) = cfg.run.limit_images {
@@ -140,7 +157,7 @@ impl Inputs {
         } else {
             None
         };
-        for s in std::iter::once(&set).chain(&knn_queries) {
+        for s in std::iter::once(&set).chain(&knn_queries).filter(|_| writes) {
             record_skipped(&cfg.run.out, s)?;
         }
         Ok(Inputs {
@@ -228,15 +245,17 @@ where
     let mut state = TrainState::new();
     let ckpt = cfg.run.checkpoint_path();
     let metrics_path = cfg.run.metrics_path();
-    if resume && ckpt.exists() {
-        (model, state) = load_checkpoint(&ckpt, model, &mut opt, device)?;
+    let resumed;
+    (model, resumed) = start_ranks(&ckpt, cfg, model, &mut opt, resume, &world, device)?;
+    if let Some(resumed) = resumed {
+        state = resumed;
         if lead {
             trim_metrics(&metrics_path, state.step)?;
-        }
-        // best.safetensors may be newer than the checkpoint; its score is the one to beat.
-        let best = cfg.run.best_path();
-        if best.exists() {
-            state.best_knn = read_state(&best)?.best_knn;
+            // best.safetensors may be newer than the checkpoint; its score is the one to beat.
+            let best = cfg.run.best_path();
+            if best.exists() {
+                state.best_knn = read_state(&best)?.best_knn;
+            }
         }
     }
     let end = cfg.schedule.end();
@@ -254,9 +273,11 @@ where
         )
     };
     let mut loader = spawn(cfg.run.seed, state.step)?;
-    let negatives = match world.ranks > 1 && cfg.global_negatives {
-        true => Negatives::Global(Arc::new(WorldGather::new(world, device.clone()))),
-        false => Negatives::Local,
+    let gather =
+        (world.ranks > 1 && cfg.global_negatives).then(|| Arc::new(WorldGather::<B>::new(world, device.clone())));
+    let negatives = match &gather {
+        Some(g) => Negatives::Global(g.clone()),
+        None => Negatives::Local,
     };
     let mut metrics = lead.then(|| MetricsLog::open(&metrics_path)).transpose()?;
     let bar = crate::progress::steps(progress && lead, cfg.schedule.total_steps, state.step);
@@ -287,6 +308,9 @@ where
                 let mut batch = device_batch::<B>(cfg, &tokenizer, host, mix(cfg.run.seed, index, 2), device);
                 batch.negatives = negatives.clone();
                 let out = model.forward(&batch, Mode::train_at(mix(cfg.run.seed, index, 4), first));
+                if let Some(g) = &gather {
+                    g.failure()?;
+                }
                 if log_now && micro == 0 {
                     logged = Some(Logged {
                         loss: out.loss.clone().into_scalar().elem::<f64>(),

@@ -89,6 +89,21 @@ pub fn record_skipped(run: &Path, set: &ImageSet) -> Result<()> {
     Ok(())
 }
 
+/// A digest of a resolved configuration that the nodes of a run compare: every field but
+/// when to stop and the paths, which may differ between machines (the vocabulary is named
+/// by its digest, the data by its schedule).
+pub fn fingerprint<C: Serialize>(cfg: &C) -> u64 {
+    use sha2::Digest;
+    let mut value = serde_json::to_value(cfg).expect("serializable");
+    if let Some(fields) = value.as_object_mut() {
+        for path_like in ["stop_after", "out", "data", "vocab", "recipes"] {
+            fields.remove(path_like);
+        }
+    }
+    let digest = sha2::Sha256::digest(value.to_string().as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
 /// Top-level fields that differ between two configs, ignoring `stop_after`.
 fn diff_fields(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
     let empty = serde_json::Map::new();
@@ -256,13 +271,14 @@ fn file_meta<C: Serialize>(cfg: &C, state: &TrainState) -> HashMap<String, Strin
     ])
 }
 
-/// The end of training step `state.step` on every rank. Rank 0, the only one that writes,
-/// polls for a stop signal and writes the checkpoint when it is `due` or when a signal asked
-/// the run to stop; `wrote` is what its other writes of the step (metrics, best model) came
-/// to. With several ranks they then agree, so all go on or all stop at this step: rank 0
-/// returns [`Error::Interrupted`] (the command exits saying how to resume) or its write
-/// error, the others [`Error::PeerFailed`]. `may_stop` is false where the loop must go on
-/// (its last step).
+/// The end of training step `state.step` on every rank. The first rank of each process polls
+/// for a stop signal; rank 0, the only one that writes, writes the checkpoint when it is `due`
+/// or when a signal asked the run to stop; `wrote` is what its other writes of the step
+/// (metrics, best model) came to. With several ranks they then agree, so all go on or all
+/// stop at this step: on a stop every rank returns [`Error::Interrupted`] (the command exits
+/// saying how to resume, on every node) after rank 0 has written the checkpoint; on a failed
+/// write rank 0 returns its error, the others [`Error::PeerFailed`]. `may_stop` is false where
+/// the loop must go on (its last step).
 #[allow(clippy::too_many_arguments)]
 pub fn end_step<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
     path: &Path,
@@ -275,21 +291,28 @@ pub fn end_step<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
     world: &World,
     device: &B::Device,
 ) -> Result<()> {
-    let (stop, wrote) = if world.leads() {
-        let stop = pipeline::interrupt::safe_point("step", state.step).filter(|_| may_stop);
-        let wrote = wrote.and_then(|()| match due || stop.is_some() {
-            true => save_checkpoint(path, cfg, model, opt, state),
-            false => Ok(()),
-        });
-        (stop, wrote)
-    } else {
-        (None, wrote)
+    let polled = match world.polls_signals() && may_stop {
+        true => pipeline::interrupt::safe_point("step", state.step),
+        false => None,
     };
+    let save = || save_checkpoint(path, cfg, model, opt, state);
+    let mut wrote = match world.leads() && (due || polled.is_some()) {
+        true => wrote.and_then(|()| save()),
+        false => wrote,
+    };
+    let mut stop = polled;
     if world.ranks > 1 {
         let flag = |b: bool| f64::from(u8::from(b));
-        let any = world.sum::<B::InnerBackend>(&[flag(wrote.is_err()), flag(stop.is_some())], device)?;
-        if !world.leads() && any.iter().any(|&v| v > 0.0) {
+        let any = world.sum::<B::InnerBackend>(&[flag(wrote.is_err()), flag(polled.is_some())], device)?;
+        if any[0] > 0.0 && !world.leads() {
             return Err(Error::PeerFailed { rank: world.rank });
+        }
+        if any[1] > 0.0 && stop.is_none() {
+            // Another process (or rank) caught the signal: rank 0 writes the checkpoint now.
+            if world.leads() && !due {
+                wrote = wrote.and_then(|()| save());
+            }
+            stop = Some("a signal to another rank's process");
         }
     }
     wrote?;
@@ -325,6 +348,35 @@ pub fn read_state(path: &Path) -> Result<TrainState> {
             path: path.to_path_buf(),
             message: format!("no {STATE_KEY} in the header"),
         })?)
+}
+
+/// Where every rank starts: from the run's checkpoint `path` where `resume` finds one (the
+/// state is returned), else from `model`. The ranks agree that each loaded its copy, then
+/// check that each starts at the same step of the same configuration (nodes that do not see
+/// the same run folder would not).
+pub fn start_ranks<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
+    path: &Path,
+    cfg: &C,
+    model: M,
+    opt: &mut AdamW<B>,
+    resume: bool,
+    world: &World,
+    device: &B::Device,
+) -> Result<(M, Option<TrainState>)> {
+    let loaded = match resume && path.exists() {
+        true => load_checkpoint(path, model.clone(), opt, device).map(Some),
+        false => Ok(None),
+    };
+    let loaded = world.agree::<B::InnerBackend, _>(loaded, device)?;
+    let step = loaded.as_ref().map_or(0, |(_, s)| s.step);
+    world.same::<B::InnerBackend>(
+        &[("the configuration", fingerprint(cfg)), ("the step resumed from", step)],
+        device,
+    )?;
+    Ok(match loaded {
+        Some((model, state)) => (model, Some(state)),
+        None => (model, None),
+    })
 }
 
 /// Restores model, optimizer and state from the run's checkpoint.

@@ -180,6 +180,126 @@ fn sigterm_stops_every_worker_of_a_data_parallel_run_at_the_same_step() {
 }
 
 #[test]
+fn two_processes_on_localhost_train_as_one_and_a_signal_to_either_stops_both() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("two-nodes");
+    // Multi-node mode: node 0 hosts the orchestrator, each process one CPU device with 8 of
+    // the 16 images of every batch; both name the same run folder (one machine's disk).
+    let nodes = |extra: &[&str]| {
+        let master = format!("127.0.0.1:{}", free_ports(3));
+        [0, 1].map(|rank| {
+            let rank = rank.to_string();
+            let node = ["--num-nodes", "2", "--node-rank", &rank, "--master", &master];
+            let mut argv = pretrain_argv(f, &out, &[&node[..], extra].concat());
+            let at = argv.iter().position(|a| a == "--batch-size").unwrap();
+            argv[at + 1] = "8".into();
+            argv
+        })
+    };
+    // A SIGTERM to node 1 after step 2: node 0 hears of it at that step's end, writes the
+    // checkpoint, and both exit saying how to resume.
+    let [a, b] = nodes(&[]);
+    let [o0, o1] = trainers_together([(a, vec![]), (b, vec![(pipeline::interrupt::FAULT_ENV, "step:2")])]);
+    let (e0, e1) = (stderr(&o0), stderr(&o1));
+    for (o, e) in [(&o0, &e0), (&o1, &e1)] {
+        assert_eq!(o.status.code(), Some(pipeline::interrupt::EXIT_INTERRUPTED), "{e}");
+    }
+    assert!(e1.contains("stopped by SIGTERM after step 2"), "{e1}");
+    assert!(
+        e0.contains("stopped by a signal to another rank's process after step 2"),
+        "{e0}"
+    );
+    assert!(e0.contains("node 0 of 2: 1 device(s), ranks 0..1"), "{e0}");
+    assert_eq!(read_state(&out.join("checkpoint.safetensors")).unwrap().step, 2);
+    assert_eq!(losses(&out).len(), 2);
+
+    // Resumed on both nodes, the run ends where one process with the whole batch ends.
+    let [a, b] = nodes(&["--resume"]);
+    let [o0, o1] = trainers_together([(a, vec![]), (b, vec![])]);
+    assert!(o0.status.success(), "{}", stderr(&o0));
+    assert!(o1.status.success(), "{}", stderr(&o1));
+    assert!(String::from_utf8_lossy(&o1.stdout).contains("node 1 of 2: pre-trained 4 steps"));
+    assert_same_losses(&losses(reference(f)), &losses(&out), 1e-4);
+
+    // A node that resumes from elsewhere (another step) is refused on every node.
+    let [mut a, mut b] = nodes(&["--resume"]);
+    a.retain(|x| x != "--resume");
+    for argv in [&mut a, &mut b] {
+        let at = argv.iter().position(|x| x == "--max-steps").unwrap();
+        argv[at + 1] = "5".into();
+    }
+    let other = tmp.path().join("fresh");
+    let at = a.iter().position(|x| x == "--out").unwrap();
+    a[at + 1] = other.display().to_string();
+    let [o0, o1] = trainers_together([(a, vec![]), (b, vec![])]);
+    for o in [&o0, &o1] {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
+    }
+    assert!(
+        stderr(&o1).contains("the ranks disagree on the step resumed from"),
+        "{}",
+        stderr(&o1)
+    );
+}
+
+/// A port `p` with `p..p + n` free on this machine now.
+fn free_ports(n: u16) -> u16 {
+    (0..100)
+        .find_map(|_| {
+            let p = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let held: Option<Vec<_>> = (0..n)
+                .map(|i| std::net::TcpListener::bind(("0.0.0.0", p.checked_add(i)?)).ok())
+                .collect();
+            held.map(|_| p)
+        })
+        .expect("free ports")
+}
+
+/// A trainer command line and the environment variables it runs with.
+type Run<'a> = (Vec<String>, Vec<(&'a str, &'a str)>);
+
+/// Runs both trainer commands at once (each with its environment) and waits for both; a
+/// run that hangs is killed after five minutes and reported with what it printed.
+fn trainers_together(runs: [Run<'_>; 2]) -> [Output; 2] {
+    let children = runs.map(|(argv, env)| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+        c.args(&argv).env_remove(pipeline::interrupt::FAULT_ENV);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = c.spawn().unwrap();
+        let pid = child.id();
+        let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+        (pid, waiter)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while children.iter().any(|(_, w)| !w.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let hung = children.iter().any(|(_, w)| !w.is_finished());
+    if hung {
+        for (pid, _) in &children {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+    let outputs = children.map(|(_, w)| w.join().unwrap());
+    assert!(
+        !hung,
+        "the two nodes did not finish in 5 minutes:\n{}\n---\n{}",
+        stderr(&outputs[0]),
+        stderr(&outputs[1])
+    );
+    outputs
+}
+
+#[test]
 fn a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_loadable() {
     let Some(f) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
