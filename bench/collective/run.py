@@ -8,6 +8,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -50,12 +51,24 @@ def main():
     binary = HERE / "target" / "release" / "bench-collective"
     size = ["--workers", "1", "--dim", str(a.dim), "--depth", str(a.depth), "--updates", str(a.updates)]
     port = free_port(a.workers + 1)
-    nodes = [subprocess.Popen([str(binary), *size, "--nodes", str(a.workers), "--node-rank", str(r), "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(a.workers)]
-    outs = [p.communicate(timeout=600) for p in nodes]
+    # Output to files, not pipes: the collective logs every transfer, and a process blocked on
+    # a full pipe that nobody reads yet would stall its peer in the all-reduce.
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = [(open(f"{tmp}/{r}.out", "w+"), open(f"{tmp}/{r}.err", "w+")) for r in range(a.workers)]
+        nodes = [subprocess.Popen([str(binary), *size, "--nodes", str(a.workers), "--node-rank", str(r),
+                                   "--port", str(port)], stdout=o, stderr=e, text=True)
+                 for r, (o, e) in enumerate(logs)]
+        for p in nodes:
+            p.wait(timeout=600)
+        outs = []
+        for o, e in logs:
+            o.seek(0)
+            e.seek(0)
+            outs.append((o.read(), e.read()))
     if any(p.returncode != 0 for p in nodes):
-        sys.exit("\n".join(err for _, err in outs))
-    m = json.loads(outs[0][0].strip().splitlines()[-1])
+        sys.exit("\n".join(err[-4000:] for _, err in outs))
+    # The collective logs to stdout too: the result is the last JSON line.
+    m = json.loads([line for line in outs[0][0].splitlines() if line.startswith("{")][-1])
     peer = subprocess.run([sys.executable, str(HERE / "peer.py"), *flags], capture_output=True, text=True)
     if peer.returncode != 0:
         sys.exit(peer.stderr)

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::collective::{all_reduce, finish_collective, register, CollectiveConfig, PeerId, ReduceOperation};
+use burn::module::{ModuleMapper, Param, ParamId};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -71,6 +72,21 @@ fn vit_shapes(dim: usize, depth: usize) -> Vec<[usize; 2]> {
         .flat_map(|_| [[dim, 3 * dim], [dim, dim], [dim, 4 * dim], [4 * dim, dim]])
         .chain([[3 * 16 * 16, dim], [197, dim]])
         .collect()
+}
+
+/// `layers` with parameter ids 0, 1, ...: burn draws ids at random, and the gradient
+/// all-reduce goes through the parameters in id order, so processes must agree on them (the
+/// trainer's `numbered_params` does the same).
+fn numbered(layers: Vec<Linear<Train>>) -> Vec<Linear<Train>> {
+    struct Numbering(u64);
+    impl ModuleMapper<Train> for Numbering {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<Train, D>>) -> Param<Tensor<Train, D>> {
+            let (_, tensor, mapper) = param.consume();
+            self.0 += 1;
+            Param::from_mapped_value(ParamId::from(self.0 - 1), tensor, mapper)
+        }
+    }
+    layers.map(&mut Numbering(0))
 }
 
 fn mlp_grads(layers: &[Linear<Train>], x: Tensor<Train, 2>) -> GradientsParams {
@@ -135,6 +151,7 @@ fn main() {
 
     // 1. N shares of a batch, reduced, against the whole batch.
     let layers: Vec<Linear<Train>> = (0..3).map(|_| LinearConfig::new(32, 32).init(&device)).collect();
+    let layers = numbered(layers);
     let batch = 8 * n;
     let x = Tensor::<Train, 2>::random([batch, 32], Distribution::Normal(0.0, 1.0), &device);
     let whole = flat(&layers, &mlp_grads(&layers, x.clone()));
@@ -170,9 +187,10 @@ fn main() {
                     .iter()
                     .map(|s| Tensor::random(*s, Distribution::Normal(0.0, 1.0), &device))
                     .collect();
-                // Both peers start the clock together: a one-value all-reduce as a barrier, so
-                // the time is the reduction's, not a wait for the slower peer's tensors.
-                let one = Tensor::<Inner, 1>::ones([1], &device).into_primitive().tensor();
+                // Both peers start the clock together: a small all-reduce as a barrier, so the
+                // time is the reduction's, not a wait for the slower peer's tensors. One value
+                // per rank: the ring between nodes splits a tensor into one chunk per node.
+                let one = Tensor::<Inner, 1>::ones([n], &device).into_primitive().tensor();
                 drop(all_reduce::<Inner>(id, one, ReduceOperation::Sum).expect("barrier"));
                 let t0 = Instant::now();
                 for g in grads {

@@ -475,31 +475,6 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_parse_and_node_options_resolve_to_a_place_in_the_run() {
-        use crate::train::config::NodeArgs;
-        let e = Endpoint::parse("ws://node-a:29500").unwrap();
-        assert_eq!((e.host.as_str(), e.port), ("node-a", 29500));
-        assert_eq!(e.to_string(), "node-a:29500");
-        for bad in ["node-a", "node-a:http", ":29500", "a:70000"] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
-        }
-        let args = |nodes, rank, master: Option<&str>| NodeArgs {
-            num_nodes: nodes,
-            node_rank: rank,
-            master: master.map(str::to_string),
-            node_address: None,
-        };
-        assert_eq!(args(1, 0, None).resolve().unwrap(), Cluster::ONE);
-        let c = args(3, 2, Some("127.0.0.1:4000")).resolve().unwrap();
-        let net = c.network.unwrap();
-        assert_eq!((c.nodes, c.node, net.address.port), (3, 2, 4003));
-        let err = args(2, 0, None).resolve().unwrap_err().to_string();
-        assert!(err.contains("--master"), "{err}");
-        let err = args(2, 2, Some("a:1")).resolve().unwrap_err().to_string();
-        assert!(err.contains("--node-rank \"2\""), "{err}");
-    }
-
-    #[test]
     fn ranks_sum_their_values_and_a_failing_rank_is_reported_as_itself() {
         let devices = vec![Default::default(); 3];
         let sums = on_ranks::<CpuAutodiff, _, _, _>(&devices, &Cluster::ONE, vec![(); 3], |world, device, ()| {
