@@ -32,8 +32,21 @@ BATCH    ?= 64
 RUN      ?= runs/$(DATASET)-$(METHOD)-$(MODEL)-$(VOCAB)
 TRAIN_ARGS ?=
 TRAINER  := target/release/trainer
+# Whose kernels compute: native (burn's: flex on the CPU, CubeCL on CUDA) or tch (LibTorch, on
+# DEVICE=cpu or cuda). tch builds against the torch wheel tch 0.22 expects, installed into the
+# project's own .venv (`make venv`); the binaries find its libraries through an rpath.
+BACKEND  ?= native
+VENV     := .venv
+TORCH_VERSION := 2.9.0
+TORCH_STAMP := $(VENV)/.torch-$(TORCH_VERSION)
+# torch-sys builds against the wheel's headers and libraries (the wheel's `torch` folder is a
+# libtorch tree). PATH stays as it is: the tests' python3 is the one python-deps installed into.
+TORCH_DIR = $(firstword $(wildcard $(abspath $(VENV))/lib/python3*/site-packages/torch))
+TCH_ENV   = LIBTORCH=$(TORCH_DIR)
+TRAINER_FEATURES := $(if $(filter tch,$(BACKEND)),tch,$(if $(filter cuda,$(DEVICE)),cuda))
+BACKEND_FLAGS = --device $(DEVICE) --backend $(BACKEND)
 
-.PHONY: all build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective
+.PHONY: all venv build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective bench-train
 
 all: build
 
@@ -66,28 +79,36 @@ DEMO_STEPS ?= 300
 demo: prepare inspect
 	$(MAKE) pretrain MODEL=cpu-tiny BATCH=32 RUN=runs/demo-$(DATASET) RESUME=1 TRAIN_ARGS="--max-steps $(DEMO_STEPS) --blr 0.2 --warmup-epochs 0.2 --knn-every $(DEMO_STEPS) --knn-images 1000"
 
+# The project's Python environment with the torch wheel (several GB with its CUDA libraries; it
+# runs on CPU-only machines too). The stamp names the version, so a new one reinstalls.
+venv: $(TORCH_STAMP)
+$(TORCH_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
+	touch $@
+
 # The CUDA build needs no GPU to compile (kernels are JIT-compiled by NVRTC on the GPU host).
-build-trainer:
-	$(CARGO) build --release -p trainer $(if $(filter cuda,$(DEVICE)),--features cuda)
+build-trainer: $(if $(filter tch,$(BACKEND)),venv)
+	$(if $(filter tch,$(BACKEND)),$(TCH_ENV)) $(CARGO) build --release -p trainer $(if $(TRAINER_FEATURES),--features $(TRAINER_FEATURES))
 
 # Pre-train on the prepared dataset in $(OUT) with its $(VOCAB) vocabulary (the recipe's Table 3
 # epochs; the paper's settings for the smallest datasets); RESUME=1 continues $(RUN).
 pretrain: build-trainer
 	$(TRAINER) pretrain --data $(OUT) --vocab $(VOCAB_FILE) --method $(METHOD) --model $(MODEL) \
-		--device $(DEVICE) $(if $(DEVICES),--devices $(DEVICES)) $(NODE_FLAGS) --batch-size $(BATCH) \
+		$(BACKEND_FLAGS) $(if $(DEVICES),--devices $(DEVICES)) $(NODE_FLAGS) --batch-size $(BATCH) \
 		--out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
 
 # Fine-tune a pre-training run (INIT=<run folder>; without INIT: random init, the baseline).
 FT_RUN   ?= $(if $(INIT),$(INIT)-finetune,runs/$(DATASET)-scratch-$(MODEL))
 FT_ARGS  ?=
 finetune: build-trainer
-	$(TRAINER) finetune --data $(OUT) $(if $(INIT),--init $(INIT),--model $(MODEL)) --device $(DEVICE) \
+	$(TRAINER) finetune --data $(OUT) $(if $(INIT),--init $(INIT),--model $(MODEL)) $(BACKEND_FLAGS) \
 		$(if $(DEVICES),--devices $(DEVICES)) $(NODE_FLAGS) \
 		--batch-size $(BATCH) --out $(FT_RUN) $(if $(RESUME),--resume) $(FT_ARGS)
 
 # k-NN and per-layer linear probes of a pre-training run's frozen encoder -> $(RUN)/results.json.
 eval: build-trainer
-	$(TRAINER) eval --run $(RUN) --device $(DEVICE)
+	$(TRAINER) eval --run $(RUN) $(BACKEND_FLAGS)
 
 # $(RUN) as a timm export folder ($(RUN)/timm: model.safetensors + config.json): a pre-training
 # run's encoder or a fine-tuning run's classifier; timm.create_model("local-dir:$(RUN)/timm", pretrained=True).
@@ -114,17 +135,21 @@ report: build-trainer
 # Sizes are EXP_* variables (see experiments/run.sh).
 EXP ?= imagenette
 experiment: build build-trainer
-	EXP=$(EXP) DATA_DIR=$(DATA_DIR) bash experiments/run.sh
+	EXP=$(EXP) DATA_DIR=$(DATA_DIR) EXP_BACKEND=$(BACKEND) EXP_DEVICE=$(DEVICE) bash experiments/run.sh
 
 python-deps:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
-lint:
+# The tests run the trainer on flex and on LibTorch's CPU backend in one build (--features
+# trainer/tch), so lint and test share it; the default build (no features) is checked too.
+TEST_FEATURES := --features trainer/tch
+lint: venv
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(TCH_ENV) $(CARGO) clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
+	$(CARGO) clippy -p trainer --bins -- -D warnings
 
-test: python-deps lint
-	$(CARGO) test --workspace
+test: python-deps venv lint
+	$(TCH_ENV) $(CARGO) test --workspace $(TEST_FEATURES)
 
 fmt:
 	$(CARGO) fmt --all
@@ -160,6 +185,14 @@ bench-collective:
 # bench/gpu/run_device.sh runs there (see bench/gpu/README.md).
 bench-gpu:
 	bash bench/gpu/build.sh
+
+# Training steps per second of the trainer on flex and on LibTorch (CPU), and of the PyTorch
+# reference (../shared/anchors/torch_ref, eager, f32) on the same configurations, in one run.
+BENCH_TRAIN_ARGS ?=
+bench-train: venv
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check numpy
+	$(TCH_ENV) $(CARGO) build --release -p trainer --features tch
+	$(VENV)/bin/python bench/train/run.py --trainer $(TRAINER) $(BENCH_TRAIN_ARGS)
 
 # Needs the prepared dataset (make images). OPENBLAS_* are unset for numpy's fastest kernels.
 bench-kmeans: python-deps

@@ -39,6 +39,8 @@ PROBE_IMAGES=${EXP_PROBE_IMAGES:-3000}
 EVAL_IMAGES=${EXP_EVAL_IMAGES:-1000}
 SEED=${EXP_SEED:-0}
 DEVICE=${EXP_DEVICE:-cpu}
+# native (flex / CubeCL) or tch (LibTorch; a trainer built with --features tch, make BACKEND=tch).
+BACKEND=${EXP_BACKEND:-native}
 PIPELINE=${PIPELINE:-target/release/pipeline}
 TRAINER=${TRAINER:-target/release/trainer}
 
@@ -63,7 +65,7 @@ probe() { # <out> (--run <run> | --random-init <preset> --data <data> --out <out
   local out=$1
   shift
   [ -f "$out/results.json" ] || "$TRAINER" eval "$@" --train-images "$PROBE_IMAGES" \
-    --val-images "$PROBE_IMAGES" --probe-epochs 50 --seed "$SEED" --device "$DEVICE" > /dev/null
+    --val-images "$PROBE_IMAGES" --probe-epochs 50 --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" > /dev/null
 }
 
 mkdir -p "$EXP_DIR"
@@ -73,7 +75,7 @@ for method in beit splitmask; do
     say "pre-train $method with the $kind tokenizer -> $run"
     "$TRAINER" pretrain --data "$EXP_DATA" --vocab "$EXP_DATA/vocab-$kind-$VOCAB_SIZE-s0.safetensors" \
       --method "$method" --model "$MODEL" --batch-size "$BATCH" --max-steps "$PRETRAIN_STEPS" \
-      --blr "$PRETRAIN_BLR" --seed "$SEED" --device "$DEVICE" --out "$run" --resume --quiet
+      --blr "$PRETRAIN_BLR" --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" --out "$run" --resume --quiet
     probe "$run" --run "$run"
   done
 done
@@ -87,7 +89,7 @@ finetune() { # <out> [--init <run>]
   "$TRAINER" finetune --data "$EXP_DATA" "$@" --model "$MODEL" --batch-size "$BATCH" \
     --max-steps "$FINETUNE_STEPS" ${FINETUNE_BLR:+--blr "$FINETUNE_BLR"} $FINETUNE_ARGS \
     --warmup-epochs "$FINETUNE_WARMUP" --eval-every-epochs 0.5 --eval-images "$EVAL_IMAGES" \
-    --seed "$SEED" --device "$DEVICE" --out "$out" --resume --quiet
+    --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" --out "$out" --resume --quiet
 }
 finetune "$EXP_DIR/ft-random$SUFFIX"
 for method in beit splitmask; do

@@ -3,7 +3,10 @@
 # bench/gpu/carry/: the binary, our device script and a copy of the PyTorch reference.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release -p trainer --features cuda
+# One binary with both GPU backends: CubeCL (--backend native) and LibTorch (--backend tch).
+make venv
+LIBTORCH="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')" \
+  cargo build --release -p trainer --features cuda,tch
 mkdir -p bench/gpu/carry
 cp target/release/trainer bench/gpu/carry/trainer
 cp ../shared/anchors/torch_ref/bench_splitmask.py bench/gpu/carry/

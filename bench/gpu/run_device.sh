@@ -24,11 +24,17 @@ peak_mem() {  # peak_mem CMD... -> runs CMD, appends {"peak_mem_gb": x} to its J
   return $rc
 }
 
-ours() {  # ours METHOD MODEL CAP
+# The LibTorch rows load the GPU machine's own libtorch: only a torch 2.9 (what tch 0.22 was
+# built against) will do.
+TORCH_LIB=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib")) if torch.__version__.startswith("2.9.") else None' 2>/dev/null | grep -v None || true)
+
+ours() {  # ours METHOD MODEL CAP [BACKEND]
   local cap=$3; (( cap > $(left) )) && cap=$(left)
-  (( cap < 20 )) && { echo "SKIP ours $1 $2" | tee -a "$LOG"; return; }
-  echo "== ours $1 $2 (timeout ${cap}s)" | tee -a "$LOG"
-  peak_mem timeout -k 5 "$cap" "$HERE/trainer" bench --device cuda --precision bf16 --method "$1" --model "$2" \
+  (( cap < 20 )) && { echo "SKIP ours $1 $2 ${4:-native}" | tee -a "$LOG"; return; }
+  if [ "${4:-native}" = tch ] && [ -z "$TORCH_LIB" ]; then echo "SKIP ours $1 $2 tch: no torch 2.9 here" | tee -a "$LOG"; return; fi
+  echo "== ours $1 $2 ${4:-native} (timeout ${cap}s)" | tee -a "$LOG"
+  LD_LIBRARY_PATH="${TORCH_LIB}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  peak_mem timeout -k 5 "$cap" "$HERE/trainer" bench --device cuda --backend "${4:-native}" --precision bf16 --method "$1" --model "$2" \
     --batch-size 256 --warmup 3 --steps 20 >> "$RES" 2>> "$LOG"
   echo "   rc=$?" | tee -a "$LOG"
 }
@@ -43,8 +49,10 @@ theirs() {  # theirs METHOD MODEL CAP [--compile]
 
 ours splitmask small 240
 theirs splitmask small 60
+ours splitmask small 120 tch
 ours beit small 150
 theirs beit small 60
+ours beit small 90 tch
 ours splitmask base 150
 theirs splitmask base 60
 echo "== total $(( $(date +%s) - START ))s" | tee -a "$LOG"
@@ -52,13 +60,13 @@ python3 - "$RES" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
 def key(r): return (r.get("method"), r.get("model"))
-ours = {key(r): r for r in rows if r.get("impl_name") == "burn"}
+ours = [r for r in rows if str(r.get("impl_name", "")).startswith("burn")]
 for r in rows:
-    if r.get("impl_name") == "burn":
+    if str(r.get("impl_name", "")).startswith("burn"):
         continue
-    o = ours.get(key(r))
     t = r.get("img_per_s") or r.get("images_per_s")
-    if o and t:
-        print(f"{key(r)}: burn {o['images_per_s']:.0f} img/s vs torch {t:.0f} img/s: {o['images_per_s'] / t:.2f}x")
+    for o in (o for o in ours if key(o) == key(r)):
+        if t:
+            print(f"{key(r)}: {o['impl_name']} {o['images_per_s']:.0f} img/s vs torch{' compiled' if r.get('compile') else ''} {t:.0f} img/s: {o['images_per_s'] / t:.2f}x")
 PY
 cat "$RES"

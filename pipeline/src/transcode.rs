@@ -91,31 +91,75 @@ pub fn decode_upright(raw: &[u8]) -> Result<(RgbImage, bool), SkipReason> {
 /// JPEGs are decoded in strict mode: a lenient decoder (PIL, image's default) pads corrupt or
 /// truncated entropy data with grey and reports success, which would put damaged pixels into a
 /// training set. Strict mode makes them a listed skip instead.
-fn decode_jpeg_strict(raw: &[u8]) -> Result<(RgbImage, Orientation, bool), SkipReason> {
-    use zune_core::bytestream::ZCursor;
-    use zune_core::colorspace::ColorSpace;
-    use zune_core::options::DecoderOptions;
-
-    let opts = DecoderOptions::default()
+fn strict_jpeg_decoder(raw: &[u8], out: zune_core::colorspace::ColorSpace) -> JpegDecoder<'_> {
+    let opts = zune_core::options::DecoderOptions::default()
         .set_strict_mode(true)
         .set_max_width(1 << 16)
         .set_max_height(1 << 16)
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(raw), opts);
+        .jpeg_set_out_colorspace(out);
+    zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(raw), opts)
+}
+
+type JpegDecoder<'a> = zune_jpeg::JpegDecoder<zune_core::bytestream::ZCursor<&'a [u8]>>;
+
+/// What a JPEG's headers say: its size, EXIF orientation, and whether it is colour (YCbCr or
+/// RGB) data, the layout whose bytes may be kept.
+struct JpegHeaders {
+    width: u32,
+    height: u32,
+    orientation: Orientation,
+    source_rgb: bool,
+}
+
+fn jpeg_headers(d: &mut JpegDecoder<'_>) -> Result<JpegHeaders, SkipReason> {
+    use zune_core::colorspace::ColorSpace;
     d.decode_headers()
         .map_err(|e| SkipReason(format!("invalid JPEG header: {e:?}")))?;
-    let source_rgb = matches!(d.input_colorspace(), Some(ColorSpace::YCbCr | ColorSpace::RGB));
-    let orientation = d
-        .exif()
-        .and_then(|e| Orientation::from_exif_chunk(e))
-        .unwrap_or(Orientation::NoTransforms);
+    let (width, height) = d.dimensions().expect("headers decoded");
+    Ok(JpegHeaders {
+        width: width as u32,
+        height: height as u32,
+        orientation: d
+            .exif()
+            .and_then(|e| Orientation::from_exif_chunk(e))
+            .unwrap_or(Orientation::NoTransforms),
+        source_rgb: matches!(d.input_colorspace(), Some(ColorSpace::YCbCr | ColorSpace::RGB)),
+    })
+}
+
+fn decode_jpeg_strict(raw: &[u8]) -> Result<(RgbImage, Orientation, bool), SkipReason> {
+    let mut d = strict_jpeg_decoder(raw, zune_core::colorspace::ColorSpace::RGB);
+    let h = jpeg_headers(&mut d)?;
     let pixels = d
         .decode()
         .map_err(|e| SkipReason(format!("corrupt JPEG data: {e:?}")))?;
-    let (w, h) = d.dimensions().expect("headers decoded");
-    let img = RgbImage::from_raw(w as u32, h as u32, pixels)
-        .ok_or_else(|| SkipReason(format!("JPEG decoder returned a short buffer for {w}x{h}")))?;
-    Ok((img, orientation, source_rgb))
+    let img = RgbImage::from_raw(h.width, h.height, pixels).ok_or_else(|| {
+        SkipReason(format!(
+            "JPEG decoder returned a short buffer for {}x{}",
+            h.width, h.height
+        ))
+    })?;
+    Ok((img, h.orientation, h.source_rgb))
+}
+
+/// The size of a JPEG whose bytes are kept as they are, `None` when they cannot be (another
+/// size is wanted, it is rotated, or it is not colour data). Keeping needs no pixels, only
+/// proof that the data decodes: the strict decode runs with luma output, so every block of
+/// every component is still entropy-decoded (a corrupt or truncated stream is still an error,
+/// the same one), while the chroma IDCT, upsampling and colour conversion are skipped.
+fn kept_jpeg_size(raw: &[u8], max_short_side: Option<u32>) -> Result<Option<(u32, u32)>, SkipReason> {
+    let mut d = strict_jpeg_decoder(raw, zune_core::colorspace::ColorSpace::Luma);
+    let h = jpeg_headers(&mut d)?;
+    let upright = h.orientation == Orientation::NoTransforms;
+    if !(h.source_rgb && upright && bounded_size(h.width, h.height, max_short_side) == (h.width, h.height)) {
+        return Ok(None);
+    }
+    if h.width == 0 || h.height == 0 {
+        return Err(SkipReason("image has zero width or height".into()));
+    }
+    d.decode()
+        .map_err(|e| SkipReason(format!("corrupt JPEG data: {e:?}")))?;
+    Ok(Some((h.width, h.height)))
 }
 
 fn decode_other(raw: &[u8], format: ImageFormat) -> Result<(RgbImage, Orientation, bool), SkipReason> {
@@ -177,6 +221,17 @@ pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, SkipReason> {
 
 /// Decodes, crops, resizes and encodes one image.
 pub fn transcode(raw: &[u8], bbox: Option<[i32; 4]>, s: &TranscodeSettings) -> Result<Transcoded, SkipReason> {
+    let cropped = s.crop_to_bbox && bbox.is_some();
+    if !cropped && image::guess_format(raw).ok() == Some(ImageFormat::Jpeg) {
+        if let Some((width, height)) = kept_jpeg_size(raw, s.max_short_side)? {
+            return Ok(Transcoded {
+                bytes: raw.to_vec(),
+                width,
+                height,
+                reencoded: false,
+            });
+        }
+    }
     let (mut img, mut keep) = decode_upright(raw)?;
     if let (true, Some(b)) = (s.crop_to_bbox, bbox) {
         let (w, h) = (img.width() as i32, img.height() as i32);

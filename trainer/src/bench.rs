@@ -23,7 +23,8 @@ use crate::train::optim::{clip_scale, global_grad_norm, AdamW, AdamWSettings};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
-    pub impl_name: &'static str,
+    /// `burn`; the command line adds the backend (`burn-tch-cpu-f32`).
+    pub impl_name: String,
     pub method: Method,
     pub model: String,
     pub batch: usize,
@@ -175,7 +176,7 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
     }
     let secs = timed_start.elapsed().as_secs_f64();
     BenchResult {
-        impl_name: "burn",
+        impl_name: "burn".into(),
         method,
         model: model_name,
         batch,

@@ -48,11 +48,8 @@ pub enum Error {
     Collective { rank: usize, what: String, reason: String },
     #[error("rank {rank} stopped: another rank failed (its error is reported with it)")]
     PeerFailed { rank: usize },
-    #[error("--device {device}: this binary was built without the `{feature}` feature (cargo build --release -p trainer --features {feature})")]
-    BackendMissing {
-        device: &'static str,
-        feature: &'static str,
-    },
+    #[error("{what}: this binary was built without the `{feature}` feature (cargo build --release -p trainer --features {feature})")]
+    BackendMissing { what: &'static str, feature: &'static str },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -301,10 +301,9 @@ fn skeleton<B: Backend>(cfg: &crate::model::vit::VitConfig, device: &B::Device) 
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
     use crate::model::vit::VitConfig;
-    use crate::TestBackend;
     use std::collections::BTreeMap;
 
     /// timm's state dict names and shapes from `../shared/fixtures/timm`, without the classifier.

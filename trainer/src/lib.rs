@@ -1,6 +1,7 @@
 //! Pre-training Vision Transformers with BEiT and SplitMask on burn, then fine-tuning,
 //! evaluation (k-NN, linear probes), timm export and reports; generic over the backend:
-//! `flex` (CPU) in tests and small runs, CUDA behind the `cuda` feature.
+//! `flex` (CPU) in tests and small runs, LibTorch (CPU and CUDA) behind the `tch` feature, CubeCL
+//! CUDA behind the `cuda` feature.
 //!
 //! Data comes from `pipeline` (shards, image decoding, the vocabulary file), so the trainer
 //! tokenizes exactly as the pre-tokenizer does.
@@ -22,6 +23,30 @@
 //! fine-tuning accuracy); loading a finished run's encoder is the run folder's business
 //! (`train::pretrained`), so `trainer eval` composes the two.
 
+/// A test module once per backend of the build, with the same assertions: on flex, and with
+/// the `tch` feature also on LibTorch's CPU backend. The body names the backend `TestBackend`
+/// (`TestAutodiff` with autodiff); it expands to modules `tests_flex` and `tests_tch`.
+#[cfg(test)]
+macro_rules! backend_tests {
+    ($($body:tt)*) => {
+        mod tests_flex {
+            #[allow(dead_code)]
+            type TestBackend = crate::backend::CpuBackend;
+            #[allow(dead_code)]
+            type TestAutodiff = crate::backend::CpuAutodiff;
+            $($body)*
+        }
+        #[cfg(feature = "tch")]
+        mod tests_tch {
+            #[allow(dead_code)]
+            type TestBackend = crate::backend::TchBackend;
+            #[allow(dead_code)]
+            type TestAutodiff = crate::backend::TchAutodiff;
+            $($body)*
+        }
+    };
+}
+
 pub mod backend;
 pub mod error;
 pub mod progress;
@@ -41,8 +66,3 @@ pub mod report;
 
 pub use backend::{CpuAutodiff, CpuBackend};
 pub use error::{Error, Result};
-
-#[cfg(test)]
-pub(crate) type TestBackend = CpuBackend;
-#[cfg(test)]
-pub(crate) type TestAutodiff = CpuAutodiff;

@@ -218,6 +218,7 @@ impl BackendTask for BenchTask<'_> {
 }
 
 fn main() -> std::process::ExitCode {
+    trainer::backend::keep_freed_memory();
     if let Err(e) = pipeline::interrupt::install() {
         eprintln!("warning: SIGINT/SIGTERM handlers not installed ({e}): a signal stops at once");
     }
@@ -389,7 +390,8 @@ fn run() -> Result<()> {
         }
         Command::Bench { args, backend } => {
             let spec = args.resolve()?;
-            let r = backend.run(Precision::Bf16, BenchTask(&spec))?;
+            let mut r = backend.run(Precision::Bf16, BenchTask(&spec))?;
+            r.impl_name = format!("burn-{}", backend.describe(None, Precision::Bf16));
             println!("{}", serde_json::to_string(&r)?);
         }
     }

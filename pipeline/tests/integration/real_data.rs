@@ -275,3 +275,65 @@ fn real_clients_read_shards_as_declared() {
     }
     assert_eq!(report["datasets"]["image_check"]["id"], row.id.as_str());
 }
+
+/// Kept JPEG bytes are validated by a strict decode to luma only (no chroma IDCT, upsampling or
+/// colour conversion): it must accept exactly what the full strict RGB decode accepts, on real
+/// photos, the edge cases and truncated copies, or it would keep damaged bytes or lose good ones.
+#[test]
+fn the_kept_jpeg_check_accepts_exactly_what_decodes() {
+    use pipeline::transcode::{transcode, TranscodeSettings};
+    let (Some(photos), Some(edge)) = (shared("data/imagenette"), shared("fixtures/jpeg_edge_cases")) else {
+        return;
+    };
+    let keep_all = TranscodeSettings {
+        max_short_side: None,
+        ..Default::default()
+    };
+    let mut files: Vec<_> = walkdir::WalkDir::new(&photos)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("jpeg") || x.eq_ignore_ascii_case("jpg"))
+        })
+        .map(|e| e.into_path())
+        .step_by(40)
+        .take(120)
+        .collect();
+    files.extend(
+        walkdir::WalkDir::new(&edge)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.into_path()),
+    );
+    let (mut kept, mut rejected) = (0, 0);
+    for f in &files {
+        let raw = std::fs::read(f).unwrap();
+        // The whole file, and copies cut inside the entropy data (the header is a few hundred bytes).
+        let cuts = [raw.len(), raw.len() * 3 / 4, raw.len() / 2, raw.len() - 3];
+        for cut in cuts {
+            let bytes = &raw[..cut];
+            let full = decode_upright(bytes);
+            let Ok(t) = transcode(bytes, None, &keep_all) else {
+                rejected += 1;
+                assert!(full.is_err(), "{} cut at {cut}: rejected, yet it decodes", f.display());
+                continue;
+            };
+            let (img, upright_rgb) = full.unwrap_or_else(|e| panic!("{} cut at {cut}: kept, yet {e}", f.display()));
+            assert_eq!((t.width, t.height), img.dimensions(), "{}", f.display());
+            assert_eq!(!t.reencoded, upright_rgb, "{}", f.display());
+            kept += usize::from(!t.reencoded);
+        }
+    }
+    assert!(
+        kept >= 100 && rejected >= 100,
+        "kept {kept}, rejected {rejected}: the check saw too few of one kind"
+    );
+    let corrupted = std::fs::read(edge.join("corrupted.jpg")).unwrap();
+    let err = transcode(&corrupted, None, &keep_all).unwrap_err();
+    assert!(err.0.contains("corrupt JPEG data"), "{err}");
+}

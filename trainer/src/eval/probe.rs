@@ -204,9 +204,8 @@ fn standardizer(x: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
-    use crate::TestBackend;
     use rand::Rng;
 
     /// Three gaussian classes in 8 dimensions, separable along different axes (on a large

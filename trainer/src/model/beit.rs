@@ -9,7 +9,7 @@ use rand::Rng;
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::token_cross_entropy;
 use crate::model::objective::{Masks, MimBatch, MimOutput, Objective};
-use crate::model::vit::{gather_tokens, Mode, Vit, VitConfig};
+use crate::model::vit::{gather_tokens, token_linear, Mode, Vit, VitConfig};
 
 #[derive(Module, Debug)]
 pub struct Beit<B: Backend> {
@@ -51,7 +51,7 @@ impl<B: Backend> Objective<B> for Beit<B> {
         let [b, n1, d] = h.dims();
         let h = h.slice([0..b, 1..n1, 0..d]); // [batch, patches, dim]
         let [_, m] = index.dims();
-        let logits = self.head.forward(gather_tokens(h, index.clone())); // [batch, m, vocab]
+        let logits = token_linear(&self.head, gather_tokens(h, index.clone())); // [batch, m, vocab]
         let vocab = logits.dims()[2];
         let logits = logits.reshape([b * m, vocab]);
         let targets = batch.targets.clone().gather(1, index.clone()).reshape([b * m]);
@@ -61,10 +61,9 @@ impl<B: Backend> Objective<B> for Beit<B> {
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
     use crate::model::objective::test_support::{beit_batch as batch, tiny_vit as tiny};
-    use crate::TestBackend;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

@@ -52,10 +52,9 @@ impl<B: Backend> Classifier<B> {
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
     use crate::model::objective::test_support::tiny_vit;
-    use crate::TestBackend;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

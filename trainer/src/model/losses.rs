@@ -54,15 +54,15 @@ pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     #[test]
     fn soft_cross_entropy_by_hand() {
         use super::*;
         let device = Default::default();
         // logits [0, ln 3] -> p = [1/4, 3/4]; targets [0.5, 0.5] -> -(ln 1/4 + ln 3/4) / 2;
         // second row one-hot on class 0 with logits [0, 0] -> ln 2. Mean of the two.
-        let logits = Tensor::<crate::TestBackend, 2>::from_floats([[0.0, 3f32.ln()], [0.0, 0.0]], &device);
-        let targets = Tensor::<crate::TestBackend, 2>::from_floats([[0.5, 0.5], [1.0, 0.0]], &device);
+        let logits = Tensor::<TestBackend, 2>::from_floats([[0.0, 3f32.ln()], [0.0, 0.0]], &device);
+        let targets = Tensor::<TestBackend, 2>::from_floats([[0.5, 0.5], [1.0, 0.0]], &device);
         let got: f32 = soft_cross_entropy(logits, targets).into_scalar();
         let row0 = -(0.25f32.ln() + 0.75f32.ln()) / 2.0;
         let want = (row0 + 2f32.ln()) / 2.0;
@@ -70,7 +70,6 @@ mod tests {
     }
 
     use super::*;
-    use crate::TestBackend;
 
     fn t2(v: &[f32], shape: [usize; 2]) -> Tensor<TestBackend, 2> {
         Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())

@@ -13,7 +13,7 @@ use rand::Rng;
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::{info_nce, token_cross_entropy};
 use crate::model::objective::{Masks, MimBatch, MimOutput, Objective};
-use crate::model::vit::{gather_tokens, Block, BlockConfig, Mode, Vit, VitConfig, LN_EPS};
+use crate::model::vit::{gather_tokens, token_linear, Block, BlockConfig, Mode, Vit, VitConfig, LN_EPS};
 
 #[derive(Config, Debug, PartialEq)]
 pub struct SplitMaskConfig {
@@ -129,7 +129,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         }
         let z = self.decoder_norm.forward(z);
         let pred = z.clone().slice([0..2 * b, k..n, 0..d]); // [2 * batch, h, dim]
-        let logits = self.head.forward(pred);
+        let logits = token_linear(&self.head, pred);
         let vocab = logits.dims()[2];
         let logits = logits.reshape([2 * b * h, vocab]);
         let targets = Tensor::cat(vec![batch.targets.clone(), batch.targets.clone()], 0)
@@ -173,10 +173,9 @@ impl<B: Backend> SplitMask<B> {
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
     use crate::model::objective::test_support::{quarter_batch, split_batch as batch, tiny_vit as tiny};
-    use crate::TestBackend;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

@@ -78,8 +78,9 @@ impl<B: Backend> DeviceTokenizer<B> {
     /// - output: `[batch, patches]`
     pub fn tokens(&self, images: Tensor<B, 4>) -> Tensor<B, 2, Int> {
         let v = self.patch_vectors(images);
-        let [b, n, _] = v.dims();
-        let scores = v.matmul(self.entries.clone().unsqueeze::<3>()); // [batch, patches, vocab]
-        scores.argmax(2).reshape([b, n])
+        let [b, n, d] = v.dims();
+        // One [batch * patches, d] x [d, vocab] GEMM rather than a batch-broadcast matmul.
+        let scores = v.reshape([b * n, d]).matmul(self.entries.clone()); // [batch * patches, vocab]
+        scores.argmax(1).reshape([b, n])
     }
 }

@@ -287,8 +287,24 @@ impl<B: Backend> PatchEmbed<B> {
     /// - images: `[batch, 3, height, width]`
     /// - output: `[batch, patches, dim]`
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.proj.forward(Self::patchify(images, self.patch_size))
+        token_linear(&self.proj, Self::patchify(images, self.patch_size))
     }
+}
+
+/// `linear` on every token, as one `[batch * tokens, d_in]` matrix. burn 0.21 multiplies a 3-D
+/// input by the weight broadcast over the batch, and the backward of that forms one weight
+/// gradient per sample (`[batch, d_in, d_out]`) and then sums them: batch times the memory and
+/// an extra reduction (a fifth of a LibTorch CPU step). On 2-D input the weight gradient is
+/// one GEMM, as PyTorch computes it.
+///
+/// # Shapes
+/// - x: `[batch, tokens, d_in]`
+/// - output: `[batch, tokens, d_out]`
+pub fn token_linear<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, l, d] = x.dims();
+    let y = linear.forward(x.reshape([b * l, d])); // [batch * tokens, d_out]
+    let d_out = y.dims()[1];
+    y.reshape([b, l, d_out])
 }
 
 /// One transformer block's settings (the encoder's blocks and SplitMask's decoder blocks).
@@ -349,16 +365,14 @@ impl<B: Backend> Attention<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, d] = x.dims();
         let h = self.heads;
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = token_linear(&self.qkv, x)
             .reshape([b, l, 3, h, d / h])
             .permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
         let mut parts = qkv.chunk(3, 0).into_iter().map(|t| t.squeeze_dim::<4>(0));
         let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         let out = out.swap_dims(1, 2).reshape([b, l, d]); // [batch, tokens, dim]
-        self.proj.forward(out)
+        token_linear(&self.proj, out)
     }
 }
 
@@ -369,8 +383,11 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+    /// # Shapes
+    /// - x: `[batch, tokens, dim]`
+    /// - output: `[batch, tokens, dim]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        token_linear(&self.fc2, gelu(token_linear(&self.fc1, x)))
     }
 }
 
@@ -572,9 +589,8 @@ pub fn gather_tokens<B: Backend>(x: Tensor<B, 3>, index: Tensor<B, 2, Int>) -> T
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
-    use crate::TestBackend;
     use burn::tensor::Distribution;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;

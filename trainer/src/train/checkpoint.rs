@@ -225,10 +225,9 @@ pub fn optimizer_entries(part: &str, tensors: NamedTensors) -> NamedTensors {
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
     use crate::model::vit::{Vit, VitConfig};
-    use crate::TestBackend;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

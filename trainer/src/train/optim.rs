@@ -250,14 +250,13 @@ pub fn layer_decay_scale(path: &str, depth: usize, decay: f64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
     use crate::model::beit::Beit;
     use crate::model::objective::test_support::{beit_batch, quarter_batch, split_batch, tiny_vit};
     use crate::model::objective::{MimBatch, Objective};
     use crate::model::splitmask::SplitMask;
     use crate::model::vit::Mode;
-    use crate::TestAutodiff;
     use burn::nn::{Linear, LinearConfig};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;

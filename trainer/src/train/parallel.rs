@@ -456,10 +456,10 @@ mod orchestrator {
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
 
-    use crate::{TestAutodiff as CpuAutodiff, TestBackend as Inner};
+    use self::{TestAutodiff as CpuAutodiff, TestBackend as Inner};
 
     #[test]
     fn ranks_that_start_differently_are_refused_with_what_differs() {

@@ -122,11 +122,10 @@ fn describe(v: &VitConfig) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+backend_tests! {
     use super::*;
     use crate::model::objective::test_support::tiny_vit;
     use crate::train::checkpoint::named_params;
-    use crate::TestBackend;
 
     #[test]
     fn encoder_loads_strictly() {
