@@ -28,22 +28,19 @@
 /// (`TestAutodiff` with autodiff); it expands to modules `tests_flex` and `tests_tch`.
 #[cfg(test)]
 macro_rules! backend_tests {
+    (@on $name:ident, $backend:ty, $autodiff:ty; $($body:tt)*) => {
+        mod $name {
+            #[allow(dead_code)]
+            type TestBackend = $backend;
+            #[allow(dead_code)]
+            type TestAutodiff = $autodiff;
+            $($body)*
+        }
+    };
     ($($body:tt)*) => {
-        mod tests_flex {
-            #[allow(dead_code)]
-            type TestBackend = crate::backend::CpuBackend;
-            #[allow(dead_code)]
-            type TestAutodiff = crate::backend::CpuAutodiff;
-            $($body)*
-        }
+        backend_tests!(@on tests_flex, crate::backend::CpuBackend, crate::backend::CpuAutodiff; $($body)*);
         #[cfg(feature = "tch")]
-        mod tests_tch {
-            #[allow(dead_code)]
-            type TestBackend = crate::backend::TchBackend;
-            #[allow(dead_code)]
-            type TestAutodiff = crate::backend::TchAutodiff;
-            $($body)*
-        }
+        backend_tests!(@on tests_tch, crate::backend::TchBackend, crate::backend::TchAutodiff; $($body)*);
     };
 }
 
