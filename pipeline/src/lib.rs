@@ -8,7 +8,7 @@
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
-//! | 0 | [`error`], [`matfile`], [`lock`], [`interrupt`] | the crate's error type; the MATLAB v5 reader (Stanford Cars devkit); one writer per folder; SIGINT / SIGTERM |
+//! | 0 | [`error`], [`matfile`], [`lock`], [`interrupt`], [`jpeg_entropy`] | the crate's error type; the MATLAB v5 reader (Stanford Cars devkit); one writer per folder; SIGINT / SIGTERM; the fast walk over a baseline JPEG's Huffman data |
 //! | 1 | [`adapters`], [`shard`], [`transcode`], [`views`] | dataset layouts, the shard format, image decoding and views |
 //! | 2 | [`prepare`], [`recipe`] | listing -> shards with a manifest; dataset recipes |
 //! | 3 | [`vocab`] | visual vocabularies (random projection, random patches, k-means), the tokenizer, token shards |
@@ -21,6 +21,7 @@ pub mod adapters;
 pub mod error;
 pub mod inspect;
 pub mod interrupt;
+pub mod jpeg_entropy;
 pub mod lock;
 pub mod matfile;
 pub mod prepare;

@@ -144,9 +144,10 @@ fn decode_jpeg_strict(raw: &[u8]) -> Result<(RgbImage, Orientation, bool), SkipR
 
 /// The size of a JPEG whose bytes are kept as they are, `None` when they cannot be (another
 /// size is wanted, it is rotated, or it is not colour data). Keeping needs no pixels, only
-/// proof that the data decodes: the strict decode runs with luma output, so every block of
-/// every component is still entropy-decoded (a corrupt or truncated stream is still an error,
-/// the same one), while the chroma IDCT, upsampling and colour conversion are skipped.
+/// proof that the data decodes: [`crate::jpeg_entropy::walk`] proves it for the common layout;
+/// otherwise the strict decode runs with luma output, so every block of every component is
+/// still entropy-decoded (a corrupt or truncated stream is still an error, the same one),
+/// while the chroma IDCT, upsampling and colour conversion are skipped.
 fn kept_jpeg_size(raw: &[u8], max_short_side: Option<u32>) -> Result<Option<(u32, u32)>, SkipReason> {
     let mut d = strict_jpeg_decoder(raw, zune_core::colorspace::ColorSpace::Luma);
     let h = jpeg_headers(&mut d)?;
@@ -157,8 +158,12 @@ fn kept_jpeg_size(raw: &[u8], max_short_side: Option<u32>) -> Result<Option<(u32
     if h.width == 0 || h.height == 0 {
         return Err(SkipReason("image has zero width or height".into()));
     }
-    d.decode()
-        .map_err(|e| SkipReason(format!("corrupt JPEG data: {e:?}")))?;
+    // The walk proves the common layout whole at a third of the cost; anything it cannot
+    // prove is judged (and its error worded) by the decoder.
+    if crate::jpeg_entropy::walk(raw) != crate::jpeg_entropy::Walk::Clean {
+        d.decode()
+            .map_err(|e| SkipReason(format!("corrupt JPEG data: {e:?}")))?;
+    }
     Ok(Some((h.width, h.height)))
 }
 

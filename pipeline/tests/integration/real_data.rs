@@ -276,9 +276,10 @@ fn real_clients_read_shards_as_declared() {
     assert_eq!(report["datasets"]["image_check"]["id"], row.id.as_str());
 }
 
-/// Kept JPEG bytes are validated by a strict decode to luma only (no chroma IDCT, upsampling or
-/// colour conversion): it must accept exactly what the full strict RGB decode accepts, on real
-/// photos, the edge cases and truncated copies, or it would keep damaged bytes or lose good ones.
+/// Kept JPEG bytes are validated by the Huffman walk (`jpeg_entropy`) or, where it is unsure, a
+/// strict decode to luma only: together they must accept exactly what the full strict RGB
+/// decode accepts, on real photos, the edge cases, truncated and damaged copies, or they would
+/// keep damaged bytes or lose good ones. Whatever the walk calls clean must decode.
 #[test]
 fn the_kept_jpeg_check_accepts_exactly_what_decodes() {
     use pipeline::transcode::{transcode, TranscodeSettings};
@@ -310,14 +311,38 @@ fn the_kept_jpeg_check_accepts_exactly_what_decodes() {
             .filter(|e| e.file_type().is_file())
             .map(|e| e.into_path()),
     );
-    let (mut kept, mut rejected) = (0, 0);
-    for f in &files {
+    use pipeline::jpeg_entropy::{walk, Walk};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    let (mut kept, mut rejected, mut walked, mut photos_walked) = (0, 0, 0, 0);
+    for (i, f) in files.iter().enumerate() {
         let raw = std::fs::read(f).unwrap();
-        // The whole file, and copies cut inside the entropy data (the header is a few hundred bytes).
-        let cuts = [raw.len(), raw.len() * 3 / 4, raw.len() / 2, raw.len() - 3];
-        for cut in cuts {
-            let bytes = &raw[..cut];
+        // The whole file, copies cut inside the entropy data (the header is a few hundred
+        // bytes), and copies with a few bytes of it overwritten.
+        let mut inputs = vec![raw.clone()];
+        for cut in [raw.len() * 3 / 4, raw.len() / 2, raw.len() - 3] {
+            inputs.push(raw[..cut].to_vec());
+        }
+        for _ in 0..3 {
+            let mut bad = raw.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(raw.len() / 4..raw.len() - 2);
+                bad[at] = rng.random();
+            }
+            inputs.push(bad);
+        }
+        for (n, bytes) in inputs.iter().enumerate() {
+            let cut = bytes.len();
             let full = decode_upright(bytes);
+            if walk(bytes) == Walk::Clean {
+                walked += 1;
+                photos_walked += usize::from(n == 0 && i < 120);
+                assert!(
+                    full.is_ok(),
+                    "{} (input {n}): walked clean, yet it does not decode",
+                    f.display()
+                );
+            }
             let Ok(t) = transcode(bytes, None, &keep_all) else {
                 rejected += 1;
                 assert!(full.is_err(), "{} cut at {cut}: rejected, yet it decodes", f.display());
@@ -332,6 +357,15 @@ fn the_kept_jpeg_check_accepts_exactly_what_decodes() {
     assert!(
         kept >= 100 && rejected >= 100,
         "kept {kept}, rejected {rejected}: the check saw too few of one kind"
+    );
+    // The fast walk must be what proves ordinary photos (the decoder is only the fallback).
+    let colour_photos = files[..120.min(files.len())]
+        .iter()
+        .filter(|f| decode_upright(&std::fs::read(f).unwrap()).is_ok_and(|(_, rgb)| rgb))
+        .count();
+    assert!(
+        photos_walked >= colour_photos && walked > photos_walked,
+        "walked {photos_walked} of {colour_photos} colour photos, {walked} inputs in all"
     );
     let corrupted = std::fs::read(edge.join("corrupted.jpg")).unwrap();
     let err = transcode(&corrupted, None, &keep_all).unwrap_err();
