@@ -50,13 +50,22 @@ pub struct BenchArgs {
     /// Untimed steps first (kernel compilation and autotuning on GPUs).
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Stochastic depth rate of the last block instead of the preset's (the PyTorch reference
+    /// has none; `make bench-train` passes 0 so both sides run the same model).
+    #[arg(long)]
+    pub drop_path: Option<f64>,
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
 }
 
 impl BenchArgs {
     pub fn resolve(&self) -> Result<BenchSpec, ConfigError> {
-        let vit = VitConfig::named(&self.model)?;
+        let mut vit = VitConfig::named(&self.model)?;
+        if let Some(rate) = self.drop_path {
+            vit = vit.with_drop_path(rate);
+            vit.validate()
+                .map_err(|why| ConfigError::invalid("drop-path", rate.to_string(), why))?;
+        }
         Ok(BenchSpec {
             model_name: self.model.clone(),
             vit,
@@ -114,8 +123,12 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let g = vit.grid();
     let s = vit.image_size;
-    // A random-projection vocabulary, as the reference's tokenizer.
-    let d = 192;
+    // A random-projection vocabulary with the reference's tokenizer geometry: patches of half
+    // the ViT patch side on the 2x box-mean view (the paper's 8x8 patches of the 112 view for
+    // 16 px ViTs; 4x4 of the 32 view for the 64 px CPU presets, where training on prepared data
+    // would tokenize 8x8 patches of the 64 view, four times the tokenizer GEMM).
+    let t = vit.patch_size / 2;
+    let d = 3 * t * t;
     let mut e: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     pipeline::vocab::kmeans::normalize_rows(&mut e, d);
     let vocabulary = pipeline::vocab::tokenizer::Vocabulary {
@@ -125,7 +138,12 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
             seed: 0,
             size: vocab,
             dim: d,
-            preprocessing: schemas::Preprocessing::paper(),
+            preprocessing: schemas::Preprocessing {
+                view_size: (s / 2) as u32,
+                patch_size: t as u32,
+                source_view_size: s as u32,
+                ..schemas::Preprocessing::paper()
+            },
             source_manifest_sha256: None,
             kmeans: None,
         },

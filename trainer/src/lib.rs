@@ -12,7 +12,7 @@
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
-//! | 0 | [`error`], [`seed`], [`progress`], [`backend`] | the crate's error type, derived seeds, progress bars, backend choice |
+//! | 0 | [`error`], [`seed`], [`progress`], [`backend`], `libtorch` | the crate's error type, derived seeds, progress bars, backend choice, LibTorch's own kernels (`tch` feature) |
 //! | 1 | [`model`] | what a forward pass needs: ViT, init, BEiT, SplitMask, masks, losses, the device tokenizer, the classifier |
 //! | 2 | [`data`] | a split's rows in memory, views and augmentation, RandAugment, mixup, the batch loader |
 //! | 3 | [`eval`] | measuring a model on data: top-k accuracy, features, k-NN, linear probes, frozen-encoder evaluation |
@@ -46,6 +46,8 @@ macro_rules! backend_tests {
 
 pub mod backend;
 pub mod error;
+#[cfg(feature = "tch")]
+pub mod libtorch;
 pub mod progress;
 pub mod seed;
 

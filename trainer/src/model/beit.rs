@@ -47,11 +47,11 @@ impl<B: Backend> Objective<B> for Beit<B> {
         let x = enc.patch_embed.forward(batch.images.clone()); // [batch, patches, dim]
         let w = weight.clone();
         let x = x * (w.clone().neg() + 1.0) + self.mask_token.val() * w + enc.patch_pos();
-        let h = enc.encode(x, mode);
-        let [b, n1, d] = h.dims();
-        let h = h.slice([0..b, 1..n1, 0..d]); // [batch, patches, dim]
-        let [_, m] = index.dims();
-        let logits = token_linear(&self.head, gather_tokens(h, index.clone())); // [batch, m, vocab]
+        let h = enc.encode(x, mode); // [batch, 1 + patches, dim]
+        let [b, m] = index.dims();
+        // Patch p is token p + 1 after the class token: gathered straight from the encoder's
+        // output, no slice (whose backward would zero-fill and copy a whole activation).
+        let logits = token_linear(&self.head, gather_tokens(h, index.clone() + 1)); // [batch, m, vocab]
         let vocab = logits.dims()[2];
         let logits = logits.reshape([b * m, vocab]);
         let targets = batch.targets.clone().gather(1, index.clone()).reshape([b * m]);

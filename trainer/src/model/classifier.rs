@@ -3,12 +3,12 @@
 //! `global_pool='avg'` ViT: `fc_norm` takes the place of the encoder's final norm, which the
 //! classifier loads but does not use (so the exported classifier is timm's, weight for weight).
 
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use rand::Rng;
 
 use crate::model::init::linear;
-use crate::model::vit::{mean_patch_tokens, Mode, Vit, VitConfig, LN_EPS};
+use crate::model::vit::{layer_norm_module, mean_patch_tokens, norm, Mode, Vit, VitConfig};
 
 /// BEiT scales the head's trunc-normal(0.02) init by 0.001, so fine-tuning starts near uniform
 /// predictions and the first updates do not wreck the pre-trained features.
@@ -26,7 +26,7 @@ impl<B: Backend> Classifier<B> {
     pub fn new<R: Rng>(vit: &VitConfig, classes: usize, rng: &mut R, device: &B::Device) -> Self {
         Classifier {
             encoder: vit.init(rng, device),
-            fc_norm: LayerNormConfig::new(vit.dim).with_epsilon(LN_EPS).init(device),
+            fc_norm: layer_norm_module(vit.dim, device),
             head: linear(rng, vit.dim, classes, HEAD_INIT_SCALE, device),
         }
     }
@@ -46,8 +46,10 @@ impl<B: Backend> Classifier<B> {
     /// - images: `[batch, 3, height, width]`
     /// - output: `[batch, dim]`
     pub fn features(&self, images: Tensor<B, 4>, mode: Mode) -> Tensor<B, 2> {
-        self.fc_norm
-            .forward(mean_patch_tokens(self.encoder.forward_unnormed(images, mode)))
+        norm(
+            &self.fc_norm,
+            mean_patch_tokens(self.encoder.forward_unnormed(images, mode)),
+        )
     }
 }
 

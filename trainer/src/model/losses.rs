@@ -1,8 +1,8 @@
 //! The losses: cross-entropy on visual tokens, SplitMask's symmetric InfoNCE, and the
 //! soft-target cross-entropy of fine-tuning (mixup / cutmix / label smoothing).
 
+use crate::model::fused::log_softmax;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 /// Mean cross-entropy of `logits` against integer `targets`, as log-softmax + gather: the
 /// vocabulary is 8192 wide, so no dense one-hot is built (burn's `CrossEntropyLoss` would).

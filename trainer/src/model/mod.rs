@@ -4,6 +4,7 @@
 
 pub mod beit;
 pub mod classifier;
+pub mod fused;
 pub mod init;
 pub mod losses;
 pub mod masking;

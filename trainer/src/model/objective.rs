@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 
+use crate::model::fused::argmax_rows;
 use crate::model::masking::complement;
 use crate::model::vit::{Mode, Vit};
 
@@ -139,8 +140,9 @@ pub struct MimOutput<B: Backend> {
     pub mim: Tensor<B, 1>,
     /// SplitMask's InfoNCE term.
     pub nce: Option<Tensor<B, 1>>,
-    /// Share of predicted positions whose argmax is the target token.
-    pub accuracy: Tensor<B, 1>,
+    /// The token logits (detached) and their targets, for [`MimOutput::accuracy`].
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
 }
 
 impl<B: Backend> MimOutput<B> {
@@ -151,15 +153,21 @@ impl<B: Backend> MimOutput<B> {
         logits: &Tensor<B, 2>,
         targets: &Tensor<B, 1, Int>,
     ) -> Self {
-        let n = targets.dims()[0];
-        let pred = logits.clone().detach().argmax(1).reshape([n]);
-        let accuracy = pred.equal(targets.clone()).float().mean();
         MimOutput {
             loss,
             mim,
             nce,
-            accuracy,
+            logits: logits.clone().detach(),
+            targets: targets.clone(),
         }
+    }
+
+    /// Share of predicted positions whose argmax is the target token. Computed when asked:
+    /// the loops log it every few steps, and the argmax is a pass over the whole
+    /// `[positions, vocab]` logits.
+    pub fn accuracy(&self) -> Tensor<B, 1> {
+        let pred = argmax_rows(self.logits.clone());
+        pred.equal(self.targets.clone()).float().mean()
     }
 }
 

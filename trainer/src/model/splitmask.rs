@@ -6,14 +6,16 @@
 //! matched with a symmetric InfoNCE, the other images of the batch being the negatives.
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use rand::Rng;
 
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::{info_nce, token_cross_entropy};
 use crate::model::objective::{Masks, MimBatch, MimOutput, Objective};
-use crate::model::vit::{gather_tokens, token_linear, Block, BlockConfig, Mode, Vit, VitConfig, LN_EPS};
+use crate::model::vit::{
+    gather_tokens, layer_norm_module, norm, table_rows, token_linear, Block, BlockConfig, Mode, Vit, VitConfig,
+};
 
 #[derive(Config, Debug, PartialEq)]
 pub struct SplitMaskConfig {
@@ -72,7 +74,7 @@ impl<B: Backend> SplitMask<B> {
         SplitMask {
             encoder,
             decoder_blocks,
-            decoder_norm: LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device),
+            decoder_norm: layer_norm_module(d, device),
             mask_token: param(trunc_normal(rng, d, 0.02), [1, 1, d], device),
             decoder_pos: param(trunc_normal(rng, n * d, 0.02), [1, n, d], device),
             head: linear(rng, d, vocab, 1.0, device),
@@ -118,16 +120,16 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         let z = z.slice([0..2 * b, 1..k + 1, 0..d]); // drop the class token: [2 * batch, k, dim]
         let visible = Tensor::cat(vec![a.clone(), b_idx.clone()], 0); // [2 * batch, k]
         let missing = Tensor::cat(vec![hidden_a.clone(), hidden_b.clone()], 0); // [2 * batch, h]
-        let pos = self.decoder_pos.val().expand([2 * b, n, d]);
-        let vis = z + gather_tokens(pos.clone(), visible);
-        let miss = self.mask_token.val().expand([2 * b, h, d]) + gather_tokens(pos, missing.clone());
+        let pos = self.decoder_pos.val().reshape([n, d]);
+        let vis = z + table_rows(pos.clone(), visible);
+        let miss = self.mask_token.val().expand([2 * b, h, d]) + table_rows(pos, missing.clone());
         // Attention is permutation-equivariant, so visible and predicted tokens need not be put
         // back in grid order: each carries its position embedding.
         let mut z = Tensor::cat(vec![vis, miss], 1); // [2 * batch, patches, dim]
         for (i, block) in self.decoder_blocks.iter().enumerate() {
             z = block.forward(z, mode.stacked(2).for_layer(1000 + i as u64));
         }
-        let z = self.decoder_norm.forward(z);
+        let z = norm(&self.decoder_norm, z);
         let pred = z.clone().slice([0..2 * b, k..n, 0..d]); // [2 * batch, h, dim]
         let logits = token_linear(&self.head, pred);
         let vocab = logits.dims()[2];

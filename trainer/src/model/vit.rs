@@ -9,11 +9,10 @@ use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use rand::Rng;
 
 use crate::error::ConfigError;
+use crate::model::fused::{layer_norm, scaled_dot_product};
 use crate::model::init::{linear, param, trunc_normal};
 use crate::seed::mix;
 
@@ -71,6 +70,22 @@ impl Mode {
 
 /// timm and BEiT use 1e-6 (burn's default is 1e-5).
 pub const LN_EPS: f64 = 1e-6;
+
+/// A layer norm of width `dim` with [`LN_EPS`], as every norm of the models is built; run it
+/// with [`norm`].
+pub fn layer_norm_module<B: Backend>(dim: usize, device: &B::Device) -> LayerNorm<B> {
+    LayerNormConfig::new(dim).with_epsilon(LN_EPS).init(device)
+}
+
+/// `ln` applied to `x` through [`layer_norm`] (one fused kernel each way on LibTorch). burn's
+/// `LayerNorm` keeps its epsilon private, so this takes [`LN_EPS`], which every norm built by
+/// [`layer_norm_module`] has.
+///
+/// # Shapes
+/// - x, output: `[..., dim]`
+pub fn norm<B: Backend, const D: usize>(ln: &LayerNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    layer_norm(x, ln.gamma.val(), ln.beta.as_ref().map(|b| b.val()), LN_EPS)
+}
 
 #[derive(Config, Debug, PartialEq)]
 pub struct VitConfig {
@@ -232,7 +247,7 @@ impl VitConfig {
             cls_token: param(trunc_normal(rng, d, 0.02), [1, 1, d], device),
             pos_embed: pos,
             blocks,
-            norm: LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device),
+            norm: layer_norm_module(d, device),
         }
     }
 }
@@ -328,14 +343,14 @@ impl BlockConfig {
             })
         };
         Block {
-            norm1: LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device),
+            norm1: layer_norm_module(d, device),
             attn: Attention {
                 qkv: linear(rng, d, 3 * d, 1.0, device),
                 proj: linear(rng, d, d, self.residual_scale, device),
                 heads: self.heads,
             },
             ls1: ls(),
-            norm2: LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device),
+            norm2: layer_norm_module(d, device),
             mlp: Mlp {
                 fc1: linear(rng, d, hidden, 1.0, device),
                 fc2: linear(rng, hidden, d, self.residual_scale, device),
@@ -356,8 +371,8 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// Goes through burn's `attention` op: fused kernels where the backend has them (flex
-    /// and CubeCL at inference); under autodiff 0.21 runs its matmul-softmax-matmul fallback.
+    /// Attention itself is [`scaled_dot_product`]: LibTorch's fused kernels where they apply,
+    /// burn's `attention` op elsewhere.
     ///
     /// # Shapes
     /// - x: `[batch, tokens, dim]`
@@ -370,7 +385,7 @@ impl<B: Backend> Attention<B> {
             .permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
         let mut parts = qkv.chunk(3, 0).into_iter().map(|t| t.squeeze_dim::<4>(0));
         let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = scaled_dot_product(q, k, v);
         let out = out.swap_dims(1, 2).reshape([b, l, d]); // [batch, tokens, dim]
         token_linear(&self.proj, out)
     }
@@ -420,12 +435,12 @@ impl<B: Backend> Block<B> {
     /// - x: `[batch, tokens, dim]`
     /// - output: `[batch, tokens, dim]`
     pub fn forward(&self, x: Tensor<B, 3>, mode: Mode) -> Tensor<B, 3> {
-        let mut a = self.attn.forward(self.norm1.forward(x.clone()));
+        let mut a = self.attn.forward(norm(&self.norm1, x.clone()));
         if let Some(ls) = &self.ls1 {
             a = ls.forward(a);
         }
         let x = x + drop_path(a, self.drop_path, mode, 0);
-        let mut m = self.mlp.forward(self.norm2.forward(x.clone()));
+        let mut m = self.mlp.forward(norm(&self.norm2, x.clone()));
         if let Some(ls) = &self.ls2 {
             m = ls.forward(m);
         }
@@ -505,7 +520,7 @@ impl<B: Backend> Vit<B> {
     /// - tokens: `[batch, n, dim]`
     /// - output: `[batch, 1 + n, dim]`
     pub fn encode(&self, tokens: Tensor<B, 3>, mode: Mode) -> Tensor<B, 3> {
-        self.norm.forward(self.blocks_forward(tokens, mode))
+        norm(&self.norm, self.blocks_forward(tokens, mode))
     }
 
     /// [`Vit::encode`] without the final norm.
@@ -559,7 +574,7 @@ impl<B: Backend> Vit<B> {
             x = block.forward(x, Mode::Eval.for_layer(i as u64));
             out.push(mean_patch_tokens(x.clone()));
         }
-        out.push(mean_patch_tokens(self.norm.forward(x)));
+        out.push(mean_patch_tokens(norm(&self.norm, x)));
         out
     }
 }
@@ -573,6 +588,20 @@ impl<B: Backend> Vit<B> {
 pub fn mean_patch_tokens<B: Backend>(tokens: Tensor<B, 3>) -> Tensor<B, 2> {
     let [b, n1, d] = tokens.dims();
     tokens.slice([0..b, 1..n1, 0..d]).mean_dim(1).reshape([b, d])
+}
+
+/// Rows of a table per sample: `out[i, j] = table[index[i, j]]`. For position embeddings
+/// (`[patches, dim]`): its gradient is added into a table-sized tensor, where gathering from
+/// the table expanded over the batch would fill and scatter into a batch-sized one.
+///
+/// # Shapes
+/// - table: `[n, dim]`
+/// - index: `[batch, k]` positions into `n`
+/// - output: `[batch, k, dim]`
+pub fn table_rows<B: Backend>(table: Tensor<B, 2>, index: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    let [b, k] = index.dims();
+    let d = table.dims()[1];
+    table.select(0, index.reshape([b * k])).reshape([b, k, d])
 }
 
 /// Selects tokens per sample.

@@ -13,6 +13,10 @@
 //! f32 master copy of every parameter whose dtype is not f32 (and f32 moments), updates the
 //! master and writes its bf16 rounding back into the model. On f32 backends the parameter is
 //! its own master and nothing extra is stored.
+//!
+//! On LibTorch the update of each parameter is PyTorch's fused AdamW kernel (one pass over
+//! parameter, gradient and moments, the clipping factor applied inside it); elsewhere it is
+//! written in tensor ops. Both compute the same update (tested against each other).
 
 use std::collections::HashMap;
 
@@ -133,7 +137,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
         let p = tensor.inner().reshape([n]);
         let dtype = p.dtype();
         let low_precision = dtype != DType::F32;
-        let g = grad.reshape([n]).cast(FloatDType::F32) * self.clip_scale;
+        let g = grad.reshape([n]).cast(FloatDType::F32);
         let (m, v, master) = match self.opt.moments.remove(&path) {
             Some(mo) => (mo.m, mo.v, mo.master),
             None => (g.zeros_like(), g.zeros_like(), None),
@@ -142,17 +146,14 @@ impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
             Some(master) if low_precision => master,
             _ => p.cast(FloatDType::F32),
         };
-        let m = m * s.beta1 + g.clone() * (1.0 - s.beta1);
-        let v = v * s.beta2 + g.powi_scalar(2) * (1.0 - s.beta2);
-        let t = self.opt.step as i32;
-        let bc1 = 1.0 - s.beta1.powi(t);
-        let bc2 = 1.0 - s.beta2.powi(t);
-        let lr = self.lr * (self.lr_scale)(&path);
-        let wd = if decays(&path, D) { s.weight_decay } else { 0.0 };
-        // PyTorch's AdamW: decoupled decay p *= 1 - lr * wd, then the Adam step.
-        let denom = (v.clone() / bc2).sqrt() + s.eps;
-        let update = (m.clone() / bc1) / denom;
-        let p = p * (1.0 - lr * wd) - update * lr;
+        let step = UpdateStep {
+            step: self.opt.step,
+            lr: self.lr * (self.lr_scale)(&path),
+            weight_decay: if decays(&path, D) { s.weight_decay } else { 0.0 },
+            clip_scale: self.clip_scale,
+            settings: s,
+        };
+        let (p, m, v) = adamw_update(p, g, m, v, step);
         let master = low_precision.then(|| p.clone());
         self.opt.moments.insert(path, Moments { m, v, master });
         let p = if low_precision { p.cast(dtype) } else { p };
@@ -161,6 +162,102 @@ impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
             t = t.require_grad();
         }
         Param::from_mapped_value(id, t, mapper)
+    }
+}
+
+/// One parameter's update: the step number, its learning rate and weight decay.
+#[derive(Debug, Clone, Copy)]
+struct UpdateStep {
+    /// Updates taken, this one included (the bias correction).
+    step: u64,
+    lr: f64,
+    weight_decay: f64,
+    /// Multiplies the gradient (global-norm clipping).
+    clip_scale: f64,
+    settings: AdamWSettings,
+}
+
+/// PyTorch's AdamW on one flattened f32 parameter `p` with gradient `g` and moments `m`, `v`:
+/// decoupled decay `p *= 1 - lr * wd`, then the bias-corrected Adam step. Returns the new
+/// parameter and moments.
+fn adamw_update<B: Backend>(
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+    u: UpdateStep,
+) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    #[cfg(feature = "tch")]
+    let (p, g, m, v) = match crate::libtorch::try_run::<B, fused::Adamw>((p, g, m, v, u)) {
+        Ok(out) => return out,
+        Err((p, g, m, v, _)) => (p, g, m, v),
+    };
+    let s = u.settings;
+    let g = g * u.clip_scale;
+    let m = m * s.beta1 + g.clone() * (1.0 - s.beta1);
+    let v = v * s.beta2 + g.powi_scalar(2) * (1.0 - s.beta2);
+    let t = u.step as i32;
+    let bc1 = 1.0 - s.beta1.powi(t);
+    let bc2 = 1.0 - s.beta2.powi(t);
+    let denom = (v.clone() / bc2).sqrt() + s.eps;
+    let update = (m.clone() / bc1) / denom;
+    let p = p * (1.0 - u.lr * u.weight_decay) - update * u.lr;
+    (p, m, v)
+}
+
+/// The update on LibTorch: PyTorch's fused AdamW kernel, in place where the tensors are this
+/// update's alone.
+#[cfg(feature = "tch")]
+mod fused {
+    use burn::backend::libtorch::{LibTorch, TchElement, TchTensor};
+    use burn::prelude::*;
+    use burn::tensor::TensorPrimitive;
+
+    use super::UpdateStep;
+    use crate::libtorch::{fused_adamw, AdamwStep, Kernel, Ran};
+
+    pub(super) struct Adamw;
+
+    type Args<B> = (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>, UpdateStep);
+
+    impl Kernel for Adamw {
+        type On<E: TchElement> = LibTorch<E>;
+        type Args<B: Backend> = Args<B>;
+        type Out<B: Backend> = (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>);
+
+        fn run<E: TchElement>((p, g, m, v, u): Args<LibTorch<E>>) -> Ran<Self, LibTorch<E>> {
+            let [p, g, m, v] = [p, g, m, v].map(|t| exclusive(t.into_primitive().tensor()));
+            let s = u.settings;
+            fused_adamw(
+                &[&p.tensor],
+                &[&g.tensor],
+                &[&m.tensor],
+                &[&v.tensor],
+                AdamwStep {
+                    step: u.step,
+                    lr: u.lr,
+                    beta1: s.beta1,
+                    beta2: s.beta2,
+                    weight_decay: u.weight_decay,
+                    eps: s.eps,
+                    grad_scale: 1.0 / u.clip_scale,
+                },
+            );
+            let wrap = |t: TchTensor| Tensor::from_primitive(TensorPrimitive::Float(t));
+            Ok((wrap(p), wrap(m), wrap(v)))
+        }
+    }
+
+    /// `t` itself where its storage is its own and contiguous, else a contiguous copy: the
+    /// kernel writes in place, and a tensor shared with another holder (a model clone, a view)
+    /// must not change under it.
+    fn exclusive(t: TchTensor) -> TchTensor {
+        if t.storage.can_mut() && t.tensor.is_contiguous() {
+            return t;
+        }
+        let mut copy = tch::Tensor::empty(t.tensor.size(), (t.tensor.kind(), t.tensor.device()));
+        copy.copy_(&t.tensor);
+        TchTensor::new(copy)
     }
 }
 
@@ -313,6 +410,43 @@ backend_tests! {
             opt.moments["weight"].master.is_none(),
             "f32 parameters are their own master"
         );
+    }
+
+    /// The update (the fused kernel on LibTorch) against PyTorch's AdamW written out in f64 on
+    /// the host, over several steps with clipping and decay; and a parameter held elsewhere
+    /// too (a model clone) keeps its value, as burn's value semantics promise.
+    #[test]
+    fn adamw_update_follows_pytorch_over_steps_and_leaves_shared_tensors_alone() {
+        type I = <TestAutodiff as AutodiffBackend>::InnerBackend;
+        let device = Default::default();
+        let n = 37;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        use rand::Rng;
+        let init: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let settings = AdamWSettings { weight_decay: 0.05, ..Default::default() };
+        let t = |v: &[f64]| Tensor::<I, 1>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect(), [n]), &device);
+        let (mut p, mut m, mut v) = (t(&init), t(&vec![0.0; n]), t(&vec![0.0; n]));
+        let held = p.clone();
+        let (mut hp, mut hm, mut hv) = (init.clone(), vec![0.0; n], vec![0.0; n]);
+        for step in 1..=5u64 {
+            let g: Vec<f64> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let u = UpdateStep { step, lr: 1e-2, weight_decay: 0.05, clip_scale: 0.5, settings };
+            (p, m, v) = adamw_update(p, t(&g), m, v, u);
+            let s = settings;
+            for i in 0..n {
+                let gi = g[i] * u.clip_scale;
+                hm[i] = s.beta1 * hm[i] + (1.0 - s.beta1) * gi;
+                hv[i] = s.beta2 * hv[i] + (1.0 - s.beta2) * gi * gi;
+                let mhat = hm[i] / (1.0 - s.beta1.powi(step as i32));
+                let vhat = hv[i] / (1.0 - s.beta2.powi(step as i32));
+                hp[i] = hp[i] * (1.0 - u.lr * u.weight_decay) - u.lr * mhat / (vhat.sqrt() + s.eps);
+            }
+        }
+        let tol = burn::tensor::Tolerance::<f32>::absolute(1e-5);
+        p.into_data().assert_approx_eq::<f32>(&t(&hp).into_data(), tol);
+        m.into_data().assert_approx_eq::<f32>(&t(&hm).into_data(), tol);
+        v.into_data().assert_approx_eq::<f32>(&t(&hv).into_data(), tol);
+        held.into_data().assert_approx_eq::<f32>(&t(&init).into_data(), burn::tensor::Tolerance::<f32>::absolute(0.0));
     }
 
     #[test]

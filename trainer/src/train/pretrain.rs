@@ -316,7 +316,7 @@ where
                         loss: out.loss.clone().into_scalar().elem::<f64>(),
                         mim: out.mim.clone().into_scalar().elem::<f64>(),
                         nce: out.nce.clone().map(|t| t.into_scalar().elem::<f64>()),
-                        accuracy: out.accuracy.clone().into_scalar().elem::<f64>(),
+                        accuracy: out.accuracy().into_scalar().elem::<f64>(),
                     });
                 }
                 let g = GradientsParams::from_grads(out.loss.backward(), &model);

@@ -1,0 +1,460 @@
+//! Attention, layer norm and log-softmax as one kernel each way when training on LibTorch.
+//!
+//! Under autodiff, burn 0.21 writes these three as compositions of small ops: attention as a
+//! matmul, a seven-pass NaN-safe softmax and another matmul; layer norm as mean, subtract,
+//! square, mean, add, sqrt, divide, scale and shift; log-softmax as max, subtract, exp, sum,
+//! log and subtract. Each op is recorded and differentiated on its own, so a step makes dozens
+//! of passes over `[batch, tokens, dim]` activations (and over the `[tokens, vocab]` logits)
+//! where PyTorch makes one (flash attention, `native_layer_norm`, `_log_softmax`, and their
+//! backward kernels). For `Autodiff<LibTorch<f32 | bf16>>` each function here records a single
+//! autodiff node whose forward and backward are those ATen kernels; every other backend runs
+//! burn's own op, so flex and CubeCL compute what they computed before.
+//!
+//! Tried and left out, measured in the same interleaved runs (cpu-small SplitMask, 6 pairs):
+//! linear layers as one `addmm` node reading a transposed weight copy (as `nn.Linear` does),
+//! and the materialised softmax instead of flash attention for sequences of up to 128 tokens
+//! (faster alone in PyTorch for 33 tokens). The step was 1-2% slower with either.
+
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::TensorPrimitive;
+
+/// `softmax(q kᵀ / sqrt(head_dim)) v` per batch and head.
+///
+/// # Shapes
+/// - q, k, v: `[batch, heads, tokens, head_dim]`
+/// - output: `[batch, heads, tokens, head_dim]`
+pub fn scaled_dot_product<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "tch")]
+    let (q, k, v) = {
+        let args = (
+            q.into_primitive().tensor(),
+            k.into_primitive().tensor(),
+            v.into_primitive().tensor(),
+        );
+        match crate::libtorch::try_run::<B, libtorch::Attention>(args) {
+            Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
+            Err((q, k, v)) => (float(q), float(k), float(v)),
+        }
+    };
+    attention(q, k, v, None, None, AttentionModuleOptions::default())
+}
+
+/// Layer norm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`.
+///
+/// # Shapes
+/// - x: `[..., dim]`
+/// - gamma, beta: `[dim]`
+/// - output: `[..., dim]`
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let (x, gamma, beta) = (
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        beta.map(|b| b.into_primitive().tensor()),
+    );
+    #[cfg(feature = "tch")]
+    let (x, gamma, beta) = match crate::libtorch::try_run::<B, libtorch::LayerNorm>((x, gamma, beta, eps)) {
+        Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
+        Err((x, gamma, beta, _)) => (x, gamma, beta),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(x, gamma, beta, eps)))
+}
+
+/// The index of each row's largest value, the first one on ties (a flat tokenizer patch, all
+/// of whose scores are 0, is token 0, as in the pipeline's tokenizer). On LibTorch this is
+/// `max(dim=1)`'s index output, whose kernel is vectorized where `argmax`'s is not (3x faster
+/// on a `[4096, 1024]` score matrix); other backends run burn's `argmax`.
+///
+/// # Shapes
+/// - x: `[rows, columns]`
+/// - output: `[rows]`
+pub fn argmax_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1, Int> {
+    let [rows, _] = x.dims();
+    #[cfg(feature = "tch")]
+    let x: Tensor<B, 2> = match crate::libtorch::try_run::<B, libtorch::ArgmaxRows>(x.into_primitive().tensor()) {
+        Ok(out) => return Tensor::<B, 2, Int>::from_primitive(out).reshape([rows]),
+        Err(x) => float(x),
+    };
+    x.argmax(1).reshape([rows])
+}
+
+/// `x - log(sum(exp(x)))` along `dim`.
+///
+/// # Shapes
+/// - x, output: any, the same
+pub fn log_softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    #[cfg(feature = "tch")]
+    let x = match crate::libtorch::try_run::<B, libtorch::LogSoftmax>((x.into_primitive().tensor(), dim)) {
+        Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
+        Err((x, _)) => float(x),
+    };
+    burn::tensor::activation::log_softmax(x, dim)
+}
+
+#[cfg(feature = "tch")]
+fn float<B: Backend, const D: usize>(t: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+#[cfg(feature = "tch")]
+mod libtorch {
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::libtorch::{LibTorch, TchElement, TchTensor};
+    use burn::prelude::Backend;
+    use burn::tensor::ops::FloatTensor;
+
+    use crate::libtorch::{layer_norm_backward, Ad, Kernel, Ran};
+
+    type Float<B> = FloatTensor<B>;
+
+    /// Records `$out` as one node of the autodiff graph with parents `$parents`, whose
+    /// backward is `$backward` reading `$state`; untracked where no parent needs a gradient.
+    /// (A macro: burn does not export the node type a function would have to name.)
+    macro_rules! record {
+        ($backward:expr, $parents:expr, $state:expr, $out:expr) => {
+            match $backward
+                .prepare::<NoCheckpointing>($parents)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish($state, $out),
+                OpsKind::UnTracked(prep) => prep.finish($out),
+            }
+        };
+    }
+
+    /// Registers each computed gradient with its parent, where the parent wants one.
+    macro_rules! register {
+        ($E:ty, $grads:expr, $parents:expr, $computed:expr) => {
+            for (parent, g) in $parents.into_iter().zip($computed) {
+                if let (Some(node), Some(g)) = (parent, g) {
+                    $grads.register::<LibTorch<$E>>(node.id, TchTensor::new(g));
+                }
+            }
+        };
+    }
+
+    /// LibTorch's CPU flash attention (what `F.scaled_dot_product_attention` runs on the
+    /// CPU), forward and backward. LibTorch on CUDA keeps burn's op: its CUDA kernels of this
+    /// kind take other layouts and are not exercised by any test here.
+    pub(super) struct Attention;
+
+    impl Kernel for Attention {
+        type On<E: TchElement> = Ad<E>;
+        type Args<B: Backend> = (Float<B>, Float<B>, Float<B>);
+        type Out<B: Backend> = Float<B>;
+
+        fn run<E: TchElement>((q, k, v): Self::Args<Ad<E>>) -> Ran<Self, Ad<E>> {
+            if q.primitive.tensor.device() != tch::Device::Cpu {
+                return Err((q, k, v));
+            }
+            let (out, logsumexp) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
+                &q.primitive.tensor,
+                &k.primitive.tensor,
+                &v.primitive.tensor,
+                0.0,
+                false,
+                None::<tch::Tensor>,
+                None,
+            );
+            let out = TchTensor::new(out);
+            let state = AttentionState {
+                q: q.primitive,
+                k: k.primitive,
+                v: v.primitive,
+                out: out.clone(),
+                logsumexp: TchTensor::new(logsumexp),
+            };
+            Ok(record!(AttentionBackward, [q.node, k.node, v.node], state, out))
+        }
+    }
+
+    /// What the backward kernel reads: the inputs, the output and the rows' log-sum-exp.
+    #[derive(Debug, Clone)]
+    struct AttentionState {
+        q: TchTensor,
+        k: TchTensor,
+        v: TchTensor,
+        out: TchTensor,
+        logsumexp: TchTensor,
+    }
+
+    #[derive(Debug)]
+    struct AttentionBackward;
+
+    impl<E: TchElement> Backward<LibTorch<E>, 3> for AttentionBackward {
+        type State = AttentionState;
+
+        fn backward(self, ops: Ops<AttentionState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = grads.consume::<LibTorch<E>>(&ops.node);
+            let s = ops.state;
+            let (dq, dk, dv) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
+                &grad.tensor,
+                &s.q.tensor,
+                &s.k.tensor,
+                &s.v.tensor,
+                &s.out.tensor,
+                &s.logsumexp.tensor,
+                0.0,
+                false,
+                None::<tch::Tensor>,
+                None,
+            );
+            register!(E, grads, ops.parents, [Some(dq), Some(dk), Some(dv)]);
+        }
+    }
+
+    /// ATen's `native_layer_norm` and its backward kernel. Without a shift (no `beta`) burn's
+    /// op runs: every norm of the models has one.
+    pub(super) struct LayerNorm;
+
+    impl Kernel for LayerNorm {
+        type On<E: TchElement> = Ad<E>;
+        type Args<B: Backend> = (Float<B>, Float<B>, Option<Float<B>>, f64);
+        type Out<B: Backend> = Float<B>;
+
+        fn run<E: TchElement>((x, gamma, beta, eps): Self::Args<Ad<E>>) -> Ran<Self, Ad<E>> {
+            let Some(beta) = beta else {
+                return Err((x, gamma, None, eps));
+            };
+            let last = *x
+                .primitive
+                .tensor
+                .size()
+                .last()
+                .expect("layer norm of a tensor with dimensions");
+            let (out, mean, rstd) = x.primitive.tensor.native_layer_norm(
+                [last],
+                Some(&gamma.primitive.tensor),
+                Some(&beta.primitive.tensor),
+                eps,
+            );
+            let out = TchTensor::new(out);
+            let state = LayerNormState {
+                x: x.primitive,
+                mean: TchTensor::new(mean),
+                rstd: TchTensor::new(rstd),
+                gamma: gamma.primitive,
+                beta: beta.primitive,
+            };
+            Ok(record!(LayerNormBackward, [x.node, gamma.node, beta.node], state, out))
+        }
+    }
+
+    /// The input, the rows' mean and inverse standard deviation, and the affine parameters.
+    #[derive(Debug, Clone)]
+    struct LayerNormState {
+        x: TchTensor,
+        mean: TchTensor,
+        rstd: TchTensor,
+        gamma: TchTensor,
+        beta: TchTensor,
+    }
+
+    #[derive(Debug)]
+    struct LayerNormBackward;
+
+    impl<E: TchElement> Backward<LibTorch<E>, 3> for LayerNormBackward {
+        type State = LayerNormState;
+
+        fn backward(self, ops: Ops<LayerNormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = grads.consume::<LibTorch<E>>(&ops.node);
+            let s = ops.state;
+            let mask = ops.parents.each_ref().map(Option::is_some);
+            let computed = layer_norm_backward(
+                &grad.tensor,
+                &s.x.tensor,
+                &s.mean.tensor,
+                &s.rstd.tensor,
+                Some(&s.gamma.tensor),
+                Some(&s.beta.tensor),
+                mask,
+            );
+            register!(E, grads, ops.parents, computed);
+        }
+    }
+
+    /// `max(dim=1)` of a matrix without autodiff (an index has no gradient), its indices kept.
+    pub(super) struct ArgmaxRows;
+
+    impl Kernel for ArgmaxRows {
+        type On<E: TchElement> = Ad<E>;
+        type Args<B: Backend> = Float<B>;
+        type Out<B: Backend> = burn::tensor::ops::IntTensor<B>;
+
+        fn run<E: TchElement>(x: Float<Ad<E>>) -> Ran<Self, Ad<E>> {
+            let (_, indices) = x.primitive.tensor.max_dim(1, true); // [rows, 1]
+            Ok(TchTensor::new(indices))
+        }
+    }
+
+    /// ATen's `_log_softmax` and `_log_softmax_backward_data`.
+    pub(super) struct LogSoftmax;
+
+    impl Kernel for LogSoftmax {
+        type On<E: TchElement> = Ad<E>;
+        type Args<B: Backend> = (Float<B>, usize);
+        type Out<B: Backend> = Float<B>;
+
+        fn run<E: TchElement>((x, dim): Self::Args<Ad<E>>) -> Ran<Self, Ad<E>> {
+            let out = TchTensor::new(x.primitive.tensor.internal_log_softmax(dim as i64, false));
+            let state = LogSoftmaxState {
+                out: out.clone(),
+                dim,
+                kind: x.primitive.tensor.kind(),
+            };
+            Ok(record!(LogSoftmaxBackward, [x.node], state, out))
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct LogSoftmaxState {
+        out: TchTensor,
+        dim: usize,
+        kind: tch::Kind,
+    }
+
+    #[derive(Debug)]
+    struct LogSoftmaxBackward;
+
+    impl<E: TchElement> Backward<LibTorch<E>, 1> for LogSoftmaxBackward {
+        type State = LogSoftmaxState;
+
+        fn backward(self, ops: Ops<LogSoftmaxState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = grads.consume::<LibTorch<E>>(&ops.node);
+            let s = ops.state;
+            let dx = tch::Tensor::internal_log_softmax_backward_data(&grad.tensor, &s.out.tensor, s.dim as i64, s.kind);
+            register!(E, grads, ops.parents, [Some(dx)]);
+        }
+    }
+}
+
+#[cfg(test)]
+backend_tests! {
+    use super::*;
+    use burn::tensor::Distribution;
+    use burn::tensor::Tolerance;
+
+    /// `f` on a fresh leaf copy of each input: the output and the inputs' gradients under a
+    /// random weighting of the output (so every output element's gradient matters).
+    fn output_and_grads<const D: usize>(
+        inputs: &[Tensor<TestAutodiff, D>],
+        weights: &Tensor<TestAutodiff, D>,
+        f: impl Fn(Vec<Tensor<TestAutodiff, D>>) -> Tensor<TestAutodiff, D>,
+    ) -> (TensorData, Vec<TensorData>) {
+        let leaves: Vec<_> = inputs.iter().map(|t| t.clone().detach().require_grad()).collect();
+        let out = f(leaves.clone());
+        let grads = (out.clone() * weights.clone()).sum().backward();
+        let g = leaves.iter().map(|l| l.grad(&grads).expect("a gradient").into_data()).collect();
+        (out.inner().into_data(), g)
+    }
+
+    fn assert_close(got: (TensorData, Vec<TensorData>), want: (TensorData, Vec<TensorData>), tolerance: f32) {
+        let t = Tolerance::<f32>::absolute(tolerance);
+        got.0.assert_approx_eq::<f32>(&want.0, t);
+        for (g, w) in got.1.iter().zip(&want.1) {
+            g.assert_approx_eq::<f32>(w, t);
+            let mass: f32 = g.to_vec::<f32>().unwrap().iter().map(|v| v.abs()).sum();
+            assert!(mass > 1e-3, "gradients reach the input");
+        }
+    }
+
+    /// The fused path against burn's own op on the same backend: outputs and the gradients of
+    /// q, k and v, for views laid out as the encoder makes them (a permuted qkv projection),
+    /// through the layout change the encoder makes next, so the incoming gradient is a strided
+    /// view as in training. A sequence within one 32-row query block of the flash kernel, and
+    /// one across two.
+    #[test]
+    fn fused_attention_matches_burns_op_and_its_gradients() {
+        for l in [7, 33] {
+            attention_matches_on(l);
+        }
+    }
+
+    fn attention_matches_on(l: usize) {
+        let device = Default::default();
+        let (b, h, d) = (2, 3, 8);
+        let qkv = Tensor::<TestAutodiff, 3>::random([b, l, 3 * h * d], Distribution::Normal(0.0, 1.0), &device);
+        let weights = Tensor::<TestAutodiff, 3>::random([b, l, h * d], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            output_and_grads(std::slice::from_ref(&qkv), &weights, |x| {
+                let parts = x[0].clone().reshape([b, l, 3, h, d]).permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
+                let mut p = parts.chunk(3, 0).into_iter().map(|t| t.squeeze_dim::<4>(0));
+                let (q, k, v) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+                let out = if fused {
+                    scaled_dot_product(q, k, v)
+                } else {
+                    attention(q, k, v, None, None, AttentionModuleOptions::default())
+                };
+                out.swap_dims(1, 2).reshape([b, l, h * d]) // [batch, tokens, dim]
+            })
+        };
+        assert_close(run(true), run(false), 1e-4);
+    }
+
+    /// Each row's largest value, the first on ties: a flat row (every score 0) is index 0, as
+    /// the pipeline's tokenizer makes it, on rows wide enough for vectorized kernels.
+    #[test]
+    fn argmax_rows_takes_the_first_of_tied_maxima() {
+        let device = Default::default();
+        let width = 1024;
+        let mut values = vec![0f32; 4 * width];
+        values[width + 700] = 3.0; // row 1: one maximum
+        values[2 * width + 5] = 2.0; // row 2: maxima at 5, 600 and 1000
+        values[2 * width + 600] = 2.0;
+        values[2 * width + 1000] = 2.0;
+        for v in &mut values[3 * width..] {
+            *v = -1.0; // row 3: all tied below zero
+        }
+        let x = Tensor::<TestAutodiff, 2>::from_data(TensorData::new(values, [4, width]), &device);
+        let got: Vec<i64> = argmax_rows(x).into_data().convert::<i64>().to_vec().unwrap();
+        assert_eq!(got, vec![0, 700, 5, 0]);
+    }
+
+    /// Layer norm against the decomposition written out by hand (burn's own op on flex):
+    /// output and the gradients of input, scale and shift.
+    #[test]
+    fn fused_layer_norm_matches_the_definition_and_its_gradients() {
+        let device = Default::default();
+        let x = Tensor::<TestAutodiff, 3>::random([3, 5, 16], Distribution::Normal(1.0, 2.0), &device);
+        let gamma = Tensor::<TestAutodiff, 3>::random([1, 1, 16], Distribution::Normal(1.0, 0.5), &device);
+        let beta = Tensor::<TestAutodiff, 3>::random([1, 1, 16], Distribution::Normal(0.0, 0.5), &device);
+        let weights = Tensor::<TestAutodiff, 3>::random([3, 5, 16], Distribution::Normal(0.0, 1.0), &device);
+        let eps = 1e-6;
+        let fused = output_and_grads(&[x.clone(), gamma.clone(), beta.clone()], &weights, |t| {
+            layer_norm(t[0].clone(), t[1].clone().reshape([16]), Some(t[2].clone().reshape([16])), eps)
+        });
+        let by_hand = output_and_grads(&[x, gamma, beta], &weights, |t| {
+            let mean = t[0].clone().mean_dim(2);
+            let centered = t[0].clone() - mean;
+            let var = centered.clone().powi_scalar(2).mean_dim(2);
+            centered / (var + eps).sqrt() * t[1].clone() + t[2].clone()
+        });
+        assert_close(fused, by_hand, 1e-4);
+    }
+
+    /// Log-softmax against `x - logsumexp(x)` written out, on rows with a large offset (where
+    /// an unshifted exp would overflow).
+    #[test]
+    fn fused_log_softmax_matches_the_definition_and_its_gradient() {
+        let device = Default::default();
+        let x = Tensor::<TestAutodiff, 2>::random([6, 40], Distribution::Normal(0.0, 3.0), &device) + 80.0;
+        let weights = Tensor::<TestAutodiff, 2>::random([6, 40], Distribution::Normal(0.0, 1.0), &device);
+        let fused = output_and_grads(std::slice::from_ref(&x), &weights, |t| log_softmax(t[0].clone(), 1));
+        let by_hand = output_and_grads(&[x], &weights, |t| {
+            let max = t[0].clone().detach().max_dim(1);
+            let shifted = t[0].clone() - max;
+            shifted.clone() - shifted.exp().sum_dim(1).log()
+        });
+        assert_close(fused, by_hand, 1e-4);
+    }
+}
