@@ -20,25 +20,35 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::TensorPrimitive;
 
-/// `softmax(q kᵀ / sqrt(head_dim)) v` per batch and head.
+/// Multi-head self-attention on a fused qkv projection: `softmax(q kᵀ / sqrt(head_dim)) v`
+/// per batch and head, the heads' outputs side by side.
+///
+/// On LibTorch's CPU this is one autodiff node: q, k and v are views into `qkv`, and the
+/// backward writes their three gradients into one `qkv`-shaped tensor. Split into q, k and v
+/// by burn's ops instead, each part's backward zero-fills a whole `qkv`-sized gradient, copies
+/// its part in, and the three are added up: 3% of a BEiT step at cpu-tiny in fills alone.
 ///
 /// # Shapes
-/// - q, k, v: `[batch, heads, tokens, head_dim]`
-/// - output: `[batch, heads, tokens, head_dim]`
-pub fn scaled_dot_product<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+/// - qkv: `[batch, tokens, 3 * dim]`, q, k, v in that order, each `[heads, head_dim]` inside
+/// - output: `[batch, tokens, dim]`
+pub fn multi_head_attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
     #[cfg(feature = "tch")]
-    let (q, k, v) = {
-        let args = (
-            q.into_primitive().tensor(),
-            k.into_primitive().tensor(),
-            v.into_primitive().tensor(),
-        );
-        match crate::libtorch::try_run::<B, libtorch::Attention>(args) {
-            Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
-            Err((q, k, v)) => (float(q), float(k), float(v)),
-        }
+    let qkv = match crate::libtorch::try_run::<B, libtorch::Attention>((qkv.into_primitive().tensor(), heads)) {
+        Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
+        Err((qkv, _)) => float(qkv),
     };
-    attention(q, k, v, None, None, AttentionModuleOptions::default())
+    attention_by_parts(qkv, heads)
+}
+
+/// [`multi_head_attention`] with burn's ops.
+fn attention_by_parts<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    let [b, l, d3] = qkv.dims();
+    let (h, d) = (heads, d3 / 3);
+    let parts = qkv.reshape([b, l, 3, h, d / h]).permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
+    let mut parts = parts.chunk(3, 0).into_iter().map(|t| t.squeeze_dim::<4>(0));
+    let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+    out.swap_dims(1, 2).reshape([b, l, d]) // [batch, tokens, dim]
 }
 
 /// Layer norm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`.
@@ -144,46 +154,69 @@ mod libtorch {
     }
 
     /// LibTorch's CPU flash attention (what `F.scaled_dot_product_attention` runs on the
-    /// CPU), forward and backward. LibTorch on CUDA keeps burn's op: its CUDA kernels of this
-    /// kind take other layouts and are not exercised by any test here.
+    /// CPU), forward and backward, on q, k and v as views of the packed projection. LibTorch
+    /// on CUDA keeps burn's ops: its CUDA kernels of this kind take other layouts and are not
+    /// exercised by any test here.
     pub(super) struct Attention;
+
+    /// q, k and v as views of `qkv`.
+    ///
+    /// # Shapes
+    /// - qkv: `[batch, tokens, 3 * dim]`
+    /// - output: 3 x `[batch, heads, tokens, head_dim]`
+    fn split_heads(qkv: &tch::Tensor, heads: i64) -> [tch::Tensor; 3] {
+        let [b, l, d3] = qkv.size()[..] else {
+            unreachable!("the packed projection has three dimensions")
+        };
+        let parts = qkv.reshape([b, l, 3, heads, d3 / 3 / heads]).permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
+        [0, 1, 2].map(|i| parts.select(0, i))
+    }
 
     impl Kernel for Attention {
         type On<E: TchElement> = Ad<E>;
-        type Args<B: Backend> = (Float<B>, Float<B>, Float<B>);
+        type Args<B: Backend> = (Float<B>, usize);
         type Out<B: Backend> = Float<B>;
 
-        fn run<E: TchElement>((q, k, v): Self::Args<Ad<E>>) -> Ran<Self, Ad<E>> {
-            if q.primitive.tensor.device() != tch::Device::Cpu {
-                return Err((q, k, v));
+        fn run<E: TchElement>((qkv, heads): Self::Args<Ad<E>>) -> Ran<Self, Ad<E>> {
+            let t = &qkv.primitive.tensor;
+            if t.device() != tch::Device::Cpu {
+                return Err((qkv, heads));
             }
+            let [b, l, d3] = t.size()[..] else {
+                unreachable!("a rank-3 burn tensor has three dimensions")
+            };
+            let [q, k, v] = split_heads(t, heads as i64);
             let (out, logsumexp) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
-                &q.primitive.tensor,
-                &k.primitive.tensor,
-                &v.primitive.tensor,
+                &q,
+                &k,
+                &v,
                 0.0,
                 false,
                 None::<tch::Tensor>,
                 None,
             );
+            // The kernel writes `out` as `[batch, tokens, heads, head_dim]` in memory, so this is
+            // a view; it shares `out`'s storage record, which keeps burn from overwriting it in
+            // place while the backward still needs it.
             let out = TchTensor::new(out);
+            let merged = out.tensor.transpose(1, 2).reshape([b, l, d3 / 3]); // [batch, tokens, dim]
+            let merged = TchTensor::from_existing(merged, out.storage.clone());
             let state = AttentionState {
-                q: q.primitive,
-                k: k.primitive,
-                v: v.primitive,
-                out: out.clone(),
+                qkv: qkv.primitive,
+                heads: heads as i64,
+                out,
                 logsumexp: TchTensor::new(logsumexp),
             };
-            Ok(record!(AttentionBackward, [q.node, k.node, v.node], state, out))
+            Ok(record!(AttentionBackward, [qkv.node], state, merged))
         }
     }
 
-    /// What the backward kernel reads: the inputs, the output and the rows' log-sum-exp.
+    /// What the backward kernel reads: the packed input, the output and the rows'
+    /// log-sum-exp.
     #[derive(Debug, Clone)]
     struct AttentionState {
-        q: TchTensor,
-        k: TchTensor,
-        v: TchTensor,
+        qkv: TchTensor,
+        heads: i64,
         out: TchTensor,
         logsumexp: TchTensor,
     }
@@ -191,17 +224,23 @@ mod libtorch {
     #[derive(Debug)]
     struct AttentionBackward;
 
-    impl<E: TchElement> Backward<LibTorch<E>, 3> for AttentionBackward {
+    impl<E: TchElement> Backward<LibTorch<E>, 1> for AttentionBackward {
         type State = AttentionState;
 
-        fn backward(self, ops: Ops<AttentionState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        fn backward(self, ops: Ops<AttentionState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let grad = grads.consume::<LibTorch<E>>(&ops.node);
             let s = ops.state;
+            let [q, k, v] = split_heads(&s.qkv.tensor, s.heads);
+            let out_shape = s.out.tensor.size(); // [batch, heads, tokens, head_dim]
+            let [b, h, l, dh] = out_shape[..] else {
+                unreachable!("attention output has four dimensions")
+            };
+            let grad_out = grad.tensor.reshape([b, l, h, dh]).transpose(1, 2); // [batch, heads, tokens, head_dim]
             let (dq, dk, dv) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
-                &grad.tensor,
-                &s.q.tensor,
-                &s.k.tensor,
-                &s.v.tensor,
+                &grad_out,
+                &q,
+                &k,
+                &v,
                 &s.out.tensor,
                 &s.logsumexp.tensor,
                 0.0,
@@ -209,7 +248,10 @@ mod libtorch {
                 None::<tch::Tensor>,
                 None,
             );
-            register!(E, grads, ops.parents, [Some(dq), Some(dk), Some(dv)]);
+            // One copy into the projection's layout: [batch, tokens, 3, heads, head_dim].
+            let parts = [dq, dk, dv].map(|g| g.transpose(1, 2));
+            let dqkv = tch::Tensor::stack(&parts, 2).reshape([b, l, 3 * h * dh]);
+            register!(E, grads, ops.parents, [Some(dqkv)]);
         }
     }
 
@@ -368,13 +410,12 @@ backend_tests! {
         }
     }
 
-    /// The fused path against burn's own op on the same backend: outputs and the gradients of
-    /// q, k and v, for views laid out as the encoder makes them (a permuted qkv projection),
-    /// through the layout change the encoder makes next, so the incoming gradient is a strided
-    /// view as in training. A sequence within one 32-row query block of the flash kernel, and
-    /// one across two.
+    /// The fused path against burn's own ops on the same backend: the output and the gradient
+    /// of the packed projection, through the layout change the encoder makes next (so the
+    /// incoming gradient is a strided view, as in training). A sequence within one 32-row
+    /// query block of the flash kernel, and one across two.
     #[test]
-    fn fused_attention_matches_burns_op_and_its_gradients() {
+    fn fused_attention_matches_burns_ops_and_their_gradients() {
         for l in [7, 33] {
             attention_matches_on(l);
         }
@@ -384,18 +425,15 @@ backend_tests! {
         let device = Default::default();
         let (b, h, d) = (2, 3, 8);
         let qkv = Tensor::<TestAutodiff, 3>::random([b, l, 3 * h * d], Distribution::Normal(0.0, 1.0), &device);
-        let weights = Tensor::<TestAutodiff, 3>::random([b, l, h * d], Distribution::Normal(0.0, 1.0), &device);
+        let weights = Tensor::<TestAutodiff, 3>::random([b, h * d, l], Distribution::Normal(0.0, 1.0), &device);
         let run = |fused: bool| {
             output_and_grads(std::slice::from_ref(&qkv), &weights, |x| {
-                let parts = x[0].clone().reshape([b, l, 3, h, d]).permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
-                let mut p = parts.chunk(3, 0).into_iter().map(|t| t.squeeze_dim::<4>(0));
-                let (q, k, v) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
                 let out = if fused {
-                    scaled_dot_product(q, k, v)
+                    multi_head_attention(x[0].clone(), h)
                 } else {
-                    attention(q, k, v, None, None, AttentionModuleOptions::default())
+                    attention_by_parts(x[0].clone(), h)
                 };
-                out.swap_dims(1, 2).reshape([b, l, h * d]) // [batch, tokens, dim]
+                out.swap_dims(1, 2) // [batch, dim, tokens]
             })
         };
         assert_close(run(true), run(false), 1e-4);

@@ -12,7 +12,7 @@ use burn::tensor::activation::gelu;
 use rand::Rng;
 
 use crate::error::ConfigError;
-use crate::model::fused::{layer_norm, scaled_dot_product};
+use crate::model::fused::{layer_norm, multi_head_attention};
 use crate::model::init::{linear, param, trunc_normal};
 use crate::seed::mix;
 
@@ -371,22 +371,14 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// Attention itself is [`scaled_dot_product`]: LibTorch's fused kernels where they apply,
-    /// burn's `attention` op elsewhere.
+    /// Attention itself is [`multi_head_attention`]: LibTorch's fused kernels where they
+    /// apply, burn's ops elsewhere.
     ///
     /// # Shapes
     /// - x: `[batch, tokens, dim]`
     /// - output: `[batch, tokens, dim]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, l, d] = x.dims();
-        let h = self.heads;
-        let qkv = token_linear(&self.qkv, x)
-            .reshape([b, l, 3, h, d / h])
-            .permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
-        let mut parts = qkv.chunk(3, 0).into_iter().map(|t| t.squeeze_dim::<4>(0));
-        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let out = scaled_dot_product(q, k, v);
-        let out = out.swap_dims(1, 2).reshape([b, l, d]); // [batch, tokens, dim]
+        let out = multi_head_attention(token_linear(&self.qkv, x), self.heads);
         token_linear(&self.proj, out)
     }
 }
