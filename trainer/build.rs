@@ -1,5 +1,5 @@
 //! With the `tch` feature: compiles `csrc/aten_ops.cpp` (ATen operators tch does not bind,
-//! see `src/aten.rs`) against the libtorch that torch-sys found, and gives the binaries and
+//! see `src/libtorch.rs`) against the libtorch that torch-sys found, and gives the binaries and
 //! test executables an rpath to that libtorch (the project's `.venv` torch wheel), so no one has
 //! to set LD_LIBRARY_PATH.
 

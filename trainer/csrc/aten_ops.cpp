@@ -2,7 +2,7 @@
 // backward kernel (tch leaves out operators with a bool[3] argument) and the fused AdamW
 // kernel (tch binds no foreach/fused optimizer operators). Built by trainer/build.rs with the
 // `tch` feature, against the same libtorch headers torch-sys builds against; called from
-// src/aten.rs, which owns every pointer that crosses this boundary.
+// src/libtorch.rs, which owns every pointer that crosses this boundary.
 //
 // Tensors cross as `at::Tensor*`, which is what tch's `C_tensor` handles point to. Results are
 // `new at::Tensor(..)` that the Rust side adopts with `tch::Tensor::from_ptr` (freed by tch).

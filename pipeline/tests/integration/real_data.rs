@@ -303,6 +303,7 @@ fn the_kept_jpeg_check_accepts_exactly_what_decodes() {
         .step_by(40)
         .take(120)
         .collect();
+    let photo_count = files.len();
     files.extend(
         walkdir::WalkDir::new(&edge)
             .sort_by_file_name()
@@ -314,7 +315,7 @@ fn the_kept_jpeg_check_accepts_exactly_what_decodes() {
     use pipeline::jpeg_entropy::{walk, Walk};
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
-    let (mut kept, mut rejected, mut walked, mut photos_walked) = (0, 0, 0, 0);
+    let (mut kept, mut rejected, mut walked, mut photos_walked, mut colour_photos) = (0, 0, 0, 0, 0);
     for (i, f) in files.iter().enumerate() {
         let raw = std::fs::read(f).unwrap();
         // The whole file, copies cut inside the entropy data (the header is a few hundred
@@ -334,9 +335,11 @@ fn the_kept_jpeg_check_accepts_exactly_what_decodes() {
         for (n, bytes) in inputs.iter().enumerate() {
             let cut = bytes.len();
             let full = decode_upright(bytes);
+            let whole_photo = n == 0 && i < photo_count;
+            colour_photos += usize::from(whole_photo && full.as_ref().is_ok_and(|(_, rgb)| *rgb));
             if walk(bytes) == Walk::Clean {
                 walked += 1;
-                photos_walked += usize::from(n == 0 && i < 120);
+                photos_walked += usize::from(whole_photo);
                 assert!(
                     full.is_ok(),
                     "{} (input {n}): walked clean, yet it does not decode",
@@ -359,10 +362,6 @@ fn the_kept_jpeg_check_accepts_exactly_what_decodes() {
         "kept {kept}, rejected {rejected}: the check saw too few of one kind"
     );
     // The fast walk must be what proves ordinary photos (the decoder is only the fallback).
-    let colour_photos = files[..120.min(files.len())]
-        .iter()
-        .filter(|f| decode_upright(&std::fs::read(f).unwrap()).is_ok_and(|(_, rgb)| rgb))
-        .count();
     assert!(
         photos_walked >= colour_photos && walked > photos_walked,
         "walked {photos_walked} of {colour_photos} colour photos, {walked} inputs in all"

@@ -34,7 +34,7 @@ use burn::tensor::TensorPrimitive;
 pub fn multi_head_attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
     #[cfg(feature = "tch")]
     let qkv = match crate::libtorch::try_run::<B, libtorch::Attention>((qkv.into_primitive().tensor(), heads)) {
-        Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
+        Ok(out) => return float(out),
         Err((qkv, _)) => float(qkv),
     };
     attention_by_parts(qkv, heads)
@@ -70,7 +70,7 @@ pub fn layer_norm<B: Backend, const D: usize>(
     );
     #[cfg(feature = "tch")]
     let (x, gamma, beta) = match crate::libtorch::try_run::<B, libtorch::LayerNorm>((x, gamma, beta, eps)) {
-        Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
+        Ok(out) => return float(out),
         Err((x, gamma, beta, _)) => (x, gamma, beta),
     };
     Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(x, gamma, beta, eps)))
@@ -101,7 +101,7 @@ pub fn argmax_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1, Int> {
 pub fn log_softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
     #[cfg(feature = "tch")]
     let x = match crate::libtorch::try_run::<B, libtorch::LogSoftmax>((x.into_primitive().tensor(), dim)) {
-        Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
+        Ok(out) => return float(out),
         Err((x, _)) => float(x),
     };
     burn::tensor::activation::log_softmax(x, dim)
@@ -203,7 +203,6 @@ mod libtorch {
             let merged = TchTensor::from_existing(merged, out.storage.clone());
             let state = AttentionState {
                 qkv: qkv.primitive,
-                heads: heads as i64,
                 out,
                 logsumexp: TchTensor::new(logsumexp),
             };
@@ -216,7 +215,6 @@ mod libtorch {
     #[derive(Debug, Clone)]
     struct AttentionState {
         qkv: TchTensor,
-        heads: i64,
         out: TchTensor,
         logsumexp: TchTensor,
     }
@@ -230,11 +228,11 @@ mod libtorch {
         fn backward(self, ops: Ops<AttentionState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let grad = grads.consume::<LibTorch<E>>(&ops.node);
             let s = ops.state;
-            let [q, k, v] = split_heads(&s.qkv.tensor, s.heads);
             let out_shape = s.out.tensor.size(); // [batch, heads, tokens, head_dim]
             let [b, h, l, dh] = out_shape[..] else {
                 unreachable!("attention output has four dimensions")
             };
+            let [q, k, v] = split_heads(&s.qkv.tensor, h);
             let grad_out = grad.tensor.reshape([b, l, h, dh]).transpose(1, 2); // [batch, heads, tokens, head_dim]
             let (dq, dk, dv) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
                 &grad_out,
