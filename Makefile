@@ -98,7 +98,8 @@ pretrain: build-trainer
 		$(BACKEND_FLAGS) $(if $(DEVICES),--devices $(DEVICES)) $(NODE_FLAGS) --batch-size $(BATCH) \
 		--out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
 
-# Fine-tune a pre-training run (INIT=<run folder>; without INIT: random init, the baseline).
+# Fine-tune a pre-training run (INIT=<run folder>; without INIT: random init, the baseline) with
+# Table 9, its regularization sized to the run's length; FT_ARGS="--recipe paper" runs it as written.
 FT_RUN   ?= $(if $(INIT),$(INIT)-finetune,runs/$(DATASET)-scratch-$(MODEL))
 FT_ARGS  ?=
 finetune: build-trainer
@@ -130,7 +131,8 @@ report: build-trainer
 
 # The paper's comparison on a dataset's own images at CPU scale (about an hour per seed on 2
 # cores): BEiT and SplitMask x k-means and random-projection tokenizers vs random init, each
-# fine-tuned with the recipe's Table 9 settings and probed, evaluated on the recipe's split.
+# fine-tuned with `trainer finetune`'s defaults (Table 9, its regularization sized to the run) and
+# probed, evaluated on the recipe's split.
 # Any recipe, your own `folder` included: make experiment EXP=folder DATA_DIR=/path/to/images
 # Sizes are EXP_* variables (see experiments/run.sh).
 EXP ?= imagenette

@@ -2,8 +2,8 @@
 # The paper's comparison at CPU scale, on any dataset recipe (your own `folder` included):
 # pre-train on the target set's train images only (BEiT and SplitMask, k-means and
 # random-projection tokenizers, the recipe's masking and augmentation), probe every frozen
-# encoder and a random-init one, fine-tune each with the recipe's Table 9 settings scaled to
-# the CPU budget, all evaluated on the recipe's split, and write the report.
+# encoder and a random-init one, fine-tune each with `trainer finetune`'s defaults (Table 9,
+# its regularization sized to the run), all evaluated on the recipe's split, and write the report.
 # Every step resumes: rerunning continues where an interrupted run stopped.
 #
 # Environment (set by `make experiment`): EXP (dataset recipe), DATA_DIR (raw dataset; default
@@ -24,17 +24,15 @@ PRETRAIN_STEPS=${EXP_PRETRAIN_STEPS:-200}
 # Short CPU schedules need a larger learning rate than the paper's 1.5e-3 at batch 2048.
 PRETRAIN_BLR=${EXP_PRETRAIN_BLR:-0.2}
 FINETUNE_STEPS=${EXP_FINETUNE_STEPS:-300}
-# Fine-tuning at CPU scale keeps the recipe's Table 9 values (repeated augmentation, label
-# smoothing, drop path) but starts the head from a linear probe (LP-FT), turns off mixup,
-# CutMix, RandAugment and random erasing, and trains at lr 2e-3 at batch 64 (3.2e-2 at 1024)
-# with layer decay 0.65: Table 9 sizes its stack and its lr for 300 epochs, and in a few CPU
-# epochs they keep the model below its own probe (README, "Fine-tuning at CPU scale").
-# EXP_FINETUNE_ARGS="" EXP_FINETUNE_BLR="" runs the paper's recipe as is.
-FINETUNE_ARGS=${EXP_FINETUNE_ARGS---head-init probe --mixup 0 --cutmix 0 --randaug-ops 0 --reprob 0 --layer-decay 0.65}
+# Fine-tuning runs `trainer finetune`'s defaults: Table 9 with its regularization sized to the
+# run (`--recipe scaled`) and LP-FT for pre-trained encoders. EXP_FINETUNE_ARGS adds flags
+# (`--recipe paper` runs Table 9 as the paper gives it, sized for 300 epochs).
+FINETUNE_ARGS=${EXP_FINETUNE_ARGS:-}
 # Fine-tuning lr at batch 1024 (scaled to the batch); empty keeps the recipe's (4e-3 on the
 # small sets, 1.4e-4 on the large ones).
-FINETUNE_BLR=${EXP_FINETUNE_BLR-3.2e-2}
-FINETUNE_WARMUP=${EXP_FINETUNE_WARMUP:-0.2}
+FINETUNE_BLR=${EXP_FINETUNE_BLR:-}
+# Warmup epochs; empty keeps the recipe's share of the run.
+FINETUNE_WARMUP=${EXP_FINETUNE_WARMUP:-}
 PROBE_IMAGES=${EXP_PROBE_IMAGES:-3000}
 EVAL_IMAGES=${EXP_EVAL_IMAGES:-1000}
 SEED=${EXP_SEED:-0}
@@ -88,7 +86,7 @@ finetune() { # <out> [--init <run>]
   say "fine-tune -> $out"
   "$TRAINER" finetune --data "$EXP_DATA" "$@" --model "$MODEL" --batch-size "$BATCH" \
     --max-steps "$FINETUNE_STEPS" ${FINETUNE_BLR:+--blr "$FINETUNE_BLR"} $FINETUNE_ARGS \
-    --warmup-epochs "$FINETUNE_WARMUP" --eval-every-epochs 0.5 --eval-images "$EVAL_IMAGES" \
+    ${FINETUNE_WARMUP:+--warmup-epochs "$FINETUNE_WARMUP"} --eval-every-epochs 0.5 --eval-images "$EVAL_IMAGES" \
     --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" --out "$out" --resume --quiet
 }
 finetune "$EXP_DIR/ft-random$SUFFIX"

@@ -313,9 +313,14 @@ fn run() -> Result<()> {
                 );
                 return Ok(());
             }
+            if let Some(r) = &results {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
             match results {
                 Some(r) => println!(
-                    "fine-tuned {} ({}) for {} steps in {:.0} s: {} top-1 {:.2}%, top-5 {:.2}% on {} images (best top-1 {:.2}% at step {}); {}",
+                    "fine-tuned {} ({}) for {} steps in {:.0} s: {} top-1 {:.2}%, top-5 {:.2}% on {} images (best top-1 {:.2}% at step {}{}){}; {}",
                     r.model,
                     r.init,
                     r.steps,
@@ -326,6 +331,14 @@ fn run() -> Result<()> {
                     r.eval.images,
                     100.0 * r.best_top1,
                     r.best_step,
+                    r.probe_top1
+                        .map(|p| format!("; linear probe {:.2}%", 100.0 * p))
+                        .unwrap_or_default(),
+                    if r.warnings.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", r.warnings.join("; "))
+                    },
                     cfg.run.out.join("results.json").display()
                 ),
                 None => println!("stopped before the end of the schedule; continue with --resume"),

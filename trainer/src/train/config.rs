@@ -758,9 +758,9 @@ pub struct FinetuneArgs {
     /// CutMix's Beta alpha (default: the recipe's 1.0).
     #[arg(long)]
     pub cutmix: Option<f64>,
-    /// Probability of mixing a batch (timm's default).
-    #[arg(long, default_value_t = 1.0)]
-    pub mixup_prob: f64,
+    /// Probability of mixing a batch (timm's 1.0, scaled by `--recipe scaled`).
+    #[arg(long)]
+    pub mixup_prob: Option<f64>,
     /// Probability of CutMix rather than mixup (timm's default).
     #[arg(long, default_value_t = 0.5)]
     pub mixup_switch_prob: f64,
@@ -771,9 +771,10 @@ pub struct FinetuneArgs {
     pub randaug_magnitude: Option<f64>,
     #[arg(long)]
     pub randaug_std: Option<f64>,
-    /// Random-erasing probability (BEiT's and DeiT's 0.25; Table 9 has no row for it).
-    #[arg(long, default_value_t = 0.25)]
-    pub reprob: f64,
+    /// Random-erasing probability (BEiT's and DeiT's 0.25, scaled by `--recipe scaled`; Table
+    /// 9 has no row for it).
+    #[arg(long)]
+    pub reprob: Option<f64>,
     /// Copies of each drawn image in the same batch (DeiT's repeated augmentation); 1 is off
     /// (default: 3 where the recipe turns it on, else 1).
     #[arg(long)]
@@ -785,12 +786,20 @@ pub struct FinetuneArgs {
     /// RandAugment is off).
     #[arg(long)]
     pub color_jitter: Option<f64>,
+    /// Smallest area share of a random-resized crop (default 0.08, Inception's).
+    #[arg(long)]
+    pub crop_scale: Option<f64>,
+    /// Where the flags not given come from: `scaled` (Table 9 with its regularization sized to
+    /// the run's length, and LP-FT when `--init` names an encoder) or `paper` (Table 9 as the
+    /// paper gives it, sized for 300 epochs).
+    #[arg(long, value_enum, default_value = "scaled")]
+    pub recipe: FinetuneRecipe,
     /// How the classification head starts: `beit` (BEiT's: trunc-normal scaled by 0.001, the
     /// paper's recipe) or `probe` (a linear probe fitted on the frozen encoder's features of
-    /// the train images first, then everything fine-tuned: LP-FT, for short schedules where a
-    /// near-zero head lets the first updates drift the encoder).
-    #[arg(long, value_enum, default_value = "beit")]
-    pub head_init: HeadInit,
+    /// the train images first, then everything fine-tuned: LP-FT). Default: `probe` with
+    /// `--init` under `--recipe scaled`, else `beit`.
+    #[arg(long, value_enum)]
+    pub head_init: Option<HeadInit>,
     /// Evaluate every N epochs (and at the end).
     #[arg(long, default_value_t = 1.0)]
     pub eval_every_epochs: f64,
@@ -807,6 +816,24 @@ pub enum HeadInit {
     Beit,
     Probe,
 }
+
+/// Where a fine-tuning run's unset flags come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FinetuneRecipe {
+    /// Table 9 with mixup, CutMix, RandAugment, random erasing, color jitter and drop path
+    /// scaled by the run's share of the recipe's epochs (a few epochs of a 300-epoch stack
+    /// leave the model below its own linear probe), the warmup the recipe's share of the run,
+    /// and LP-FT when a pre-trained encoder starts the run.
+    #[default]
+    Scaled,
+    /// Table 9 as written.
+    Paper,
+}
+
+/// timm's defaults for the values Table 9 has no row for.
+const MIXUP_PROB: f64 = 1.0;
+const REPROB: f64 = 0.25;
 
 /// DeiT's repeated augmentation draws each image three times.
 const REPEATED_AUG_COPIES: u32 = 3;
@@ -841,8 +868,23 @@ pub struct FinetuneConfig {
     pub crop_ratio: f64,
     #[serde(default)]
     pub head_init: HeadInit,
+    /// The recipe the unset flags came from (runs before it existed: `paper`).
+    #[serde(default = "paper_recipe")]
+    pub recipe: FinetuneRecipe,
+    /// What the recipe's regularizers were multiplied by: the run's share of the recipe's
+    /// epochs under `scaled` (at most 1), 1 under `paper`.
+    #[serde(default = "one")]
+    pub regularization_scale: f64,
     pub eval_every: u64,
     pub eval_images: Option<usize>,
+}
+
+fn paper_recipe() -> FinetuneRecipe {
+    FinetuneRecipe::Paper
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// A pre-training run folder and the checkpoint file `--init` names in it.
@@ -898,9 +940,6 @@ impl FinetuneArgs {
                 format!("the {:?} recipe has no [finetune] section", recipe.name),
             )
         })?;
-        let drop_path = sched.drop_path.unwrap_or(f.drop_path);
-        let vit = vit.with_drop_path(drop_path);
-        vit.validate().map_err(|m| E::invalid("drop-path", drop_path, m))?;
         let run_cfg = run.resolve(&manifest, true)?;
         let batch = sched.batch_size.unwrap_or(f.batch_size);
         if batch < 2 || !batch.is_multiple_of(2) {
@@ -911,22 +950,26 @@ impl FinetuneArgs {
             )
             .into());
         }
-        let s = sched.resolve(&finetune_defaults(f), run_cfg.train_images, f.epochs as u64, &run.data)?;
+        let mut defaults = finetune_defaults(f);
+        if self.recipe == FinetuneRecipe::Scaled && f.epochs > 0 {
+            // Table 9's warmup is a share of its run (60 of 300 epochs): keep the share.
+            defaults.warmup = Warmup::Share(f.warmup_epochs / f.epochs as f64);
+        }
+        let s = sched.resolve(&defaults, run_cfg.train_images, f.epochs as u64, &run.data)?;
+        let scale = match self.recipe {
+            FinetuneRecipe::Paper => 1.0,
+            FinetuneRecipe::Scaled => regularization_scale(&s, f.epochs),
+        };
+        let drop_path = sched.drop_path.unwrap_or(f.drop_path * scale);
+        let vit = vit.with_drop_path(drop_path);
+        vit.validate().map_err(|m| E::invalid("drop-path", drop_path, m))?;
         let layer_decay = self.layer_decay.unwrap_or(f.layer_decay);
         if !(layer_decay > 0.0 && layer_decay <= 1.0) {
             return Err(E::invalid("layer-decay", layer_decay, "must be in (0, 1]").into());
         }
-        let label_smoothing = self.label_smoothing.unwrap_or(f.label_smoothing);
-        if !(0.0..1.0).contains(&label_smoothing) {
-            return Err(E::invalid("label-smoothing", label_smoothing, "must be in [0, 1)").into());
-        }
         let crop_ratio = self.crop_ratio.unwrap_or(f.crop_ratio);
         if !(crop_ratio > 0.0 && crop_ratio <= 1.0) {
             return Err(E::invalid("crop-ratio", crop_ratio, "must be in (0, 1]").into());
-        }
-        let (mixup, cutmix) = (self.mixup.unwrap_or(f.mixup), self.cutmix.unwrap_or(f.cutmix));
-        if mixup < 0.0 || cutmix < 0.0 {
-            return Err(E::invalid("mixup", mixup.min(cutmix), "Beta parameters must be >= 0").into());
         }
         let init = match (&self.init, pre) {
             (Some(init), Some(p)) => {
@@ -941,21 +984,10 @@ impl FinetuneArgs {
             }
             _ => None,
         };
-        let randaugment = (self.randaug_ops > 0).then_some(RandAugmentConfig {
-            ops: self.randaug_ops,
-            magnitude: self.randaug_magnitude.unwrap_or(f.randaug_magnitude),
-            magnitude_std: self.randaug_std.unwrap_or(f.randaug_std),
-            prob: 0.5,
+        let head_init = self.head_init.unwrap_or(match (self.recipe, &init) {
+            (FinetuneRecipe::Scaled, Some(_)) => HeadInit::Probe,
+            _ => HeadInit::Beit,
         });
-        let repeats = self
-            .repeated_aug
-            .unwrap_or(if f.repeated_aug { REPEATED_AUG_COPIES } else { 1 })
-            .max(1);
-        let mut augment = AugmentConfig::finetune(vit.image_size as u32, randaugment, self.reprob, repeats);
-        // timm's create_transform: color jitter only where no auto-augment policy runs.
-        if randaugment.is_none() {
-            augment.color_jitter = self.color_jitter.unwrap_or(f.color_jitter);
-        }
         let eval_every = ((self.eval_every_epochs * s.steps_per_epoch as f64).round() as u64).max(1);
         Ok(FinetuneConfig {
             run: run_cfg,
@@ -963,22 +995,78 @@ impl FinetuneArgs {
             classes,
             init,
             model,
-            augment,
+            augment: self.augment(f, vit.image_size as u32, scale)?,
             vit,
             layer_decay,
-            mixup: MixupConfig {
-                mixup_alpha: mixup,
-                cutmix_alpha: cutmix,
-                prob: self.mixup_prob,
-                switch_prob: self.mixup_switch_prob,
-                label_smoothing,
-            },
+            mixup: self.mixup(f, scale)?,
             crop_ratio,
-            head_init: self.head_init,
+            head_init,
+            recipe: self.recipe,
+            regularization_scale: scale,
             eval_every,
             eval_images: self.eval_images,
         })
     }
+
+    /// The training views: the recipe's augmentations, their strength times `scale`.
+    fn augment(&self, f: &FinetuneDefaults, size: u32, scale: f64) -> Result<AugmentConfig> {
+        let randaugment = (self.randaug_ops > 0).then_some(RandAugmentConfig {
+            ops: self.randaug_ops,
+            magnitude: self.randaug_magnitude.unwrap_or(f.randaug_magnitude),
+            magnitude_std: self.randaug_std.unwrap_or(f.randaug_std),
+            prob: RandAugmentConfig::paper().prob * scale,
+        });
+        let repeats = self
+            .repeated_aug
+            .unwrap_or(if f.repeated_aug { REPEATED_AUG_COPIES } else { 1 })
+            .max(1);
+        let reprob = self.reprob.unwrap_or(REPROB * scale);
+        if !(0.0..=1.0).contains(&reprob) {
+            return Err(E::invalid("reprob", reprob, "must be in [0, 1]").into());
+        }
+        let mut augment = AugmentConfig::finetune(size, randaugment, reprob, repeats);
+        // timm's create_transform: color jitter only where no auto-augment policy runs.
+        if randaugment.is_none() {
+            augment.color_jitter = self.color_jitter.unwrap_or(f.color_jitter * scale);
+        }
+        let crop_scale = self.crop_scale.unwrap_or(augment.scale.0);
+        if !(crop_scale > 0.0 && crop_scale <= 1.0) {
+            return Err(E::invalid("crop-scale", crop_scale, "must be in (0, 1]").into());
+        }
+        augment.scale.0 = crop_scale;
+        Ok(augment)
+    }
+
+    /// Mixup and CutMix as the recipe gives them, applied to a `scale` share of the batches.
+    fn mixup(&self, f: &FinetuneDefaults, scale: f64) -> Result<MixupConfig> {
+        let label_smoothing = self.label_smoothing.unwrap_or(f.label_smoothing);
+        if !(0.0..1.0).contains(&label_smoothing) {
+            return Err(E::invalid("label-smoothing", label_smoothing, "must be in [0, 1)").into());
+        }
+        let (mixup, cutmix) = (self.mixup.unwrap_or(f.mixup), self.cutmix.unwrap_or(f.cutmix));
+        if mixup < 0.0 || cutmix < 0.0 {
+            return Err(E::invalid("mixup", mixup.min(cutmix), "Beta parameters must be >= 0").into());
+        }
+        let prob = self.mixup_prob.unwrap_or(MIXUP_PROB * scale);
+        if !(0.0..=1.0).contains(&prob) {
+            return Err(E::invalid("mixup-prob", prob, "must be in [0, 1]").into());
+        }
+        Ok(MixupConfig {
+            mixup_alpha: mixup,
+            cutmix_alpha: cutmix,
+            prob,
+            switch_prob: self.mixup_switch_prob,
+            label_smoothing,
+        })
+    }
+}
+
+/// The run's share of the recipe's `epochs`, at most 1: how much of Table 9's regularization
+/// a run of this length gets (the stack is sized for 300 epochs; at a few epochs it keeps the
+/// model from fitting at all).
+pub fn regularization_scale(s: &Schedule, epochs: u32) -> f64 {
+    let run = s.total_steps as f64 / s.steps_per_epoch.max(1) as f64;
+    (run / f64::from(epochs.max(1))).min(1.0)
 }
 
 #[cfg(test)]

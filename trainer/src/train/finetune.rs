@@ -24,7 +24,7 @@ use crate::data::mixup::mix_batch;
 use crate::error::{Error, Result};
 use crate::eval::accuracy::{classify, ClassifyResult};
 use crate::eval::features::Pass;
-use crate::eval::probe::{fit_probe, Features, ProbeConfig};
+use crate::eval::probe::{fit_probe, Features, LinearProbe, ProbeConfig};
 use crate::model::classifier::Classifier;
 use crate::model::losses::soft_cross_entropy;
 use crate::model::vit::Mode;
@@ -34,8 +34,8 @@ use crate::train::optim::{accumulate, clip_scale, global_grad_norm, layer_decay_
 use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
 use crate::train::pretrained::{load_encoder, pretrained_encoder};
 use crate::train::run_folder::{
-    end_step, prepare_run_folder, read_results, record_skipped, start_ranks, trim_metrics, write_results, MetricsLog,
-    TrainState,
+    end_step, prepare_run_folder, read_json, read_results, record_skipped, start_ranks, trim_metrics, write_json,
+    write_results, MetricsLog, TrainState, START_FILE,
 };
 
 /// Non-finite updates in a row before fine-tuning gives up (it has no rollback: its
@@ -96,6 +96,61 @@ pub struct FinetuneResults {
     pub best_top1: f64,
     pub best_step: u64,
     pub seconds: f64,
+    /// The largest class's share of the evaluation split's labels: what always predicting it
+    /// scores.
+    #[serde(default)]
+    pub majority_share: f64,
+    /// The most predicted class's share of the final predictions (1: collapsed to one class).
+    #[serde(default)]
+    pub top_prediction_share: f64,
+    /// LP-FT: the fitted probe's top-1 on every evaluation image, and the model's before its
+    /// first update (the two agree: the head is the probe).
+    #[serde(default)]
+    pub probe_top1: Option<f64>,
+    #[serde(default)]
+    pub start_top1: Option<f64>,
+    /// What the numbers above say went wrong: a collapse, an end below the probe or at the
+    /// majority share.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// An LP-FT run before its first update (`start.json`): the fitted probe's own top-1 and the
+/// model's, on every evaluation image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartEval {
+    pub probe_top1: f64,
+    pub model: ClassifyResult,
+}
+
+/// The warnings of a run that ended at `end`, on a split whose largest class holds
+/// `majority_share` of the labels, after `start` where LP-FT ran.
+pub fn diagnose(end: &ClassifyResult, majority_share: f64, start: Option<&StartEval>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let top = end.majority_share();
+    // More than halfway from the labels' own imbalance to one class for everything.
+    if top > majority_share + 0.5 * (1.0 - majority_share) {
+        warnings.push(format!(
+            "collapsed: one class takes {:.1}% of the predictions (the largest class is {:.1}% of the labels)",
+            100.0 * top,
+            100.0 * majority_share
+        ));
+    }
+    if end.top1 <= majority_share {
+        warnings.push(format!(
+            "top-1 {:.1}% is no better than always predicting the largest class ({:.1}%)",
+            100.0 * end.top1,
+            100.0 * majority_share
+        ));
+    }
+    if let Some(s) = start.filter(|s| end.top1 < s.probe_top1) {
+        warnings.push(format!(
+            "top-1 {:.1}% ends below the linear probe it started from ({:.1}%)",
+            100.0 * end.top1,
+            100.0 * s.probe_top1
+        ));
+    }
+    warnings
 }
 
 fn val() -> String {
@@ -162,7 +217,12 @@ pub fn finetune_on<B: AutodiffBackend>(
         train = train.truncate(n);
     }
     if !resuming && cfg.head_init == HeadInit::Probe {
-        model = probe_head(cfg, model, &train, device)?;
+        let probe;
+        (model, probe) = probe_head(cfg, model, &train, device)?;
+        if writes {
+            let start = evaluate_start(cfg, &model, &probe, &eval, device)?;
+            write_json(&cfg.run.out.join(START_FILE), &start)?;
+        }
     }
     let sets = Sets {
         train: Arc::new(train),
@@ -236,15 +296,7 @@ fn run<B: AutodiffBackend>(
     let size = cfg.vit.image_size;
     let eval_what = format!("evaluating {}", cfg.run.eval_split);
     let classify_on = |model: &Classifier<B::InnerBackend>, set: &ImageSet, picks: &[usize], what: &str| {
-        let pass = Pass {
-            set,
-            indices: picks,
-            image_size: size,
-            crop_ratio: cfg.crop_ratio,
-            batch: cfg.schedule.batch_size,
-            what,
-        };
-        classify(model, pass, device)
+        classify(model, eval_pass(cfg, set, picks, what), device)
     };
     while state.step < end {
         let step = state.step;
@@ -379,6 +431,9 @@ fn run<B: AutodiffBackend>(
         if let Some(e) = final_eval {
             bar.finish();
             let (best_top1, best_step) = best_eval(&metrics_path);
+            let start_file = cfg.run.out.join(START_FILE);
+            let start: Option<StartEval> = start_file.exists().then(|| read_json(&start_file)).transpose()?;
+            let majority_share = label_majority_share(eval, cfg.classes);
             let results = FinetuneResults {
                 kind: "finetune".into(),
                 dataset: cfg.run.dataset.clone(),
@@ -392,8 +447,13 @@ fn run<B: AutodiffBackend>(
                 eval_split: cfg.run.eval_split.clone(),
                 best_top1: best_top1.max(e.top1),
                 best_step: if e.top1 >= best_top1 { state.step } else { best_step },
-                eval: e,
                 seconds: sets.started.elapsed().as_secs_f64(),
+                majority_share,
+                top_prediction_share: e.majority_share(),
+                probe_top1: start.as_ref().map(|s| s.probe_top1),
+                start_top1: start.as_ref().map(|s| s.model.top1),
+                warnings: diagnose(&e, majority_share, start.as_ref()),
+                eval: e,
             };
             write_results(&cfg.run.out, &results)?;
             return Ok(Some(results));
@@ -414,22 +474,13 @@ fn probe_head<B: AutodiffBackend>(
     mut model: Classifier<B>,
     train: &ImageSet,
     device: &B::Device,
-) -> Result<Classifier<B>> {
-    let frozen = model.valid();
+) -> Result<(Classifier<B>, LinearProbe)> {
     let picks = train.spread(PROBE_IMAGES);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let pass = Pass {
-        set: train,
-        indices: &picks,
-        image_size: cfg.vit.image_size,
-        crop_ratio: cfg.crop_ratio,
-        batch: cfg.schedule.batch_size,
-        what: "LP-FT head features",
-    };
-    pass.for_each::<B::InnerBackend>(device, |images, labels| {
-        x.extend(frozen.features(images, Mode::Eval).into_data().iter::<f32>());
-        y.extend(labels);
-    })?;
+    let (x, y) = head_features(
+        &model.valid(),
+        eval_pass(cfg, train, &picks, "LP-FT head features"),
+        device,
+    )?;
     let probe_cfg = ProbeConfig {
         seed: cfg.run.seed,
         ..Default::default()
@@ -444,7 +495,65 @@ fn probe_head<B: AutodiffBackend>(
         TensorData::new(b, [cfg.classes]),
         device,
     )));
-    Ok(model)
+    Ok((model, probe))
+}
+
+/// What an LP-FT run scores before its first update: its probe on the frozen encoder's head
+/// features, and the model with that probe as its head, on every image of `eval`.
+fn evaluate_start<B: AutodiffBackend>(
+    cfg: &FinetuneConfig,
+    model: &Classifier<B>,
+    probe: &LinearProbe,
+    eval: &ImageSet,
+    device: &B::Device,
+) -> Result<StartEval> {
+    let frozen = model.valid();
+    let all: Vec<usize> = (0..eval.samples.len()).collect();
+    let (x, y) = head_features(
+        &frozen,
+        eval_pass(cfg, eval, &all, "probe before the first update"),
+        device,
+    )?;
+    let (probe_top1, _) = probe.accuracy::<B::InnerBackend>(Features { x: &x, y: &y }, device);
+    let model = classify(
+        &frozen,
+        eval_pass(cfg, eval, &all, "evaluating before the first update"),
+        device,
+    )?;
+    Ok(StartEval { probe_top1, model })
+}
+
+/// The eval views of `set` at `indices`.
+fn eval_pass<'a>(cfg: &FinetuneConfig, set: &'a ImageSet, indices: &'a [usize], what: &'a str) -> Pass<'a> {
+    Pass {
+        set,
+        indices,
+        image_size: cfg.vit.image_size,
+        crop_ratio: cfg.crop_ratio,
+        batch: cfg.schedule.batch_size,
+        what,
+    }
+}
+
+/// What the head sees for each image of `pass`, row-major `[images, dim]`, and the labels.
+fn head_features<B: Backend>(model: &Classifier<B>, pass: Pass, device: &B::Device) -> Result<(Vec<f32>, Vec<i64>)> {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    pass.for_each::<B>(device, |images, labels| {
+        x.extend(model.features(images, Mode::Eval).into_data().iter::<f32>());
+        y.extend(labels);
+    })?;
+    Ok((x, y))
+}
+
+/// The largest class's share of `set`'s labels.
+fn label_majority_share(set: &ImageSet, classes: usize) -> f64 {
+    let mut counts = vec![0u64; classes];
+    for s in &set.samples {
+        if let Some(c) = usize::try_from(s.label).ok().and_then(|l| counts.get_mut(l)) {
+            *c += 1;
+        }
+    }
+    counts.iter().copied().max().unwrap_or(0) as f64 / set.samples.len().max(1) as f64
 }
 
 /// Train images an LP-FT head is fitted on (a spread over the set).

@@ -32,6 +32,8 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const SKIPPED_FILE: &str = "skipped.jsonl";
 /// What `trainer eval` and fine-tuning write at the end of a run.
 pub const RESULTS_FILE: &str = "results.json";
+/// An LP-FT fine-tuning run's evaluation before its first update.
+pub const START_FILE: &str = "start.json";
 
 /// Writes `config.json` into a new run folder, or checks that a resumed run's folder was
 /// written by the same configuration (apart from `stop_after`, when to stop). Resuming a
@@ -132,7 +134,8 @@ pub fn read_results<T: DeserializeOwned>(run: &Path) -> Result<T> {
     read_json(&run.join(RESULTS_FILE))
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+/// Reads a JSON file of the run folder as `T`; the error names the file.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let err = |message: String| RunFolderError {
         path: path.to_path_buf(),
         message,
@@ -141,7 +144,8 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     Ok(serde_json::from_str(&text).map_err(|e| err(e.to_string()))?)
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+/// Writes `value` as pretty JSON to `path` (atomically).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("serializable");
     pipeline::shard::write_atomic(path, text.as_bytes())?;
     Ok(())

@@ -1,12 +1,15 @@
 //! Fine-tuning, evaluation and reports on the small real Imagenette: a pre-trained encoder
 //! loads strictly and fine-tunes above chance, resume reproduces an uninterrupted run, probes
-//! and k-NN write results.json, and the report gathers them with plots.
+//! and k-NN write results.json, the report gathers them with plots; the default recipe
+//! ends above its own probe on small sets unlike Imagenette.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use pipeline::prepare::{prepare, PrepareConfig, Worker};
+use pipeline::transcode::TranscodeSettings;
 use trainer::model::vit::VitConfig;
 use trainer::train::checkpoint::{load_tensors, save_tensors};
-use trainer::train::config::{FinetuneArgs, FinetuneConfig, PretrainConfig};
+use trainer::train::config::{FinetuneArgs, FinetuneConfig, HeadInit, PretrainConfig};
 use trainer::train::finetune::{finetune, FinetuneLine, FinetuneResults};
 use trainer::CpuAutodiff;
 
@@ -45,7 +48,9 @@ fn ft_args(f: &Fixture, init: Option<&Path>, out: &Path, extra: &[&str]) -> Fine
 }
 
 /// A short fine-tuning recipe for the micro model (the paper's augmentations on).
-const SHORT: [&str; 16] = [
+const SHORT: [&str; 18] = [
+    "--recipe",
+    "paper",
     "--batch-size",
     "32",
     "--max-steps",
@@ -153,91 +158,223 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     );
 }
 
-/// The experiment's fine-tuning at CPU scale (`experiments/run.sh`): LP-FT, and none of the
-/// regularizers that Table 9 sizes for 300 epochs.
-const CPU_SCALE: [&str; 10] = [
-    "--head-init",
-    "probe",
-    "--mixup",
-    "0",
-    "--cutmix",
-    "0",
-    "--randaug-ops",
-    "0",
-    "--reprob",
-    "0",
-];
+/// A small real set unlike Imagenette, built from its photos: a few of its classes, imbalanced,
+/// in another look.
+struct Derived {
+    name: &'static str,
+    /// (synset, train images, val images), the largest class first.
+    classes: &'static [(&'static str, usize, usize)],
+    look: fn(&image::RgbImage) -> image::RgbImage,
+}
 
-#[test]
-fn finetuning_ends_above_its_own_linear_probe_without_collapsing() {
-    let Some(f) = fixture() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let pre_dir = tmp.path().join("pre");
-    let pre = pretrained(f, &pre_dir);
-    let device = Default::default();
-    let spec = trainer::eval::frozen::EvalSpec {
-        data: f.dir.clone(),
-        eval_split: "val".into(),
-        train_images: 2000,
-        val_images: 3925,
-        crop_ratio: 0.875,
-        batch: 200,
-        probe: trainer::eval::probe::ProbeConfig {
-            epochs: 50,
+/// Grayscale photos of four classes, half of them in the largest.
+const GRAY: Derived = Derived {
+    name: "gray",
+    classes: &[
+        ("n02102040", 400, 200),
+        ("n03028079", 200, 100),
+        ("n03417042", 100, 50),
+        ("n03888257", 50, 25),
+    ],
+    look: grayscale,
+};
+
+/// Edge maps (dark strokes on white, like sketches) of five other classes.
+const EDGES: Derived = Derived {
+    name: "edges",
+    classes: &[
+        ("n01440764", 300, 180),
+        ("n02979186", 200, 120),
+        ("n03000684", 130, 80),
+        ("n03394916", 80, 50),
+        ("n03425413", 50, 30),
+    ],
+    look: edges,
+};
+
+fn grayscale(img: &image::RgbImage) -> image::RgbImage {
+    image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(img.clone()).to_luma8()).to_rgb8()
+}
+
+/// Sobel gradient magnitude of the luma, inverted.
+fn edges(img: &image::RgbImage) -> image::RgbImage {
+    let luma = image::DynamicImage::ImageRgb8(img.clone()).to_luma8();
+    let (w, h) = luma.dimensions();
+    let at =
+        |x: i64, y: i64| luma.get_pixel(x.clamp(0, w as i64 - 1) as u32, y.clamp(0, h as i64 - 1) as u32)[0] as f32;
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let (x, y) = (x as i64, y as i64);
+        let gx = at(x + 1, y - 1) + 2.0 * at(x + 1, y) + at(x + 1, y + 1)
+            - at(x - 1, y - 1)
+            - 2.0 * at(x - 1, y)
+            - at(x - 1, y + 1);
+        let gy = at(x - 1, y + 1) + 2.0 * at(x, y + 1) + at(x + 1, y + 1)
+            - at(x - 1, y - 1)
+            - 2.0 * at(x, y - 1)
+            - at(x + 1, y - 1);
+        let v = 255.0 - (gx.hypot(gy) * 0.5).min(255.0);
+        image::Rgb([v as u8; 3])
+    })
+}
+
+/// `set`'s images as a `folder` layout (`<root>/{train,val}/<class>/*.jpg`, 72 px shorter side),
+/// prepared into shards. Panics without ../shared: the test must not pass without its data.
+fn prepare_derived(set: &Derived) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("derived-{}", set.name));
+    let (raw, data) = (root.join("raw"), root.join("data"));
+    let imagenette = crate::shared("data/imagenette").expect("../shared/data/imagenette is needed");
+    let done = raw.join(".complete");
+    if !done.exists() {
+        for (split, pick) in [("train", 1), ("val", 2)] {
+            for class in set.classes {
+                let take = if pick == 1 { class.1 } else { class.2 };
+                let mut files: Vec<PathBuf> = std::fs::read_dir(imagenette.join(split).join(class.0))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                files.sort();
+                assert!(files.len() >= take, "{} {split}: {} images", class.0, files.len());
+                let out = raw.join(split).join(class.0);
+                std::fs::create_dir_all(&out).unwrap();
+                for file in &files[..take] {
+                    let img = image::open(file).unwrap().to_rgb8();
+                    let short = img.width().min(img.height()) as f64;
+                    let (w, h) = (
+                        (img.width() as f64 * 72.0 / short).round(),
+                        (img.height() as f64 * 72.0 / short).round(),
+                    );
+                    let small =
+                        image::imageops::resize(&img, w as u32, h as u32, image::imageops::FilterType::Triangle);
+                    let name = file.file_stem().unwrap().to_string_lossy().into_owned() + ".jpg";
+                    (set.look)(&small).save(out.join(name)).unwrap();
+                }
+            }
+        }
+        std::fs::write(&done, b"").unwrap();
+    }
+    let cfg = PrepareConfig {
+        dataset: "folder".into(),
+        adapter: "folder".into(),
+        source: raw,
+        out_dir: data.clone(),
+        options: Default::default(),
+        transcode: TranscodeSettings {
+            max_short_side: Some(72),
             ..Default::default()
         },
-        loader: Default::default(),
+        subset: None,
+        eval_split: "val".into(),
+        holdout: None,
+        shard_bytes: 256_000_000,
+        row_group_bytes: 64_000_000,
     };
-    let encoder = trainer::train::pretrained::frozen_encoder::<trainer::CpuBackend>(&pre_dir, &device).unwrap();
-    let probed = trainer::eval::frozen::evaluate(&spec, &encoder, &device).unwrap();
+    prepare(&cfg, Worker::ALL, false).unwrap();
+    data
+}
 
-    let mut extra = SHORT.to_vec();
-    extra.extend(CPU_SCALE);
-    // 120 steps of 32: 1.35 epochs of the 2,840 train images.
-    let at = extra.iter().position(|a| *a == "--max-steps").unwrap();
-    extra[at + 1] = "120";
-    let cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("ft"), &extra)
-        .resolve()
+/// What a user runs first (`--init`, a batch size and a step budget) on sets unlike Imagenette:
+/// LP-FT by default, and before its first update the model scores its probe on the same
+/// images; `results.json` says what the end means against the probe and the labels.
+#[test]
+fn default_finetuning_starts_at_its_probe_and_reports_against_it_on_sets_unlike_imagenette() {
+    let f = fixture().expect("../shared is needed");
+    let tmp = tempfile::tempdir().unwrap();
+    let pre_dir = tmp.path().join("pre");
+    pretrained(f, &pre_dir);
+    for set in [&GRAY, &EDGES] {
+        let data = prepare_derived(set);
+        let out = tmp.path().join(set.name);
+        let argv = ["--batch-size", "32", "--max-steps", "40"];
+        let cfg = crate::finetune_args(&data, Some(&pre_dir), &out, &argv)
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.head_init, HeadInit::Probe);
+        let done = ft(&cfg, false).expect("ran to the end");
+        let max_norm = lines(&cfg).iter().map(|l| l.grad_norm).fold(0.0, f64::max);
+        eprintln!(
+            "{}: majority {:.3}, LP-FT start {:?} (its probe {:?}), end {:.3}, top prediction share {:.3}, max grad norm {max_norm:.2}, warnings {:?}",
+            set.name, done.majority_share, done.start_top1, done.probe_top1, done.eval.top1,
+            done.top_prediction_share, done.warnings
+        );
+        // LP-FT: before its first update the model is its probe, on the same images.
+        let (start, probe) = (done.start_top1.unwrap(), done.probe_top1.unwrap());
+        assert!(
+            (start - probe).abs() <= 1.0 / done.eval.images as f64 + 1e-9,
+            "{start} vs {probe}"
+        );
+        let labels: usize = set.classes.iter().map(|c| c.2).sum();
+        assert_eq!(done.eval.images, labels);
+        let majority = set.classes[0].2 as f64 / labels as f64;
+        assert!((done.majority_share - majority).abs() < 1e-9);
+        assert_eq!(done.top_prediction_share, done.eval.majority_share());
+        let start_file: trainer::train::finetune::StartEval = serde_json::from_str(
+            &std::fs::read_to_string(cfg.run.out.join(trainer::train::run_folder::START_FILE)).unwrap(),
+        )
         .unwrap();
-    assert_eq!(cfg.vit, pre.vit.clone().with_drop_path(0.1));
-    let done = ft(&cfg, false).expect("ran to the end");
-    eprintln!(
-        "micro ViT: best probe {:?}, fine-tuned {:?}",
-        probed.best_probe, done.eval
-    );
-    assert_eq!(done.eval.images, 3925);
-    assert!(
-        done.eval.top1 > probed.best_probe.top1,
-        "fine-tuned top-1 {} is not above the best linear probe {:?}",
-        done.eval.top1,
-        probed.best_probe
-    );
-    // Every evaluation predicts many classes, and the final one beats the majority share.
-    let evals: Vec<FinetuneLine> = lines(&cfg).into_iter().filter(|l| l.eval_top1.is_some()).collect();
-    assert!(evals.len() >= 2);
-    for l in &evals {
-        let counts = l.eval_predictions.as_ref().expect("prediction histogram");
-        let total: u64 = counts.iter().sum();
-        let majority = *counts.iter().max().unwrap() as f64 / total as f64;
-        assert!(
-            majority < 0.5,
-            "step {}: one class takes {majority:.2} of predictions",
-            l.step
-        );
-        assert!(
-            counts.iter().filter(|&&c| c > 0).count() >= 8,
-            "step {}: {counts:?}",
-            l.step
-        );
-        assert!(
-            l.train_top1.is_some_and(|t| t > 0.1),
-            "step {}: {:?}",
-            l.step,
-            l.train_top1
+        assert_eq!(start_file.model.top1, start);
+        // The warnings are the diagnosis of these numbers, no more and no less.
+        let start_eval = trainer::train::finetune::StartEval {
+            probe_top1: probe,
+            model: start_file.model,
+        };
+        assert_eq!(
+            done.warnings,
+            trainer::train::finetune::diagnose(&done.eval, majority, Some(&start_eval))
         );
     }
-    // Imagenette's largest val class is 10.5% of it.
-    assert!(done.eval.top1 > 0.2, "{:?}", done.eval);
+}
+
+/// `--recipe paper` is Table 9 as written; the default scales its regularizers to the run.
+#[test]
+fn the_scaled_recipe_sizes_table_9_to_the_run_and_paper_keeps_it() {
+    let f = fixture().expect("../shared is needed");
+    let tmp = tempfile::tempdir().unwrap();
+    let pre_dir = tmp.path().join("pre");
+    pretrained(f, &pre_dir);
+    let resolve = |extra: &[&str]| {
+        ft_args(f, Some(&pre_dir), &tmp.path().join("ft"), extra)
+            .resolve()
+            .unwrap()
+    };
+    let paper = resolve(&["--recipe", "paper", "--batch-size", "32", "--max-steps", "200"]);
+    assert_eq!(paper.regularization_scale, 1.0);
+    assert_eq!(paper.head_init, HeadInit::Beit);
+    assert_eq!(
+        (paper.mixup.prob, paper.augment.erase_prob, paper.vit.drop_path),
+        (1.0, 0.25, 0.1)
+    );
+    assert_eq!(paper.augment.randaugment.unwrap().prob, 0.5);
+    // 200 steps of 32 over 2,840 images: 2.27 of the recipe's 300 epochs.
+    let scaled = resolve(&["--batch-size", "32", "--max-steps", "200"]);
+    let r = 200.0 / 88.0 / 300.0;
+    assert!((scaled.regularization_scale - r).abs() < 1e-12);
+    assert_eq!(scaled.head_init, HeadInit::Probe);
+    assert!((scaled.mixup.prob - r).abs() < 1e-12 && (scaled.vit.drop_path - 0.1 * r).abs() < 1e-12);
+    assert!((scaled.augment.erase_prob - 0.25 * r).abs() < 1e-12);
+    assert!((scaled.augment.randaugment.unwrap().prob - 0.5 * r).abs() < 1e-12);
+    // Table 9's warmup is 60 of its 300 epochs: a fifth of the run.
+    assert_eq!((paper.schedule.warmup_steps, scaled.schedule.warmup_steps), (100, 40));
+    // A value given on the command line is taken as given.
+    let given = resolve(&[
+        "--batch-size",
+        "32",
+        "--max-steps",
+        "200",
+        "--reprob",
+        "0.3",
+        "--drop-path",
+        "0.2",
+    ]);
+    assert_eq!((given.augment.erase_prob, given.vit.drop_path), (0.3, 0.2));
+    // At the recipe's full length the two agree.
+    let full = resolve(&["--batch-size", "32", "--head-init", "beit"]);
+    let full_paper = resolve(&["--batch-size", "32", "--recipe", "paper"]);
+    assert_eq!(full.regularization_scale, 1.0);
+    assert_eq!(
+        (full.mixup, full.augment, full.vit),
+        (full_paper.mixup, full_paper.augment, full_paper.vit)
+    );
+    assert_eq!(full.schedule, full_paper.schedule);
 }
 
 #[test]
