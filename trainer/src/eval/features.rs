@@ -7,6 +7,7 @@ use burn::prelude::*;
 use crate::data::images::ImageSet;
 use crate::data::loader::eval_batch;
 use crate::error::DataError;
+use crate::model::classifier::Classifier;
 use crate::model::losses::l2_normalize;
 use crate::model::vit::{mean_patch_tokens, Mode, Vit};
 
@@ -69,6 +70,21 @@ pub fn features<B: Backend>(
         labels.extend(batch_labels);
     })?;
     Ok((feats, labels))
+}
+
+/// What a classifier's head sees for each image of the pass (`fc_norm` of the pooled tokens),
+/// `[n, dim]` row-major, and the labels.
+pub fn head_features<B: Backend>(
+    model: &Classifier<B>,
+    pass: Pass,
+    device: &B::Device,
+) -> Result<(Vec<f32>, Vec<i64>), DataError> {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    pass.for_each::<B>(device, |images, labels| {
+        x.extend(model.features(images, Mode::Eval).into_data().iter::<f32>());
+        y.extend(labels);
+    })?;
+    Ok((x, y))
 }
 
 /// Mean-pooled patch tokens after each block and after the final norm (`depth + 1` layers,

@@ -23,7 +23,7 @@ use crate::data::loader::Loader;
 use crate::data::mixup::mix_batch;
 use crate::error::{Error, Result};
 use crate::eval::accuracy::{classify, ClassifyResult};
-use crate::eval::features::Pass;
+use crate::eval::features::{head_features, Pass};
 use crate::eval::probe::{fit_probe, Features, LinearProbe, ProbeConfig};
 use crate::model::classifier::Classifier;
 use crate::model::losses::soft_cross_entropy;
@@ -533,16 +533,6 @@ fn eval_pass<'a>(cfg: &FinetuneConfig, set: &'a ImageSet, indices: &'a [usize], 
         batch: cfg.schedule.batch_size,
         what,
     }
-}
-
-/// What the head sees for each image of `pass`, row-major `[images, dim]`, and the labels.
-fn head_features<B: Backend>(model: &Classifier<B>, pass: Pass, device: &B::Device) -> Result<(Vec<f32>, Vec<i64>)> {
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    pass.for_each::<B>(device, |images, labels| {
-        x.extend(model.features(images, Mode::Eval).into_data().iter::<f32>());
-        y.extend(labels);
-    })?;
-    Ok((x, y))
 }
 
 /// The largest class's share of `set`'s labels.
