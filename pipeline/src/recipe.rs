@@ -147,7 +147,7 @@ impl PretrainDefaults {
 #[serde(deny_unknown_fields)]
 pub struct FinetuneDefaults {
     pub epochs: u32,
-    /// The batch `lr` is quoted at (the trainer scales lr linearly to batch x accum).
+    /// The batch `lr` is quoted at (the trainer scales lr to batch x accum by `--lr-scaling`).
     pub batch_size: usize,
     pub lr: f64,
     /// Layer-wise learning-rate decay; 1 is none.

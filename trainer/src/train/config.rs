@@ -90,10 +90,15 @@ pub struct ScheduleArgs {
     /// Stop after this many updates without changing the schedule (resume later).
     #[arg(long)]
     pub stop_after: Option<u64>,
-    /// Learning rate at the reference batch, scaled linearly to the effective batch (default:
-    /// 1.5e-3 at 2048 in pre-training as BEiT; the recipe's at 1024 in fine-tuning).
+    /// Learning rate at the reference batch, scaled to the effective batch by --lr-scaling
+    /// (default: 1.5e-3 at 2048 in pre-training as BEiT; the recipe's at 1024 in fine-tuning).
     #[arg(long)]
     pub blr: Option<f64>,
+    /// How --blr follows the effective batch: `linear` (BEiT's and the paper's rule) or `sqrt`
+    /// (Adam's square-root rule). Default: `sqrt` under `finetune --recipe scaled`, else
+    /// `linear`.
+    #[arg(long, value_enum)]
+    pub lr_scaling: Option<LrScaling>,
     /// Learning rate at the end of the cosine (default: 1e-5 pre-training, 1e-6 fine-tuning,
     /// BEiT's).
     #[arg(long)]
@@ -114,6 +119,30 @@ pub struct ScheduleArgs {
     pub drop_path: Option<f64>,
 }
 
+/// How the learning rate follows the batch: lr = blr x rule(effective batch / reference batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScaling {
+    /// Proportional to the batch (Goyal et al. 2017; BEiT's and the paper's recipes).
+    #[default]
+    Linear,
+    /// Proportional to its square root: the rule that keeps Adam's updates alike across
+    /// batch sizes (Malladi et al. 2022). Linear scaling divides Table 9's lr by 32 at batch
+    /// 32, and a short fine-tuning run at that rate ends at its linear probe.
+    Sqrt,
+}
+
+impl LrScaling {
+    /// The factor applied to the reference batch's learning rate.
+    pub fn factor(self, effective: usize, reference: usize) -> f64 {
+        let ratio = effective as f64 / reference as f64;
+        match self {
+            LrScaling::Linear => ratio,
+            LrScaling::Sqrt => ratio.sqrt(),
+        }
+    }
+}
+
 /// How long the warmup is where --warmup-epochs is not given.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Warmup {
@@ -126,9 +155,10 @@ pub enum Warmup {
 #[derive(Debug, Clone, Copy)]
 pub struct ScheduleDefaults {
     pub batch_size: usize,
-    /// The batch `blr` is quoted at: lr = blr x effective batch / `reference_batch`.
+    /// The batch `blr` is quoted at: lr = blr x `lr_scaling`(effective batch / `reference_batch`).
     pub reference_batch: usize,
     pub blr: f64,
+    pub lr_scaling: LrScaling,
     pub min_lr: f64,
     pub warmup: Warmup,
     pub weight_decay: f64,
@@ -142,6 +172,7 @@ pub const PRETRAIN: ScheduleDefaults = ScheduleDefaults {
     batch_size: 256,
     reference_batch: 2048,
     blr: 1.5e-3,
+    lr_scaling: LrScaling::Linear,
     min_lr: 1e-5,
     warmup: Warmup::Share(10.0 / 300.0),
     weight_decay: 0.05,
@@ -157,6 +188,7 @@ fn finetune_defaults(f: &FinetuneDefaults) -> ScheduleDefaults {
         batch_size: f.batch_size,
         reference_batch: f.batch_size,
         blr: f.lr,
+        lr_scaling: LrScaling::Linear,
         min_lr: FINETUNE_MIN_LR,
         warmup: Warmup::Epochs(f.warmup_epochs),
         weight_decay: f.weight_decay,
@@ -274,6 +306,9 @@ pub struct Schedule {
     pub stop_after: Option<u64>,
     /// Peak learning rate, already scaled to the effective batch.
     pub lr: f64,
+    /// How `lr` was scaled from the reference batch (runs before this field: linear).
+    #[serde(default)]
+    pub lr_scaling: LrScaling,
     pub min_lr: f64,
     pub warmup_steps: u64,
     pub adamw: AdamWSettings,
@@ -344,6 +379,7 @@ impl ScheduleArgs {
         };
         let warmup_steps = (warmup.round() as u64).min(total_steps / 2);
         let clip = self.clip_grad.unwrap_or(defaults.clip_grad);
+        let lr_scaling = self.lr_scaling.unwrap_or(defaults.lr_scaling);
         Ok(Schedule {
             batch_size,
             accum: self.accum,
@@ -352,7 +388,8 @@ impl ScheduleArgs {
             steps_per_epoch,
             total_steps,
             stop_after: self.stop_after,
-            lr: self.blr.unwrap_or(defaults.blr) * effective as f64 / defaults.reference_batch as f64,
+            lr: self.blr.unwrap_or(defaults.blr) * lr_scaling.factor(effective, defaults.reference_batch),
+            lr_scaling,
             min_lr: self.min_lr.unwrap_or(defaults.min_lr),
             warmup_steps,
             adamw: AdamWSettings {
@@ -824,7 +861,8 @@ pub enum FinetuneRecipe {
     /// Table 9 with mixup, CutMix, RandAugment, random erasing, color jitter and drop path
     /// scaled by the run's share of the recipe's epochs (a few epochs of a 300-epoch stack
     /// leave the model below its own linear probe), the warmup the recipe's share of the run,
-    /// and LP-FT when a pre-trained encoder starts the run.
+    /// the learning rate scaled to the batch by its square root (Adam's rule; linear scaling
+    /// leaves a short run at its probe), and LP-FT when a pre-trained encoder starts the run.
     #[default]
     Scaled,
     /// Table 9 as written.
@@ -951,9 +989,12 @@ impl FinetuneArgs {
             .into());
         }
         let mut defaults = finetune_defaults(f);
-        if self.recipe == FinetuneRecipe::Scaled && f.epochs > 0 {
-            // Table 9's warmup is a share of its run (60 of 300 epochs): keep the share.
-            defaults.warmup = Warmup::Share(f.warmup_epochs / f.epochs as f64);
+        if self.recipe == FinetuneRecipe::Scaled {
+            defaults.lr_scaling = LrScaling::Sqrt;
+            if f.epochs > 0 {
+                // Table 9's warmup is a share of its run (60 of 300 epochs): keep the share.
+                defaults.warmup = Warmup::Share(f.warmup_epochs / f.epochs as f64);
+            }
         }
         let s = sched.resolve(&defaults, run_cfg.train_images, f.epochs as u64, &run.data)?;
         let scale = match self.recipe {
@@ -1072,6 +1113,18 @@ pub fn regularization_scale(s: &Schedule, epochs: u32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lr_rules_agree_at_the_reference_batch_and_part_below_it() {
+        for rule in [LrScaling::Linear, LrScaling::Sqrt] {
+            assert_eq!(rule.factor(1024, 1024), 1.0);
+        }
+        assert_eq!(LrScaling::Linear.factor(32, 1024), 1.0 / 32.0);
+        assert!((LrScaling::Sqrt.factor(32, 1024) - 32f64.sqrt().recip()).abs() < 1e-15);
+        assert_eq!(LrScaling::Sqrt.factor(4096, 1024), 2.0);
+        // Runs written before the rule was recorded scaled linearly.
+        assert_eq!(LrScaling::default(), LrScaling::Linear);
+    }
 
     #[test]
     fn endpoints_parse_and_node_options_resolve_to_a_place_in_the_run() {
