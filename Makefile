@@ -20,7 +20,7 @@ MODEL    ?= cpu-small
 DEVICE   ?= cpu
 # Data-parallel devices, one rank each (cpu:N or cuda:0,1,...); BATCH is per device.
 DEVICES  ?=
-# Several machines, one process each (README, "Several machines"): NODES processes, this one
+# Several machines, one process each (docs/methods.md, "Several machines"): NODES processes, this one
 # NODE_RANK, node 0 at MASTER=host:port, this node's tensor service at NODE_ADDRESS=host:port.
 NODES    ?=
 NODE_RANK ?=
