@@ -302,8 +302,9 @@ fn default_finetuning_ends_above_its_probe_and_the_majority_on_sets_unlike_image
                 .unwrap();
             assert_eq!(cfg.head_init, HeadInit::Probe);
             let done = ft(&cfg, false).expect("ran to the end");
-            let evals: Vec<f64> = lines(&cfg).iter().filter_map(|l| l.eval_top1).collect();
-            let max_norm = lines(&cfg).iter().map(|l| l.grad_norm).fold(0.0, f64::max);
+            let logged = lines(&cfg);
+            let evals: Vec<f64> = logged.iter().filter_map(|l| l.eval_top1).collect();
+            let max_norm = logged.iter().map(|l| l.grad_norm).fold(0.0, f64::max);
             eprintln!(
                 "{} seed {seed}: majority {:.3}, probe {:?}, start {:?}, evals {evals:.3?}, end {:.3}, top prediction share {:.3}, max grad norm {max_norm:.1}, warnings {:?}",
                 set.name, done.majority_share, done.probe_top1, done.start_top1, done.eval.top1,
@@ -344,10 +345,8 @@ fn check_start_and_diagnosis(set: &Derived, cfg: &FinetuneConfig, done: &Finetun
     let majority = set.classes[0].2 as f64 / labels as f64;
     assert!((done.majority_share - majority).abs() < 1e-9);
     assert_eq!(done.top_prediction_share, done.eval.majority_share());
-    let start_file: trainer::train::finetune::StartEval = serde_json::from_str(
-        &std::fs::read_to_string(cfg.run.out.join(trainer::train::run_folder::START_FILE)).unwrap(),
-    )
-    .unwrap();
+    let start_file: trainer::train::finetune::StartEval =
+        trainer::train::run_folder::read_json(&cfg.run.out.join(trainer::train::run_folder::START_FILE)).unwrap();
     assert_eq!(start_file.model.top1, start);
     let start_eval = trainer::train::finetune::StartEval {
         probe_top1: probe,
