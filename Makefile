@@ -46,7 +46,7 @@ TCH_ENV   = LIBTORCH=$(TORCH_DIR)
 TRAINER_FEATURES := $(if $(filter tch,$(BACKEND)),tch,$(if $(filter cuda,$(DEVICE)),cuda))
 BACKEND_FLAGS = --device $(DEVICE) --backend $(BACKEND)
 
-.PHONY: all venv build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective bench-train
+.PHONY: all venv build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm check test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective bench-train
 
 all: build
 
@@ -150,8 +150,16 @@ lint: venv
 	$(TCH_ENV) $(CARGO) clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 	$(CARGO) clippy -p trainer --bins -- -D warnings
 
+# Everything (what .ci/run calls): a test whose ../shared data is absent fails here.
 test: python-deps venv lint
-	$(TCH_ENV) $(CARGO) test --workspace $(TEST_FEATURES)
+	SPLITMASK_REQUIRE_SHARED=1 $(TCH_ENV) $(CARGO) test --workspace $(TEST_FEATURES)
+
+# The day-to-day tier: format, lints and the unit tests on the default (flex) build; no Python,
+# no torch download. Absent ../shared data is a skip here.
+check:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace --lib
 
 fmt:
 	$(CARGO) fmt --all

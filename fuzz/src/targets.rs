@@ -165,9 +165,7 @@ pub fn target(name: &str) -> Option<&'static Target> {
 
 /// `../shared` beside the repository (`SPLITMASK_SHARED` overrides).
 pub fn shared() -> PathBuf {
-    std::env::var_os("SPLITMASK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared"))
+    schemas::shared_data::root()
 }
 
 fn repo() -> PathBuf {

@@ -22,6 +22,11 @@ fn fuzz_one(name: &str) {
     let t = fuzz::target(name).unwrap();
     let seeds = (t.seeds)();
     if seeds.is_empty() {
+        assert!(
+            !schemas::shared_data::required(),
+            "{name}: its real seed files in {} are absent and shared data is required",
+            schemas::shared_data::root().display()
+        );
         eprintln!("SKIP {name}: its real seed files in ../shared are absent");
         return;
     }

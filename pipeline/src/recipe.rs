@@ -79,8 +79,10 @@ pub enum EpochRule {
     EqualUpdates,
 }
 
-/// How masked positions are chosen in pre-training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How masked positions are chosen in pre-training: the one choice the recipe, the command
+/// line (`--masking`) and the run's configuration name (the model draws from its resolved
+/// geometry, `MaskSpec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Masking {
     /// BEiT's block-wise masking (the paper's default for SplitMask's split too).

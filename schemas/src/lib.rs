@@ -4,6 +4,7 @@
 
 pub mod manifest;
 pub mod shard;
+pub mod shared_data;
 pub mod vocab;
 
 pub use manifest::{Manifest, ShardEntry, SkippedFile, SplitStats, TokenSet, TokenShard};

@@ -13,12 +13,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::error::ConfigError;
-use crate::model::beit::Beit;
-use crate::model::masking::{draw_mask, draw_split, MaskSpec};
-use crate::model::objective::{Masks, Method, MimBatch, Negatives, Objective};
-use crate::model::splitmask::{SplitMask, SplitMaskConfig};
-use crate::model::tokenizer::DeviceTokenizer;
+use crate::model::device_tokenizer::DeviceTokenizer;
+use crate::model::masking::MaskSpec;
+use crate::model::method::{with_method, Method, MethodOptions, WithMethod};
+use crate::model::objective::{MethodSpec, MimBatch, Negatives, Objective};
 use crate::model::vit::{Mode, VitConfig};
+use crate::seed::mix;
 use crate::train::optim::{clip_scale, global_grad_norm, AdamW, AdamWSettings};
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,21 +93,39 @@ pub struct BenchSpec {
 
 /// Times `spec.steps` training steps after `spec.warmup` untimed ones.
 pub fn bench_steps<B: AutodiffBackend>(spec: &BenchSpec, device: &B::Device) -> BenchResult {
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    match spec.method {
-        Method::Beit => {
-            let m = Beit::<B>::new(&spec.vit, spec.vocab, &mut rng, device);
-            run::<B, _>(m, spec, device)
-        }
-        Method::Splitmask => {
-            let m = SplitMask::<B>::new(&spec.vit, &SplitMaskConfig::new(), spec.vocab, &mut rng, device);
-            run::<B, _>(m, spec, device)
-        }
+    with_method::<B, _>(spec.method, &MethodOptions::default(), Bench { spec, device })
+}
+
+/// A benchmark waiting for its method's model type.
+struct Bench<'a, B: AutodiffBackend> {
+    spec: &'a BenchSpec,
+    device: &'a B::Device,
+}
+
+impl<B: AutodiffBackend> WithMethod<B> for Bench<'_, B> {
+    type Output = BenchResult;
+
+    fn run<M>(self, options: &M::Options) -> BenchResult
+    where
+        M: Objective<B> + AutodiffModule<B>,
+        M::InnerModule: Objective<B::InnerBackend, Options = M::Options>,
+    {
+        let patches = self.spec.vit.num_patches();
+        let method = MethodSpec {
+            vit: &self.spec.vit,
+            vocab_size: self.spec.vocab,
+            masking: MaskSpec::block_for_grid(patches),
+            mask_count: M::paper_mask_count(patches),
+            options,
+        };
+        let model = M::build(&method, &mut ChaCha8Rng::seed_from_u64(0), self.device);
+        run::<B, M>(model, &method, self.spec, self.device)
     }
 }
 
 fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
     mut model: M,
+    method_spec: &MethodSpec<'_, M::Options>,
     spec: &BenchSpec,
     device: &B::Device,
 ) -> BenchResult {
@@ -121,7 +139,6 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
         steps,
     } = spec.clone();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let g = vit.grid();
     let s = vit.image_size;
     // A random-projection vocabulary with the reference's tokenizer geometry: patches of half
     // the ViT patch side on the 2x box-mean view (the paper's 8x8 patches of the 112 view for
@@ -160,20 +177,13 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
         let t0 = Instant::now();
         let x = Tensor::<B, 4>::from_data(TensorData::new(images.clone(), [batch, 3, s, s]), device);
         let targets = tokenizer.tokens(x.clone());
-        let masks = match method {
-            Method::Beit => {
-                let m: Vec<_> = (0..batch)
-                    .map(|_| draw_mask(&mut rng, g, g, (g * g * 2) / 5, MaskSpec::block_for_grid(g * g)))
-                    .collect();
-                Masks::masked(&m, device)
-            }
-            Method::Splitmask => {
-                let h: Vec<_> = (0..batch)
-                    .map(|_| draw_split(&mut rng, g, g, g * g / 2, MaskSpec::block_for_grid(g * g)))
-                    .collect();
-                Masks::split(&h, g * g, device)
-            }
-        };
+        let mask_seed: u64 = rng.random();
+        let masks = M::draw_masks(
+            method_spec,
+            batch,
+            &|j| ChaCha8Rng::seed_from_u64(mix(mask_seed, j as u64, 0)),
+            device,
+        );
         let b = MimBatch {
             images: x,
             targets,

@@ -15,10 +15,10 @@ use crate::data::augment::{MEAN, STD};
 use crate::error::{CheckpointError, Error, Result};
 use crate::model::classifier::Classifier;
 use crate::model::vit::{Mode, Vit, VitConfig};
-use crate::train::checkpoint::{load_params, load_tensors, named_params, save_tensors, split_optimizer, NamedTensors};
 use crate::train::config::{init_paths, FinetuneConfig};
-use crate::train::pretrained::run_encoder;
+use crate::train::encoder_from_run::run_encoder;
 use crate::train::run_folder::read_config;
+use crate::train::tensor_file::{load_params, load_tensors, named_params, save_tensors, split_optimizer, NamedTensors};
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -308,8 +308,8 @@ backend_tests! {
 
     /// timm's state dict names and shapes from `../shared/fixtures/timm`, without the classifier.
     fn timm_keys(model: &str) -> Option<BTreeMap<String, Vec<usize>>> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../shared/fixtures/timm/{model}.keys.json"));
-        let text = std::fs::read_to_string(&path).ok()?;
+        let path = schemas::shared_data::find(&format!("fixtures/timm/{model}.keys.json"))?;
+        let text = std::fs::read_to_string(&path).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let dict: BTreeMap<String, Vec<usize>> = serde_json::from_value(v["state_dict"].clone()).unwrap();
         Some(dict.into_iter().filter(|(k, _)| !k.starts_with("head.")).collect())
@@ -324,7 +324,6 @@ backend_tests! {
             ("vit_base_patch16_224", VitConfig::base()),
         ] {
             let Some(expected) = timm_keys(model) else {
-                eprintln!("SKIP: ../shared/fixtures/timm/{model}.keys.json is absent");
                 return;
             };
             // timm's ViTs have no layer scale by default.
@@ -362,7 +361,6 @@ backend_tests! {
     fn classifier_names_and_shapes_match_timm_with_average_pooling() {
         let device = Default::default();
         let Some(mut expected) = timm_keys("vit_small_patch16_224") else {
-            eprintln!("SKIP: ../shared/fixtures/timm is absent");
             return;
         };
         // timm's `global_pool='avg'` ViT: `fc_norm` where the token-pooling one has `norm`.

@@ -12,7 +12,7 @@
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
-//! | 0 | [`error`], [`seed`], [`progress`], [`backend`], `libtorch` | the crate's error type, derived seeds, progress bars, backend choice, LibTorch's own kernels (`tch` feature) |
+//! | 0 | [`error`], [`seed`], [`progress`], [`backend`], [`kernels`] | the crate's error type, derived seeds, progress bars, backend choice, fused kernels (burn's autodiff glue and LibTorch's FFI) |
 //! | 1 | [`model`] | what a forward pass needs: ViT, init, BEiT, SplitMask, masks, losses, the device tokenizer, the classifier |
 //! | 2 | [`data`] | a split's rows in memory, views and augmentation, RandAugment, mixup, the batch loader |
 //! | 3 | [`eval`] | measuring a model on data: top-k accuracy, features, k-NN, linear probes, frozen-encoder evaluation |
@@ -21,7 +21,7 @@
 //!
 //! Evaluation sits below training because the loops evaluate (the k-NN monitor, periodic
 //! fine-tuning accuracy); loading a finished run's encoder is the run folder's business
-//! (`train::pretrained`), so `trainer eval` composes the two.
+//! (`train::encoder_from_run`), so `trainer eval` composes the two.
 
 /// A test module once per backend of the build, with the same assertions: on flex, and with
 /// the `tch` feature also on LibTorch's CPU backend. The body names the backend `TestBackend`
@@ -46,8 +46,7 @@ macro_rules! backend_tests {
 
 pub mod backend;
 pub mod error;
-#[cfg(feature = "tch")]
-pub mod libtorch;
+pub mod kernels;
 pub mod progress;
 pub mod seed;
 

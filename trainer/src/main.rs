@@ -15,10 +15,10 @@ use trainer::model::vit::VitConfig;
 use trainer::train::config::{
     check_split, init_paths, load_config, FinetuneArgs, FinetuneConfig, PretrainArgs, PretrainConfig,
 };
+use trainer::train::encoder_from_run::frozen_encoder;
 use trainer::train::finetune::{finetune_on, FinetuneResults};
 use trainer::train::parallel::Cluster;
 use trainer::train::pretrain::{pretrain_on, RunSummary};
-use trainer::train::pretrained::frozen_encoder;
 use trainer::train::run_folder::write_results;
 
 #[derive(Parser)]

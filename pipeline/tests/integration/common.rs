@@ -14,16 +14,7 @@ pub fn workspace() -> PathBuf {
 
 /// `../shared/<rel>`, or None (with a message) where shared data is absent.
 pub fn shared(rel: &str) -> Option<PathBuf> {
-    let p = workspace().join("../shared").join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} is absent (shared data not checked out beside the repo)",
-            p.display()
-        );
-        None
-    }
+    schemas::shared_data::find(rel)
 }
 
 /// A small valid JPEG whose pixels depend on `seed`.

@@ -179,84 +179,10 @@ impl ImageSet {
             shards.iter().map(|s| s.rows).sum(),
             "images",
         );
-        type ShardRows = (Vec<Sample>, Vec<Skipped>, u64);
         let per_shard: Vec<Result<ShardRows>> = shards
             .par_iter()
             .enumerate()
-            .map(|(shard_index, s)| {
-                let path = dir.join(&s.file);
-                let unreadable = |row: Option<u64>, reason: String| DataError::Unreadable {
-                    path: path.clone(),
-                    row,
-                    reason,
-                };
-                let (bytes, sha) = pipeline::shard::file_sha256(&path).map_err(|e| unreadable(None, e.to_string()))?;
-                let mut skipped = Vec::new();
-                let damaged = sha != s.sha256;
-                if damaged {
-                    skipped.push(Skipped {
-                        split: split.to_string(),
-                        shard: s.file.clone(),
-                        row: None,
-                        id: None,
-                        reason: format!(
-                            "sha256 {sha} ({bytes} bytes) differs from the manifest's {} ({} bytes): damaged after `pipeline prepare` (which redoes it); its rows were decoded one by one",
-                            s.sha256, s.bytes
-                        ),
-                    });
-                }
-                // Row group boundaries, so a streaming reader can fetch a row's group alone.
-                let group_rows = ShardReader::row_group_rows(&path).map_err(|e| unreadable(None, e.to_string()))?;
-                let mut group_ends = group_rows.iter().scan(0u64, |end, &n| {
-                    *end += n;
-                    Some(*end)
-                });
-                let mut group_end = group_ends.next().unwrap_or(0);
-                let (mut group, mut group_bytes, mut max_group_bytes) = (0u32, 0u64, 0u64);
-                let reader = ShardReader::open(&path).map_err(|e| unreadable(None, e.to_string()))?;
-                let mut samples = Vec::new();
-                for (row, r) in reader.enumerate() {
-                    let r = r.map_err(|e| unreadable(Some(row as u64), e.to_string()))?;
-                    bar.inc(1);
-                    while row as u64 >= group_end {
-                        max_group_bytes = max_group_bytes.max(group_bytes);
-                        (group, group_bytes) = (group + 1, 0);
-                        group_end = group_ends.next().unwrap_or(u64::MAX);
-                    }
-                    group_bytes += r.image.len() as u64;
-                    if damaged {
-                        if let Err(e) = pipeline::transcode::decode_upright(&r.image) {
-                            skipped.push(Skipped {
-                                split: split.to_string(),
-                                shard: s.file.clone(),
-                                row: Some(row as u64),
-                                id: Some(r.id),
-                                reason: format!("image bytes do not decode: {}", e.0),
-                            });
-                            continue;
-                        }
-                    }
-                    samples.push(Sample {
-                        id: r.id,
-                        label: r.label,
-                        size: r.image.len() as u32,
-                        bytes: cached.then_some(r.image),
-                        shard: shard_index as u32,
-                        group,
-                        row: row as u32,
-                        tokens: None,
-                    });
-                }
-                max_group_bytes = max_group_bytes.max(group_bytes);
-                if (samples.len() + skipped.iter().filter(|k| k.row.is_some()).count()) as u64 != s.rows {
-                    return Err(unreadable(
-                        None,
-                        format!("the manifest lists {} rows", s.rows),
-                    )
-                    .into());
-                }
-                Ok((samples, skipped, max_group_bytes))
-            })
+            .map(|(shard_index, s)| index_shard(dir, split, (shard_index, *s), cached, &bar))
             .collect();
         bar.finish_and_clear();
         let mut samples = Vec::new();
@@ -268,18 +194,7 @@ impl ImageSet {
             skipped.extend(left_out);
             max_group_bytes = max_group_bytes.max(group_bytes);
         }
-        if !skipped.is_empty() {
-            // Every command that reads a split says so, `trainer eval` included; the training
-            // loops also list the rows in the run folder.
-            let damaged: std::collections::BTreeSet<&str> = skipped.iter().map(|s| s.shard.as_str()).collect();
-            eprintln!(
-                "warning: {} damaged {split} shard(s) in {} ({}): {} rows that no longer decode are left out",
-                damaged.len(),
-                dir.display(),
-                damaged.into_iter().collect::<Vec<_>>().join(", "),
-                skipped.iter().filter(|k| k.row.is_some()).count(),
-            );
-        }
+        warn_damaged(dir, split, &skipped);
         Ok(ImageSet {
             dir: dir.to_path_buf(),
             split: split.to_string(),
@@ -498,6 +413,105 @@ impl ImageSet {
 
 /// Small prepared splits for the data layer's unit tests: real JPEGs (noise of varied
 /// detail, so sizes differ) in shards cut into small row groups, with their manifest.
+
+/// One shard's rows, the rows left out and its largest row group's encoded bytes.
+type ShardRows = (Vec<Sample>, Vec<Skipped>, u64);
+
+/// Indexes shard `s` (number `shard_index` of the split), keeping its encoded images when
+/// `cached`. A shard whose sha256 differs from the manifest's has each row decoded, and the
+/// rows that do not decode are left out (listed as skipped).
+fn index_shard(
+    dir: &Path,
+    split: &str,
+    (shard_index, s): (usize, &schemas::ShardEntry),
+    cached: bool,
+    bar: &indicatif::ProgressBar,
+) -> Result<ShardRows> {
+    let path = dir.join(&s.file);
+    let unreadable = |row: Option<u64>, reason: String| DataError::Unreadable {
+        path: path.clone(),
+        row,
+        reason,
+    };
+    let (bytes, sha) = pipeline::shard::file_sha256(&path).map_err(|e| unreadable(None, e.to_string()))?;
+    let mut skipped = Vec::new();
+    let damaged = sha != s.sha256;
+    if damaged {
+        skipped.push(Skipped {
+                split: split.to_string(),
+                shard: s.file.clone(),
+                row: None,
+                id: None,
+                reason: format!(
+                    "sha256 {sha} ({bytes} bytes) differs from the manifest's {} ({} bytes): damaged after `pipeline prepare` (which redoes it); its rows were decoded one by one",
+                    s.sha256, s.bytes
+                ),
+            });
+    }
+    // Row group boundaries, so a streaming reader can fetch a row's group alone.
+    let group_rows = ShardReader::row_group_rows(&path).map_err(|e| unreadable(None, e.to_string()))?;
+    let mut group_ends = group_rows.iter().scan(0u64, |end, &n| {
+        *end += n;
+        Some(*end)
+    });
+    let mut group_end = group_ends.next().unwrap_or(0);
+    let (mut group, mut group_bytes, mut max_group_bytes) = (0u32, 0u64, 0u64);
+    let reader = ShardReader::open(&path).map_err(|e| unreadable(None, e.to_string()))?;
+    let mut samples = Vec::new();
+    for (row, r) in reader.enumerate() {
+        let r = r.map_err(|e| unreadable(Some(row as u64), e.to_string()))?;
+        bar.inc(1);
+        while row as u64 >= group_end {
+            max_group_bytes = max_group_bytes.max(group_bytes);
+            (group, group_bytes) = (group + 1, 0);
+            group_end = group_ends.next().unwrap_or(u64::MAX);
+        }
+        group_bytes += r.image.len() as u64;
+        if damaged {
+            if let Err(e) = pipeline::transcode::decode_upright(&r.image) {
+                skipped.push(Skipped {
+                    split: split.to_string(),
+                    shard: s.file.clone(),
+                    row: Some(row as u64),
+                    id: Some(r.id),
+                    reason: format!("image bytes do not decode: {}", e.0),
+                });
+                continue;
+            }
+        }
+        samples.push(Sample {
+            id: r.id,
+            label: r.label,
+            size: r.image.len() as u32,
+            bytes: cached.then_some(r.image),
+            shard: shard_index as u32,
+            group,
+            row: row as u32,
+            tokens: None,
+        });
+    }
+    max_group_bytes = max_group_bytes.max(group_bytes);
+    if (samples.len() + skipped.iter().filter(|k| k.row.is_some()).count()) as u64 != s.rows {
+        return Err(unreadable(None, format!("the manifest lists {} rows", s.rows)).into());
+    }
+    Ok((samples, skipped, max_group_bytes))
+}
+
+/// Says on stderr which shards of `split` were damaged and how many rows were left out
+/// (every command that reads a split; the training loops also list them in the run folder).
+fn warn_damaged(dir: &Path, split: &str, skipped: &[Skipped]) {
+    if !skipped.is_empty() {
+        let damaged: std::collections::BTreeSet<&str> = skipped.iter().map(|s| s.shard.as_str()).collect();
+        eprintln!(
+            "warning: {} damaged {split} shard(s) in {} ({}): {} rows that no longer decode are left out",
+            damaged.len(),
+            dir.display(),
+            damaged.into_iter().collect::<Vec<_>>().join(", "),
+            skipped.iter().filter(|k| k.row.is_some()).count(),
+        );
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixture {
     use std::path::Path;

@@ -8,7 +8,8 @@ use rand::Rng;
 
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::token_cross_entropy;
-use crate::model::objective::{Masks, MimBatch, MimOutput, Objective};
+use crate::model::masking::draw_mask;
+use crate::model::objective::{Masks, MethodSpec, MimBatch, MimOutput, Objective};
 use crate::model::vit::{gather_tokens, token_linear, Mode, Vit, VitConfig};
 
 #[derive(Module, Debug)]
@@ -31,6 +32,31 @@ impl<B: Backend> Beit<B> {
 }
 
 impl<B: Backend> Objective<B> for Beit<B> {
+    type Options = ();
+
+    /// BEiT's 40% of the patches.
+    fn paper_mask_count(patches: usize) -> usize {
+        patches * 2 / 5
+    }
+
+    fn build<R: Rng>(spec: &MethodSpec<'_, ()>, rng: &mut R, device: &B::Device) -> Self {
+        Beit::new(spec.vit, spec.vocab_size, rng, device)
+    }
+
+    /// `mask_count` patches of each image, replaced by the mask token and predicted.
+    fn draw_masks(
+        spec: &MethodSpec<'_, ()>,
+        batch: usize,
+        rng: &dyn Fn(usize) -> rand_chacha::ChaCha8Rng,
+        device: &B::Device,
+    ) -> Masks<B> {
+        let g = spec.vit.grid();
+        let m: Vec<Vec<bool>> = (0..batch)
+            .map(|j| draw_mask(&mut rng(j), g, g, spec.mask_count, spec.masking))
+            .collect();
+        Masks::masked(&m, device)
+    }
+
     fn encoder(&self) -> &Vit<B> {
         &self.encoder
     }

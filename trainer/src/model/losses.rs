@@ -1,7 +1,7 @@
 //! The losses: cross-entropy on visual tokens, SplitMask's symmetric InfoNCE, and the
 //! soft-target cross-entropy of fine-tuning (mixup / cutmix / label smoothing).
 
-use crate::model::fused::log_softmax;
+use crate::kernels::fused::log_softmax;
 use burn::prelude::*;
 
 /// Mean cross-entropy of `logits` against integer `targets`, as log-softmax + gather: the

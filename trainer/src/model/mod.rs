@@ -1,14 +1,15 @@
-//! What a forward pass needs: the ViT encoder and its initialization, the pre-training models
-//! (BEiT, SplitMask) with their masks and losses, the on-device tokenizer that makes their
-//! targets, and the fine-tuning classifier. Nothing here reads files or draws data.
+//! What a forward pass needs: the ViT encoder and its initialization, the pre-training
+//! methods (the [`objective::Objective`] trait, BEiT, SplitMask and the [`method`] registry)
+//! with their masks and losses, the on-device tokenizer that makes their targets, and the
+//! fine-tuning classifier. Nothing here reads files or draws data.
 
 pub mod beit;
 pub mod classifier;
-pub mod fused;
+pub mod device_tokenizer;
 pub mod init;
 pub mod losses;
 pub mod masking;
+pub mod method;
 pub mod objective;
 pub mod splitmask;
-pub mod tokenizer;
 pub mod vit;

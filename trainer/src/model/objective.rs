@@ -1,31 +1,14 @@
-//! What BEiT and SplitMask share: the batch they train on, the losses they report and the
-//! trait the training engine drives.
+//! What every pre-training method implements ([`Objective`]) and what the methods share: the
+//! batch they train on, their masks and the losses they report. The methods themselves are
+//! one file each (`beit.rs`, `splitmask.rs`); `method.rs` names them.
 
 use std::sync::Arc;
 
 use burn::prelude::*;
 
-use crate::model::fused::argmax_rows;
-use crate::model::masking::complement;
-use crate::model::vit::{Mode, Vit};
-
-/// Which pre-training method; selects the model and the masks drawn for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Beit,
-    Splitmask,
-}
-
-impl Method {
-    /// The name used in configs, results and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Beit => "beit",
-            Method::Splitmask => "splitmask",
-        }
-    }
-}
+use crate::kernels::fused::argmax_rows;
+use crate::model::masking::{complement, MaskSpec};
+use crate::model::vit::{Mode, Vit, VitConfig};
 
 /// Masks of one batch as index tensors.
 #[derive(Debug, Clone)]
@@ -171,8 +154,39 @@ impl<B: Backend> MimOutput<B> {
     }
 }
 
-/// A pre-training objective the engine can drive.
-pub trait Objective<B: Backend> {
+/// What a method is built and draws its masks from: the part of the resolved pre-training
+/// configuration every method reads, and the method's own options.
+#[derive(Debug)]
+pub struct MethodSpec<'a, O> {
+    pub vit: &'a VitConfig,
+    pub vocab_size: usize,
+    pub masking: MaskSpec,
+    /// BEiT: masked patches per image. SplitMask: patches each branch sees.
+    pub mask_count: usize,
+    pub options: &'a O,
+}
+
+/// A pre-training method: its model, the masks it draws and its loss. A new method is a file
+/// implementing this and an arm of `method::Method`.
+pub trait Objective<B: Backend>: Module<B> + Sized {
+    /// The method's own options (recorded in the run's config.json).
+    type Options: std::fmt::Debug + Send + Sync;
+
+    /// The paper's `mask_count` for a grid of `patches` (benchmarks; runs take the recipe's).
+    fn paper_mask_count(patches: usize) -> usize;
+
+    /// The model, its weights drawn from `rng`.
+    fn build<R: rand::Rng>(spec: &MethodSpec<'_, Self::Options>, rng: &mut R, device: &B::Device) -> Self;
+
+    /// The masks of a batch of `batch` images, sample `j`'s drawn from `rng(j)` alone, so a
+    /// rank holding some positions of the global batch draws what one process would.
+    fn draw_masks(
+        spec: &MethodSpec<'_, Self::Options>,
+        batch: usize,
+        rng: &dyn Fn(usize) -> rand_chacha::ChaCha8Rng,
+        device: &B::Device,
+    ) -> Masks<B>;
+
     /// The encoder being pre-trained (what is evaluated and exported).
     fn encoder(&self) -> &Vit<B>;
 

@@ -12,7 +12,8 @@ use rand::Rng;
 
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::{info_nce, token_cross_entropy};
-use crate::model::objective::{Masks, MimBatch, MimOutput, Objective};
+use crate::model::masking::draw_split;
+use crate::model::objective::{Masks, MethodSpec, MimBatch, MimOutput, Objective};
 use crate::model::vit::{
     gather_tokens, layer_norm_module, norm, table_rows, token_linear, Block, BlockConfig, Mode, Vit, VitConfig,
 };
@@ -86,6 +87,32 @@ impl<B: Backend> SplitMask<B> {
 }
 
 impl<B: Backend> Objective<B> for SplitMask<B> {
+    type Options = SplitMaskConfig;
+
+    /// Each branch sees half the patches.
+    fn paper_mask_count(patches: usize) -> usize {
+        patches / 2
+    }
+
+    fn build<R: Rng>(spec: &MethodSpec<'_, SplitMaskConfig>, rng: &mut R, device: &B::Device) -> Self {
+        SplitMask::new(spec.vit, spec.options, spec.vocab_size, rng, device)
+    }
+
+    /// Two disjoint visible sets of `mask_count` patches per image (halves or quarters), each
+    /// branch predicting the patches it did not see.
+    fn draw_masks(
+        spec: &MethodSpec<'_, SplitMaskConfig>,
+        batch: usize,
+        rng: &dyn Fn(usize) -> rand_chacha::ChaCha8Rng,
+        device: &B::Device,
+    ) -> Masks<B> {
+        let g = spec.vit.grid();
+        let h: Vec<_> = (0..batch)
+            .map(|j| draw_split(&mut rng(j), g, g, spec.mask_count, spec.masking))
+            .collect();
+        Masks::split(&h, g * g, device)
+    }
+
     fn encoder(&self) -> &Vit<B> {
         &self.encoder
     }

@@ -12,7 +12,7 @@ use burn::tensor::activation::gelu;
 use rand::Rng;
 
 use crate::error::ConfigError;
-use crate::model::fused::{layer_norm, multi_head_attention};
+use crate::kernels::fused::{layer_norm, multi_head_attention};
 use crate::model::init::{linear, param, trunc_normal};
 use crate::seed::mix;
 

@@ -11,17 +11,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Param};
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::AugmentConfig;
 use crate::data::images::ImageSet;
-use crate::data::loader::Loader;
 use crate::data::mixup::mix_batch;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::eval::accuracy::{classify, ClassifyResult};
 use crate::eval::features::{head_features, Pass};
 use crate::eval::probe::{fit_probe, Features, LinearProbe, ProbeConfig};
@@ -29,13 +28,14 @@ use crate::model::classifier::Classifier;
 use crate::model::losses::soft_cross_entropy;
 use crate::model::vit::Mode;
 use crate::seed::mix;
-use crate::train::config::{FinetuneConfig, HeadInit};
-use crate::train::optim::{accumulate, clip_scale, global_grad_norm, layer_decay_scale, AdamW};
+use crate::train::config::{FinetuneConfig, HeadInit, RunConfig, Schedule};
+use crate::train::encoder_from_run::{load_encoder, pretrained_encoder};
+use crate::train::engine::{Divergence, Engine, MicroOutput, Setup, Signals, TrainConfig, Update};
+use crate::train::optim::layer_decay_scale;
 use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
-use crate::train::pretrained::{load_encoder, pretrained_encoder};
 use crate::train::run_folder::{
-    end_step, prepare_run_folder, read_json, read_results, record_skipped, start_ranks, trim_metrics, write_json,
-    write_results, MetricsLog, TrainState, START_FILE,
+    prepare_run_folder, read_json, read_results, record_skipped, write_json, write_results, MetricsLog, TrainState,
+    START_FILE,
 };
 
 /// Non-finite updates in a row before fine-tuning gives up (it has no rollback: its
@@ -243,6 +243,20 @@ struct Sets {
     started: Instant,
 }
 
+impl TrainConfig for FinetuneConfig {
+    fn run(&self) -> &RunConfig {
+        &self.run
+    }
+
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    fn augment(&self) -> AugmentConfig {
+        self.augment
+    }
+}
+
 /// One rank's fine-tuning loop (the whole run on one device). Rank 0 alone writes metrics,
 /// checkpoints and results, draws the progress bar and evaluates.
 fn run<B: AutodiffBackend>(
@@ -254,217 +268,198 @@ fn run<B: AutodiffBackend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<Option<FinetuneResults>> {
-    let lead = world.leads();
-    let (train, eval) = (&sets.train, &sets.eval);
-    let mut model = model;
-    let ckpt = cfg.run.checkpoint_path();
-    let metrics_path = cfg.run.metrics_path();
-    let mut opt = AdamW::<B>::new(cfg.schedule.adamw);
-    let mut state = TrainState::new();
-    let resumed;
-    (model, resumed) = start_ranks(&ckpt, cfg, model, &mut opt, resume, &world, device)?;
-    if let Some(resumed) = resumed {
-        state = resumed;
-        if lead {
-            trim_metrics(&metrics_path, state.step)?;
-        }
-    }
-    let eval_during = cfg
-        .eval_images
-        .map_or_else(|| (0..eval.samples.len()).collect(), |n| eval.spread(n));
-    // Train accuracy on clean views of as many train images as the periodic evaluation uses.
-    let train_probe = train.spread(eval_during.len().min(TRAIN_PROBE_IMAGES));
-    let schedule = cfg.schedule.cosine();
-    let depth = cfg.vit.depth;
-    let decay = cfg.layer_decay;
-    let lr_scale = move |path: &str| layer_decay_scale(path, depth, decay);
-    let end = cfg.schedule.end();
-    let accum = cfg.schedule.accum as u64;
-    let mut loader = Loader::spawn(
-        train.clone(),
-        cfg.augment,
-        cfg.schedule.batch_size,
-        world.part(),
-        cfg.run.seed,
-        state.step * accum,
-        cfg.run.prefetch,
-    )?;
-    let mut metrics = lead.then(|| MetricsLog::open(&metrics_path)).transpose()?;
-    let bar = crate::progress::steps(progress && lead, cfg.schedule.total_steps, state.step);
-    let (mut window_start, mut window_images, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
-    let mut bad_in_row = 0u32;
-    let size = cfg.vit.image_size;
-    let eval_what = format!("evaluating {}", cfg.run.eval_split);
-    let classify_on = |model: &Classifier<B::InnerBackend>, set: &ImageSet, picks: &[usize], what: &str| {
-        classify(model, eval_pass(cfg, set, picks, what), device)
+    let (depth, decay) = (cfg.vit.depth, cfg.layer_decay);
+    let setup = Setup {
+        cfg,
+        set: sets.train.clone(),
+        resume,
+        progress,
+        divergence: Divergence::Fail { after: MAX_BAD_STEPS },
+        lr_scale: Box::new(move |path: &str| layer_decay_scale(path, depth, decay)),
     };
-    while state.step < end {
-        let step = state.step;
-        let done = step + 1 == cfg.schedule.total_steps;
-        let eval_now = !done && ((step + 1).is_multiple_of(cfg.eval_every) || step + 1 == end);
-        let log_now = (step + 1).is_multiple_of(cfg.run.log_every) || step + 1 == end || eval_now || done;
-        // This rank's micro-batches: their summed gradients and the first one's loss.
-        let local = (|| -> Result<(GradientsParams, Option<f64>)> {
-            let mut grads: Option<GradientsParams> = None;
-            let mut loss_value = None;
-            for micro in 0..accum {
-                let index = step * accum + micro;
-                let t0 = Instant::now();
-                let mut host = loader.next_batch()?;
-                window_wait += t0.elapsed().as_secs_f64();
-                debug_assert_eq!(host.index, index);
-                let b = host.len();
-                let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, index, 7));
-                let (targets, _) = mix_batch(
-                    &mut host.images,
-                    &host.labels,
-                    size,
-                    cfg.classes,
-                    &cfg.mixup,
-                    &mut mix_rng,
-                );
-                let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
-                let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, cfg.classes]), device);
-                let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, index, 4), host.first));
-                let loss = soft_cross_entropy(logits, t);
-                if log_now && micro == 0 {
-                    loss_value = Some(loss.clone().into_scalar().elem::<f64>());
-                }
-                let g = GradientsParams::from_grads(loss.backward(), &model);
-                grads = Some(match grads {
-                    Some(acc) => accumulate::<B, _>(&model, acc, g),
-                    None => g,
-                });
-                // The ranks run in lockstep: each update covers every rank's share.
-                window_images += b * world.ranks;
-            }
-            Ok((grads.expect("accum >= 1"), loss_value))
-        })();
-        let (grads, loss_value) = world.agree::<B::InnerBackend, _>(local, device)?;
-        // Every rank now holds the same mean gradient, so the guard below decides alike.
-        let mut grads = world.mean_grads::<B>(grads)?;
-        let loss_value = match loss_value {
-            Some(l) => Some(world.mean::<B::InnerBackend>(&[l], device)?[0]),
-            None => None,
+    let (mut engine, mut model) = Engine::start(setup, model, world, device)?;
+    let evals = Evals::new(cfg, sets);
+    let (size, classes) = (cfg.vit.image_size, cfg.classes);
+    while !engine.done() {
+        let step = engine.state.step;
+        let last = step + 1 == cfg.schedule.total_steps;
+        let eval_now = !last && ((step + 1).is_multiple_of(cfg.eval_every) || step + 1 == cfg.schedule.end());
+        let update;
+        (model, update) = engine.update(model, eval_now || last, |model: &Classifier<B>, mut host, micro| {
+            let b = host.len();
+            let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, micro.index, 7));
+            let (targets, _) = mix_batch(&mut host.images, &host.labels, size, classes, &cfg.mixup, &mut mix_rng);
+            let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
+            let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, classes]), device);
+            let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, micro.index, 4), host.first));
+            let loss = soft_cross_entropy(logits, t);
+            let logged = micro.log.then(|| vec![loss.clone().into_scalar().elem::<f64>()]);
+            Ok(MicroOutput { loss, logged })
+        })?;
+        // Fine-tuning fails instead of rolling back, so there is always an update.
+        let Some(update) = update else { continue };
+        // Periodic evaluations may use a subset; the final one every image.
+        let wrote = match engine.leads() {
+            true => evals.record(&mut engine, &model, &update, EvalAt::of(last, eval_now)),
+            false => Ok(None),
         };
-        let k = accum as f64;
-        let norm = global_grad_norm::<B, _>(&model, &grads) / k;
-        let lr = schedule.lr(step);
-        if norm.is_finite() {
-            let scale = clip_scale(norm, cfg.schedule.clip_grad) / k;
-            model = opt.step(model, &mut grads, lr, scale, &lr_scale);
-            state.optimizer_steps += 1;
-            bad_in_row = 0;
-        } else {
-            state.skipped_steps += 1;
-            bad_in_row += 1;
-            if bad_in_row >= MAX_BAD_STEPS {
-                return Err(Error::Diverged {
-                    step,
-                    bad: bad_in_row,
-                    rollbacks: 0,
-                });
-            }
-        }
-        state.step += 1;
-        bar.inc(1);
-        // Rank 0's evaluation and writes of this step; an error is held for `end_step`, where
-        // the ranks agree. Periodic evaluations may use a subset; the final one every image.
-        let mut final_eval = None;
-        let wrote = match metrics.as_mut() {
-            None => Ok(()),
-            Some(metrics) => (|| -> Result<()> {
-                let (eval_result, train_top1) = if done || eval_now {
-                    let frozen = model.valid();
-                    let all: Vec<usize>;
-                    let picks = if done {
-                        all = (0..eval.samples.len()).collect();
-                        &all
-                    } else {
-                        &eval_during
-                    };
-                    let e = classify_on(&frozen, eval, picks, &eval_what)?;
-                    let t = classify_on(&frozen, train, &train_probe, "train accuracy")?;
-                    (Some(e), Some(t.top1))
-                } else {
-                    (None, None)
-                };
-                if let Some(loss) = loss_value {
-                    let secs = window_start.elapsed().as_secs_f64();
-                    let v = eval_result.as_ref();
-                    let line = FinetuneLine {
-                        step: state.step,
-                        epoch: state.step as f64 / cfg.schedule.steps_per_epoch as f64,
-                        loss,
-                        lr,
-                        grad_norm: norm,
-                        images_per_s: window_images as f64 / secs.max(1e-9),
-                        data_wait_s: window_wait,
-                        skipped_steps: state.skipped_steps,
-                        loader_mb: (!train.cached()).then(|| loader.meter().peak_bytes() as f64 / 1e6),
-                        eval_top1: v.map(|v| v.top1),
-                        eval_top5: v.map(|v| v.top5),
-                        eval_loss: v.map(|v| v.loss),
-                        eval_predictions: v.map(|v| v.predictions.clone()),
-                        train_top1,
-                    };
-                    metrics.append(&line)?;
-                    bar.set_message(format!(
-                        "loss {:.3} {:.0} img/s{}",
-                        line.loss,
-                        line.images_per_s,
-                        v.map(|v| format!(" {} top-1 {:.1}%", cfg.run.eval_split, 100.0 * v.top1))
-                            .unwrap_or_default()
-                    ));
-                }
-                final_eval = eval_result.filter(|_| done);
-                Ok(())
-            })(),
-        };
-        if loss_value.is_some() {
-            (window_start, window_images, window_wait) = (Instant::now(), 0, 0.0);
-        }
-        let due = state.step.is_multiple_of(cfg.run.checkpoint_every) || state.step == end;
         // The last step goes on to write results.json: a resumed run would find nothing to do.
-        end_step(&ckpt, cfg, &model, &opt, &state, (due, !done), wrote, &world, device)
-            .inspect_err(|_| bar.abandon())?;
+        let signals = if last { Signals::Defer } else { Signals::Stop };
+        let (wrote, final_eval) = match wrote {
+            Ok(e) => (Ok(()), e),
+            Err(e) => (Err(e), None),
+        };
+        engine.end_step(&model, wrote, signals)?;
         if let Some(e) = final_eval {
-            bar.finish();
-            let (best_top1, best_step) = best_eval(&metrics_path);
-            let start_file = cfg.run.out.join(START_FILE);
-            let start: Option<StartEval> = start_file.exists().then(|| read_json(&start_file)).transpose()?;
-            let majority_share = label_majority_share(eval, cfg.classes);
-            let results = FinetuneResults {
-                kind: "finetune".into(),
-                dataset: cfg.run.dataset.clone(),
-                model: cfg.model.clone(),
-                init: cfg.init.as_ref().map_or("random", |i| i.method.name()).into(),
-                init_run: cfg.init.as_ref().map(|i| i.run.clone()),
-                vocab: cfg.init.as_ref().map(|i| i.vocab.clone()),
-                seed: cfg.run.seed,
-                epochs: cfg.schedule.epochs,
-                steps: state.step,
-                eval_split: cfg.run.eval_split.clone(),
-                best_top1: best_top1.max(e.top1),
-                best_step: if e.top1 >= best_top1 { state.step } else { best_step },
-                seconds: sets.started.elapsed().as_secs_f64(),
-                majority_share,
-                top_prediction_share: e.majority_share(),
-                probe_top1: start.as_ref().map(|s| s.probe_top1),
-                start_top1: start.as_ref().map(|s| s.model.top1),
-                warnings: diagnose(&e, majority_share, start.as_ref()),
-                eval: e,
-            };
-            write_results(&cfg.run.out, &results)?;
-            return Ok(Some(results));
+            engine.finish();
+            return write_final(cfg, sets, &engine.state, e).map(Some);
         }
     }
-    bar.finish();
-    if lead && state.step == cfg.schedule.total_steps {
+    engine.finish();
+    if engine.leads() && engine.state.step == cfg.schedule.total_steps {
         // Resumed after the end: the results are already written.
         return read_results(&cfg.run.out).map(Some);
     }
     Ok(None)
+}
+
+/// Which evaluation a step ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EvalAt {
+    None,
+    /// On `--eval-images` of the evaluation split.
+    Periodic,
+    /// The last step of the schedule: every image.
+    Final,
+}
+
+impl EvalAt {
+    fn of(last: bool, periodic: bool) -> EvalAt {
+        match (last, periodic) {
+            (true, _) => EvalAt::Final,
+            (false, true) => EvalAt::Periodic,
+            (false, false) => EvalAt::None,
+        }
+    }
+}
+
+/// Rank 0's evaluations during the run.
+struct Evals<'a> {
+    cfg: &'a FinetuneConfig,
+    sets: &'a Sets,
+    /// The evaluation images of periodic evaluations.
+    during: Vec<usize>,
+    /// Train images whose accuracy (on clean views) is measured beside each evaluation.
+    train_probe: Vec<usize>,
+    what: String,
+}
+
+impl<'a> Evals<'a> {
+    fn new(cfg: &'a FinetuneConfig, sets: &'a Sets) -> Self {
+        let during = cfg
+            .eval_images
+            .map_or_else(|| (0..sets.eval.samples.len()).collect(), |n| sets.eval.spread(n));
+        // Train accuracy on clean views of as many train images as the periodic evaluation uses.
+        let train_probe = sets.train.spread(during.len().min(TRAIN_PROBE_IMAGES));
+        Evals {
+            cfg,
+            sets,
+            during,
+            train_probe,
+            what: format!("evaluating {}", cfg.run.eval_split),
+        }
+    }
+
+    /// The evaluation due after `update` and the metrics line on logged steps. Returns the
+    /// final evaluation (on every image) at the schedule's last step.
+    fn record<B: AutodiffBackend>(
+        &self,
+        engine: &mut Engine<'_, B, FinetuneConfig>,
+        model: &Classifier<B>,
+        update: &Update,
+        at: EvalAt,
+    ) -> Result<Option<ClassifyResult>> {
+        let (cfg, sets) = (self.cfg, self.sets);
+        let classify_on = |frozen: &Classifier<B::InnerBackend>, set: &ImageSet, picks: &[usize], what: &str| {
+            classify(frozen, eval_pass(cfg, set, picks, what), engine.device())
+        };
+        let (eval, train_top1) = match at {
+            EvalAt::None => (None, None),
+            EvalAt::Periodic | EvalAt::Final => {
+                let frozen = model.valid();
+                let all: Vec<usize>;
+                let picks = if at == EvalAt::Final {
+                    all = (0..sets.eval.samples.len()).collect();
+                    &all
+                } else {
+                    &self.during
+                };
+                let e = classify_on(&frozen, &sets.eval, picks, &self.what)?;
+                let t = classify_on(&frozen, &sets.train, &self.train_probe, "train accuracy")?;
+                (Some(e), Some(t.top1))
+            }
+        };
+        if let Some(loss) = update.logged.as_ref().map(|v| v[0]) {
+            let window = engine.window();
+            let v = eval.as_ref();
+            let line = FinetuneLine {
+                step: engine.state.step,
+                epoch: engine.state.step as f64 / cfg.schedule.steps_per_epoch as f64,
+                loss,
+                lr: update.lr,
+                grad_norm: update.grad_norm,
+                images_per_s: window.images_per_s,
+                data_wait_s: window.data_wait_s,
+                skipped_steps: engine.state.skipped_steps,
+                loader_mb: engine.loader_mb(),
+                eval_top1: v.map(|v| v.top1),
+                eval_top5: v.map(|v| v.top5),
+                eval_loss: v.map(|v| v.loss),
+                eval_predictions: v.map(|v| v.predictions.clone()),
+                train_top1,
+            };
+            engine.append(&line)?;
+            engine.bar().set_message(format!(
+                "loss {:.3} {:.0} img/s{}",
+                line.loss,
+                line.images_per_s,
+                v.map(|v| format!(" {} top-1 {:.1}%", cfg.run.eval_split, 100.0 * v.top1))
+                    .unwrap_or_default()
+            ));
+        }
+        Ok(eval.filter(|_| at == EvalAt::Final))
+    }
+}
+
+/// `results.json` of a run whose last step scored `e` on every evaluation image.
+fn write_final(cfg: &FinetuneConfig, sets: &Sets, state: &TrainState, e: ClassifyResult) -> Result<FinetuneResults> {
+    let (best_top1, best_step) = best_eval(&cfg.run.metrics_path());
+    let start_file = cfg.run.out.join(START_FILE);
+    let start: Option<StartEval> = start_file.exists().then(|| read_json(&start_file)).transpose()?;
+    let majority_share = label_majority_share(&sets.eval, cfg.classes);
+    let results = FinetuneResults {
+        kind: "finetune".into(),
+        dataset: cfg.run.dataset.clone(),
+        model: cfg.model.clone(),
+        init: cfg.init.as_ref().map_or("random", |i| i.method.name()).into(),
+        init_run: cfg.init.as_ref().map(|i| i.run.clone()),
+        vocab: cfg.init.as_ref().map(|i| i.vocab.clone()),
+        seed: cfg.run.seed,
+        epochs: cfg.schedule.epochs,
+        steps: state.step,
+        eval_split: cfg.run.eval_split.clone(),
+        best_top1: best_top1.max(e.top1),
+        best_step: if e.top1 >= best_top1 { state.step } else { best_step },
+        seconds: sets.started.elapsed().as_secs_f64(),
+        majority_share,
+        top_prediction_share: e.majority_share(),
+        probe_top1: start.as_ref().map(|s| s.probe_top1),
+        start_top1: start.as_ref().map(|s| s.model.top1),
+        warnings: diagnose(&e, majority_share, start.as_ref()),
+        eval: e,
+    };
+    write_results(&cfg.run.out, &results)?;
+    Ok(results)
 }
 
 /// LP-FT: fits a linear probe on the frozen encoder's head features (`fc_norm` of the pooled

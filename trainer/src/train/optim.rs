@@ -188,7 +188,7 @@ fn adamw_update<B: Backend>(
     u: UpdateStep,
 ) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
     #[cfg(feature = "tch")]
-    let (p, g, m, v) = match crate::libtorch::try_run::<B, fused::Adamw>((p, g, m, v, u)) {
+    let (p, g, m, v) = match crate::kernels::libtorch::try_run::<B, fused::Adamw>((p, g, m, v, u)) {
         Ok(out) => return out,
         Err((p, g, m, v, _)) => (p, g, m, v),
     };
@@ -214,7 +214,7 @@ mod fused {
     use burn::tensor::TensorPrimitive;
 
     use super::UpdateStep;
-    use crate::libtorch::{fused_adamw, AdamwStep, Kernel, Ran};
+    use crate::kernels::libtorch::{fused_adamw, AdamwStep, Kernel, Ran};
 
     pub(super) struct Adamw;
 

@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::images::ImageSet;
 use crate::error::{CheckpointError, Error, Result, RunFolderError};
-use crate::train::checkpoint::{
-    load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, NamedTensors, STATE_KEY,
-};
 use crate::train::optim::{AdamW, Moments};
 use crate::train::parallel::World;
+use crate::train::tensor_file::{
+    load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, NamedTensors, STATE_KEY,
+};
 
 /// The resolved configuration of the run, written at its start.
 pub const CONFIG_FILE: &str = "config.json";
@@ -273,61 +273,6 @@ fn file_meta<C: Serialize>(cfg: &C, state: &TrainState) -> HashMap<String, Strin
             serde_json::to_string(cfg).expect("serializable"),
         ),
     ])
-}
-
-/// The end of training step `state.step` on every rank. The first rank of each process polls
-/// for a stop signal; rank 0, the only one that writes, writes the checkpoint when it is `due`
-/// or when a signal asked the run to stop; `wrote` is what its other writes of the step
-/// (metrics, best model) came to. With several ranks they then agree, so all go on or all
-/// stop at this step: on a stop every rank returns [`Error::Interrupted`] (the command exits
-/// saying how to resume, on every node) after rank 0 has written the checkpoint; on a failed
-/// write rank 0 returns its error, the others [`Error::PeerFailed`]. `may_stop` is false where
-/// the loop must go on (its last step).
-#[allow(clippy::too_many_arguments)]
-pub fn end_step<B: AutodiffBackend, M: AutodiffModule<B>, C: Serialize>(
-    path: &Path,
-    cfg: &C,
-    model: &M,
-    opt: &AdamW<B>,
-    state: &TrainState,
-    (due, may_stop): (bool, bool),
-    wrote: Result<()>,
-    world: &World,
-    device: &B::Device,
-) -> Result<()> {
-    let polled = match world.polls_signals() && may_stop {
-        true => pipeline::interrupt::safe_point("step", state.step),
-        false => None,
-    };
-    let save = || save_checkpoint(path, cfg, model, opt, state);
-    let mut wrote = match world.leads() && (due || polled.is_some()) {
-        true => wrote.and_then(|()| save()),
-        false => wrote,
-    };
-    let mut stop = polled;
-    if world.ranks > 1 {
-        let flag = |b: bool| f64::from(u8::from(b));
-        let any = world.sum::<B::InnerBackend>(&[flag(wrote.is_err()), flag(polled.is_some())], device)?;
-        if any[0] > 0.0 && !world.leads() {
-            return Err(Error::PeerFailed { rank: world.rank });
-        }
-        if any[1] > 0.0 && stop.is_none() {
-            // Another process (or rank) caught the signal: rank 0 writes the checkpoint now.
-            if world.leads() && !due {
-                wrote = wrote.and_then(|()| save());
-            }
-            stop = Some("a signal to another rank's process");
-        }
-    }
-    wrote?;
-    match stop {
-        Some(signal) => Err(Error::Interrupted {
-            signal,
-            step: state.step,
-            checkpoint: path.to_path_buf(),
-        }),
-        None => Ok(()),
-    }
 }
 
 /// Writes the model's parameters alone (no optimizer state) with the training state, as

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use trainer::train::checkpoint::load_tensors;
 use trainer::train::config::{FinetuneConfig, PretrainConfig};
 use trainer::train::finetune::{finetune, FinetuneLine};
 use trainer::train::pretrain::pretrain;
+use trainer::train::tensor_file::load_tensors;
 use trainer::CpuAutodiff;
 
 use crate::{args, assert_same_losses, finetune_args, fixture, metrics, metrics_lines, micro_vit, Fixture};

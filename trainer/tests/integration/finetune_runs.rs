@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use pipeline::prepare::{prepare, PrepareConfig, Worker};
 use pipeline::transcode::TranscodeSettings;
 use trainer::model::vit::VitConfig;
-use trainer::train::checkpoint::{load_tensors, save_tensors};
 use trainer::train::config::{FinetuneArgs, FinetuneConfig, HeadInit, LrScaling, PretrainConfig};
 use trainer::train::finetune::{finetune, FinetuneLine, FinetuneResults};
+use trainer::train::tensor_file::{load_tensors, save_tensors};
 use trainer::CpuAutodiff;
 
 use crate::{args, fixture, run, Fixture};
@@ -438,7 +438,8 @@ fn eval_writes_probes_and_knn_and_report_gathers_runs() {
         loader: Default::default(),
     };
     let device = Default::default();
-    let run_encoder = trainer::train::pretrained::frozen_encoder::<trainer::CpuBackend>(&pre_dir, &device).unwrap();
+    let run_encoder =
+        trainer::train::encoder_from_run::frozen_encoder::<trainer::CpuBackend>(&pre_dir, &device).unwrap();
     let random_encoder =
         trainer::eval::frozen::FrozenEncoder::<trainer::CpuBackend>::random("micro", &pre.vit, 0, &device);
     let trained = trainer::eval::frozen::evaluate(&spec, &run_encoder, &device).unwrap();

@@ -15,7 +15,7 @@ fn modules_import_only_their_own_layer_or_below_and_never_in_a_loop() {
             ("seed", 0),
             ("progress", 0),
             ("backend", 0),
-            ("libtorch", 0),
+            ("kernels", 0),
             ("model", 1),
             ("data", 2),
             ("eval", 3),

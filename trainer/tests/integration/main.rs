@@ -29,16 +29,7 @@ pub fn workspace() -> PathBuf {
 }
 
 pub fn shared(rel: &str) -> Option<PathBuf> {
-    let p = workspace().join("../shared").join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: {} is absent (shared data not checked out beside the repo)",
-            p.display()
-        );
-        None
-    }
+    schemas::shared_data::find(rel)
 }
 
 /// A model small enough for several runs per test on 2 cores, with drop path on (so the
@@ -120,6 +111,11 @@ pub fn fixture() -> Option<&'static Fixture> {
 
 /// `T`'s flags parsed as the CLI would, from `--recipes <the repo's datasets>` and `argv`.
 pub fn parse<T: clap::Args>(argv: &[String]) -> T {
+    try_parse(argv).unwrap()
+}
+
+/// [`parse`], with clap's error where the command line does not parse.
+pub fn try_parse<T: clap::Args>(argv: &[String]) -> Result<T, clap::Error> {
     use clap::Parser;
     #[derive(Parser)]
     struct Cli<T: clap::Args> {
@@ -132,10 +128,10 @@ pub fn parse<T: clap::Args>(argv: &[String]) -> T {
         workspace().join("datasets").display().to_string(),
     ];
     all.extend(argv.iter().cloned());
-    Cli::<T>::try_parse_from(all).unwrap().args
+    Cli::<T>::try_parse_from(all).map(|c| c.args)
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
+pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 

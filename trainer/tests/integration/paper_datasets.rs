@@ -14,8 +14,8 @@ use schemas::{Manifest, VocabKind};
 use trainer::eval::frozen::{evaluate, EvalSpec};
 use trainer::eval::probe::ProbeConfig;
 use trainer::model::vit::VitConfig;
+use trainer::train::encoder_from_run::frozen_encoder;
 use trainer::train::finetune::finetune;
-use trainer::train::pretrained::frozen_encoder;
 use trainer::{CpuAutodiff, CpuBackend};
 
 use crate::{finetune_args, layouts, metrics, pretrain_args, run, workspace};

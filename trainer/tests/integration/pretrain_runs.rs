@@ -200,7 +200,8 @@ fn token_entropy(f: &crate::Fixture, cfg: &PretrainConfig) -> f64 {
     let set = trainer::data::images::ImageSet::load(&f.dir, "train").unwrap();
     let vocab = crate::load_vocab(&cfg.vocab);
     let device = Default::default();
-    let tok = trainer::model::tokenizer::DeviceTokenizer::<trainer::CpuBackend>::new(&vocab, 8, &device).unwrap();
+    let tok =
+        trainer::model::device_tokenizer::DeviceTokenizer::<trainer::CpuBackend>::new(&vocab, 8, &device).unwrap();
     let mut counts = vec![0f64; 8192];
     for i in 0..8 {
         let b = trainer::data::loader::make_batch(&set, &cfg.augment, 64, 99, i).unwrap();
@@ -262,6 +263,52 @@ fn divergence_skips_updates_rolls_back_then_stops() {
     assert!(lines.windows(2).all(|w| w[0].step < w[1].step));
 }
 
+/// The method registry: every `Method` value builds its model, draws its masks and trains on
+/// micro data through the one training engine, so a method declared but not wired fails here,
+/// not in a user's run.
+#[test]
+fn every_method_builds_draws_its_masks_and_trains_two_steps() {
+    use clap::ValueEnum;
+    use trainer::model::method::Method;
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(Method::value_variants().len() >= 2);
+    for method in Method::value_variants() {
+        let name = method.name();
+        let extra = [
+            "--method",
+            name,
+            "--model",
+            "cpu-tiny",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "2",
+            "--epochs",
+            "1",
+            "--log-every",
+            "1",
+            "--limit-images",
+            "32",
+        ];
+        let mut cfg = args(f, &f.vocab_small, &tmp.path().join(name), &extra)
+            .resolve()
+            .unwrap();
+        cfg.vit = micro_vit();
+        let summary =
+            trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, false, &[Default::default()], false)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(summary.steps, 2, "{name}");
+        let lines = metrics(&cfg);
+        assert_eq!(lines.len(), 2, "{name}: one line per step");
+        for l in &lines {
+            assert!(l.loss.is_finite() && l.loss > 0.0 && l.grad_norm > 0.0, "{name}: {l:?}");
+            assert!((0.0..=1.0).contains(&l.mim_accuracy), "{name}: {l:?}");
+        }
+        assert!(cfg.run.checkpoint_path().exists(), "{name}: checkpoint written");
+    }
+}
+
 /// A second trainer on a run folder in use is refused, naming the holder, before it writes.
 #[test]
 fn a_second_trainer_on_a_run_folder_is_refused() {
@@ -300,7 +347,17 @@ fn bad_configuration_is_an_error_naming_the_field() {
     assert!(err(&["--model", "huge"]).contains("--model \"huge\": unknown preset"));
     assert!(err(&["--batch-size", "100000"]).contains("--batch-size"));
     assert!(err(&["--method", "splitmask", "--mask-ratio", "0.4"]).contains("50/50"));
-    assert!(err(&["--masking", "diagonal"]).contains("block or uniform"));
+    // An unknown masking is refused while parsing, naming the choices.
+    let (data, vocab) = (f.dir.display().to_string(), f.vocab_small.display().to_string());
+    let argv = crate::strings(&["--data", &data, "--vocab", &vocab, "--masking", "diagonal"]);
+    let masking = crate::try_parse::<trainer::train::config::PretrainArgs>(&argv)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        masking.contains("--masking") && masking.contains("block, uniform"),
+        "{masking}"
+    );
     assert!(err(&["--loader-memory-mb", "0"]).contains("--loader-memory-mb \"0\""));
 }
 
@@ -350,7 +407,7 @@ fn best_knn_checkpoint_is_the_encoder_at_the_best_logged_knn() {
     // The file holds that encoder: its k-NN, measured again, is the logged best.
     let device = Default::default();
     let frozen =
-        trainer::train::pretrained::frozen_encoder::<trainer::CpuBackend>(&cfg.run.best_path(), &device).unwrap();
+        trainer::train::encoder_from_run::frozen_encoder::<trainer::CpuBackend>(&cfg.run.best_path(), &device).unwrap();
     let bank = trainer::data::images::ImageSet::load(&f.dir, "train").unwrap();
     let queries = trainer::data::images::ImageSet::load(&f.dir, "val").unwrap();
     let features = |set: &trainer::data::images::ImageSet| {
@@ -460,9 +517,9 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
     use trainer::data::images::ImageSet;
     use trainer::data::loader::{make_batch, HostBatch};
     use trainer::model::beit::Beit;
+    use trainer::model::device_tokenizer::DeviceTokenizer;
     use trainer::model::objective::Masks;
     use trainer::model::splitmask::SplitMask;
-    use trainer::model::tokenizer::DeviceTokenizer;
     use trainer::train::pretrain::device_batch;
     use trainer::CpuAutodiff as B;
 
@@ -528,7 +585,7 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
                 shares_and_whole(&model, &model.encoder.patch_embed.proj.weight, &whole, &ranks, false)
             }
             _ => {
-                let model = SplitMask::<B>::new(&cfg.vit, &cfg.splitmask, cfg.vocab_size, &mut rng, &device);
+                let model = SplitMask::<B>::new(&cfg.vit, &cfg.options.splitmask, cfg.vocab_size, &mut rng, &device);
                 shares_and_whole(&model, &model.encoder.patch_embed.proj.weight, &whole, &ranks, true)
             }
         };

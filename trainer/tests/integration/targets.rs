@@ -5,7 +5,7 @@ use pipeline::views::patch_vectors;
 use pipeline::vocab::tokenize::read_token_shard;
 use trainer::data::augment::to_chw;
 use trainer::data::images::ImageSet;
-use trainer::model::tokenizer::DeviceTokenizer;
+use trainer::model::device_tokenizer::DeviceTokenizer;
 use trainer::CpuBackend;
 
 use crate::{fixture, load_vocab};

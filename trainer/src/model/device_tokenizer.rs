@@ -11,7 +11,7 @@ use pipeline::vocab::tokenizer::Vocabulary;
 use schemas::Preprocessing;
 
 use crate::error::TokenizerError;
-use crate::model::fused::argmax_rows;
+use crate::kernels::fused::argmax_rows;
 
 #[derive(Debug, Clone)]
 pub struct DeviceTokenizer<B: Backend> {

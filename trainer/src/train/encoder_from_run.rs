@@ -13,8 +13,8 @@ use crate::error::{CheckpointError, InitError, Result};
 use crate::eval::frozen::{EncoderSource, FrozenEncoder};
 use crate::model::classifier::Classifier;
 use crate::model::vit::{Vit, VitConfig};
-use crate::train::checkpoint::{load_params, load_tensors, split_optimizer, NamedTensors};
 use crate::train::config::{init_paths, load_config, PretrainConfig};
+use crate::train::tensor_file::{load_params, load_tensors, split_optimizer, NamedTensors};
 
 /// Parameters of the pre-training models that fine-tuning drops (BEiT: mask token and token
 /// head; SplitMask: also the decoder). Anything else in a checkpoint must load.
@@ -125,7 +125,7 @@ fn describe(v: &VitConfig) -> String {
 backend_tests! {
     use super::*;
     use crate::model::objective::test_support::tiny_vit;
-    use crate::train::checkpoint::named_params;
+    use crate::train::tensor_file::named_params;
 
     #[test]
     fn encoder_loads_strictly() {

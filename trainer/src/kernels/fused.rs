@@ -33,7 +33,8 @@ use burn::tensor::TensorPrimitive;
 /// - output: `[batch, tokens, dim]`
 pub fn multi_head_attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
     #[cfg(feature = "tch")]
-    let qkv = match crate::libtorch::try_run::<B, libtorch::Attention>((qkv.into_primitive().tensor(), heads)) {
+    let qkv = match crate::kernels::libtorch::try_run::<B, libtorch::Attention>((qkv.into_primitive().tensor(), heads))
+    {
         Ok(out) => return float(out),
         Err((qkv, _)) => float(qkv),
     };
@@ -69,7 +70,7 @@ pub fn layer_norm<B: Backend, const D: usize>(
         beta.map(|b| b.into_primitive().tensor()),
     );
     #[cfg(feature = "tch")]
-    let (x, gamma, beta) = match crate::libtorch::try_run::<B, libtorch::LayerNorm>((x, gamma, beta, eps)) {
+    let (x, gamma, beta) = match crate::kernels::libtorch::try_run::<B, libtorch::LayerNorm>((x, gamma, beta, eps)) {
         Ok(out) => return float(out),
         Err((x, gamma, beta, _)) => (x, gamma, beta),
     };
@@ -87,10 +88,11 @@ pub fn layer_norm<B: Backend, const D: usize>(
 pub fn argmax_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1, Int> {
     let [rows, _] = x.dims();
     #[cfg(feature = "tch")]
-    let x: Tensor<B, 2> = match crate::libtorch::try_run::<B, libtorch::ArgmaxRows>(x.into_primitive().tensor()) {
-        Ok(out) => return Tensor::<B, 2, Int>::from_primitive(out).reshape([rows]),
-        Err(x) => float(x),
-    };
+    let x: Tensor<B, 2> =
+        match crate::kernels::libtorch::try_run::<B, libtorch::ArgmaxRows>(x.into_primitive().tensor()) {
+            Ok(out) => return Tensor::<B, 2, Int>::from_primitive(out).reshape([rows]),
+            Err(x) => float(x),
+        };
     x.argmax(1).reshape([rows])
 }
 
@@ -100,7 +102,7 @@ pub fn argmax_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1, Int> {
 /// - x, output: any, the same
 pub fn log_softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
     #[cfg(feature = "tch")]
-    let x = match crate::libtorch::try_run::<B, libtorch::LogSoftmax>((x.into_primitive().tensor(), dim)) {
+    let x = match crate::kernels::libtorch::try_run::<B, libtorch::LogSoftmax>((x.into_primitive().tensor(), dim)) {
         Ok(out) => return float(out),
         Err((x, _)) => float(x),
     };
@@ -122,7 +124,7 @@ mod libtorch {
     use burn::prelude::Backend;
     use burn::tensor::ops::FloatTensor;
 
-    use crate::libtorch::{layer_norm_backward, Ad, Kernel, Ran};
+    use crate::kernels::libtorch::{layer_norm_backward, Ad, Kernel, Ran};
 
     type Float<B> = FloatTensor<B>;
 

@@ -1,0 +1,60 @@
+//! Training configuration: command-line option groups shared by `trainer pretrain` and
+//! `trainer finetune`, resolved once against the dataset (its manifest and recipe: Table 3's
+//! epochs, section 5.5's settings for the smallest datasets, Table 9's fine-tuning recipe),
+//! presets and learning-rate scaling into a `PretrainConfig` or `FinetuneConfig` that is
+//! printed, written to the run folder and never changed afterwards. Every flag overrides the
+//! recipe; what neither sets comes from BEiT or timm, named as such below.
+
+mod finetune;
+mod nodes;
+mod pretrain;
+mod run;
+mod schedule;
+
+pub use finetune::*;
+pub use nodes::*;
+pub use pretrain::*;
+pub use run::*;
+pub use schedule::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::parallel::{Cluster, Endpoint};
+
+    #[test]
+    fn the_lr_rules_agree_at_the_reference_batch_and_part_below_it() {
+        for rule in [LrScaling::Linear, LrScaling::Sqrt] {
+            assert_eq!(rule.factor(1024, 1024), 1.0);
+        }
+        assert_eq!(LrScaling::Linear.factor(32, 1024), 1.0 / 32.0);
+        assert!((LrScaling::Sqrt.factor(32, 1024) - 32f64.sqrt().recip()).abs() < 1e-15);
+        assert_eq!(LrScaling::Sqrt.factor(4096, 1024), 2.0);
+        // Runs written before the rule was recorded scaled linearly.
+        assert_eq!(LrScaling::default(), LrScaling::Linear);
+    }
+
+    #[test]
+    fn endpoints_parse_and_node_options_resolve_to_a_place_in_the_run() {
+        let e = Endpoint::parse("ws://node-a:29500").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("node-a", 29500));
+        assert_eq!(e.to_string(), "node-a:29500");
+        for bad in ["node-a", "node-a:http", ":29500", "a:70000"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+        let args = |nodes, rank, master: Option<&str>| NodeArgs {
+            num_nodes: nodes,
+            node_rank: rank,
+            master: master.map(str::to_string),
+            node_address: None,
+        };
+        assert_eq!(args(1, 0, None).resolve().unwrap(), Cluster::ONE);
+        let c = args(3, 2, Some("127.0.0.1:4000")).resolve().unwrap();
+        let net = c.network.unwrap();
+        assert_eq!((c.nodes, c.node, net.address.port), (3, 2, 4003));
+        let err = args(2, 0, None).resolve().unwrap_err().to_string();
+        assert!(err.contains("--master"), "{err}");
+        let err = args(2, 2, Some("a:1")).resolve().unwrap_err().to_string();
+        assert!(err.contains("--node-rank \"2\""), "{err}");
+    }
+}
