@@ -195,80 +195,40 @@ fn walk_inner(raw: &[u8]) -> Option<Walk> {
     if raw.get(..2)? != [0xFF, 0xD8] {
         return None;
     }
-    let mut dc: [Option<Table>; 4] = Default::default();
-    let mut ac: [Option<Table>; 4] = Default::default();
-    let mut quant_defined = [false; 4];
-    let mut frame: Option<(u16, u16, Vec<Component>)> = None;
+    let (headers, scan_tables, data_start) = read_headers(raw)?;
+    walk_scan(raw, &headers, &scan_tables, data_start)
+}
+
+/// What the segments before the scan define.
+#[derive(Default)]
+struct Headers {
+    dc: [Option<Table>; 4],
+    ac: [Option<Table>; 4],
+    quant_defined: [bool; 4],
+    frame: Option<Frame>,
+}
+
+/// The scan's (DC, AC) table index for each component.
+type ScanTables = Vec<(usize, usize)>;
+
+struct Frame {
+    width: u16,
+    height: u16,
+    comps: Vec<Component>,
+}
+
+/// The header segments up to the scan: what they define, the scan's (DC, AC) table per
+/// component, and where the entropy-coded data starts.
+fn read_headers(raw: &[u8]) -> Option<(Headers, ScanTables, usize)> {
+    let mut h = Headers::default();
     let mut at = 2;
-    // Header segments up to the scan.
-    let (scan_tables, data_start) = loop {
-        // Fill bytes before a marker are legal, other bytes between segments are not here.
-        if *raw.get(at)? != 0xFF {
-            return None;
-        }
-        while *raw.get(at + 1)? == 0xFF {
-            at += 1;
-        }
-        let marker = raw[at + 1];
-        let len = usize::from(u16::from_be_bytes([*raw.get(at + 2)?, *raw.get(at + 3)?]));
-        let body = raw.get(at + 4..(at + 2 + len).max(at + 4))?;
-        if len < 2 {
-            return None;
-        }
-        at += 2 + len;
+    loop {
+        let (marker, body) = next_segment(raw, &mut at)?;
         match marker {
             // Baseline and extended sequential Huffman frames.
-            0xC0 | 0xC1 => {
-                if frame.is_some() || body.len() < 6 || body[0] != 8 {
-                    return None;
-                }
-                let height = u16::from_be_bytes([body[1], body[2]]);
-                let width = u16::from_be_bytes([body[3], body[4]]);
-                let n = usize::from(body[5]);
-                if n != 3 || body.len() != 6 + 3 * n || width == 0 || height == 0 {
-                    return None;
-                }
-                let comps = body[6..]
-                    .chunks_exact(3)
-                    .map(|c| Component {
-                        id: c[0],
-                        h: c[1] >> 4,
-                        v: c[1] & 15,
-                        quant: c[2],
-                    })
-                    .collect();
-                frame = Some((width, height, comps));
-            }
-            0xC4 => {
-                let mut rest = body;
-                while !rest.is_empty() {
-                    let (class, id) = (rest[0] >> 4, usize::from(rest[0] & 15));
-                    let counts: &[u8; 16] = rest.get(1..17)?.try_into().ok()?;
-                    let total = counts.iter().map(|&c| usize::from(c)).sum::<usize>();
-                    let symbols = rest.get(17..17 + total)?;
-                    if id > 3 || class > 1 || total > 256 {
-                        return None;
-                    }
-                    let table = Some(Table::new(counts, symbols, class == 1)?);
-                    if class == 0 {
-                        dc[id] = table;
-                    } else {
-                        ac[id] = table;
-                    }
-                    rest = &rest[17 + total..];
-                }
-            }
-            0xDB => {
-                let mut rest = body;
-                while !rest.is_empty() {
-                    // 8-bit tables only: 16-bit ones are legal in extended frames but rare.
-                    if rest[0] >> 4 != 0 || rest[0] & 15 > 3 || rest.len() < 65 {
-                        return None;
-                    }
-                    quant_defined[usize::from(rest[0] & 15)] = true;
-                    rest = &rest[65..];
-                }
-            }
+            0xC0 | 0xC1 => h.read_frame(body)?,
+            0xC4 => h.read_huffman_tables(body)?,
+            0xDB => h.read_quant_tables(body)?,
             // A restart interval of zero is no restart interval.
             0xDD => {
                 if body.len() != 2 || body != [0, 0] {
@@ -277,31 +237,119 @@ fn walk_inner(raw: &[u8]) -> Option<Walk> {
             }
             0xE0..=0xEF | 0xFE => {}
             0xDA => {
-                let (_, _, comps) = frame.as_ref()?;
-                let n = usize::from(*body.first()?);
-                if n != comps.len() || body.len() != 1 + 2 * n + 3 {
-                    return None;
-                }
-                if body[1 + 2 * n..] != [0, 63, 0] {
-                    return None;
-                }
-                let mut tables = Vec::with_capacity(n);
-                for (sel, comp) in body[1..1 + 2 * n].chunks_exact(2).zip(comps) {
-                    let (d, a) = (usize::from(sel[1] >> 4), usize::from(sel[1] & 15));
-                    if sel[0] != comp.id || d > 3 || a > 3 || dc[d].is_none() || ac[a].is_none() {
-                        return None;
-                    }
-                    if comp.quant > 3 || !quant_defined[usize::from(comp.quant)] {
-                        return None;
-                    }
-                    tables.push((d, a));
-                }
-                break (tables, at);
+                let tables = h.scan_tables(body)?;
+                return Some((h, tables, at));
             }
             _ => return None,
         }
-    };
-    let (width, height, comps) = frame?;
+    }
+}
+
+/// The marker and body of the segment at `at`, which moves past it.
+fn next_segment<'a>(raw: &'a [u8], at: &mut usize) -> Option<(u8, &'a [u8])> {
+    // Fill bytes before a marker are legal, other bytes between segments are not here.
+    if *raw.get(*at)? != 0xFF {
+        return None;
+    }
+    while *raw.get(*at + 1)? == 0xFF {
+        *at += 1;
+    }
+    let marker = raw[*at + 1];
+    let len = usize::from(u16::from_be_bytes([*raw.get(*at + 2)?, *raw.get(*at + 3)?]));
+    let body = raw.get(*at + 4..(*at + 2 + len).max(*at + 4))?;
+    if len < 2 {
+        return None;
+    }
+    *at += 2 + len;
+    Some((marker, body))
+}
+
+impl Headers {
+    fn read_frame(&mut self, body: &[u8]) -> Option<()> {
+        if self.frame.is_some() || body.len() < 6 || body[0] != 8 {
+            return None;
+        }
+        let height = u16::from_be_bytes([body[1], body[2]]);
+        let width = u16::from_be_bytes([body[3], body[4]]);
+        let n = usize::from(body[5]);
+        if n != 3 || body.len() != 6 + 3 * n || width == 0 || height == 0 {
+            return None;
+        }
+        let comps = body[6..]
+            .chunks_exact(3)
+            .map(|c| Component {
+                id: c[0],
+                h: c[1] >> 4,
+                v: c[1] & 15,
+                quant: c[2],
+            })
+            .collect();
+        self.frame = Some(Frame { width, height, comps });
+        Some(())
+    }
+
+    fn read_huffman_tables(&mut self, body: &[u8]) -> Option<()> {
+        let mut rest = body;
+        while !rest.is_empty() {
+            let (class, id) = (rest[0] >> 4, usize::from(rest[0] & 15));
+            let counts: &[u8; 16] = rest.get(1..17)?.try_into().ok()?;
+            let total = counts.iter().map(|&c| usize::from(c)).sum::<usize>();
+            let symbols = rest.get(17..17 + total)?;
+            if id > 3 || class > 1 || total > 256 {
+                return None;
+            }
+            let table = Some(Table::new(counts, symbols, class == 1)?);
+            if class == 0 {
+                self.dc[id] = table;
+            } else {
+                self.ac[id] = table;
+            }
+            rest = &rest[17 + total..];
+        }
+        Some(())
+    }
+
+    fn read_quant_tables(&mut self, body: &[u8]) -> Option<()> {
+        let mut rest = body;
+        while !rest.is_empty() {
+            // 8-bit tables only: 16-bit ones are legal in extended frames but rare.
+            if rest[0] >> 4 != 0 || rest[0] & 15 > 3 || rest.len() < 65 {
+                return None;
+            }
+            self.quant_defined[usize::from(rest[0] & 15)] = true;
+            rest = &rest[65..];
+        }
+        Some(())
+    }
+
+    /// The (DC, AC) table of each component of a start-of-scan body, all of them defined.
+    fn scan_tables(&self, body: &[u8]) -> Option<ScanTables> {
+        let comps = &self.frame.as_ref()?.comps;
+        let n = usize::from(*body.first()?);
+        if n != comps.len() || body.len() != 1 + 2 * n + 3 {
+            return None;
+        }
+        if body[1 + 2 * n..] != [0, 63, 0] {
+            return None;
+        }
+        let mut tables = Vec::with_capacity(n);
+        for (sel, comp) in body[1..1 + 2 * n].chunks_exact(2).zip(comps) {
+            let (d, a) = (usize::from(sel[1] >> 4), usize::from(sel[1] & 15));
+            if sel[0] != comp.id || d > 3 || a > 3 || self.dc[d].is_none() || self.ac[a].is_none() {
+                return None;
+            }
+            if comp.quant > 3 || !self.quant_defined[usize::from(comp.quant)] {
+                return None;
+            }
+            tables.push((d, a));
+        }
+        Some(tables)
+    }
+}
+
+/// Walks every block of every MCU of the scan starting at `data_start`.
+fn walk_scan(raw: &[u8], h: &Headers, scan_tables: &[(usize, usize)], data_start: usize) -> Option<Walk> {
+    let Frame { width, height, comps } = h.frame.as_ref()?;
     let (h_max, v_max) = (comps[0].h, comps[0].v);
     let common =
         matches!((h_max, v_max), (1, 1) | (1, 2) | (2, 1) | (2, 2)) && comps[1..].iter().all(|c| c.h == 1 && c.v == 1);
@@ -310,12 +358,12 @@ fn walk_inner(raw: &[u8]) -> Option<Walk> {
     }
     let mut bits = Bits::new(unstuff(raw, data_start)?);
     let end = (bits.data.len() - PAD) * 8;
-    let mcus_x = usize::from(width).div_ceil(8 * usize::from(h_max));
-    let mcus_y = usize::from(height).div_ceil(8 * usize::from(v_max));
+    let mcus_x = usize::from(*width).div_ceil(8 * usize::from(h_max));
+    let mcus_y = usize::from(*height).div_ceil(8 * usize::from(v_max));
     let blocks: Vec<(&Table, &Table, usize)> = scan_tables
         .iter()
-        .zip(&comps)
-        .map(|(&(d, a), c)| Some((dc[d].as_ref()?, ac[a].as_ref()?, usize::from(c.h * c.v))))
+        .zip(comps)
+        .map(|(&(d, a), c)| Some((h.dc[d].as_ref()?, h.ac[a].as_ref()?, usize::from(c.h * c.v))))
         .collect::<Option<_>>()?;
     for _ in 0..mcus_x * mcus_y {
         for &(dc, ac, n) in &blocks {

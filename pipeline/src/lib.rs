@@ -17,6 +17,8 @@
 //! The trainer depends on this crate for the shard reader and image views so that both sides
 //! see the same pixels.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod adapters;
 pub mod error;
 pub mod inspect;

@@ -7,6 +7,7 @@
 //! k distinct random points, and the objective reported is the sum of squared L2 distances
 //! `sum ||x - c||² = sum (2 - 2 x·c)`, which never increases across iterations.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -124,56 +125,20 @@ pub fn kmeans(x: &[f32], d: usize, cfg: &KmeansConfig) -> Result<KmeansResult, K
     if n_all < k {
         return Err(KmeansError::TooFewPoints { n: n_all, k });
     }
+    // One generator, drawn from in a fixed order (subsample, init, re-seeding), so that a
+    // seed fixes the result and a saved word position resumes it.
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let cap = cfg.max_points_per_centroid.saturating_mul(k);
-    let sub: Vec<f32>;
-    let x: &[f32] = if n_all > cap {
-        let mut picked = sample(&mut rng, n_all, cap).into_vec();
-        picked.sort_unstable();
-        sub = picked
-            .iter()
-            .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-            .collect();
-        &sub
-    } else {
-        x
-    };
+    let x = subsample(x, d, cfg.max_points_per_centroid.saturating_mul(k), &mut rng);
+    let x: &[f32] = &x;
     let n = x.len() / d;
-    let mut centroids: Vec<f32> = match &cfg.init {
-        KmeansInit::Random => sample(&mut rng, n, k)
-            .into_iter()
-            .flat_map(|i| x[i * d..(i + 1) * d].iter().copied())
-            .collect(),
-        KmeansInit::PlusPlus => plus_plus(x, d, k, &mut rng),
-        KmeansInit::Given(c) => {
-            assert_eq!(c.len(), k * d, "given centroids must be [k, d]");
-            c.clone()
-        }
+    let mut lloyd = Lloyd {
+        centroids: initial_centroids(x, d, k, &cfg.init, &mut rng),
+        inertia: Vec::with_capacity(cfg.iterations as usize),
+        reseeded: 0,
     };
-
-    let bar = if cfg.progress {
-        ProgressBar::new(cfg.iterations as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("k-means {pos}/{len} [{bar:30}] {msg} eta {eta}").expect("valid template"),
-    );
-    let mut inertia = Vec::with_capacity(cfg.iterations as usize);
-    let mut reseeded = 0u64;
-    let mut start = 0;
-    if let Some(st) = &cfg.state {
-        if let Some(saved) = load_state(st, k, d) {
-            if saved.iteration <= cfg.iterations {
-                start = saved.iteration;
-                centroids = saved.centroids;
-                inertia = saved.inertia;
-                reseeded = saved.reseeded;
-                rng.set_word_pos(saved.word_pos);
-                bar.set_position(start as u64);
-            }
-        }
-    }
+    let bar = progress_bar(cfg);
+    let start = resume(cfg, k, d, &mut lloyd, &mut rng);
+    bar.set_position(start as u64);
     for iteration in start..cfg.iterations {
         if let Some(signal) = crate::interrupt::safe_point("kmeans", iteration as u64) {
             bar.abandon();
@@ -183,93 +148,195 @@ pub fn kmeans(x: &[f32], d: usize, cfg: &KmeansConfig) -> Result<KmeansResult, K
                 of: cfg.iterations,
             });
         }
-        let (assign, best) = argmax_dot(x, &centroids, d);
-        let obj: f64 = best.par_iter().map(|&b| 2.0 - 2.0 * b as f64).sum();
-        inertia.push(obj);
+        let obj = lloyd.step(x, d, k, &mut rng);
         bar.set_message(format!("inertia {obj:.1}"));
-
-        // Sum members per centroid: per-thread partial sums, then a reduction.
-        let (sums, counts) = x
-            .par_chunks(d * 4096)
-            .zip(assign.par_chunks(4096))
-            .fold(
-                || (vec![0f64; k * d], vec![0u64; k]),
-                |(mut s, mut c), (xs, a)| {
-                    for (row, &j) in xs.chunks(d).zip(a) {
-                        let j = j as usize;
-                        c[j] += 1;
-                        for (acc, v) in s[j * d..(j + 1) * d].iter_mut().zip(row) {
-                            *acc += *v as f64;
-                        }
-                    }
-                    (s, c)
-                },
-            )
-            .reduce(
-                || (vec![0f64; k * d], vec![0u64; k]),
-                |(mut s1, mut c1), (s2, c2)| {
-                    s1.iter_mut().zip(&s2).for_each(|(a, b)| *a += b);
-                    c1.iter_mut().zip(&c2).for_each(|(a, b)| *a += b);
-                    (s1, c1)
-                },
-            );
-        for j in 0..k {
-            if counts[j] == 0 {
-                continue;
-            }
-            let s = &sums[j * d..(j + 1) * d];
-            let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if norm > 0.0 {
-                for (c, v) in centroids[j * d..(j + 1) * d].iter_mut().zip(s) {
-                    *c = (*v / norm) as f32;
-                }
-            }
-        }
-        // Empty clusters take the worst-served points of the largest clusters. The old
-        // centroids stay, so the next assignment can only improve: the objective stays monotone.
-        let empty: Vec<usize> = (0..k).filter(|&j| counts[j] == 0).collect();
-        if !empty.is_empty() {
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_unstable_by(|&a, &b| {
-                let key = |i: usize| (std::cmp::Reverse(counts[assign[i] as usize]), best[i].to_bits());
-                key(a).cmp(&key(b)).then(a.cmp(&b))
-            });
-            let mut taken = std::collections::HashSet::new();
-            let mut cursor = 0;
-            for j in empty {
-                // Skip points whose cluster would itself become empty or that were taken.
-                while cursor < n && (counts[assign[order[cursor]] as usize] < 2 || taken.contains(&order[cursor])) {
-                    cursor += 1;
-                }
-                let i = if cursor < n {
-                    order[cursor]
-                } else {
-                    rng.random_range(0..n)
-                };
-                taken.insert(i);
-                centroids[j * d..(j + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
-                reseeded += 1;
-            }
-        }
         bar.inc(1);
         if let Some(st) = &cfg.state {
-            let saved = SavedState {
-                iteration: iteration + 1,
-                centroids: centroids.clone(),
-                inertia: inertia.clone(),
-                reseeded,
-                word_pos: rng.get_word_pos(),
-            };
-            save_state(st, &saved, k, d)?;
+            save_state(st, &lloyd.saved(iteration + 1, &rng), k, d)?;
         }
     }
     bar.finish_and_clear();
     Ok(KmeansResult {
-        centroids,
-        inertia,
+        centroids: lloyd.centroids,
+        inertia: lloyd.inertia,
         points: n,
-        reseeded,
+        reseeded: lloyd.reseeded,
     })
+}
+
+/// At most `cap` rows of `x`, a seeded sample kept in their original order.
+fn subsample<'a>(x: &'a [f32], d: usize, cap: usize, rng: &mut ChaCha8Rng) -> Cow<'a, [f32]> {
+    let n = x.len() / d;
+    if n <= cap {
+        return Cow::Borrowed(x);
+    }
+    let mut picked = sample(rng, n, cap).into_vec();
+    picked.sort_unstable();
+    Cow::Owned(
+        picked
+            .iter()
+            .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+            .collect(),
+    )
+}
+
+fn initial_centroids(x: &[f32], d: usize, k: usize, init: &KmeansInit, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    match init {
+        KmeansInit::Random => sample(rng, x.len() / d, k)
+            .into_iter()
+            .flat_map(|i| x[i * d..(i + 1) * d].iter().copied())
+            .collect(),
+        KmeansInit::PlusPlus => plus_plus(x, d, k, rng),
+        KmeansInit::Given(c) => {
+            assert_eq!(c.len(), k * d, "given centroids must be [k, d]");
+            c.clone()
+        }
+    }
+}
+
+fn progress_bar(cfg: &KmeansConfig) -> ProgressBar {
+    let bar = if cfg.progress {
+        ProgressBar::new(cfg.iterations as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("k-means {pos}/{len} [{bar:30}] {msg} eta {eta}").expect("valid template"),
+    );
+    bar
+}
+
+/// Loads the saved state into `lloyd` and `rng` when there is one for this run; returns the
+/// iteration to start from (0 without one).
+fn resume(cfg: &KmeansConfig, k: usize, d: usize, lloyd: &mut Lloyd, rng: &mut ChaCha8Rng) -> u32 {
+    let Some(saved) = cfg.state.as_ref().and_then(|st| load_state(st, k, d)) else {
+        return 0;
+    };
+    // A state from a run asked for more iterations than this one is not a prefix of it.
+    if saved.iteration > cfg.iterations {
+        return 0;
+    }
+    lloyd.centroids = saved.centroids;
+    lloyd.inertia = saved.inertia;
+    lloyd.reseeded = saved.reseeded;
+    rng.set_word_pos(saved.word_pos);
+    saved.iteration
+}
+
+/// What the iterations carry from one to the next.
+struct Lloyd {
+    /// [k, d] unit rows.
+    centroids: Vec<f32>,
+    inertia: Vec<f64>,
+    reseeded: u64,
+}
+
+impl Lloyd {
+    /// One iteration: assign, record the objective, move the centroids to their members'
+    /// normalized mean, re-seed the empty ones. Returns the objective of the assignment.
+    fn step(&mut self, x: &[f32], d: usize, k: usize, rng: &mut ChaCha8Rng) -> f64 {
+        let (assign, best) = argmax_dot(x, &self.centroids, d);
+        let obj: f64 = best.par_iter().map(|&b| 2.0 - 2.0 * b as f64).sum();
+        self.inertia.push(obj);
+        let (sums, counts) = member_sums(x, &assign, d, k);
+        move_to_means(&mut self.centroids, &sums, &counts, d);
+        self.reseeded += reseed_empty(x, d, &mut self.centroids, &counts, &assign, &best, rng);
+        obj
+    }
+
+    fn saved(&self, iteration: u32, rng: &ChaCha8Rng) -> SavedState {
+        SavedState {
+            iteration,
+            centroids: self.centroids.clone(),
+            inertia: self.inertia.clone(),
+            reseeded: self.reseeded,
+            word_pos: rng.get_word_pos(),
+        }
+    }
+}
+
+/// Sums ([k, d], f64) and counts of the members of each centroid: per-thread partial sums,
+/// then a reduction.
+fn member_sums(x: &[f32], assign: &[u32], d: usize, k: usize) -> (Vec<f64>, Vec<u64>) {
+    x.par_chunks(d * 4096)
+        .zip(assign.par_chunks(4096))
+        .fold(
+            || (vec![0f64; k * d], vec![0u64; k]),
+            |(mut s, mut c), (xs, a)| {
+                for (row, &j) in xs.chunks(d).zip(a) {
+                    let j = j as usize;
+                    c[j] += 1;
+                    for (acc, v) in s[j * d..(j + 1) * d].iter_mut().zip(row) {
+                        *acc += *v as f64;
+                    }
+                }
+                (s, c)
+            },
+        )
+        .reduce(
+            || (vec![0f64; k * d], vec![0u64; k]),
+            |(mut s1, mut c1), (s2, c2)| {
+                s1.iter_mut().zip(&s2).for_each(|(a, b)| *a += b);
+                c1.iter_mut().zip(&c2).for_each(|(a, b)| *a += b);
+                (s1, c1)
+            },
+        )
+}
+
+/// Each centroid with members becomes their sum, normalized; the others stay.
+fn move_to_means(centroids: &mut [f32], sums: &[f64], counts: &[u64], d: usize) {
+    for (j, &count) in counts.iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        let s = &sums[j * d..(j + 1) * d];
+        let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            for (c, v) in centroids[j * d..(j + 1) * d].iter_mut().zip(s) {
+                *c = (*v / norm) as f32;
+            }
+        }
+    }
+}
+
+/// Empty clusters take the worst-served points of the largest clusters. The old centroids
+/// stay, so the next assignment can only improve: the objective stays monotone. Returns the
+/// clusters re-seeded.
+fn reseed_empty(
+    x: &[f32],
+    d: usize,
+    centroids: &mut [f32],
+    counts: &[u64],
+    assign: &[u32],
+    best: &[f32],
+    rng: &mut ChaCha8Rng,
+) -> u64 {
+    let empty: Vec<usize> = (0..counts.len()).filter(|&j| counts[j] == 0).collect();
+    if empty.is_empty() {
+        return 0;
+    }
+    let n = assign.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by(|&a, &b| {
+        let key = |i: usize| (std::cmp::Reverse(counts[assign[i] as usize]), best[i].to_bits());
+        key(a).cmp(&key(b)).then(a.cmp(&b))
+    });
+    let mut taken = std::collections::HashSet::new();
+    let mut cursor = 0;
+    for &j in &empty {
+        // Skip points whose cluster would itself become empty or that were taken.
+        while cursor < n && (counts[assign[order[cursor]] as usize] < 2 || taken.contains(&order[cursor])) {
+            cursor += 1;
+        }
+        let i = if cursor < n {
+            order[cursor]
+        } else {
+            rng.random_range(0..n)
+        };
+        taken.insert(i);
+        centroids[j * d..(j + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
+    }
+    empty.len() as u64
 }
 
 struct SavedState {

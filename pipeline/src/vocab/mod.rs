@@ -289,7 +289,6 @@ pub struct BuildFiles<'a> {
 /// it and returns `None`; the build without workers returns the vocabulary.
 pub fn build_with(dir: &Path, cfg: &VocabConfig, files: &BuildFiles) -> Result<Option<Vocabulary>> {
     files.worker.check()?;
-    let state = files.kmeans_state;
     let p = Preprocessing::paper();
     let d = p.dim();
     let manifest_sha = file_sha256(&dir.join(MANIFEST_FILE)).ok().map(|(_, s)| s);
@@ -304,98 +303,25 @@ pub fn build_with(dir: &Path, cfg: &VocabConfig, files: &BuildFiles) -> Result<O
     let embeddings = match cfg.kind {
         // Random projection samples nothing: a worker has nothing to do.
         VocabKind::RandomProjection if files.worker != Worker::ALL => return Ok(None),
-        VocabKind::RandomProjection => {
-            let mut e: Vec<f32> = (0..cfg.size * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            normalize_rows(&mut e, d);
-            e
-        }
+        VocabKind::RandomProjection => random_projection(cfg.size, d, &mut rng),
         VocabKind::RandomPatches | VocabKind::Kmeans => {
-            let total = train_patch_count(dir, &p)?;
-            let want = if cfg.kind == VocabKind::Kmeans {
-                cfg.sample.min(total)
-            } else {
-                cfg.size
+            let source = PatchSource {
+                dir,
+                cfg,
+                files,
+                p: &p,
+                manifest_sha: manifest_sha.as_deref(),
             };
-            // A few extra draws replace patches of zero norm (flat at the mean color).
-            let extra = if cfg.kind == VocabKind::RandomPatches {
-                (want / 50).max(16)
-            } else {
-                0
-            };
-            let draws = (want + extra).min(total);
-            if draws < cfg.size {
-                return Err(PipelineError::Invalid(format!(
-                    "{}: the train split has {total} patches, fewer than the {} entries asked for",
-                    dir.display(),
-                    cfg.size
-                )));
-            }
-            let mut picks: Vec<usize> = sample(&mut rng, total, draws).into_vec();
-            picks.sort_unstable();
-            let store = files.patches.map(|dir| PatchStore {
-                dir: dir.to_path_buf(),
-                key: format!(
-                    "{}:{}:{}:{}:{}:{draws}",
-                    manifest_sha.as_deref().unwrap_or("-"),
-                    cfg.kind.name(),
-                    cfg.size,
-                    cfg.seed,
-                    cfg.sample
-                ),
-                worker: files.worker,
-            });
-            let mut x = sample_patches_with(dir, &picks, &p, cfg.progress, store.as_ref())?;
+            let x = source.sample(&mut rng)?;
             if files.worker != Worker::ALL {
                 return Ok(None);
             }
             if cfg.kind == VocabKind::RandomPatches {
-                if x.len() < cfg.size * d {
-                    return Err(PipelineError::Invalid(format!(
-                        "{}: too few non-flat patches",
-                        dir.display()
-                    )));
-                }
-                // The extra draws are dropped at random, not from the end, to stay uniform.
-                let keep = sample(&mut rng, x.len() / d, cfg.size).into_vec();
-                x = keep.iter().flat_map(|&i| x[i * d..(i + 1) * d].to_vec()).collect();
-                x
+                source.random_patches(x, &mut rng)?
             } else {
-                let mut kc = KmeansConfig::new(cfg.size, cfg.iterations, cfg.seed);
-                kc.progress = cfg.progress;
-                // The points are a function of the dataset (its manifest) and these settings.
-                kc.state = state.map(|path| KmeansState {
-                    path: path.to_path_buf(),
-                    key: format!(
-                        "{}:{}:{}:{}:{}",
-                        manifest_sha.as_deref().unwrap_or("-"),
-                        cfg.size,
-                        cfg.seed,
-                        cfg.sample,
-                        x.len()
-                    ),
-                });
-                let r = kmeans(&x, d, &kc).map_err(|e| match e {
-                    KmeansError::Interrupted { signal, iteration, of } => PipelineError::Interrupted {
-                        path: dir.to_path_buf(),
-                        signal,
-                        when: format!(
-                            "at k-means iteration {iteration} of {of}, before the vocabulary was written{}",
-                            if state.is_some() {
-                                " (a rerun continues from this iteration)"
-                            } else {
-                                ""
-                            }
-                        ),
-                    },
-                    e => PipelineError::Invalid(format!("{}: {e}", dir.display())),
-                })?;
-                kmeans_stats = Some(KmeansStats {
-                    sample: r.points as u64,
-                    iterations: cfg.iterations,
-                    inertia: r.inertia,
-                    reseeded: r.reseeded,
-                });
-                r.centroids
+                let (centroids, stats) = source.kmeans(&x)?;
+                kmeans_stats = Some(stats);
+                centroids
             }
         }
     };
@@ -412,6 +338,120 @@ pub fn build_with(dir: &Path, cfg: &VocabConfig, files: &BuildFiles) -> Result<O
         },
         embeddings,
     }))
+}
+
+/// `size` random unit rows of dimension `d`.
+fn random_projection(size: usize, d: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let mut e: Vec<f32> = (0..size * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    normalize_rows(&mut e, d);
+    e
+}
+
+/// The train patches a random-patches or k-means build starts from, and what the files it
+/// keeps on the way are keyed by.
+struct PatchSource<'a> {
+    dir: &'a Path,
+    cfg: &'a VocabConfig,
+    files: &'a BuildFiles<'a>,
+    p: &'a Preprocessing,
+    manifest_sha: Option<&'a str>,
+}
+
+impl PatchSource<'_> {
+    /// The sampled patches ([n, d]); a job-array worker's share when `files.worker` is one.
+    fn sample(&self, rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+        let (dir, cfg) = (self.dir, self.cfg);
+        let total = train_patch_count(dir, self.p)?;
+        let want = if cfg.kind == VocabKind::Kmeans {
+            cfg.sample.min(total)
+        } else {
+            cfg.size
+        };
+        // A few extra draws replace patches of zero norm (flat at the mean color).
+        let extra = if cfg.kind == VocabKind::RandomPatches {
+            (want / 50).max(16)
+        } else {
+            0
+        };
+        let draws = (want + extra).min(total);
+        if draws < cfg.size {
+            return Err(PipelineError::Invalid(format!(
+                "{}: the train split has {total} patches, fewer than the {} entries asked for",
+                dir.display(),
+                cfg.size
+            )));
+        }
+        let mut picks: Vec<usize> = sample(rng, total, draws).into_vec();
+        picks.sort_unstable();
+        let store = self.files.patches.map(|dir| PatchStore {
+            dir: dir.to_path_buf(),
+            key: format!(
+                "{}:{}:{}:{}:{}:{draws}",
+                self.manifest_sha.unwrap_or("-"),
+                cfg.kind.name(),
+                cfg.size,
+                cfg.seed,
+                cfg.sample
+            ),
+            worker: self.files.worker,
+        });
+        sample_patches_with(dir, &picks, self.p, cfg.progress, store.as_ref())
+    }
+
+    /// `cfg.size` of the sampled patches `x`.
+    fn random_patches(&self, x: Vec<f32>, rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+        let (size, d) = (self.cfg.size, self.p.dim());
+        if x.len() < size * d {
+            return Err(PipelineError::Invalid(format!(
+                "{}: too few non-flat patches",
+                self.dir.display()
+            )));
+        }
+        // The extra draws are dropped at random, not from the end, to stay uniform.
+        let keep = sample(rng, x.len() / d, size).into_vec();
+        Ok(keep.iter().flat_map(|&i| x[i * d..(i + 1) * d].to_vec()).collect())
+    }
+
+    /// The k-means centroids of the sampled patches `x`, resumable from `files.kmeans_state`.
+    fn kmeans(&self, x: &[f32]) -> Result<(Vec<f32>, KmeansStats)> {
+        let (dir, cfg, state) = (self.dir, self.cfg, self.files.kmeans_state);
+        let mut kc = KmeansConfig::new(cfg.size, cfg.iterations, cfg.seed);
+        kc.progress = cfg.progress;
+        // The points are a function of the dataset (its manifest) and these settings.
+        kc.state = state.map(|path| KmeansState {
+            path: path.to_path_buf(),
+            key: format!(
+                "{}:{}:{}:{}:{}",
+                self.manifest_sha.unwrap_or("-"),
+                cfg.size,
+                cfg.seed,
+                cfg.sample,
+                x.len()
+            ),
+        });
+        let r = kmeans(x, self.p.dim(), &kc).map_err(|e| match e {
+            KmeansError::Interrupted { signal, iteration, of } => PipelineError::Interrupted {
+                path: dir.to_path_buf(),
+                signal,
+                when: format!(
+                    "at k-means iteration {iteration} of {of}, before the vocabulary was written{}",
+                    if state.is_some() {
+                        " (a rerun continues from this iteration)"
+                    } else {
+                        ""
+                    }
+                ),
+            },
+            e => PipelineError::Invalid(format!("{}: {e}", dir.display())),
+        })?;
+        let stats = KmeansStats {
+            sample: r.points as u64,
+            iterations: cfg.iterations,
+            inertia: r.inertia,
+            reseeded: r.reseeded,
+        };
+        Ok((r.centroids, stats))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -119,21 +119,7 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
 /// Returns the shards written or kept.
 pub fn tokenize_shards(dir: &Path, vocab_path: &Path, worker: Worker, progress: bool) -> Result<TokenSet> {
     worker.check()?;
-    // Workers each take their own lock; the merge takes the folder's.
-    let _lock = if worker == Worker::ALL {
-        crate::lock::FolderLock::acquire(dir, crate::lock::LOCK_FILE, "tokenize")?
-    } else {
-        crate::lock::FolderLock::acquire(
-            dir,
-            &format!(
-                "{}-tokenize-worker-{}-of-{}",
-                crate::lock::LOCK_FILE,
-                worker.index,
-                worker.count
-            ),
-            &format!("tokenize worker {} of {}", worker.index, worker.count),
-        )?
-    };
+    let _lock = tokenize_lock(dir, worker)?;
     let (vocab, vocab_sha) = Vocabulary::load(vocab_path)?;
     let mut manifest = load_manifest(dir)?;
     let vocab_name = vocab_path
@@ -150,7 +136,14 @@ pub fn tokenize_shards(dir: &Path, vocab_path: &Path, worker: Worker, progress: 
         .find(|t| t.dir == tok_dir && t.vocab_sha256 == vocab_sha)
         .cloned();
     let grid2 = vocab.header.preprocessing.grid().pow(2);
-    let schema: SchemaRef = Arc::new(token_schema(grid2));
+    let job = TokenJob {
+        dir,
+        vocab: &vocab,
+        vocab_sha: &vocab_sha,
+        tok_dir: &tok_dir,
+        schema: Arc::new(token_schema(grid2)),
+        grid2,
+    };
     let owned: Vec<&ShardEntry> = manifest
         .shards
         .iter()
@@ -158,60 +151,125 @@ pub fn tokenize_shards(dir: &Path, vocab_path: &Path, worker: Worker, progress: 
         .filter(|(k, _)| worker.owns(*k))
         .map(|(_, s)| s)
         .collect();
-    let total: u64 = owned.iter().map(|s| s.rows).sum();
-    let bar = if progress {
-        ProgressBar::new(total)
-    } else {
-        ProgressBar::hidden()
+    let shards = job.run(&owned, previous.as_ref(), progress)?;
+    let set = TokenSet {
+        vocab: vocab_name,
+        vocab_sha256: vocab_sha.clone(),
+        dir: tok_dir.clone(),
+        shards,
     };
-    bar.set_style(
-        ProgressStyle::with_template("tokenize [{bar:40}] {pos}/{len} images {per_sec} eta {eta}")
-            .expect("valid template"),
-    );
-    let mut shards = Vec::new();
-    for &img_shard in &owned {
-        let dest = dir.join(&tok_dir).join(&img_shard.file);
-        let recorded = previous.as_ref().and_then(|p| {
+    if worker != Worker::ALL {
+        return Ok(set);
+    }
+    manifest.tokens.retain(|t| t.dir != tok_dir);
+    manifest.tokens.push(set.clone());
+    write_manifest(dir, &manifest)?;
+    Ok(set)
+}
+
+/// Workers each take their own lock; the merge takes the folder's.
+fn tokenize_lock(dir: &Path, worker: Worker) -> Result<crate::lock::FolderLock> {
+    if worker == Worker::ALL {
+        return crate::lock::FolderLock::acquire(dir, crate::lock::LOCK_FILE, "tokenize");
+    }
+    crate::lock::FolderLock::acquire(
+        dir,
+        &format!(
+            "{}-tokenize-worker-{}-of-{}",
+            crate::lock::LOCK_FILE,
+            worker.index,
+            worker.count
+        ),
+        &format!("tokenize worker {} of {}", worker.index, worker.count),
+    )
+}
+
+/// What every token shard of one run is written with.
+struct TokenJob<'a> {
+    dir: &'a Path,
+    vocab: &'a Vocabulary,
+    vocab_sha: &'a str,
+    tok_dir: &'a str,
+    schema: SchemaRef,
+    grid2: usize,
+}
+
+impl TokenJob<'_> {
+    /// The token shards of `owned`, each kept from an earlier run when it checks out,
+    /// written otherwise; `previous` is the manifest's record of this vocabulary's set.
+    fn run(&self, owned: &[&ShardEntry], previous: Option<&TokenSet>, progress: bool) -> Result<Vec<TokenShard>> {
+        let total: u64 = owned.iter().map(|s| s.rows).sum();
+        let bar = if progress {
+            ProgressBar::new(total)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("tokenize [{bar:40}] {pos}/{len} images {per_sec} eta {eta}")
+                .expect("valid template"),
+        );
+        let mut shards = Vec::new();
+        for &img_shard in owned {
+            if let Some(t) = self.kept(img_shard, previous) {
+                bar.inc(img_shard.rows);
+                shards.push(t);
+                continue;
+            }
+            if let Some(signal) = crate::interrupt::safe_point("token-shard", shards.len() as u64) {
+                bar.abandon();
+                return Err(PipelineError::Interrupted {
+                    path: self.dir.to_path_buf(),
+                    signal,
+                    when: format!(
+                        "after {} of {} token shards (finished ones are kept)",
+                        shards.len(),
+                        owned.len()
+                    ),
+                });
+            }
+            shards.push(self.write(img_shard, &bar)?);
+        }
+        bar.finish_and_clear();
+        Ok(shards)
+    }
+
+    /// The token shard of `img_shard` already on disk, if it can be kept.
+    fn kept(&self, img_shard: &ShardEntry, previous: Option<&TokenSet>) -> Option<TokenShard> {
+        let dest = self.dest(img_shard);
+        let recorded = previous.and_then(|p| {
             p.shards
                 .iter()
                 .find(|t| t.file == img_shard.file && t.image_sha256 == img_shard.sha256)
         });
         // A shard the manifest records must match its checksum; one it does not (a worker's)
         // must say in its footer what it was computed from and read back whole.
-        let kept = match recorded {
+        match recorded {
             Some(t) => matches!(file_sha256(&dest), Ok((b, s)) if b == t.bytes && s == t.sha256).then(|| t.clone()),
-            None => worker_token_shard(&dest, img_shard, &vocab_sha),
-        };
-        if let Some(t) = kept {
-            bar.inc(img_shard.rows);
-            shards.push(t);
-            continue;
+            None => worker_token_shard(&dest, img_shard, self.vocab_sha),
         }
-        if let Some(signal) = crate::interrupt::safe_point("token-shard", shards.len() as u64) {
-            bar.abandon();
-            return Err(PipelineError::Interrupted {
-                path: dir.to_path_buf(),
-                signal,
-                when: format!(
-                    "after {} of {} token shards (finished ones are kept)",
-                    shards.len(),
-                    owned.len()
-                ),
-            });
-        }
+    }
+
+    fn dest(&self, img_shard: &ShardEntry) -> std::path::PathBuf {
+        self.dir.join(self.tok_dir).join(&img_shard.file)
+    }
+
+    /// Tokenizes `img_shard` into its token shard, written atomically.
+    fn write(&self, img_shard: &ShardEntry, bar: &ProgressBar) -> Result<TokenShard> {
+        let dest = self.dest(img_shard);
         let tmp = TempFile::new(&dest);
         let perr = |source| parquet_write_error(&tmp, source);
         let kv = vec![
             KeyValue::new(
                 VOCAB_HEADER_KEY.to_string(),
-                serde_json::to_string(&vocab.header).expect("serializable"),
+                serde_json::to_string(&self.vocab.header).expect("serializable"),
             ),
-            KeyValue::new("vocab_sha256".to_string(), vocab_sha.clone()),
+            KeyValue::new("vocab_sha256".to_string(), self.vocab_sha.to_string()),
             KeyValue::new("image_shard_sha256".to_string(), img_shard.sha256.clone()),
         ];
         let file = HashingWriter::new(std::io::BufWriter::new(tmp.create()?));
-        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(kv, 64 << 20))).map_err(perr)?;
-        let mut reader = ShardReader::open(&dir.join(&img_shard.file))?;
+        let mut w =
+            ArrowWriter::try_new(file, self.schema.clone(), Some(writer_properties(kv, 64 << 20))).map_err(perr)?;
+        let mut reader = ShardReader::open(&self.dir.join(&img_shard.file))?;
         let mut rows = 0u64;
         loop {
             let chunk: Vec<(String, Vec<u8>)> = reader
@@ -222,12 +280,12 @@ pub fn tokenize_shards(dir: &Path, vocab_path: &Path, worker: Worker, progress: 
             if chunk.is_empty() {
                 break;
             }
-            let toks = tokenize_images(&vocab, &chunk).map_err(|m| PipelineError::BadField {
-                path: dir.join(&img_shard.file),
+            let toks = tokenize_images(self.vocab, &chunk).map_err(|m| PipelineError::BadField {
+                path: self.dir.join(&img_shard.file),
                 field: "image".into(),
                 message: m,
             })?;
-            let b = batch(&schema, &toks, grid2).map_err(|source| PipelineError::Arrow {
+            let b = batch(&self.schema, &toks, self.grid2).map_err(|source| PipelineError::Arrow {
                 path: dest.clone(),
                 source,
             })?;
@@ -240,28 +298,14 @@ pub fn tokenize_shards(dir: &Path, vocab_path: &Path, worker: Worker, progress: 
         let (file, bytes, sha256) = sink.finish();
         file.get_ref().sync_all().map_err(|e| tmp.failed(e))?;
         tmp.persist()?;
-        shards.push(TokenShard {
+        Ok(TokenShard {
             file: img_shard.file.clone(),
             image_sha256: img_shard.sha256.clone(),
             rows,
             bytes,
             sha256,
-        });
+        })
     }
-    bar.finish_and_clear();
-    let set = TokenSet {
-        vocab: vocab_name,
-        vocab_sha256: vocab_sha,
-        dir: tok_dir.clone(),
-        shards,
-    };
-    if worker != Worker::ALL {
-        return Ok(set);
-    }
-    manifest.tokens.retain(|t| t.dir != tok_dir);
-    manifest.tokens.push(set.clone());
-    write_manifest(dir, &manifest)?;
-    Ok(set)
 }
 
 /// A token shard a job-array worker finished for `img_shard`: its footer names the vocabulary
