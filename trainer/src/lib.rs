@@ -23,6 +23,8 @@
 //! fine-tuning accuracy); loading a finished run's encoder is the run folder's business
 //! (`train::encoder_from_run`), so `trainer eval` composes the two.
 
+#![warn(clippy::too_many_lines)]
+
 /// A test module once per backend of the build, with the same assertions: on flex, and with
 /// the `tch` feature also on LibTorch's CPU backend. The body names the backend `TestBackend`
 /// (`TestAutodiff` with autodiff); it expands to modules `tests_flex` and `tests_tch`.

@@ -411,9 +411,6 @@ impl ImageSet {
     }
 }
 
-/// Small prepared splits for the data layer's unit tests: real JPEGs (noise of varied
-/// detail, so sizes differ) in shards cut into small row groups, with their manifest.
-
 /// One shard's rows, the rows left out and its largest row group's encoded bytes.
 type ShardRows = (Vec<Sample>, Vec<Skipped>, u64);
 
@@ -513,6 +510,8 @@ fn warn_damaged(dir: &Path, split: &str, skipped: &[Skipped]) {
 }
 
 #[cfg(test)]
+/// Small prepared splits for the data layer's unit tests: real JPEGs (noise of varied
+/// detail, so sizes differ) in shards cut into small row groups, with their manifest.
 pub(crate) mod fixture {
     use std::path::Path;
 

@@ -23,6 +23,7 @@ fn modules_import_only_their_own_layer_or_below_and_never_in_a_loop() {
             ("report", 5),
             ("export", 5),
             ("bench", 5),
+            ("commands", 6),
         ],
     );
 }

@@ -1,0 +1,161 @@
+//! The report's Markdown tables: frozen-encoder evaluations and fine-tuning results, per run
+//! and per (initialization, tokenizer) over seeds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::report::runs::Run;
+
+/// `kmeans-8192` for `vocab-kmeans-8192-s0.safetensors` (the vocabulary's own seed is left
+/// out so it is not mistaken for the run's).
+fn tokenizer(vocab: &Option<PathBuf>) -> String {
+    let Some(stem) = vocab.as_ref().and_then(|v| v.file_stem()) else {
+        return "-".to_string();
+    };
+    let stem = stem.to_string_lossy();
+    let stem = stem.trim_start_matches("vocab-");
+    match stem.rsplit_once("-s") {
+        Some((name, seed)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+        _ => stem.to_string(),
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}", 100.0 * v)
+}
+
+/// The frozen-encoder section: one row per `trainer eval` run, then the means per
+/// initialization. `evals` are runs with eval results.
+pub(super) fn write_eval_section(md: &mut String, evals: &[&Run]) {
+    let _ = writeln!(
+        md,
+        "## Frozen encoders: k-NN (k=20, T=0.07) and linear probes (val %)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | init | tokenizer | seed | pre-train steps | eval split | k-NN top-1 | best probe top-1 (layer) | last-layer probe top-1 |"
+    );
+    let _ = writeln!(md, "|---|---|---|---:|---:|---|---:|---:|---:|");
+    for r in evals {
+        let e = r.eval.as_ref().expect("filtered");
+        let last = e.probes.last().map_or(0.0, |p| p.top1);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+            r.name,
+            e.init,
+            tokenizer(&e.vocab),
+            e.seed,
+            e.pretrain_steps,
+            e.eval_split,
+            pct(e.knn.top1),
+            pct(e.best_probe.top1),
+            e.best_probe.layer,
+            pct(last)
+        );
+    }
+    write_eval_means(md, evals);
+    md.push('\n');
+}
+
+/// Mean k-NN and best-probe top-1 over seeds per (init, tokenizer).
+fn write_eval_means(md: &mut String, evals: &[&Run]) {
+    let mut groups: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    for r in evals {
+        let e = r.eval.as_ref().expect("filtered");
+        groups
+            .entry((e.init.clone(), tokenizer(&e.vocab)))
+            .or_default()
+            .push((100.0 * e.knn.top1, 100.0 * e.best_probe.top1));
+    }
+    let _ = writeln!(md, "\n### Frozen encoders by initialization (mean over seeds)\n");
+    let _ = writeln!(md, "| init | tokenizer | runs | k-NN top-1 | best probe top-1 |");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|");
+    for ((init, tok), v) in &groups {
+        let n = v.len() as f64;
+        let knn = v.iter().map(|x| x.0).sum::<f64>() / n;
+        let probe = v.iter().map(|x| x.1).sum::<f64>() / n;
+        let _ = writeln!(md, "| {init} | {tok} | {} | {knn:.1} | {probe:.1} |", v.len());
+    }
+}
+
+/// The fine-tuning section: one row per fine-tuning run, then the spread per initialization.
+/// `fts` are runs with fine-tuning results.
+pub(super) fn write_finetune_section(md: &mut String, fts: &[&Run]) {
+    let _ = writeln!(
+        md,
+        "## Fine-tuning (%, every image of the evaluation split, center crop)\n"
+    );
+    let _ = writeln!(
+        md,
+        "Train top-1 is on clean views of train images; the majority share is the most predicted class's share of the evaluated images (a collapsed model predicts one class).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | init | tokenizer | seed | steps | epochs | eval split | top-1 | top-5 | best top-1 (step) | train top-1 | majority share | minutes |"
+    );
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    for r in fts {
+        let f = r.finetune.as_ref().expect("filtered");
+        let train = r.last_eval.map_or_else(|| "-".to_string(), |(t, _)| format!("{t:.1}"));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {:.1} |",
+            r.name,
+            f.init,
+            tokenizer(&f.vocab),
+            f.seed,
+            f.steps,
+            r.steps_per_epoch
+                .map_or_else(|| "-".to_string(), |s| format!("{:.1}", f.steps as f64 / s)),
+            f.eval_split,
+            pct(f.eval.top1),
+            pct(f.eval.top5),
+            pct(f.best_top1),
+            f.best_step,
+            train,
+            pct(f.eval.majority_share()),
+            f.seconds / 60.0
+        );
+    }
+    write_finetune_spread(md, fts);
+    md.push('\n');
+}
+
+/// Mean and spread of the fine-tuned top-1 over seeds per (init, tokenizer).
+fn write_finetune_spread(md: &mut String, fts: &[&Run]) {
+    let mut groups: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for r in fts {
+        let f = r.finetune.as_ref().expect("filtered");
+        groups
+            .entry((f.init.clone(), tokenizer(&f.vocab)))
+            .or_default()
+            .push(100.0 * f.eval.top1);
+    }
+    let _ = writeln!(md, "\n### Fine-tuning top-1 by initialization\n");
+    let _ = writeln!(md, "| init | tokenizer | runs | mean top-1 | min | max |");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
+    for ((init, tok), v) in &groups {
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let _ = writeln!(md, "| {init} | {tok} | {} | {mean:.1} | {lo:.1} | {hi:.1} |", v.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_names_drop_the_vocabulary_seed() {
+        let t = |p: &str| tokenizer(&Some(PathBuf::from(p)));
+        assert_eq!(t("data/x/vocab-kmeans-8192-s0.safetensors"), "kmeans-8192");
+        assert_eq!(
+            t("vocab-random_projection-1024-s12.safetensors"),
+            "random_projection-1024"
+        );
+        assert_eq!(t("my-vocab-sx.safetensors"), "my-vocab-sx");
+        assert_eq!(tokenizer(&None), "-");
+    }
+}
