@@ -584,3 +584,159 @@ pub fn self_test() {
     assert_eq!(r.unassigned, ["high", "high::y", "high::z"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The functions of every file under `src` (`main.rs` included) whose body has more than
+/// `limit` lines of code (blank and comment-only lines not counted, as clippy's
+/// `too_many_lines` counts), as `file: name (n lines)`. Test code is left out: a block opened
+/// after `#[cfg(test)]` and the body of a `backend_tests!` invocation.
+pub fn long_functions(src: &Path, limit: usize) -> Vec<String> {
+    let mut files = Vec::new();
+    collect_all(src, &mut files);
+    let mut long = Vec::new();
+    for path in files {
+        let text = code_only(&std::fs::read_to_string(&path).unwrap());
+        let rel = path.strip_prefix(src).unwrap().display().to_string();
+        for (name, lines) in function_lengths(&text) {
+            if lines > limit {
+                long.push(format!("{rel}: {name} ({lines} lines)"));
+            }
+        }
+    }
+    long
+}
+
+/// The limit clippy holds the workspace to: `too-many-lines-threshold` in `clippy.toml`.
+pub fn clippy_line_limit() -> usize {
+    let toml = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clippy.toml");
+    let text = std::fs::read_to_string(&toml).unwrap_or_else(|e| panic!("{}: {e}", toml.display()));
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("too-many-lines-threshold")?
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{}: no too-many-lines-threshold", toml.display()))
+}
+
+/// Fails naming every function of `src` over clippy's line limit.
+pub fn assert_short_functions(crate_name: &str, src: &Path) {
+    let limit = clippy_line_limit();
+    let long = long_functions(src, limit);
+    assert!(
+        long.is_empty(),
+        "{crate_name}/src: functions over {limit} lines (split them):\n  {}",
+        long.join("\n  ")
+    );
+}
+
+fn collect_all(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            collect_all(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `(name, body lines of code)` of every `fn` with a body in `code` (comments and literals
+/// already blanked), outside test blocks.
+fn function_lengths(code: &str) -> Vec<(String, usize)> {
+    let skipped = test_blocks(code);
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = find_word(code, "fn", from) {
+        from = at + 2;
+        if skipped.iter().any(|&(a, b)| (a..=b).contains(&at)) {
+            continue;
+        }
+        let rest = &code[from..];
+        let name: String = rest.trim_start().chars().take_while(|&c| is_ident(c)).collect();
+        let Some(open) = rest.find(['{', ';']).map(|i| from + i) else {
+            break;
+        };
+        if name.is_empty() || code.as_bytes()[open] == b';' {
+            continue;
+        }
+        let close = matching_brace(code, open);
+        let lines = code[open..close]
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        out.push((name, lines));
+    }
+    out
+}
+
+/// Byte ranges of the blocks after `#[cfg(test)]` (when it marks an item with a body) and of
+/// `backend_tests!` invocations.
+fn test_blocks(code: &str) -> Vec<(usize, usize)> {
+    let mut blocks = Vec::new();
+    for marker in ["#[cfg(test)]", "backend_tests!"] {
+        let mut from = 0;
+        while let Some(i) = code[from..].find(marker).map(|i| from + i) {
+            from = i + marker.len();
+            match code[from..].find(['{', ';']).map(|j| from + j) {
+                Some(open) if code.as_bytes()[open] == b'{' => blocks.push((i, matching_brace(code, open))),
+                _ => {}
+            }
+        }
+    }
+    blocks
+}
+
+/// The first occurrence of `word` at or after `from` with no identifier character either side.
+fn find_word(code: &str, word: &str, mut from: usize) -> Option<usize> {
+    while let Some(i) = code[from..].find(word).map(|i| from + i) {
+        let before = code[..i].chars().next_back().is_some_and(is_ident);
+        let after = code[i + word.len()..].chars().next().is_some_and(is_ident);
+        if !before && !after {
+            return Some(i);
+        }
+        from = i + word.len();
+    }
+    None
+}
+
+/// The byte offset of the `}` closing the `{` at `open` (the end of `code` if unbalanced).
+fn matching_brace(code: &str, open: usize) -> usize {
+    let mut depth = 0usize;
+    for (i, c) in code[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return open + i;
+                }
+            }
+            _ => {}
+        }
+    }
+    code.len()
+}
+
+/// The function-length check finds a long function, and only that one.
+pub fn self_test_lengths() {
+    let body = |n: usize| (0..n).map(|i| format!("    let x{i} = {i};\n")).collect::<String>();
+    let code = format!(
+        "// fn not_code() {{ }}\nfn long() {{\n{}\n\n    // a comment\n}}\nfn fits() {{\n{}}}\ntrait T {{ fn decl(&self); }}\n\
+         #[cfg(test)]\nmod tests {{\n    fn long_test() {{\n{}    }}\n}}\nbackend_tests! {{\n    fn long_backend() {{\n{}    }}\n}}\n",
+        body(101),
+        body(100),
+        body(150),
+        body(150)
+    );
+    let lengths = function_lengths(&code_only(&code));
+    assert_eq!(
+        lengths,
+        [("long".to_string(), 101), ("fits".to_string(), 100)],
+        "{lengths:?}"
+    );
+}

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Args;
 use pipeline::prepare::Worker;
 use pipeline::vocab;
-use pipeline::vocab::tokenize::tokenize_shards;
+use pipeline::vocab::token_shards::tokenize_shards;
 use schemas::VocabKind;
 
 use super::{ProgressArgs, WorkerArgs};

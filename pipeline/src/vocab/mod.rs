@@ -2,11 +2,11 @@
 //! random patches, k-means: [`kmeans`] over [`nearest`]-neighbour assignment) and inspecting one
 //! over a dataset (usage, perplexity, dead tokens, a PNG of its patches) here; the vocabulary
 //! file and the patch tokenizer in [`tokenizer`]; the pre-tokenized token shards in
-//! [`tokenize`].
+//! [`token_shards`].
 
 pub mod kmeans;
 pub mod nearest;
-pub mod tokenize;
+pub mod token_shards;
 pub mod tokenizer;
 
 use std::collections::BTreeMap;

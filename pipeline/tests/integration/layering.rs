@@ -29,3 +29,10 @@ fn modules_import_only_their_own_layer_or_below_and_never_in_a_loop() {
         ],
     );
 }
+
+#[test]
+fn no_function_is_longer_than_clippy_allows() {
+    checker::self_test_lengths();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    checker::assert_short_functions("pipeline", &src);
+}

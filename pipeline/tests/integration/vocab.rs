@@ -6,7 +6,7 @@ use crate::common::*;
 use pipeline::prepare::load_manifest;
 use pipeline::shard::ShardReader;
 use pipeline::transcode::decode_upright;
-use pipeline::vocab::tokenize::{read_token_shard, tokenize_dataset, tokenize_shards};
+use pipeline::vocab::token_shards::{read_token_shard, tokenize_dataset, tokenize_shards};
 use pipeline::vocab::tokenizer::Vocabulary;
 use pipeline::vocab::{self, VocabConfig};
 use schemas::VocabKind;

@@ -350,7 +350,7 @@ impl ImageSet {
                 .filter(|k| k.shard == shard.file)
                 .filter_map(|k| k.id.as_deref())
                 .collect();
-            for row in pipeline::vocab::tokenize::read_token_shard(&path)? {
+            for row in pipeline::vocab::token_shards::read_token_shard(&path)? {
                 if left_out.contains(row.id.as_str()) {
                     continue;
                 }

@@ -191,6 +191,15 @@ pub trait Objective<B: Backend>: Module<B> + Sized {
     fn encoder(&self) -> &Vit<B>;
 
     fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B>;
+
+    /// What the method does to its own weights after each applied optimizer update, on every rank
+    /// alike (so the replicas stay equal): nothing for BEiT and SplitMask; a joint-embedding
+    /// method moves its teacher towards the student here. `step` is the update just made
+    /// (0-based), for momentum schedules.
+    fn after_update(self, step: u64) -> Self {
+        let _ = step;
+        self
+    }
 }
 
 /// What the model tests (here and in `train`) share: a ViT small enough for many CPU steps

@@ -342,6 +342,10 @@ impl<B: AutodiffBackend, O: std::fmt::Debug> Rank<'_, B, O> {
             })?;
             // None: rolled back to the checkpoint.
             let Some(update) = update else { continue };
+            if update.grad_norm.is_finite() {
+                // A skipped (non-finite) update left the student as it was.
+                model = model.after_update(update.step);
+            }
             let wrote = match engine.leads() {
                 true => self.record(&mut engine, &model, &update, knn_now).map(|line| {
                     last_line = line.or(last_line.take());

@@ -98,7 +98,7 @@ pub fn fixture() -> Option<&'static Fixture> {
             path
         };
         let vocab_small = vocab(VocabKind::RandomPatches, 256);
-        pipeline::vocab::tokenize::tokenize_dataset(&dir, &vocab_small, false).unwrap();
+        pipeline::vocab::token_shards::tokenize_dataset(&dir, &vocab_small, false).unwrap();
         let vocab_full = vocab(VocabKind::RandomProjection, 8192);
         Some(Fixture {
             dir,

@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 use pipeline::views::patch_vectors;
-use pipeline::vocab::tokenize::read_token_shard;
+use pipeline::vocab::token_shards::read_token_shard;
 use trainer::data::augment::to_chw;
 use trainer::data::images::ImageSet;
 use trainer::model::device_tokenizer::DeviceTokenizer;
