@@ -67,7 +67,7 @@ impl<B: Backend> Objective<B> for Beit<B> {
     /// - masks: `Masks::Masked` (`[batch, m]` positions and their `[batch, patches, 1]` weights)
     fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B> {
         let Masks::Masked { index, weight } = &batch.masks else {
-            panic!("BEiT trains on Masks::Masked, the engine drew split masks");
+            panic!("BEiT trains on the Masks::Masked its draw_masks returns, got split masks");
         };
         let enc = &self.encoder;
         let x = enc.patch_embed.forward(batch.images.clone()); // [batch, patches, dim]

@@ -130,7 +130,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
             hidden_b,
         } = &batch.masks
         else {
-            panic!("SplitMask trains on Masks::Split, the engine drew BEiT masks");
+            panic!("SplitMask trains on the Masks::Split its draw_masks returns, got BEiT masks");
         };
         let enc = &self.encoder;
         let [b, k] = a.dims();
