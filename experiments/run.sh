@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The paper's comparison at CPU scale, on any dataset recipe (your own `folder` included):
-# pre-train on the target set's train images only (BEiT and SplitMask, k-means and
-# random-projection tokenizers, the recipe's masking and augmentation), probe every frozen
-# encoder and a random-init one, fine-tune each with `trainer finetune`'s defaults (Table 9,
-# its regularization sized to the run), all evaluated on the recipe's split, and write the report.
+# pre-train on the target set's train images only (BEiT and SplitMask with k-means and
+# random-projection tokenizers, the recipe's masking and augmentation; MAE, which predicts
+# pixels), probe every frozen encoder and a random-init one, fine-tune each with `trainer
+# finetune`'s defaults (Table 9 with its regularization sized to the run, and LP-FT), all
+# evaluated on the recipe's split, and write the report.
 # Every step resumes: rerunning continues where an interrupted run stopped.
 #
 # Environment (set by `make experiment`): EXP (dataset recipe), DATA_DIR (raw dataset; default
@@ -77,6 +78,12 @@ for method in beit splitmask; do
     probe "$run" --run "$run"
   done
 done
+run="$EXP_DIR/mae$SUFFIX"
+say "pre-train mae -> $run"
+"$TRAINER" pretrain --data "$EXP_DATA" --method mae --model "$MODEL" --batch-size "$BATCH" \
+  --max-steps "$PRETRAIN_STEPS" --blr "$PRETRAIN_BLR" --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" \
+  --out "$run" --resume --quiet
+probe "$run" --run "$run"
 say "random-init encoder probes"
 probe "$EXP_DIR/random$SUFFIX" --random-init "$MODEL" --data "$EXP_DATA" --out "$EXP_DIR/random$SUFFIX"
 
@@ -95,6 +102,7 @@ for method in beit splitmask; do
     finetune "$EXP_DIR/ft-$method-$kind$SUFFIX" --init "$EXP_DIR/$method-$kind$SUFFIX"
   done
 done
+finetune "$EXP_DIR/ft-mae$SUFFIX" --init "$EXP_DIR/mae$SUFFIX"
 
 "$TRAINER" report --runs "$EXP_DIR"
 cat "$EXP_DIR/report.md"

@@ -227,29 +227,49 @@ pub fn apply_holdout(images: &mut [SourceImage], split: &str, h: &Holdout) -> us
     moved
 }
 
-/// Keeps, per class of the train split, the `ceil(fraction * n)` images with the smallest
-/// seeded hash of their id: stable under reordering and nested across fractions.
+/// Keeps, per class of the train split, the `round(fraction * n)` images (at least one) with
+/// the smallest seeded hash of their id: stable under reordering and nested across fractions.
+/// Rounded, not ceiled, so ImageNet's 0.1% is one image per class (Fig. 2's 1,000 images) and
+/// its 1% about 13.
 pub fn apply_subset(images: &mut Vec<SourceImage>, subset: &Subset) {
+    let train: Vec<usize> = (0..images.len()).filter(|&i| images[i].split == "train").collect();
+    let items: Vec<(i32, &str)> = train
+        .iter()
+        .map(|&i| (images[i].label, images[i].id.as_str()))
+        .collect();
+    let picked = pick_per_class(&items, subset.seed, |n| {
+        ((n as f64 * subset.fraction).round() as usize).clamp(1, n)
+    });
+    let mut keep = vec![true; images.len()];
+    for (&i, p) in train.iter().zip(picked) {
+        keep[i] = p;
+    }
+    let mut it = keep.into_iter();
+    images.retain(|_| it.next().unwrap());
+}
+
+/// Which of `items` (label, id) are picked: per label, the `count(members)` with the smallest
+/// sha256(seed, id). Class-stratified, independent of order, and nested as `count` grows.
+pub fn pick_per_class(items: &[(i32, &str)], seed: u64, count: impl Fn(usize) -> usize) -> Vec<bool> {
     let key = |id: &str| -> [u8; 32] {
         let mut h = Sha256::new();
-        h.update(subset.seed.to_le_bytes());
+        h.update(seed.to_le_bytes());
         h.update(id.as_bytes());
         h.finalize().into()
     };
     let mut by_class: BTreeMap<i32, Vec<([u8; 32], usize)>> = BTreeMap::new();
-    for (i, img) in images.iter().enumerate().filter(|(_, im)| im.split == "train") {
-        by_class.entry(img.label).or_default().push((key(&img.id), i));
+    for (i, (label, id)) in items.iter().enumerate() {
+        by_class.entry(*label).or_default().push((key(id), i));
     }
-    let mut keep = vec![true; images.len()];
+    let mut picked = vec![false; items.len()];
     for members in by_class.values_mut() {
         members.sort();
-        let n = ((members.len() as f64 * subset.fraction).ceil() as usize).max(1);
-        for (_, i) in &members[n..] {
-            keep[*i] = false;
+        let n = count(members.len()).min(members.len());
+        for (_, i) in &members[..n] {
+            picked[*i] = true;
         }
     }
-    let mut it = keep.into_iter();
-    images.retain(|_| it.next().unwrap());
+    picked
 }
 
 /// Cuts each split into shards whose summed source sizes stay under `shard_bytes`.
@@ -637,4 +657,38 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest> {
     })?;
     PipelineError::check_schema_version(&path, manifest.schema_version)?;
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod subset_tests {
+    use super::*;
+
+    /// ImageNet-sized classes (1,300 train images each, 3 classes) and some val images.
+    fn imagenet_like() -> Vec<SourceImage> {
+        let mut v: Vec<SourceImage> = (0..3 * 1300)
+            .map(|i| SourceImage::new("train", format!("c{}/{i}.JPEG", i % 3), i % 3))
+            .collect();
+        v.extend((0..30).map(|i| SourceImage::new("val", format!("val/{i}.JPEG"), i % 3)));
+        v
+    }
+
+    fn per_class(fraction: f64) -> Vec<usize> {
+        let mut images = imagenet_like();
+        apply_subset(&mut images, &Subset { fraction, seed: 0 });
+        assert_eq!(images.iter().filter(|i| i.split == "val").count(), 30, "val untouched");
+        (0..3)
+            .map(|c| images.iter().filter(|i| i.split == "train" && i.label == c).count())
+            .collect()
+    }
+
+    #[test]
+    fn the_paper_fractions_keep_one_thirteen_and_all_images_per_class() {
+        // Fig. 2: ImageNet 0.1% is 1,000 images, one per class; 1% is about 13 per class.
+        assert_eq!(per_class(0.001), vec![1, 1, 1]);
+        assert_eq!(per_class(0.01), vec![13, 13, 13]);
+        assert_eq!(per_class(0.1), vec![130, 130, 130]);
+        assert_eq!(per_class(1.0), vec![1300, 1300, 1300]);
+        // A fraction too small for a class still keeps one image of it.
+        assert_eq!(per_class(1e-5), vec![1, 1, 1]);
+    }
 }

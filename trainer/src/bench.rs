@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::error::ConfigError;
 use crate::model::device_tokenizer::DeviceTokenizer;
+use crate::model::mae::MaeConfig;
 use crate::model::masking::MaskSpec;
 use crate::model::method::{with_method, Method, MethodOptions, WithMethod};
 use crate::model::objective::{MethodSpec, MimBatch, Negatives, Objective};
@@ -93,7 +94,11 @@ pub struct BenchSpec {
 
 /// Times `spec.steps` training steps after `spec.warmup` untimed ones.
 pub fn bench_steps<B: AutodiffBackend>(spec: &BenchSpec, device: &B::Device) -> BenchResult {
-    with_method::<B, _>(spec.method, &MethodOptions::default(), Bench { spec, device })
+    let options = MethodOptions {
+        mae: MaeConfig::for_vit(&spec.vit),
+        ..MethodOptions::default()
+    };
+    with_method::<B, _>(spec.method, &options, Bench { spec, device })
 }
 
 /// A benchmark waiting for its method's model type.
@@ -176,7 +181,7 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
         }
         let t0 = Instant::now();
         let x = Tensor::<B, 4>::from_data(TensorData::new(images.clone(), [batch, 3, s, s]), device);
-        let targets = tokenizer.tokens(x.clone());
+        let targets = M::TOKEN_TARGETS.then(|| tokenizer.tokens(x.clone()));
         let mask_seed: u64 = rng.random();
         let masks = M::draw_masks(
             method_spec,

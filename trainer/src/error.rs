@@ -174,8 +174,12 @@ pub struct RunFolderError {
 /// A pre-trained encoder that cannot initialize the model asked for.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("{path}: keys that are neither encoder parameters nor pre-training heads: {keys:?}")]
+    #[error("{path}: keys that are neither encoder parameters nor the heads fine-tuning drops: {keys:?}")]
     UnexpectedKeys { path: PathBuf, keys: Vec<String> },
+    #[error("{path}: not a ViT this project builds: {message}")]
+    Timm { path: PathBuf, message: String },
+    #[error("{path}: --init takes a pre-training run, a fine-tuning run or a timm export folder; its config.json is none of them ({message})")]
+    UnknownRun { path: PathBuf, message: String },
     #[error("{run}: the pre-trained encoder is {found}; the fine-tuning model is {expected} (use --model {preset} or the run's sizes)")]
     Architecture {
         run: PathBuf,

@@ -19,17 +19,7 @@ use crate::train::config::{init_paths, FinetuneConfig};
 use crate::train::encoder_from_run::run_encoder;
 use crate::train::run_folder::read_config;
 use crate::train::tensor_file::{load_params, load_tensors, named_params, save_tensors, split_optimizer, NamedTensors};
-
-/// `[rows, cols]` row-major to `[cols, rows]`.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
-}
+use crate::train::timm_import::transpose;
 
 /// The encoder's parameters under timm's names and layouts.
 pub fn timm_state_dict<B: Backend>(encoder: &Vit<B>, patch_size: usize) -> NamedTensors {
@@ -59,8 +49,7 @@ pub fn timm_state_dict<B: Backend>(encoder: &Vit<B>, patch_size: usize) -> Named
 
 /// The files of an export folder: timm's Hugging Face Hub layout, which
 /// `timm.create_model("local-dir:<folder>", pretrained=True)` loads as it is.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const TIMM_CONFIG_FILE: &str = "config.json";
+pub use crate::train::timm_import::{TIMM_CONFIG_FILE, WEIGHTS_FILE};
 
 /// What [`export_run`] wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use trainer::data::images::LoaderArgs;
 use trainer::eval::frozen::{evaluate, EvalResults, EvalSpec, FrozenEncoder};
 use trainer::eval::probe::ProbeConfig;
 use trainer::model::vit::VitConfig;
-use trainer::train::config::{check_split, init_paths, load_config};
+use trainer::train::config::{check_split, init_paths, load_config, DEFAULT_SELECT_FRACTION, TEST_SPLIT};
 use trainer::train::encoder_from_run::frozen_encoder;
 use trainer::train::run_folder::write_results;
 
@@ -40,6 +40,10 @@ struct EvalArgs {
     /// Split the probes and k-NN are evaluated on (default: the dataset's).
     #[arg(long)]
     eval_split: Option<String>,
+    /// When that split is `test`: the share of the train split held out (class-stratified, the
+    /// rows training runs hold out) to choose the best probe layer on.
+    #[arg(long, default_value_t = DEFAULT_SELECT_FRACTION)]
+    select_fraction: f64,
     /// Train images for the k-NN bank and the probes (spread over classes).
     #[arg(long, default_value_t = 10_000)]
     train_images: usize,
@@ -91,7 +95,11 @@ impl EvalArgs {
             .clone()
             .unwrap_or_else(|| manifest.eval_split().to_string());
         check_split(&manifest, &eval_split, &data)?;
+        if !(self.select_fraction > 0.0 && self.select_fraction <= 0.5) {
+            anyhow::bail!("--select-fraction {} must be in (0, 0.5]", self.select_fraction);
+        }
         let spec = EvalSpec {
+            select_fraction: (eval_split == TEST_SPLIT).then_some(self.select_fraction),
             eval_split,
             data,
             train_images: self.train_images,

@@ -51,14 +51,12 @@ pub fn run(Args { args, backend }: Args, progress: bool) -> Result<()> {
         cfg.run.out.display()
     );
     if let Some(last) = summary.last {
-        println!(
-            "last logged step {}: loss {:.4}, mim {:.4}{}, token accuracy {:.3}",
-            last.step,
-            last.loss,
-            last.mim,
-            last.nce.map(|n| format!(", infonce {n:.4}")).unwrap_or_default(),
-            last.mim_accuracy
-        );
+        let terms: String = last
+            .terms
+            .iter()
+            .map(|(name, v)| format!(", {name} {:.4}", v.unwrap_or(f64::NAN)))
+            .collect();
+        println!("last logged step {}: loss {:.4}{terms}", last.step, last.loss);
     }
     Ok(())
 }

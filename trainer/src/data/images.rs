@@ -111,6 +111,10 @@ struct CachedGroup {
     rows: Vec<Vec<u8>>,
 }
 
+/// The seed of [`ImageSet::hold_out`]'s hash: fixed, so every run of a comparison holds out
+/// the same rows.
+const HOLDOUT_SEED: u64 = 0x5e1ec7;
+
 /// The rows of one split, in manifest order.
 #[derive(Debug)]
 pub struct ImageSet {
@@ -387,6 +391,37 @@ impl ImageSet {
         before - self.samples.len()
     }
 
+    /// Moves a class-stratified `fraction` of the samples (per class `round(fraction * n)`, at
+    /// least one where a class has two, never its last) into a set of their own (of the same
+    /// split and shards): the rows a run makes its choices on when its evaluation split is the
+    /// test split. Deterministic: the same rows for every run and seed of a dataset.
+    pub fn hold_out(&mut self, fraction: f64) -> ImageSet {
+        let items: Vec<(i32, &str)> = self.samples.iter().map(|s| (s.label, s.id.as_str())).collect();
+        let picked = pipeline::prepare::pick_per_class(&items, HOLDOUT_SEED, |n| {
+            ((n as f64 * fraction).round() as usize).clamp(1.min(n - 1), n - 1)
+        });
+        let (mut held, mut kept) = (Vec::new(), Vec::new());
+        for (s, p) in std::mem::take(&mut self.samples).into_iter().zip(picked) {
+            if p {
+                held.push(s)
+            } else {
+                kept.push(s)
+            }
+        }
+        self.samples = kept;
+        ImageSet {
+            dir: self.dir.clone(),
+            split: self.split.clone(),
+            samples: held,
+            class_names: self.class_names.clone(),
+            skipped: Vec::new(),
+            shards: self.shards.clone(),
+            options: self.options,
+            max_group_bytes: self.max_group_bytes,
+            last_group: Mutex::new(None),
+        }
+    }
+
     /// The first `n` samples (tests and quick runs).
     pub fn truncate(mut self, n: usize) -> Self {
         self.samples.truncate(n);
@@ -631,6 +666,33 @@ mod tests {
         assert_eq!(set.keep_labeled(3), 2);
         let ids: Vec<&str> = set.samples.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["0", "2", "1"]);
+    }
+
+    #[test]
+    fn held_out_rows_are_stratified_disjoint_and_the_same_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture::write_split(dir.path(), 120, 2, 8_000);
+        let mut train = ImageSet::load(dir.path(), "train").unwrap();
+        let held = train.hold_out(0.1);
+        // 40 images per class: 4 of each held out, 36 left to train on.
+        for c in 0..3 {
+            assert_eq!(held.samples.iter().filter(|s| s.label == c).count(), 4);
+            assert_eq!(train.samples.iter().filter(|s| s.label == c).count(), 36);
+        }
+        assert!(held.samples.iter().all(|h| train.samples.iter().all(|t| t.id != h.id)));
+        // The held-out rows still read: they keep their shard positions.
+        let bytes = held.fetch(&[0]).unwrap();
+        assert!(held.decode(0, &bytes[0]).is_ok());
+        let mut again = ImageSet::load(dir.path(), "train").unwrap();
+        let ids = |s: &ImageSet| -> Vec<String> { s.samples.iter().map(|x| x.id.clone()).collect() };
+        assert_eq!(ids(&again.hold_out(0.1)), ids(&held));
+        // Never a class's last image.
+        let mut tiny = ImageSet::load(dir.path(), "train").unwrap().truncate(4);
+        tiny.hold_out(0.5);
+        assert!(
+            (0..3).all(|c| tiny.samples.iter().any(|s| s.label == c)),
+            "every class keeps a row"
+        );
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct EvalSpec {
     pub batch: usize,
     pub probe: ProbeConfig,
     pub loader: LoadOptions,
+    /// When `eval_split` is the test split: the share of the train split held out to choose
+    /// the best probe layer on (not in the probes' training rows).
+    #[serde(default)]
+    pub select_fraction: Option<f64>,
 }
 
 /// Where an evaluated encoder came from (recorded in `results.json`).
@@ -90,7 +94,12 @@ pub struct EvalResults {
     pub knn: KnnResult,
     /// One probe per block output, then the final norm's.
     pub probes: Vec<ProbeResult>,
+    /// The probe of the layer with the best top-1 on `select_split`.
     pub best_probe: ProbeResult,
+    /// Where the best layer was chosen: the evaluation split, or `train-holdout` when that is
+    /// `test`.
+    #[serde(default = "val")]
+    pub select_split: String,
     pub seconds: f64,
 }
 
@@ -102,10 +111,15 @@ fn val() -> String {
 pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: &B::Device) -> Result<EvalResults> {
     let started = Instant::now();
     let mut train = ImageSet::load_with(&spec.data, "train", &spec.loader)?;
+    let mut select = spec.select_fraction.map(|f| train.hold_out(f));
     let mut val = ImageSet::load_with(&spec.data, &spec.eval_split, &spec.loader)?;
     let classes = train.class_names.len().max(1);
-    train.keep_labeled(classes);
-    val.keep_labeled(classes);
+    for set in [Some(&mut train), Some(&mut val), select.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        set.keep_labeled(classes);
+    }
     let vit = &frozen.vit;
     let layers = |set: &ImageSet, n: usize, what: &str| {
         let indices = set.spread(n);
@@ -121,6 +135,10 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
     };
     let (train_f, train_y) = layers(&train, spec.train_images, "train features")?;
     let (val_f, val_y) = layers(&val, spec.val_images, &format!("{} features", spec.eval_split))?;
+    let select_f = match &select {
+        Some(set) => Some(layers(set, spec.val_images, "held-out train features")?),
+        None => None,
+    };
     let dim = vit.dim;
     // k-NN on the final (normed) layer, L2-normalized as the monitor's features.
     let last = vit.depth;
@@ -142,32 +160,32 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
     let probes: Vec<ProbeResult> = (0..=last)
         .map(|l| {
             bar.inc(1);
-            let (top1, top5, train_top1) = linear_probe::<B>(
-                Features {
+            let fit = |x: &[f32], y: &[i64]| {
+                let train = Features {
                     x: &train_f[l],
                     y: &train_y,
-                },
-                Features {
-                    x: &val_f[l],
-                    y: &val_y,
-                },
-                dim,
-                classes,
-                &spec.probe,
-                device,
-            );
+                };
+                linear_probe::<B>(train, Features { x, y }, dim, classes, &spec.probe, device)
+            };
+            let (top1, top5, train_top1) = fit(&val_f[l], &val_y);
             ProbeResult {
                 layer: l + 1,
                 top1,
                 top5,
                 train_top1,
+                select_top1: select_f.as_ref().map(|(f, y)| fit(&f[l], y).0),
             }
         })
         .collect();
     bar.finish_and_clear();
+    // The layer is a choice: made on the held-out rows when the evaluation split is `test`.
     let best_probe = *probes
         .iter()
-        .max_by(|a, b| a.top1.total_cmp(&b.top1))
+        .max_by(|a, b| {
+            a.select_top1
+                .unwrap_or(a.top1)
+                .total_cmp(&b.select_top1.unwrap_or(b.top1))
+        })
         .expect("depth >= 1");
     let manifest = pipeline::prepare::load_manifest(&spec.data)?;
     let s = &frozen.source;
@@ -184,6 +202,10 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
         knn: knn_result,
         probes,
         best_probe,
+        select_split: match select {
+            Some(_) => "train-holdout".into(),
+            None => spec.eval_split.clone(),
+        },
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -41,6 +41,10 @@ pub struct ProbeResult {
     pub top1: f64,
     pub top5: f64,
     pub train_top1: f64,
+    /// Top-1 on the held-out train rows the best layer is chosen on, when the evaluation split
+    /// is `test`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_top1: Option<f64>,
 }
 
 /// Features `[n, dim]` row-major with their labels.

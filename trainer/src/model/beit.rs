@@ -9,7 +9,7 @@ use rand::Rng;
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::token_cross_entropy;
 use crate::model::masking::draw_mask;
-use crate::model::objective::{Masks, MethodSpec, MimBatch, MimOutput, Objective};
+use crate::model::objective::{MaskedPositions, MethodSpec, MimBatch, MimOutput, Objective, Term};
 use crate::model::vit::{gather_tokens, token_linear, Mode, Vit, VitConfig};
 
 #[derive(Module, Debug)]
@@ -33,10 +33,18 @@ impl<B: Backend> Beit<B> {
 
 impl<B: Backend> Objective<B> for Beit<B> {
     type Options = ();
+    type Masks = MaskedPositions<B>;
+    const TOKEN_TARGETS: bool = true;
+    /// Token cross-entropy on the masked positions, and the share predicted right.
+    const TERMS: &'static [&'static str] = &["mim", "mim_accuracy"];
 
     /// BEiT's 40% of the patches.
     fn paper_mask_count(patches: usize) -> usize {
         patches * 2 / 5
+    }
+
+    fn validate(spec: &MethodSpec<'_, ()>) -> Result<(), String> {
+        spec.check_masks(Self::TOKEN_TARGETS)
     }
 
     fn build<R: Rng>(spec: &MethodSpec<'_, ()>, rng: &mut R, device: &B::Device) -> Self {
@@ -49,12 +57,12 @@ impl<B: Backend> Objective<B> for Beit<B> {
         batch: usize,
         rng: &dyn Fn(usize) -> rand_chacha::ChaCha8Rng,
         device: &B::Device,
-    ) -> Masks<B> {
+    ) -> MaskedPositions<B> {
         let g = spec.vit.grid();
         let m: Vec<Vec<bool>> = (0..batch)
             .map(|j| draw_mask(&mut rng(j), g, g, spec.mask_count, spec.masking))
             .collect();
-        Masks::masked(&m, device)
+        MaskedPositions::new(&m, device)
     }
 
     fn encoder(&self) -> &Vit<B> {
@@ -64,11 +72,9 @@ impl<B: Backend> Objective<B> for Beit<B> {
     /// # Shapes
     /// - batch.images: `[batch, 3, height, width]`
     /// - batch.targets: `[batch, patches]`
-    /// - masks: `Masks::Masked` (`[batch, m]` positions and their `[batch, patches, 1]` weights)
-    fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B> {
-        let Masks::Masked { index, weight } = &batch.masks else {
-            panic!("BEiT trains on the Masks::Masked its draw_masks returns, got split masks");
-        };
+    /// - masks: `[batch, m]` positions and their `[batch, patches, 1]` weights
+    fn forward(&self, batch: &MimBatch<B, MaskedPositions<B>>, mode: Mode) -> MimOutput<B> {
+        let MaskedPositions { index, weight } = &batch.masks;
         let enc = &self.encoder;
         let x = enc.patch_embed.forward(batch.images.clone()); // [batch, patches, dim]
         let w = weight.clone();
@@ -80,9 +86,12 @@ impl<B: Backend> Objective<B> for Beit<B> {
         let logits = token_linear(&self.head, gather_tokens(h, index.clone() + 1)); // [batch, m, vocab]
         let vocab = logits.dims()[2];
         let logits = logits.reshape([b * m, vocab]);
-        let targets = batch.targets.clone().gather(1, index.clone()).reshape([b * m]);
+        let targets = batch.tokens().clone().gather(1, index.clone()).reshape([b * m]);
         let mim = token_cross_entropy(logits.clone(), targets.clone());
-        MimOutput::new(mim.clone(), mim, None, &logits, &targets)
+        MimOutput {
+            loss: mim.clone(),
+            terms: vec![Term::Value(mim), Term::accuracy(&logits, &targets)],
+        }
     }
 }
 
@@ -100,9 +109,7 @@ backend_tests! {
         let device = Default::default();
         let model = Beit::<TestBackend>::new(&tiny(), 64, &mut ChaCha8Rng::seed_from_u64(0), &device);
         let b = batch::<TestBackend>(2, 64, &device);
-        let Masks::Masked { index, .. } = &b.masks else {
-            unreachable!()
-        };
+        let index = &b.masks.index;
         let first: Vec<i64> = index.clone().into_data().iter::<i64>().collect();
         let (gy, gx) = (first[0] as usize / 4, first[0] as usize % 4);
         let before = model.forward(&b, Mode::Eval).loss.into_scalar();

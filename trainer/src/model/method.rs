@@ -8,7 +8,8 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::model::beit::Beit;
-use crate::model::objective::Objective;
+use crate::model::mae::{Mae, MaeConfig};
+use crate::model::objective::{MethodSpec, Objective};
 use crate::model::splitmask::{SplitMask, SplitMaskConfig};
 
 /// Which pre-training method; selects the model and the masks drawn for it.
@@ -17,6 +18,7 @@ use crate::model::splitmask::{SplitMask, SplitMaskConfig};
 pub enum Method {
     Beit,
     Splitmask,
+    Mae,
 }
 
 impl Method {
@@ -25,6 +27,7 @@ impl Method {
         match self {
             Method::Beit => "beit",
             Method::Splitmask => "splitmask",
+            Method::Mae => "mae",
         }
     }
 }
@@ -34,12 +37,16 @@ impl Method {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodOptions {
     pub splitmask: SplitMaskConfig,
+    /// Absent from runs older than MAE.
+    #[serde(default = "MaeConfig::new")]
+    pub mae: MaeConfig,
 }
 
 impl Default for MethodOptions {
     fn default() -> Self {
         MethodOptions {
             splitmask: SplitMaskConfig::new(),
+            mae: MaeConfig::new(),
         }
     }
 }
@@ -64,5 +71,30 @@ pub fn with_method<B: AutodiffBackend, W: WithMethod<B>>(
     match method {
         Method::Beit => work.run::<Beit<B>>(&()),
         Method::Splitmask => work.run::<SplitMask<B>>(&options.splitmask),
+        Method::Mae => work.run::<Mae<B>>(&options.mae),
     }
+}
+
+/// [`Objective::validate`] of `method` on `spec`, with the method's own options. Validation
+/// involves no tensor: it is run with the CPU backend's types.
+pub fn validate(method: Method, spec: &MethodSpec<'_, MethodOptions>) -> Result<(), String> {
+    struct Validate<'a>(&'a MethodSpec<'a, MethodOptions>);
+    impl<B: AutodiffBackend> WithMethod<B> for Validate<'_> {
+        type Output = Result<(), String>;
+        fn run<M>(self, options: &M::Options) -> Result<(), String>
+        where
+            M: Objective<B> + AutodiffModule<B>,
+            M::InnerModule: Objective<B::InnerBackend, Options = M::Options>,
+        {
+            let s = self.0;
+            M::validate(&MethodSpec {
+                vit: s.vit,
+                vocab_size: s.vocab_size,
+                masking: s.masking,
+                mask_count: s.mask_count,
+                options,
+            })
+        }
+    }
+    with_method::<crate::backend::CpuAutodiff, _>(method, spec.options, Validate(spec))
 }

@@ -1,5 +1,5 @@
 //! What a forward pass needs: the ViT encoder and its initialization, the pre-training
-//! methods (the [`objective::Objective`] trait, BEiT, SplitMask and the [`method`] registry)
+//! methods (the [`objective::Objective`] trait, BEiT, SplitMask, MAE and the [`method`] registry)
 //! with their masks and losses, the on-device tokenizer that makes their targets, and the
 //! fine-tuning classifier. Nothing here reads files or draws data.
 
@@ -8,6 +8,7 @@ pub mod classifier;
 pub mod device_tokenizer;
 pub mod init;
 pub mod losses;
+pub mod mae;
 pub mod masking;
 pub mod method;
 pub mod objective;

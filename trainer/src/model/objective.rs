@@ -1,6 +1,6 @@
 //! What every pre-training method implements ([`Objective`]) and what the methods share: the
-//! batch they train on, their masks and the losses they report. The methods themselves are
-//! one file each (`beit.rs`, `splitmask.rs`); `method.rs` names them.
+//! batch they train on, their kinds of masks and the terms they report. The methods themselves
+//! are one file each (`beit.rs`, `splitmask.rs`, `mae.rs`); `method.rs` names them.
 
 use std::sync::Arc;
 
@@ -10,29 +10,18 @@ use crate::kernels::fused::argmax_rows;
 use crate::model::masking::{complement, MaskSpec};
 use crate::model::vit::{Mode, Vit, VitConfig};
 
-/// Masks of one batch as index tensors.
+/// BEiT's masks: the positions replaced by the mask token (and predicted).
 #[derive(Debug, Clone)]
-pub enum Masks<B: Backend> {
-    /// BEiT: positions replaced by the mask token (and predicted).
-    Masked {
-        /// `[batch, m]` masked positions, ascending.
-        index: Tensor<B, 2, Int>,
-        /// `[batch, patches, 1]`: 1 at masked positions, 0 elsewhere.
-        weight: Tensor<B, 3>,
-    },
-    /// SplitMask: the patches each branch's encoder sees (`[batch, k]`, disjoint), and the
-    /// positions each branch predicts (`[batch, patches - k]`, the complement of what it saw).
-    Split {
-        a: Tensor<B, 2, Int>,
-        b: Tensor<B, 2, Int>,
-        hidden_a: Tensor<B, 2, Int>,
-        hidden_b: Tensor<B, 2, Int>,
-    },
+pub struct MaskedPositions<B: Backend> {
+    /// `[batch, m]` masked positions, ascending.
+    pub index: Tensor<B, 2, Int>,
+    /// `[batch, patches, 1]`: 1 at masked positions, 0 elsewhere.
+    pub weight: Tensor<B, 3>,
 }
 
-impl<B: Backend> Masks<B> {
+impl<B: Backend> MaskedPositions<B> {
     /// From per-sample boolean masks (all with the same count).
-    pub fn masked(masks: &[Vec<bool>], device: &B::Device) -> Self {
+    pub fn new(masks: &[Vec<bool>], device: &B::Device) -> Self {
         let n = masks[0].len();
         let index: Vec<i64> = masks
             .iter()
@@ -40,42 +29,105 @@ impl<B: Backend> Masks<B> {
             .collect();
         let m = index.len() / masks.len();
         let weight: Vec<f32> = masks.iter().flatten().map(|&b| b as u8 as f32).collect();
-        Masks::Masked {
+        MaskedPositions {
             index: Tensor::from_data(TensorData::new(index, [masks.len(), m]), device),
             weight: Tensor::from_data(TensorData::new(weight, [masks.len(), n, 1]), device),
         }
     }
+}
 
-    /// From per-sample visible sets (A, B) of a grid of `patches`.
-    pub fn split(branches: &[(Vec<usize>, Vec<usize>)], patches: usize, device: &B::Device) -> Self {
-        let index = |sets: Vec<&[usize]>| -> Tensor<B, 2, Int> {
+/// What one encoder pass sees and what it predicts: the visible patches (`[batch, k]`) and
+/// the complement (`[batch, patches - k]`), both ascending. MAE draws one per image, SplitMask
+/// two with disjoint visible sets.
+#[derive(Debug, Clone)]
+pub struct Branch<B: Backend> {
+    pub visible: Tensor<B, 2, Int>,
+    pub hidden: Tensor<B, 2, Int>,
+}
+
+impl<B: Backend> Branch<B> {
+    /// From per-sample visible sets of a grid of `patches` (all of one size).
+    pub fn new(visible: &[&[usize]], patches: usize, device: &B::Device) -> Self {
+        let index = |sets: &[Vec<usize>]| -> Tensor<B, 2, Int> {
             let k = sets[0].len();
             let v: Vec<i64> = sets.iter().flat_map(|s| s.iter().map(|&i| i as i64)).collect();
             Tensor::from_data(TensorData::new(v, [sets.len(), k]), device)
         };
-        let hidden: Vec<(Vec<usize>, Vec<usize>)> = branches
-            .iter()
-            .map(|(a, b)| (complement(a, patches), complement(b, patches)))
-            .collect();
-        Masks::Split {
-            a: index(branches.iter().map(|h| h.0.as_slice()).collect()),
-            b: index(branches.iter().map(|h| h.1.as_slice()).collect()),
-            hidden_a: index(hidden.iter().map(|h| h.0.as_slice()).collect()),
-            hidden_b: index(hidden.iter().map(|h| h.1.as_slice()).collect()),
+        let seen: Vec<Vec<usize>> = visible.iter().map(|v| v.to_vec()).collect();
+        let hidden: Vec<Vec<usize>> = visible.iter().map(|v| complement(v, patches)).collect();
+        Branch {
+            visible: index(&seen),
+            hidden: index(&hidden),
         }
     }
 }
 
-/// One training batch on the device.
+/// SplitMask's masks: two branches whose visible sets are disjoint.
 #[derive(Debug, Clone)]
-pub struct MimBatch<B: Backend> {
+pub struct Branches<B: Backend> {
+    pub a: Branch<B>,
+    pub b: Branch<B>,
+}
+
+impl<B: Backend> Branches<B> {
+    /// From per-sample visible sets (A, B) of a grid of `patches`.
+    pub fn new(branches: &[(Vec<usize>, Vec<usize>)], patches: usize, device: &B::Device) -> Self {
+        let a: Vec<&[usize]> = branches.iter().map(|h| h.0.as_slice()).collect();
+        let b: Vec<&[usize]> = branches.iter().map(|h| h.1.as_slice()).collect();
+        Branches {
+            a: Branch::new(&a, patches, device),
+            b: Branch::new(&b, patches, device),
+        }
+    }
+}
+
+/// What every method's masks show the tests and tools that inspect them.
+pub trait DrawnMasks<B: Backend>: std::fmt::Debug + Clone + Send {
+    /// The positions that define the masks, `[batch, k]` (BEiT: masked; MAE: visible;
+    /// SplitMask: branch A's visible): equal masks have equal positions.
+    fn positions(&self) -> Tensor<B, 2, Int>;
+}
+
+impl<B: Backend> DrawnMasks<B> for MaskedPositions<B> {
+    fn positions(&self) -> Tensor<B, 2, Int> {
+        self.index.clone()
+    }
+}
+
+impl<B: Backend> DrawnMasks<B> for Branch<B> {
+    fn positions(&self) -> Tensor<B, 2, Int> {
+        self.visible.clone()
+    }
+}
+
+impl<B: Backend> DrawnMasks<B> for Branches<B> {
+    fn positions(&self) -> Tensor<B, 2, Int> {
+        self.a.visible.clone()
+    }
+}
+
+/// One training batch on the device, with method `M`'s masks (`K`, its
+/// [`Objective::Masks`]): a method gets the masks its own `draw_masks` made, by type.
+#[derive(Debug, Clone)]
+pub struct MimBatch<B: Backend, K> {
     /// `[batch, 3, height, width]`, normalized.
     pub images: Tensor<B, 4>,
-    /// `[batch, patches]` visual tokens.
-    pub targets: Tensor<B, 2, Int>,
-    pub masks: Masks<B>,
+    /// `[batch, patches]` visual tokens; `None` for methods with pixel targets
+    /// ([`Objective::TOKEN_TARGETS`] false).
+    pub targets: Option<Tensor<B, 2, Int>>,
+    pub masks: K,
     /// Where SplitMask's InfoNCE takes its negatives from.
     pub negatives: Negatives<B>,
+}
+
+impl<B: Backend, K> MimBatch<B, K> {
+    /// The token targets of a token method. The configuration guarantees them (a token
+    /// method without a vocabulary is refused when the run is configured).
+    pub fn tokens(&self) -> &Tensor<B, 2, Int> {
+        self.targets
+            .as_ref()
+            .expect("a token-target method is configured with a vocabulary")
+    }
 }
 
 /// Gathers one rank's rows into the global batch's, for InfoNCE's negatives. Every rank
@@ -114,43 +166,53 @@ impl<B: Backend> Negatives<B> {
     }
 }
 
-/// Losses of one forward pass; scalars stay on the device until logged.
+/// One logged term of a forward pass, a scalar on the device until logged.
 #[derive(Debug, Clone)]
-pub struct MimOutput<B: Backend> {
-    /// What is minimized.
-    pub loss: Tensor<B, 1>,
-    /// Token cross-entropy on the predicted positions.
-    pub mim: Tensor<B, 1>,
-    /// SplitMask's InfoNCE term.
-    pub nce: Option<Tensor<B, 1>>,
-    /// The token logits (detached) and their targets, for [`MimOutput::accuracy`].
-    logits: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
+pub enum Term<B: Backend> {
+    Value(Tensor<B, 1>),
+    /// Share of rows whose argmax is the target. Computed only when logged: the argmax is a
+    /// pass over the whole `[positions, vocab]` logits, and steps log every few updates.
+    Accuracy {
+        logits: Tensor<B, 2>,
+        targets: Tensor<B, 1, Int>,
+    },
 }
 
-impl<B: Backend> MimOutput<B> {
-    pub fn new(
-        loss: Tensor<B, 1>,
-        mim: Tensor<B, 1>,
-        nce: Option<Tensor<B, 1>>,
-        logits: &Tensor<B, 2>,
-        targets: &Tensor<B, 1, Int>,
-    ) -> Self {
-        MimOutput {
-            loss,
-            mim,
-            nce,
+impl<B: Backend> Term<B> {
+    /// An accuracy term over detached logits.
+    pub fn accuracy(logits: &Tensor<B, 2>, targets: &Tensor<B, 1, Int>) -> Self {
+        Term::Accuracy {
             logits: logits.clone().detach(),
             targets: targets.clone(),
         }
     }
 
-    /// Share of predicted positions whose argmax is the target token. Computed when asked:
-    /// the loops log it every few steps, and the argmax is a pass over the whole
-    /// `[positions, vocab]` logits.
-    pub fn accuracy(&self) -> Tensor<B, 1> {
-        let pred = argmax_rows(self.logits.clone());
-        pred.equal(self.targets.clone()).float().mean()
+    pub fn value(&self) -> f64 {
+        let t = match self {
+            Term::Value(t) => t.clone(),
+            Term::Accuracy { logits, targets } => argmax_rows(logits.clone()).equal(targets.clone()).float().mean(),
+        };
+        t.into_scalar().elem::<f64>()
+    }
+}
+
+/// What a forward pass returns: the loss minimized and the method's terms, in the order of
+/// its [`Objective::TERMS`].
+#[derive(Debug, Clone)]
+pub struct MimOutput<B: Backend> {
+    pub loss: Tensor<B, 1>,
+    pub terms: Vec<Term<B>>,
+}
+
+impl<B: Backend> MimOutput<B> {
+    /// Term `i` as a device scalar (for tests and benchmarks; accuracies are computed).
+    pub fn term(&self, i: usize) -> f64 {
+        self.terms[i].value()
+    }
+
+    /// Every term's value, in [`Objective::TERMS`] order.
+    pub fn values(&self) -> Vec<f64> {
+        self.terms.iter().map(Term::value).collect()
     }
 }
 
@@ -159,21 +221,59 @@ impl<B: Backend> MimOutput<B> {
 #[derive(Debug)]
 pub struct MethodSpec<'a, O> {
     pub vit: &'a VitConfig,
+    /// Entries of the vocabulary (0: none, for methods with pixel targets).
     pub vocab_size: usize,
     pub masking: MaskSpec,
-    /// BEiT: masked patches per image. SplitMask: patches each branch sees.
+    /// BEiT and MAE: masked patches per image. SplitMask: patches each branch sees.
     pub mask_count: usize,
     pub options: &'a O,
 }
 
-/// A pre-training method: its model, the masks it draws and its loss. A new method is a file
-/// implementing this and an arm of `method::Method`.
+impl<O> MethodSpec<'_, O> {
+    /// Checks shared by the methods that mask patches: `mask_count` leaves patches on both
+    /// sides, and a token method has a vocabulary.
+    pub fn check_masks(&self, token_targets: bool) -> Result<(), String> {
+        let n = self.vit.num_patches();
+        if self.mask_count == 0 || self.mask_count >= n {
+            return Err(format!(
+                "mask_count {} is not in 1..{n} (the model's patches)",
+                self.mask_count
+            ));
+        }
+        if token_targets && self.vocab_size < 2 {
+            return Err(format!(
+                "a vocabulary of {} entries: this method predicts tokens",
+                self.vocab_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A pre-training method: its model, the masks it draws, its loss and the terms it logs. A new
+/// method is a file implementing this and an arm of `method::Method`.
 pub trait Objective<B: Backend>: Module<B> + Sized {
     /// The method's own options (recorded in the run's config.json).
     type Options: std::fmt::Debug + Send + Sync;
 
+    /// What [`Objective::draw_masks`] draws and [`Objective::forward`] reads: a method gets
+    /// the masks of its own kind, by type.
+    type Masks: DrawnMasks<B>;
+
+    /// Whether the batch carries visual tokens (BEiT, SplitMask) or the method predicts pixels
+    /// (MAE): a pixel method needs no vocabulary and its batches are not tokenized.
+    const TOKEN_TARGETS: bool;
+
+    /// The names of the terms [`Objective::forward`] returns, in order: metrics.jsonl's
+    /// columns beside `loss`.
+    const TERMS: &'static [&'static str];
+
     /// The paper's `mask_count` for a grid of `patches` (benchmarks; runs take the recipe's).
     fn paper_mask_count(patches: usize) -> usize;
+
+    /// Whether `spec` is a configuration this method can train: run on every resolved and
+    /// every read-back config.json, so a hand-edited one is refused with its reason.
+    fn validate(spec: &MethodSpec<'_, Self::Options>) -> Result<(), String>;
 
     /// The model, its weights drawn from `rng`.
     fn build<R: rand::Rng>(spec: &MethodSpec<'_, Self::Options>, rng: &mut R, device: &B::Device) -> Self;
@@ -185,17 +285,17 @@ pub trait Objective<B: Backend>: Module<B> + Sized {
         batch: usize,
         rng: &dyn Fn(usize) -> rand_chacha::ChaCha8Rng,
         device: &B::Device,
-    ) -> Masks<B>;
+    ) -> Self::Masks;
 
     /// The encoder being pre-trained (what is evaluated and exported).
     fn encoder(&self) -> &Vit<B>;
 
-    fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B>;
+    fn forward(&self, batch: &MimBatch<B, Self::Masks>, mode: Mode) -> MimOutput<B>;
 
     /// What the method does to its own weights after each applied optimizer update, on every rank
-    /// alike (so the replicas stay equal): nothing for BEiT and SplitMask; a joint-embedding
-    /// method moves its teacher towards the student here. `step` is the update just made
-    /// (0-based), for momentum schedules.
+    /// alike (so the replicas stay equal): nothing for the masked-image methods; a
+    /// joint-embedding method moves its teacher towards the student here. `step` is the update
+    /// just made (0-based), for momentum schedules.
     fn after_update(self, step: u64) -> Self {
         let _ = step;
         self
@@ -223,8 +323,12 @@ pub(crate) mod test_support {
             .with_drop_path(0.0)
     }
 
+    fn tokens<B: Backend>(b: usize, vocab: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+        Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int()
+    }
+
     /// Random 32 px images and tokens with uniform BEiT masks of 6 of the 16 patches.
-    pub fn beit_batch<B: Backend>(b: usize, vocab: usize, device: &B::Device) -> MimBatch<B> {
+    pub fn beit_batch<B: Backend>(b: usize, vocab: usize, device: &B::Device) -> MimBatch<B, MaskedPositions<B>> {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         B::seed(device, 3);
         let masks: Vec<_> = (0..b)
@@ -232,14 +336,14 @@ pub(crate) mod test_support {
             .collect();
         MimBatch {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
-            targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
-            masks: Masks::masked(&masks, device),
+            targets: Some(tokens(b, vocab, device)),
+            masks: MaskedPositions::new(&masks, device),
             negatives: Negatives::Local,
         }
     }
 
     /// Random 32 px images and tokens with block split masks (8 patches per half).
-    pub fn split_batch<B: Backend>(b: usize, vocab: usize, seed: u64, device: &B::Device) -> MimBatch<B> {
+    pub fn split_batch<B: Backend>(b: usize, vocab: usize, seed: u64, device: &B::Device) -> MimBatch<B, Branches<B>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         B::seed(device, seed);
         let halves: Vec<_> = (0..b)
@@ -247,14 +351,19 @@ pub(crate) mod test_support {
             .collect();
         MimBatch {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
-            targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
-            masks: Masks::split(&halves, 16, device),
+            targets: Some(tokens(b, vocab, device)),
+            masks: Branches::new(&halves, 16, device),
             negatives: Negatives::Local,
         }
     }
 
     /// Random 32 px images and tokens with quarter branches (4 of 16 patches each, uniform).
-    pub fn quarter_batch<B: Backend>(b: usize, vocab: usize, seed: u64, device: &B::Device) -> MimBatch<B> {
+    pub fn quarter_batch<B: Backend>(
+        b: usize,
+        vocab: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> MimBatch<B, Branches<B>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         B::seed(device, seed);
         let branches: Vec<_> = (0..b)
@@ -262,8 +371,27 @@ pub(crate) mod test_support {
             .collect();
         MimBatch {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
-            targets: Tensor::<B, 2>::random([b, 16], Distribution::Uniform(0.0, vocab as f64), device).int(),
-            masks: Masks::split(&branches, 16, device),
+            targets: Some(tokens(b, vocab, device)),
+            masks: Branches::new(&branches, 16, device),
+            negatives: Negatives::Local,
+        }
+    }
+
+    /// Random 32 px images (no tokens) with MAE's masks: 12 of the 16 patches dropped, uniformly.
+    pub fn mae_batch<B: Backend>(b: usize, device: &B::Device) -> MimBatch<B, Branch<B>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        B::seed(device, 5);
+        let visible: Vec<Vec<usize>> = (0..b)
+            .map(|_| {
+                let dropped = draw_mask(&mut rng, 4, 4, 12, MaskSpec::Uniform);
+                (0..16).filter(|&i| !dropped[i]).collect()
+            })
+            .collect();
+        let sets: Vec<&[usize]> = visible.iter().map(Vec::as_slice).collect();
+        MimBatch {
+            images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
+            targets: None,
+            masks: Branch::new(&sets, 16, device),
             negatives: Negatives::Local,
         }
     }

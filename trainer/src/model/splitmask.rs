@@ -13,7 +13,7 @@ use rand::Rng;
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::{info_nce, token_cross_entropy};
 use crate::model::masking::draw_split;
-use crate::model::objective::{Masks, MethodSpec, MimBatch, MimOutput, Objective};
+use crate::model::objective::{Branches, MethodSpec, MimBatch, MimOutput, Objective, Term};
 use crate::model::vit::{
     gather_tokens, layer_norm_module, norm, table_rows, token_linear, Block, BlockConfig, Mode, Vit, VitConfig,
 };
@@ -88,10 +88,42 @@ impl<B: Backend> SplitMask<B> {
 
 impl<B: Backend> Objective<B> for SplitMask<B> {
     type Options = SplitMaskConfig;
+    type Masks = Branches<B>;
+    const TOKEN_TARGETS: bool = true;
+    /// Token cross-entropy on the positions each branch did not see, the share predicted
+    /// right, and the InfoNCE between the branches.
+    const TERMS: &'static [&'static str] = &["mim", "mim_accuracy", "nce"];
 
     /// Each branch sees half the patches.
     fn paper_mask_count(patches: usize) -> usize {
         patches / 2
+    }
+
+    /// Halves (a mask and its complement, blocks or uniform) or uniform quarters; a decoder,
+    /// a positive temperature and at least one loss term.
+    fn validate(spec: &MethodSpec<'_, SplitMaskConfig>) -> Result<(), String> {
+        spec.check_masks(Self::TOKEN_TARGETS)?;
+        let (n, k) = (spec.vit.num_patches(), spec.mask_count);
+        let o = spec.options;
+        if k * 2 != n && k * 4 != n {
+            return Err(format!(
+                "each branch sees {k} of {n} patches: SplitMask splits into halves or quarters"
+            ));
+        }
+        if k * 4 == n && spec.masking != crate::model::masking::MaskSpec::Uniform {
+            return Err("quarter branches are drawn uniformly (masking uniform)".into());
+        }
+        if o.decoder_depth == 0 || o.temperature.is_nan() || o.temperature <= 0.0 {
+            return Err(format!(
+                "decoder_depth {} and temperature {} must be positive",
+                o.decoder_depth, o.temperature
+            ));
+        }
+        let weights = [o.mim_weight, o.contrastive_weight];
+        if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || weights.iter().all(|w| *w == 0.0) {
+            return Err(format!("loss weights {weights:?}: finite, non-negative, not both 0"));
+        }
+        Ok(())
     }
 
     fn build<R: Rng>(spec: &MethodSpec<'_, SplitMaskConfig>, rng: &mut R, device: &B::Device) -> Self {
@@ -105,12 +137,12 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         batch: usize,
         rng: &dyn Fn(usize) -> rand_chacha::ChaCha8Rng,
         device: &B::Device,
-    ) -> Masks<B> {
+    ) -> Branches<B> {
         let g = spec.vit.grid();
         let h: Vec<_> = (0..batch)
             .map(|j| draw_split(&mut rng(j), g, g, spec.mask_count, spec.masking))
             .collect();
-        Masks::split(&h, g * g, device)
+        Branches::new(&h, g * g, device)
     }
 
     fn encoder(&self) -> &Vit<B> {
@@ -120,18 +152,11 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
     /// # Shapes
     /// - batch.images: `[batch, 3, height, width]`
     /// - batch.targets: `[batch, patches]`
-    /// - masks: `Masks::Split`, visible sets of `[batch, k]` and hidden ones of
+    /// - masks: two branches, visible sets of `[batch, k]` and hidden ones of
     ///   `[batch, patches - k]`
-    fn forward(&self, batch: &MimBatch<B>, mode: Mode) -> MimOutput<B> {
-        let Masks::Split {
-            a,
-            b: b_idx,
-            hidden_a,
-            hidden_b,
-        } = &batch.masks
-        else {
-            panic!("SplitMask trains on the Masks::Split its draw_masks returns, got BEiT masks");
-        };
+    fn forward(&self, batch: &MimBatch<B, Branches<B>>, mode: Mode) -> MimOutput<B> {
+        let (a, b_idx) = (&batch.masks.a.visible, &batch.masks.b.visible);
+        let (hidden_a, hidden_b) = (&batch.masks.a.hidden, &batch.masks.b.hidden);
         let enc = &self.encoder;
         let [b, k] = a.dims();
         let h = hidden_a.dims()[1];
@@ -161,7 +186,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         let logits = token_linear(&self.head, pred);
         let vocab = logits.dims()[2];
         let logits = logits.reshape([2 * b * h, vocab]);
-        let targets = Tensor::cat(vec![batch.targets.clone(), batch.targets.clone()], 0)
+        let targets = Tensor::cat(vec![batch.tokens().clone(), batch.tokens().clone()], 0)
             .gather(1, missing)
             .reshape([2 * b * h]);
         let mim = token_cross_entropy(logits.clone(), targets.clone());
@@ -181,7 +206,10 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
             n => nce.clone() * n as f64 - nce.detach() * (n - 1) as f64,
         };
         let loss = mim.clone() * self.mim_weight + nce.clone() * self.contrastive_weight;
-        MimOutput::new(loss, mim, Some(nce), &logits, &targets)
+        MimOutput {
+            loss,
+            terms: vec![Term::Value(mim), Term::accuracy(&logits, &targets), Term::Value(nce)],
+        }
     }
 }
 
@@ -215,8 +243,7 @@ backend_tests! {
         assert_eq!(model.decoder_blocks.len(), 2);
         assert_eq!(model.decoder_pos.dims(), [1, 16, 32]);
         let out = model.forward(&batch(3, 64, 1, &device), Mode::Eval);
-        let mim = out.mim.into_scalar();
-        let nce = out.nce.unwrap().into_scalar();
+        let (mim, nce) = (out.term(0) as f32, out.term(2) as f32);
         let loss = out.loss.into_scalar();
         // Untrained: token CE near ln 64, InfoNCE near ln 3 (batch of 3).
         assert!((mim - 64f32.ln()).abs() < 0.5, "{mim}");
@@ -232,19 +259,12 @@ backend_tests! {
         let device = Default::default();
         let model = SplitMask::<TestBackend>::tiny(64, &device);
         let b = quarter_batch::<TestBackend>(2, 64, 3, &device);
-        let Masks::Split {
-            a,
-            b: bb,
-            hidden_a,
-            hidden_b,
-        } = &b.masks
-        else {
-            unreachable!()
-        };
+        let (a, bb) = (&b.masks.a.visible, &b.masks.b.visible);
+        let (hidden_a, hidden_b) = (&b.masks.a.hidden, &b.masks.b.hidden);
         assert_eq!((a.dims(), bb.dims()), ([2, 4], [2, 4]));
         assert_eq!((hidden_a.dims(), hidden_b.dims()), ([2, 12], [2, 12]));
         let out = model.forward(&b, Mode::Eval);
-        let mim = out.mim.clone().into_scalar();
+        let mim = out.term(0) as f32;
         assert!((mim - 64f32.ln()).abs() < 0.5, "{mim}");
         // A patch of sample 0 that neither branch sees.
         let seen: Vec<i64> = a
@@ -265,10 +285,10 @@ backend_tests! {
         let before = out.loss.into_scalar();
         assert!((before - after).abs() < 1e-6, "unseen pixels leak: {before} vs {after}");
         let mut target = b.clone();
-        let old: i64 = b.targets.clone().slice([0..1, unseen..unseen + 1]).into_scalar().elem();
+        let old: i64 = b.tokens().clone().slice([0..1, unseen..unseen + 1]).into_scalar().elem();
         let t = Tensor::<TestBackend, 2, Int>::from_data(TensorData::new(vec![(old + 1) % 64], [1, 1]), &device);
-        target.targets = target.targets.slice_assign([0..1, unseen..unseen + 1], t);
-        let moved = model.forward(&target, Mode::Eval).mim.into_scalar();
+        target.targets = Some(b.tokens().clone().slice_assign([0..1, unseen..unseen + 1], t));
+        let moved = model.forward(&target, Mode::Eval).term(0) as f32;
         assert!((moved - mim).abs() > 1e-6, "hidden patches carry a loss");
     }
 
@@ -282,11 +302,8 @@ backend_tests! {
                 .with_contrastive_weight(nce_weight);
             let model = SplitMask::<TestBackend>::new(&tiny(), &cfg, 64, &mut ChaCha8Rng::seed_from_u64(0), &device);
             let out = model.forward(&b, Mode::Eval);
-            let (loss, mim, nce) = (
-                out.loss.into_scalar(),
-                out.mim.into_scalar(),
-                out.nce.unwrap().into_scalar(),
-            );
+            let (mim, nce) = (out.term(0) as f32, out.term(2) as f32);
+            let loss = out.loss.into_scalar();
             let want = mim_weight as f32 * mim + nce_weight as f32 * nce;
             assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
         }

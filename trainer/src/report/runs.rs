@@ -112,8 +112,12 @@ fn read_metrics(run: &mut Run, metrics: &Path) -> Result<()> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
             continue;
         };
-        if let (Some(step), Some(mim)) = (v["step"].as_f64(), v["mim"].as_f64()) {
-            run.mim.push((step, mim));
+        // A pre-training line: a token method's `mim` or MAE's `mse` (the token loss curve is
+        // the token methods' alone: a pixel MSE is not on its scale).
+        if v.get("mim").is_some() || v.get("mse").is_some() {
+            if let (Some(step), Some(mim)) = (v["step"].as_f64(), v["mim"].as_f64()) {
+                run.mim.push((step, mim));
+            }
             if let (Some(epoch), Some(knn)) = (v["epoch"].as_f64(), v["knn_top1"].as_f64()) {
                 run.knn.push((epoch, 100.0 * knn));
             }

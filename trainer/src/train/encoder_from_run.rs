@@ -1,7 +1,8 @@
-//! The encoder of a finished pre-training run, loaded strictly: every encoder parameter must be
-//! in the checkpoint with its shape, and every other key must be a pre-training head (BEiT's
-//! mask token and token head, SplitMask's decoder). Fine-tuning, `trainer eval` and the timm
-//! export all load through here.
+//! The encoder of a finished run, loaded strictly: every encoder parameter must be in the
+//! checkpoint with its shape, and every other key must be a head fine-tuning drops (BEiT's mask
+//! token and token head, SplitMask's and MAE's decoders; a fine-tuned classifier's head). A
+//! fine-tuning run may also start from another fine-tuning run or a timm folder. Fine-tuning,
+//! `trainer eval` and the timm export all load through here.
 
 use std::path::Path;
 
@@ -13,12 +14,25 @@ use crate::error::{CheckpointError, InitError, Result};
 use crate::eval::frozen::{EncoderSource, FrozenEncoder};
 use crate::model::classifier::Classifier;
 use crate::model::vit::{Vit, VitConfig};
-use crate::train::config::{init_paths, load_config, PretrainConfig};
+use crate::train::config::{init_paths, load_config, InitKind, InitSource, PretrainConfig};
 use crate::train::tensor_file::{load_params, load_tensors, split_optimizer, NamedTensors};
+use crate::train::timm_import::encoder_from_timm;
+
+/// A fine-tuned classifier's own parameters, which another fine-tuning run replaces.
+const CLASSIFIER_ONLY: [&str; 2] = ["head.", "fc_norm."];
 
 /// Parameters of the pre-training models that fine-tuning drops (BEiT: mask token and token
-/// head; SplitMask: also the decoder). Anything else in a checkpoint must load.
-pub const PRETRAIN_ONLY: [&str; 5] = ["mask_token", "decoder_pos", "head.", "decoder_blocks.", "decoder_norm."];
+/// head; SplitMask: also the decoder; MAE: its decoder's embedding and pixel head too).
+/// Anything else in a checkpoint must load.
+pub const PRETRAIN_ONLY: [&str; 7] = [
+    "mask_token",
+    "decoder_pos",
+    "head.",
+    "decoder_blocks.",
+    "decoder_norm.",
+    "decoder_embed.",
+    "decoder_pred.",
+];
 
 /// A pre-training run's encoder weights (`encoder.*`, prefix kept), checked strictly: every
 /// other key must be a pre-training head, and the run's encoder must have `vit`'s shape.
@@ -43,6 +57,11 @@ pub fn pretrained_encoder(init: &Path, vit: &VitConfig) -> Result<(PretrainConfi
 /// The `encoder.*` tensors of a pre-training checkpoint; any key that is neither those nor a
 /// pre-training head is an error naming it.
 fn encoder_tensors(path: &Path) -> Result<NamedTensors> {
+    encoder_tensors_dropping(path, &PRETRAIN_ONLY)
+}
+
+/// The `encoder.*` tensors of a checkpoint whose other keys all start with one of `heads`.
+fn encoder_tensors_dropping(path: &Path, heads: &[&str]) -> Result<NamedTensors> {
     let path = path.to_path_buf();
     let (all, _) = load_tensors(&path)?;
     let (params, _optimizer) = split_optimizer(all);
@@ -50,7 +69,7 @@ fn encoder_tensors(path: &Path) -> Result<NamedTensors> {
         params.into_iter().partition(|(k, _)| k.starts_with("encoder."));
     let stray: Vec<String> = rest
         .keys()
-        .filter(|k| !PRETRAIN_ONLY.iter().any(|p| k.as_str() == *p || k.starts_with(p)))
+        .filter(|k| !heads.iter().any(|p| k.as_str() == *p || k.starts_with(p)))
         .cloned()
         .collect();
     if !stray.is_empty() {
@@ -67,7 +86,20 @@ pub fn load_encoder<B: Backend>(
     file: &Path,
     device: &B::Device,
 ) -> Result<Classifier<B>> {
-    let fresh = |k: &str| k.starts_with("fc_norm.") || k.starts_with("head.");
+    load_encoder_with(model, encoder, file, false, device)
+}
+
+/// [`load_encoder`], the encoder's final norm allowed to be absent when `absent_norm`.
+fn load_encoder_with<B: Backend>(
+    model: Classifier<B>,
+    encoder: &NamedTensors,
+    file: &Path,
+    absent_norm: bool,
+    device: &B::Device,
+) -> Result<Classifier<B>> {
+    let fresh = |k: &str| {
+        k.starts_with("fc_norm.") || k.starts_with("head.") || (absent_norm && k.starts_with("encoder.norm."))
+    };
     let (model, unexpected) = load_params(model, encoder, &fresh, file, device)?;
     if !unexpected.is_empty() {
         return Err(CheckpointError::Unexpected {
@@ -77,6 +109,27 @@ pub fn load_encoder<B: Backend>(
         .into());
     }
     Ok(model)
+}
+
+/// The classifier with `init`'s encoder (its own head and `fc_norm` start fresh): a
+/// pre-training run's, a fine-tuning run's (supervised transfer to another class count) or a
+/// timm folder's, every encoder parameter present with the shape of `vit`.
+pub fn init_classifier<B: Backend>(
+    model: Classifier<B>,
+    init: &InitSource,
+    vit: &VitConfig,
+    device: &B::Device,
+) -> Result<Classifier<B>> {
+    let file = init.checkpoint.clone().unwrap_or_else(|| init_paths(&init.run).1);
+    let encoder = match init.kind {
+        InitKind::Pretrain => pretrained_encoder(&file, vit)?.1,
+        InitKind::Finetune => encoder_tensors_dropping(&file, &CLASSIFIER_ONLY)?,
+        InitKind::Timm => encoder_from_timm(load_tensors(&file)?.0, &file)?,
+    };
+    // A timm classifier has no final norm (its `fc_norm` replaces it); the classifier does
+    // not use it either.
+    let absent_norm = init.kind == InitKind::Timm && !encoder.contains_key("encoder.norm.gamma");
+    load_encoder_with(model, &encoder, &file, absent_norm, device)
 }
 
 /// A pre-training run's configuration and its encoder with the checkpoint's weights; `init`
@@ -107,7 +160,7 @@ pub fn frozen_encoder<B: Backend>(init: &Path, device: &B::Device) -> Result<Fro
         source: EncoderSource {
             init: cfg.method.name().to_string(),
             run: Some(init.to_path_buf()),
-            vocab: Some(cfg.vocab.clone()),
+            vocab: cfg.vocab.clone(),
             pretrain_steps: cfg.schedule.total_steps,
             seed: cfg.run.seed,
         },

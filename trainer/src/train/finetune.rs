@@ -28,8 +28,8 @@ use crate::model::classifier::Classifier;
 use crate::model::losses::soft_cross_entropy;
 use crate::model::vit::Mode;
 use crate::seed::mix;
-use crate::train::config::{FinetuneConfig, HeadInit, RunConfig, Schedule};
-use crate::train::encoder_from_run::{load_encoder, pretrained_encoder};
+use crate::train::config::{FinetuneConfig, HeadInit, InitSource, RunConfig, Schedule};
+use crate::train::encoder_from_run::init_classifier;
 use crate::train::engine::{Divergence, Engine, MicroOutput, Setup, Signals, TrainConfig, Update};
 use crate::train::optim::layer_decay_scale;
 use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
@@ -92,9 +92,13 @@ pub struct FinetuneResults {
     /// The final model on every image of the evaluation split.
     #[serde(alias = "val")]
     pub eval: ClassifyResult,
-    /// Best top-1 among the periodic evaluations (possibly on a subset).
+    /// Best top-1 among the periodic evaluations (possibly on a subset), on `select_split`.
     pub best_top1: f64,
     pub best_step: u64,
+    /// Where the periodic evaluations and `best_top1` ran: the evaluation split, or
+    /// `train-holdout` (train rows not trained on) when that is `test`.
+    #[serde(default = "val")]
+    pub select_split: String,
     pub seconds: f64,
     /// The largest class's share of the evaluation split's labels: what always predicting it
     /// scores.
@@ -190,14 +194,15 @@ pub fn finetune_on<B: AutodiffBackend>(
     let ckpt = cfg.run.checkpoint_path();
     let resuming = resume && ckpt.exists();
     if let (false, Some(init)) = (resuming, &cfg.init) {
-        let file = init.checkpoint.as_ref().unwrap_or(&init.run);
-        let (pre, encoder) = pretrained_encoder(file, &cfg.vit)?;
-        let file = init.checkpoint.clone().unwrap_or_else(|| pre.run.checkpoint_path());
-        model = load_encoder(model, &encoder, &file, device)?;
+        model = init_classifier(model, init, &cfg.vit, device)?;
     }
-    let mut train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
+    let train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
+    let (mut train, mut select) = cfg.run.split_train(train);
     let mut eval = ImageSet::load_with(&cfg.run.data, &cfg.run.eval_split, &cfg.run.loader)?;
-    for set in [&mut train, &mut eval] {
+    for set in [Some(&mut train), Some(&mut eval), select.as_mut()]
+        .into_iter()
+        .flatten()
+    {
         if writes {
             record_skipped(&cfg.run.out, set)?;
         }
@@ -227,6 +232,7 @@ pub fn finetune_on<B: AutodiffBackend>(
     let sets = Sets {
         train: Arc::new(train),
         eval,
+        select,
         started,
     };
     // One model, replicated: the same weights and parameter ids on every rank.
@@ -240,7 +246,16 @@ pub fn finetune_on<B: AutodiffBackend>(
 struct Sets {
     train: Arc<ImageSet>,
     eval: ImageSet,
+    /// The train rows held out for the periodic evaluations when `eval` is the test split.
+    select: Option<ImageSet>,
     started: Instant,
+}
+
+impl Sets {
+    /// What the periodic evaluations (and the best top-1) run on.
+    fn select(&self) -> &ImageSet {
+        self.select.as_ref().unwrap_or(&self.eval)
+    }
 }
 
 impl TrainConfig for FinetuneConfig {
@@ -343,11 +358,12 @@ impl EvalAt {
     }
 }
 
-/// Rank 0's evaluations during the run.
+/// Rank 0's evaluations during the run: periodic ones on the selection split (the evaluation
+/// split, or held-out train rows when that is `test`), the final one on every evaluation image.
 struct Evals<'a> {
     cfg: &'a FinetuneConfig,
     sets: &'a Sets,
-    /// The evaluation images of periodic evaluations.
+    /// The selection split's images of periodic evaluations.
     during: Vec<usize>,
     /// Train images whose accuracy (on clean views) is measured beside each evaluation.
     train_probe: Vec<usize>,
@@ -356,9 +372,10 @@ struct Evals<'a> {
 
 impl<'a> Evals<'a> {
     fn new(cfg: &'a FinetuneConfig, sets: &'a Sets) -> Self {
+        let select = sets.select();
         let during = cfg
             .eval_images
-            .map_or_else(|| (0..sets.eval.samples.len()).collect(), |n| sets.eval.spread(n));
+            .map_or_else(|| (0..select.samples.len()).collect(), |n| select.spread(n));
         // Train accuracy on clean views of as many train images as the periodic evaluation uses.
         let train_probe = sets.train.spread(during.len().min(TRAIN_PROBE_IMAGES));
         Evals {
@@ -366,7 +383,7 @@ impl<'a> Evals<'a> {
             sets,
             during,
             train_probe,
-            what: format!("evaluating {}", cfg.run.eval_split),
+            what: format!("evaluating {}", cfg.run.select_split()),
         }
     }
 
@@ -383,20 +400,26 @@ impl<'a> Evals<'a> {
         let classify_on = |frozen: &Classifier<B::InnerBackend>, set: &ImageSet, picks: &[usize], what: &str| {
             classify(frozen, eval_pass(cfg, set, picks, what), engine.device())
         };
-        let (eval, train_top1) = match at {
-            EvalAt::None => (None, None),
+        // `eval`: the metrics line's (the selection split's); `last`: every evaluation image,
+        // at the end of the schedule.
+        let (eval, train_top1, last) = match at {
+            EvalAt::None => (None, None, None),
             EvalAt::Periodic | EvalAt::Final => {
                 let frozen = model.valid();
-                let all: Vec<usize>;
-                let picks = if at == EvalAt::Final {
-                    all = (0..sets.eval.samples.len()).collect();
-                    &all
-                } else {
-                    &self.during
+                let last = match at {
+                    EvalAt::Final => {
+                        let all: Vec<usize> = (0..sets.eval.samples.len()).collect();
+                        let what = format!("evaluating {}", cfg.run.eval_split);
+                        Some(classify_on(&frozen, &sets.eval, &all, &what)?)
+                    }
+                    _ => None,
                 };
-                let e = classify_on(&frozen, &sets.eval, picks, &self.what)?;
+                let e = match (&last, &sets.select) {
+                    (Some(last), None) => last.clone(),
+                    _ => classify_on(&frozen, sets.select(), &self.during, &self.what)?,
+                };
                 let t = classify_on(&frozen, &sets.train, &self.train_probe, "train accuracy")?;
-                (Some(e), Some(t.top1))
+                (Some(e), Some(t.top1), last)
             }
         };
         if let Some(loss) = update.logged.as_ref().map(|v| v[0]) {
@@ -423,17 +446,18 @@ impl<'a> Evals<'a> {
                 "loss {:.3} {:.0} img/s{}",
                 line.loss,
                 line.images_per_s,
-                v.map(|v| format!(" {} top-1 {:.1}%", cfg.run.eval_split, 100.0 * v.top1))
+                v.map(|v| format!(" {} top-1 {:.1}%", cfg.run.select_split(), 100.0 * v.top1))
                     .unwrap_or_default()
             ));
         }
-        Ok(eval.filter(|_| at == EvalAt::Final))
+        Ok(last)
     }
 }
 
 /// `results.json` of a run whose last step scored `e` on every evaluation image.
 fn write_final(cfg: &FinetuneConfig, sets: &Sets, state: &TrainState, e: ClassifyResult) -> Result<FinetuneResults> {
     let (best_top1, best_step) = best_eval(&cfg.run.metrics_path());
+    let held_out = cfg.run.select_fraction.is_some();
     let start_file = cfg.run.out.join(START_FILE);
     let start: Option<StartEval> = start_file.exists().then(|| read_json(&start_file)).transpose()?;
     let majority_share = label_majority_share(&sets.eval, cfg.classes);
@@ -441,15 +465,25 @@ fn write_final(cfg: &FinetuneConfig, sets: &Sets, state: &TrainState, e: Classif
         kind: "finetune".into(),
         dataset: cfg.run.dataset.clone(),
         model: cfg.model.clone(),
-        init: cfg.init.as_ref().map_or("random", |i| i.method.name()).into(),
+        init: cfg.init.as_ref().map_or_else(|| "random".into(), InitSource::name),
         init_run: cfg.init.as_ref().map(|i| i.run.clone()),
-        vocab: cfg.init.as_ref().map(|i| i.vocab.clone()),
+        vocab: cfg.init.as_ref().and_then(|i| i.vocab.clone()),
         seed: cfg.run.seed,
         epochs: cfg.schedule.epochs,
         steps: state.step,
         eval_split: cfg.run.eval_split.clone(),
-        best_top1: best_top1.max(e.top1),
-        best_step: if e.top1 >= best_top1 { state.step } else { best_step },
+        // With held-out selection rows the final test number is not a candidate: the best is
+        // the selection split's alone.
+        best_top1: match held_out {
+            true => best_top1,
+            false => best_top1.max(e.top1),
+        },
+        best_step: if held_out || e.top1 < best_top1 {
+            best_step
+        } else {
+            state.step
+        },
+        select_split: cfg.run.select_split(),
         seconds: sets.started.elapsed().as_secs_f64(),
         majority_share,
         top_prediction_share: e.majority_share(),

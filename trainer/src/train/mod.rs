@@ -1,7 +1,7 @@
 //! Training runs: the training engine both loops share, the optimizer and learning-rate
 //! schedule, tensor files, the run folder (`config.json`, `metrics.jsonl`, `results.json`,
 //! checkpoints), configuration resolved from the command line and the dataset recipe, loading
-//! a finished run's encoder, and the pre-training and fine-tuning loops.
+//! a finished run's encoder (or a timm export's), and the pre-training and fine-tuning loops.
 
 pub mod config;
 pub mod encoder_from_run;
@@ -13,3 +13,4 @@ pub mod pretrain;
 pub mod run_folder;
 pub mod schedule;
 pub mod tensor_file;
+pub mod timm_import;

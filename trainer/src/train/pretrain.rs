@@ -6,6 +6,7 @@
 //! masks and the backend RNG (drop path) of update `t` are seeded from (seed, t). A resumed run
 //! therefore continues with the same losses as an uninterrupted one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use burn::module::AutodiffModule;
@@ -23,7 +24,7 @@ use crate::eval::features::{features, Pass};
 use crate::eval::knn::{knn, K, TEMPERATURE};
 use crate::model::device_tokenizer::DeviceTokenizer;
 use crate::model::method::{with_method, WithMethod};
-use crate::model::objective::{MethodSpec, MimBatch, MimOutput, Negatives, Objective};
+use crate::model::objective::{MethodSpec, MimBatch, Negatives, Objective};
 use crate::model::vit::{Mode, Vit};
 use crate::seed::mix;
 use crate::train::config::{PretrainConfig, RunConfig, Schedule, Targets};
@@ -39,12 +40,10 @@ pub struct MetricsLine {
     pub epoch: f64,
     #[serde(deserialize_with = "nan_from_null")]
     pub loss: f64,
-    #[serde(deserialize_with = "nan_from_null")]
-    pub mim: f64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub nce: Option<f64>,
-    #[serde(deserialize_with = "nan_from_null")]
-    pub mim_accuracy: f64,
+    /// The method's terms by name (its `Objective::TERMS`: BEiT's `mim` and `mim_accuracy`,
+    /// SplitMask's and `nce`, MAE's `mse`), `null` where not finite.
+    #[serde(flatten)]
+    pub terms: BTreeMap<String, Option<f64>>,
     #[serde(deserialize_with = "nan_from_null")]
     pub lr: f64,
     #[serde(deserialize_with = "nan_from_null")]
@@ -57,9 +56,18 @@ pub struct MetricsLine {
     /// from its shards (`--cache none`, or `auto` on a split over `--loader-memory-mb`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub loader_mb: Option<f64>,
-    /// k-NN top-1 of the frozen encoder (train bank, val queries), on monitor steps.
+    /// k-NN top-1 of the frozen encoder (train bank, queries from the run's selection split:
+    /// `config.json`'s `eval_split`, or held-out train rows when that is `test`), on monitor
+    /// steps.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub knn_top1: Option<f64>,
+}
+
+impl MetricsLine {
+    /// Term `name` (NaN where it was not finite); `None` when the method has no such term.
+    pub fn term(&self, name: &str) -> Option<f64> {
+        self.terms.get(name).map(|v| v.unwrap_or(f64::NAN))
+    }
 }
 
 fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -185,7 +193,7 @@ impl TrainConfig for PretrainConfig {
 /// What every rank reads, loaded once: the vocabulary, the training split (its rows shared by
 /// the ranks' loaders) and the k-NN monitor's queries.
 struct Inputs {
-    vocab: pipeline::vocab::tokenizer::Vocabulary,
+    vocab: Option<pipeline::vocab::tokenizer::Vocabulary>,
     set: Arc<ImageSet>,
     knn_queries: Option<ImageSet>,
 }
@@ -193,23 +201,28 @@ struct Inputs {
 impl Inputs {
     /// `writes`: this process records the rows left out (node 0's).
     fn load(cfg: &PretrainConfig, writes: bool) -> Result<Inputs> {
-        let (vocab, _) = pipeline::vocab::tokenizer::Vocabulary::load(&cfg.vocab)?;
-        let mut set = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
+        let vocab = match &cfg.vocab {
+            Some(path) => Some(pipeline::vocab::tokenizer::Vocabulary::load(path)?.0),
+            None => None,
+        };
+        let train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
+        let (mut set, held) = cfg.run.split_train(train);
         if let Some(n) = cfg.run.limit_images {
             set = set.truncate(n);
         }
-        if cfg.targets == Targets::Pretokenized {
-            set.attach_tokens(&cfg.vocab_sha256)?;
+        if let (Targets::Pretokenized, Some(sha)) = (cfg.targets, &cfg.vocab_sha256) {
+            set.attach_tokens(sha)?;
         }
-        // The k-NN monitor's bank is the training set itself; its queries the evaluation split.
-        let knn_queries = if cfg.knn_every > 0 {
-            Some(ImageSet::load_with(
+        // The k-NN monitor's bank is the training set itself; its queries the selection rows
+        // (the held-out train rows when the evaluation split is the test split).
+        let knn_queries = match (cfg.knn_every > 0, held) {
+            (false, _) => None,
+            (true, Some(held)) => Some(held),
+            (true, None) => Some(ImageSet::load_with(
                 &cfg.run.data,
                 &cfg.run.eval_split,
                 &cfg.run.loader,
-            )?)
-        } else {
-            None
+            )?),
         };
         for s in std::iter::once(&set).chain(&knn_queries).filter(|_| writes) {
             record_skipped(&cfg.run.out, s)?;
@@ -222,52 +235,26 @@ impl Inputs {
     }
 }
 
-/// The device batch of a host batch: images, their tokens, and the step's masks, drawn per
-/// sample from `mask_seed` and its position in the global batch (from `host.first`).
-pub fn device_batch<B: AutodiffBackend>(
-    cfg: &PretrainConfig,
-    tokenizer: &DeviceTokenizer<B>,
-    host: HostBatch,
-    mask_seed: u64,
-    device: &B::Device,
-) -> MimBatch<B> {
-    struct Draw<'a, B: AutodiffBackend>(
-        &'a PretrainConfig,
-        &'a DeviceTokenizer<B>,
-        HostBatch,
-        u64,
-        &'a B::Device,
-    );
-    impl<B: AutodiffBackend> WithMethod<B> for Draw<'_, B> {
-        type Output = MimBatch<B>;
-        fn run<M>(self, options: &M::Options) -> MimBatch<B>
-        where
-            M: Objective<B> + AutodiffModule<B>,
-            M::InnerModule: Objective<B::InnerBackend, Options = M::Options>,
-        {
-            let Draw(cfg, tokenizer, host, seed, device) = self;
-            method_batch::<B, M>(&cfg.spec(options), tokenizer, host, seed, device)
-        }
-    }
-    with_method::<B, _>(cfg.method, &cfg.options, Draw(cfg, tokenizer, host, mask_seed, device))
-}
-
-/// [`device_batch`] for method `M`.
-fn method_batch<B: Backend, M: Objective<B>>(
+/// Method `M`'s device batch of a host batch: the images, their tokens when `M` predicts
+/// tokens (from the shards, or the device tokenizer), and the step's masks, drawn per sample
+/// from `mask_seed` and its position in the global batch (from `host.first`).
+pub fn device_batch<B: Backend, M: Objective<B>>(
     spec: &MethodSpec<'_, M::Options>,
-    tokenizer: &DeviceTokenizer<B>,
+    tokenizer: Option<&DeviceTokenizer<B>>,
     host: HostBatch,
     mask_seed: u64,
     device: &B::Device,
-) -> MimBatch<B> {
+) -> MimBatch<B, M::Masks> {
     let (b, s, first) = (host.len(), host.size, host.first);
     let images = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, s, s]), device);
-    let targets = match host.tokens {
-        Some(t) => {
+    let targets = match (M::TOKEN_TARGETS, host.tokens, tokenizer) {
+        (false, ..) => None,
+        (true, Some(t), _) => {
             let n = t.len() / b;
-            Tensor::from_data(TensorData::new(t, [b, n]), device)
+            Some(Tensor::from_data(TensorData::new(t, [b, n]), device))
         }
-        None => tokenizer.tokens(images.clone()),
+        (true, None, Some(tokenizer)) => Some(tokenizer.tokens(images.clone())),
+        (true, None, None) => None,
     };
     // One generator per sample, keyed by its position in the global batch, so a rank holding
     // positions `first..first + b` draws the masks one process with the whole batch draws.
@@ -298,7 +285,10 @@ impl<B: AutodiffBackend, O: std::fmt::Debug> Rank<'_, B, O> {
         M::InnerModule: Objective<B::InnerBackend>,
     {
         let (cfg, device) = (self.cfg, self.device);
-        let tokenizer = DeviceTokenizer::<B>::new(&self.inputs.vocab, cfg.vit.patch_size, device)?;
+        let tokenizer = match &self.inputs.vocab {
+            Some(vocab) => Some(DeviceTokenizer::<B>::new(vocab, cfg.vit.patch_size, device)?),
+            None => None,
+        };
         let setup = Setup {
             cfg,
             set: self.inputs.set.clone(),
@@ -330,14 +320,18 @@ impl<B: AutodiffBackend, O: std::fmt::Debug> Rank<'_, B, O> {
             let update;
             (model, update) = engine.update(model, knn_now, |model: &M, host, micro| {
                 let first = host.first;
-                let mut batch =
-                    method_batch::<B, M>(&spec, &tokenizer, host, mix(cfg.run.seed, micro.index, 2), device);
+                let seed = mix(cfg.run.seed, micro.index, 2);
+                let mut batch = device_batch::<B, M>(&spec, tokenizer.as_ref(), host, seed, device);
                 batch.negatives = negatives.clone();
                 let out = model.forward(&batch, Mode::train_at(mix(cfg.run.seed, micro.index, 4), first));
                 if let Some(g) = &gather {
                     g.failure()?;
                 }
-                let logged = micro.log.then(|| Logged::of(&out).values());
+                let logged = micro.log.then(|| {
+                    let mut v = vec![out.loss.clone().into_scalar().elem::<f64>()];
+                    v.extend(out.values());
+                    v
+                });
                 Ok(MicroOutput { loss: out.loss, logged })
             })?;
             // None: rolled back to the checkpoint.
@@ -389,7 +383,7 @@ impl<B: AutodiffBackend, O: std::fmt::Debug> Rank<'_, B, O> {
         };
         let line = match &update.logged {
             Some(values) => {
-                let line = self.metrics_line(engine, update, Logged::from_values(values), knn_top1);
+                let line = self.metrics_line(engine, update, M::TERMS, values, knn_top1);
                 engine.append(&line)?;
                 engine.bar().set_message(line.progress_message());
                 Some(line)
@@ -412,18 +406,23 @@ impl<B: AutodiffBackend, O: std::fmt::Debug> Rank<'_, B, O> {
         &self,
         engine: &Engine<'_, B, PretrainConfig>,
         update: &Update,
-        l: Logged,
+        names: &[&str],
+        values: &[f64],
         knn_top1: Option<f64>,
     ) -> MetricsLine {
+        // `values`: the loss, then the method's terms in `names`' order (what each rank's
+        // micro-steps logged, averaged by the engine).
         let per_epoch = self.cfg.schedule.steps_per_epoch;
         let window = engine.window();
         MetricsLine {
             step: engine.state.step,
             epoch: update.epoch as f64 + (update.step % per_epoch.max(1)) as f64 / per_epoch as f64,
-            loss: l.loss,
-            mim: l.mim,
-            nce: l.nce,
-            mim_accuracy: l.accuracy,
+            loss: values[0],
+            terms: names
+                .iter()
+                .zip(&values[1..])
+                .map(|(n, v)| (n.to_string(), Some(*v)))
+                .collect(),
             lr: update.lr,
             grad_norm: update.grad_norm,
             images_per_s: window.images_per_s,
@@ -437,54 +436,19 @@ impl<B: AutodiffBackend, O: std::fmt::Debug> Rank<'_, B, O> {
 
 impl MetricsLine {
     fn progress_message(&self) -> String {
+        let terms: String = self
+            .terms
+            .iter()
+            .map(|(name, v)| format!(" {name} {:.3}", v.unwrap_or(f64::NAN)))
+            .collect();
         format!(
-            "loss {:.3} mim {:.3}{} acc {:.3} {:.0} img/s{}",
+            "loss {:.3}{terms} {:.0} img/s{}",
             self.loss,
-            self.mim,
-            self.nce.map(|n| format!(" nce {n:.3}")).unwrap_or_default(),
-            self.mim_accuracy,
             self.images_per_s,
             self.knn_top1
                 .map(|k| format!(" knn {:.1}%", 100.0 * k))
                 .unwrap_or_default()
         )
-    }
-}
-
-/// The values a pre-training step logs.
-#[derive(Clone, Copy)]
-struct Logged {
-    loss: f64,
-    mim: f64,
-    nce: Option<f64>,
-    accuracy: f64,
-}
-
-impl Logged {
-    fn of<B: Backend>(out: &MimOutput<B>) -> Logged {
-        let scalar = |t: &Tensor<B, 1>| t.clone().into_scalar().elem::<f64>();
-        Logged {
-            loss: scalar(&out.loss),
-            mim: scalar(&out.mim),
-            nce: out.nce.as_ref().map(scalar),
-            accuracy: scalar(&out.accuracy()),
-        }
-    }
-
-    /// As the engine averages them over the ranks (`nce` last, where the method has it).
-    fn values(self) -> Vec<f64> {
-        let mut v = vec![self.loss, self.mim, self.accuracy];
-        v.extend(self.nce);
-        v
-    }
-
-    fn from_values(v: &[f64]) -> Logged {
-        Logged {
-            loss: v[0],
-            mim: v[1],
-            accuracy: v[2],
-            nce: v.get(3).copied(),
-        }
     }
 }
 

@@ -138,7 +138,7 @@ fn two_splitmask_workers_with_global_negatives_follow_one_with_batch_2b() {
     let ckpt = |c: &PretrainConfig| c.run.checkpoint_path();
     let diff = max_param_diff(&ckpt(&one), &ckpt(&global));
     let (m_one, m_global, m_local) = (metrics(&one), metrics(&global), metrics(&local));
-    let nce = |l: &trainer::train::pretrain::MetricsLine| l.nce.expect("SplitMask logs InfoNCE");
+    let nce = |l: &trainer::train::pretrain::MetricsLine| l.term("nce").expect("SplitMask logs InfoNCE");
     eprintln!(
         "SplitMask, 20 steps, 1 x 16 against 2 x 8 with global negatives: step-1 InfoNCE {:.6} vs {:.6} (local negatives {:.6}), largest parameter difference {diff:e}",
         nce(&m_one[0]),
@@ -148,7 +148,9 @@ fn two_splitmask_workers_with_global_negatives_follow_one_with_batch_2b() {
     // Every rank's pairs meet the 16 images' negatives, and the gradient is the global
     // loss's: the same losses, InfoNCE included, and the same parameters.
     let terms = |m: &[trainer::train::pretrain::MetricsLine]| -> Vec<(u64, f64)> {
-        m.iter().flat_map(|l| [(l.step, l.mim), (l.step, nce(l))]).collect()
+        m.iter()
+            .flat_map(|l| [(l.step, l.term("mim").unwrap()), (l.step, nce(l))])
+            .collect()
     };
     assert_same_losses(&terms(&m_one), &terms(&m_global), 1e-5);
     // (Rounding differs more than BEiT's: the scaled loss adds an operation, and Adam

@@ -436,6 +436,7 @@ fn eval_writes_probes_and_knn_and_report_gathers_runs() {
             ..Default::default()
         },
         loader: Default::default(),
+        select_fraction: None,
     };
     let device = Default::default();
     let run_encoder =
@@ -480,4 +481,67 @@ fn eval_writes_probes_and_knn_and_report_gathers_runs() {
     std::fs::write(random_dir.join("results.json"), r#"{"kind": "mystery"}"#).unwrap();
     let err = trainer::report::write_report(&runs, &out).unwrap_err().to_string();
     assert!(err.contains("random/results.json") && err.contains("mystery"), "{err}");
+}
+
+/// Supervised transfer (the paper's "Supervised IMNet" rows at small scale): a classifier
+/// fine-tuned on one dataset starts fine-tuning on another with another class count, from its
+/// run folder and from its timm export. Every encoder tensor arrives unchanged; the head is new.
+#[test]
+fn a_finetuned_encoder_and_its_timm_export_start_another_dataset() {
+    use trainer::model::classifier::Classifier;
+    use trainer::train::config::InitKind;
+    use trainer::train::encoder_from_run::init_classifier;
+    use trainer::train::tensor_file::{named_params, split_optimizer};
+    let tmp = tempfile::tempdir().unwrap();
+    let (gray, edges) = (prepare_derived(&GRAY), prepare_derived(&EDGES));
+    let quick = [
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "2",
+        "--eval-every-epochs",
+        "100",
+        "--eval-images",
+        "32",
+    ];
+    let source = tmp.path().join("gray");
+    let mut a = crate::finetune_args(&gray, None, &source, &[&quick[..], &["--model", "cpu-tiny"]].concat())
+        .resolve()
+        .unwrap();
+    a.vit = micro_vit();
+    assert_eq!(ft(&a, false).unwrap().eval.predictions.len(), 4);
+    let timm = tmp.path().join("gray-timm");
+    trainer::export::export_run(&source, &timm).unwrap();
+    let (trained, _) = split_optimizer(load_tensors(&a.run.checkpoint_path()).unwrap().0);
+    for (init, kind, name) in [
+        (&source, InitKind::Finetune, "supervised-folder"),
+        (&timm, InitKind::Timm, "timm"),
+    ] {
+        let out = tmp.path().join(format!("edges-from-{name}"));
+        let b = crate::finetune_args(&edges, Some(init), &out, &quick)
+            .resolve()
+            .unwrap();
+        let source = b.init.as_ref().unwrap();
+        assert_eq!((source.kind, source.name().as_str()), (kind, name));
+        assert_eq!((b.classes, b.vit.dim, b.vit.depth), (5, a.vit.dim, a.vit.depth));
+        let device = Default::default();
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(9);
+        let fresh = Classifier::<trainer::CpuBackend>::new(&b.vit, 5, &mut rng, &device);
+        let model = init_classifier(fresh, source, &b.vit, &device).unwrap();
+        let loaded = named_params(&model.encoder);
+        for (k, (shape, values)) in &loaded {
+            if k.starts_with("norm.") && kind == InitKind::Timm {
+                continue; // a timm classifier has no final norm; fine-tuning does not use it
+            }
+            let (s, v) = &trained[&format!("encoder.{k}")];
+            assert_eq!((shape, values), (s, v), "{name}: encoder.{k} arrives unchanged");
+        }
+        assert_eq!(
+            model.head.weight.dims(),
+            [b.vit.dim, 5],
+            "{name}: a new head for 5 classes"
+        );
+        let r = ft(&b, false).unwrap();
+        assert_eq!((r.init.as_str(), r.eval.predictions.len()), (name, 5));
+    }
 }

@@ -143,7 +143,10 @@ pub fn pretrain_args(data: &Path, vocab: &Path, out: &Path, extra: &[&str]) -> P
         "--out",
         &out.display().to_string(),
     ]);
-    argv.extend(strings(&["--vocab", &vocab.display().to_string()]));
+    // MAE predicts pixels and refuses a vocabulary; the token methods need one.
+    if !extra.windows(2).any(|w| w == ["--method", "mae"]) {
+        argv.extend(strings(&["--vocab", &vocab.display().to_string()]));
+    }
     argv.extend(strings(extra));
     parse(&argv)
 }

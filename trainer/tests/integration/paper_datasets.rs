@@ -95,6 +95,14 @@ fn end_to_end(dataset: &str, build: impl FnOnce(&Path) -> Option<(usize, usize)>
     let mut pre = pretrain_args(&data, &vocab, &pre_dir, &steps).resolve().unwrap();
     pre.vit = micro_vit().with_drop_path(pre.vit.drop_path);
     assert_eq!(pre.run.eval_split, "test");
+    // No choice on the test split: the k-NN monitor queries train rows held out of training,
+    // class-stratified, the same for every run.
+    let mut kept = trainer::data::images::ImageSet::load(&data, "train").unwrap();
+    let held = kept.hold_out(0.05);
+    assert!(!held.samples.is_empty(), "{dataset}");
+    assert!(held.samples.iter().all(|h| kept.samples.iter().all(|k| k.id != h.id)));
+    assert_eq!(pre.run.select_fraction, Some(0.05));
+    assert_eq!(pre.run.select_split(), "train-holdout");
     run(&pre, false);
     let lines = metrics(&pre);
     let knn: Vec<f64> = lines.iter().filter_map(|l| l.knn_top1).collect();
@@ -122,6 +130,18 @@ fn end_to_end(dataset: &str, build: impl FnOnce(&Path) -> Option<(usize, usize)>
         .unwrap();
     assert_eq!((r.eval_split.as_str(), r.eval.images), ("test", test), "{dataset}");
     assert_eq!(r.eval.predictions.iter().sum::<u64>() as usize, test);
+    // The periodic evaluations (and best_top1) ran on the held-out rows, not on test.
+    assert_eq!(r.select_split, "train-holdout");
+    let ft_lines: Vec<trainer::train::finetune::FinetuneLine> = crate::metrics_lines(&ft_dir);
+    let evaluated: Vec<u64> = ft_lines
+        .iter()
+        .filter_map(|l| l.eval_predictions.as_ref().map(|p| p.iter().sum()))
+        .collect();
+    assert!(!evaluated.is_empty());
+    assert!(
+        evaluated.iter().all(|&n| n as usize == held.samples.len()),
+        "{dataset}: {evaluated:?}"
+    );
 
     // Frozen-encoder evaluation: k-NN queries and probe test set are the test split.
     let device = Default::default();
@@ -142,12 +162,18 @@ fn end_to_end(dataset: &str, build: impl FnOnce(&Path) -> Option<(usize, usize)>
             cache: trainer::data::images::Cache::None,
             memory_mb: 1,
         },
+        select_fraction: Some(0.05),
     };
     let e = evaluate(&spec, &frozen, &device).unwrap();
     assert_eq!(
         (e.eval_split.as_str(), e.knn.queries, e.knn.bank),
-        ("test", test, train)
+        ("test", test, kept.samples.len())
     );
+    // The best layer is chosen on the held-out rows.
+    assert_eq!(e.select_split, "train-holdout");
+    assert!(e.probes.iter().all(|p| p.select_top1.is_some()));
+    let chosen = e.probes.iter().map(|p| p.select_top1.unwrap()).fold(f64::MIN, f64::max);
+    assert_eq!(e.best_probe.select_top1, Some(chosen));
 
     // A split the dataset does not have is refused, naming the ones it has.
     let err = finetune_args(&data, None, &tmp.path().join("x"), &["--eval-split", "val"])

@@ -9,7 +9,7 @@ use crate::{args, fixture, metrics, micro_vit, prepare_imagenette, pretrain_args
 fn resumed_run_continues_with_identical_losses() {
     let Some(f) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    for method in ["beit", "splitmask"] {
+    for method in ["beit", "splitmask", "mae"] {
         let common = [
             "--method",
             method,
@@ -78,7 +78,7 @@ fn resumed_run_continues_with_identical_losses() {
             assert!((x.grad_norm - y.grad_norm).abs() < 1e-4 * x.grad_norm.max(1.0));
         }
         if method == "splitmask" {
-            assert!(a.iter().all(|l| l.nce.is_some()));
+            assert!(a.iter().all(|l| l.term("nce").is_some()));
         }
         // The run folder holds the resolved config, metrics and the checkpoint.
         let written = trainer::train::config::load_config(&whole.run.out).unwrap();
@@ -128,13 +128,14 @@ fn short_real_splitmask_run<B: burn::tensor::backend::AutodiffBackend>(
     .unwrap();
     let summary = trainer::train::pretrain::pretrain::<B>(&cfg, false, &[device], false).unwrap();
     let lines = metrics(&cfg);
-    let last: Vec<f64> = lines.iter().rev().take(3).map(|l| l.mim).collect();
+    let mim_of = |l: &trainer::train::pretrain::MetricsLine| l.term("mim").expect("SplitMask logs mim");
+    let last: Vec<f64> = lines.iter().rev().take(3).map(mim_of).collect();
     let mim = last.iter().sum::<f64>() / last.len() as f64;
     let entropy = token_entropy(f, &cfg);
     eprintln!(
         "{name}: 150 SplitMask steps: mim {mim:.3} (ln 8192 = {:.3}, target unigram entropy {entropy:.3}), first {:.3}, {:.1} img/s",
         (8192f64).ln(),
-        lines[0].mim,
+        mim_of(&lines[0]),
         summary.images_per_s
     );
     // 150 steps of batch 16 take the token loss from ln 8192 to the targets' frequency
@@ -147,10 +148,10 @@ fn short_real_splitmask_run<B: burn::tensor::backend::AutodiffBackend>(
     );
     // The two halves' pooled decoder outputs identify their image among the 16 of a batch:
     // InfoNCE well below chance (ln 16).
-    let nce: Vec<f64> = lines.iter().rev().take(3).map(|l| l.nce.unwrap()).collect();
+    let nce: Vec<f64> = lines.iter().rev().take(3).map(|l| l.term("nce").unwrap()).collect();
     let nce = nce.iter().sum::<f64>() / 3.0;
     assert!(nce < 0.6 * 16f64.ln(), "InfoNCE {nce} vs chance {}", 16f64.ln());
-    assert!(lines.iter().all(|l| l.nce.unwrap().is_finite()));
+    assert!(lines.iter().all(|l| l.term("nce").unwrap().is_finite()));
     // The k-NN monitor ran on the last step: 500 val images against 500 train images.
     let knn = lines.last().unwrap().knn_top1.expect("k-NN logged on the last step");
     eprintln!("{name}: k-NN top-1 after 150 steps: {:.1}% (chance 10%)", 100.0 * knn);
@@ -198,7 +199,7 @@ fn the_same_run_on_libtorch_passes_the_same_checks_with_the_same_losses() {
 fn token_entropy(f: &crate::Fixture, cfg: &PretrainConfig) -> f64 {
     use burn::prelude::*;
     let set = trainer::data::images::ImageSet::load(&f.dir, "train").unwrap();
-    let vocab = crate::load_vocab(&cfg.vocab);
+    let vocab = crate::load_vocab(cfg.vocab.as_ref().expect("SplitMask has a vocabulary"));
     let device = Default::default();
     let tok =
         trainer::model::device_tokenizer::DeviceTokenizer::<trainer::CpuBackend>::new(&vocab, 8, &device).unwrap();
@@ -303,9 +304,17 @@ fn every_method_builds_draws_its_masks_and_trains_two_steps() {
         assert_eq!(lines.len(), 2, "{name}: one line per step");
         for l in &lines {
             assert!(l.loss.is_finite() && l.loss > 0.0 && l.grad_norm > 0.0, "{name}: {l:?}");
-            assert!((0.0..=1.0).contains(&l.mim_accuracy), "{name}: {l:?}");
+            assert!(!l.terms.is_empty(), "{name}: the method's terms are logged: {l:?}");
+            assert!(l.terms.values().all(|v| v.is_some_and(f64::is_finite)), "{name}: {l:?}");
+            let accuracy = l.term("mim_accuracy").unwrap_or(0.0);
+            assert!((0.0..=1.0).contains(&accuracy), "{name}: {l:?}");
         }
         assert!(cfg.run.checkpoint_path().exists(), "{name}: checkpoint written");
+        // Every method's checkpoint gives up its encoder (its own heads are known and dropped).
+        let (_, encoder) =
+            trainer::train::encoder_from_run::run_encoder::<trainer::CpuBackend>(&cfg.run.out, &Default::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(encoder.blocks.len(), cfg.vit.depth, "{name}");
     }
 }
 
@@ -359,6 +368,50 @@ fn bad_configuration_is_an_error_naming_the_field() {
         "{masking}"
     );
     assert!(err(&["--loader-memory-mb", "0"]).contains("--loader-memory-mb \"0\""));
+    assert!(err(&["--select-fraction", "0.9"]).contains("--select-fraction"));
+    // A flag of another method is refused, naming its owner.
+    for method in ["beit", "splitmask"] {
+        let e = err(&["--method", method, "--norm-pix-loss", "false"]);
+        assert!(e.contains("--norm-pix-loss are MAE's"), "{e}");
+    }
+    assert!(err(&["--method", "beit", "--split-visible", "0.5"]).contains("SplitMask's"));
+    // The token methods need a vocabulary; MAE predicts pixels and refuses one.
+    let resolve = |argv: &[&str]| {
+        crate::parse::<trainer::train::config::PretrainArgs>(&crate::strings(argv))
+            .resolve()
+            .unwrap_err()
+            .to_string()
+    };
+    let out = tmp.path().display().to_string();
+    let no_vocab = resolve(&["--data", &data, "--out", &out, "--method", "beit"]);
+    assert!(no_vocab.contains("--vocab is required"), "{no_vocab}");
+    let mae_vocab = resolve(&["--data", &data, "--out", &out, "--method", "mae", "--vocab", &vocab]);
+    assert!(mae_vocab.contains("takes no vocabulary"), "{mae_vocab}");
+    // A hand-edited config.json is validated by the method when a command reads it back.
+    let mut cfg = args(
+        f,
+        &f.vocab_small,
+        &tmp.path().join("edited"),
+        &["--method", "splitmask"],
+    )
+    .resolve()
+    .unwrap();
+    cfg.mask_count += 1;
+    let edited = cfg.validate().unwrap_err().to_string();
+    assert!(edited.contains("halves or quarters"), "{edited}");
+    std::fs::create_dir_all(&cfg.run.out).unwrap();
+    std::fs::write(cfg.run.out.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let read = trainer::train::config::load_config(&cfg.run.out)
+        .unwrap_err()
+        .to_string();
+    assert!(read.contains("halves or quarters"), "{read}");
+    let mut mae = args(f, &f.vocab_small, tmp.path(), &["--method", "mae"])
+        .resolve()
+        .unwrap();
+    assert!(mae.vocab.is_none() && mae.vit.sinusoidal_pos);
+    assert_eq!(mae.mask_count, mae.vit.num_patches() * 3 / 4);
+    mae.options.mae.decoder_dim = 30;
+    assert!(mae.validate().unwrap_err().to_string().contains("divisible"));
 }
 
 #[test]
@@ -513,14 +566,13 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
     // of 8 draw the masks and drop-path decisions one process with all 8 draws, so the mean of
     // their losses and of their gradients (what an all-reduce of the mean gives) is the whole
     // batch's.
-    use rand::SeedableRng;
     use trainer::data::images::ImageSet;
-    use trainer::data::loader::{make_batch, HostBatch};
+    use trainer::data::loader::make_batch;
     use trainer::model::beit::Beit;
     use trainer::model::device_tokenizer::DeviceTokenizer;
-    use trainer::model::objective::Masks;
+    use trainer::model::mae::Mae;
+    use trainer::model::method::Method;
     use trainer::model::splitmask::SplitMask;
-    use trainer::train::pretrain::device_batch;
     use trainer::CpuAutodiff as B;
 
     let Some(f) = fixture() else { return };
@@ -528,19 +580,7 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
     let device = Default::default();
     let set = ImageSet::load(&f.dir, "train").unwrap();
     let (vocab, _) = pipeline::vocab::tokenizer::Vocabulary::load(&f.vocab_small).unwrap();
-    let halves = |h: &HostBatch| -> [HostBatch; 2] {
-        let (n, px) = (h.len() / 2, h.images.len() / h.len());
-        let part = |r: std::ops::Range<usize>| HostBatch {
-            images: h.images[r.start * px..r.end * px].to_vec(),
-            labels: h.labels[r.clone()].to_vec(),
-            tokens: None,
-            first: r.start as u64,
-            ..*h
-        };
-        [part(0..n), part(n..2 * n)]
-    };
-    let close = |a: f32, b: f32, what: &str| assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{what}: {a} vs {b}");
-    for method in ["beit", "splitmask"] {
+    for method in ["beit", "splitmask", "mae"] {
         let cfg = pretrain_args(
             &f.dir,
             &f.vocab_small,
@@ -561,40 +601,68 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
         assert!(cfg.vit.drop_path > 0.0, "the test must exercise drop path");
         let tokenizer = DeviceTokenizer::<B>::new(&vocab, cfg.vit.patch_size, &device).unwrap();
         let host = make_batch(&set, &cfg.augment, 8, 5, 3).unwrap();
-        let [lo, hi] = halves(&host);
-        let whole = device_batch::<B>(&cfg, &tokenizer, host, 17, &device);
-        let ranks = [
-            device_batch::<B>(&cfg, &tokenizer, lo, 17, &device),
-            device_batch::<B>(&cfg, &tokenizer, hi, 17, &device),
-        ];
-        let visible = |m: &Masks<B>| -> Vec<i32> {
-            match m {
-                Masks::Masked { index, .. } => index.clone().into_data().convert::<i32>().to_vec().unwrap(),
-                Masks::Split { a, .. } => a.clone().into_data().convert::<i32>().to_vec().unwrap(),
-            }
-        };
-        let rank_masks: Vec<i32> = ranks.iter().flat_map(|b| visible(&b.masks)).collect();
-        assert_eq!(visible(&whole.masks), rank_masks, "{method}: masks by global position");
-
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         // InfoNCE's negatives are each rank's own samples (global negatives gather them), so
         // for SplitMask the token loss alone is compared.
-        let (whole_out, parts) = match method {
-            "beit" => {
-                let model = Beit::<B>::new(&cfg.vit, cfg.vocab_size, &mut rng, &device);
-                shares_and_whole(&model, &model.encoder.patch_embed.proj.weight, &whole, &ranks, false)
+        match cfg.method {
+            Method::Beit => ranks_match_the_whole::<Beit<B>>(&cfg, &(), &tokenizer, host, false),
+            Method::Splitmask => {
+                ranks_match_the_whole::<SplitMask<B>>(&cfg, &cfg.options.splitmask, &tokenizer, host, true)
             }
-            _ => {
-                let model = SplitMask::<B>::new(&cfg.vit, &cfg.options.splitmask, cfg.vocab_size, &mut rng, &device);
-                shares_and_whole(&model, &model.encoder.patch_embed.proj.weight, &whole, &ranks, true)
-            }
-        };
-        close(whole_out.0, (parts[0].0 + parts[1].0) / 2.0, &format!("{method} loss"));
-        close(whole_out.1, (parts[0].1 + parts[1].1) / 2.0, &format!("{method} MIM"));
-        let mean: Vec<f32> = parts[0].2.iter().zip(&parts[1].2).map(|(a, b)| (a + b) / 2.0).collect();
-        for (i, (a, b)) in whole_out.2.iter().zip(&mean).enumerate() {
-            close(*a, *b, &format!("{method} patch-embedding gradient {i}"));
+            Method::Mae => ranks_match_the_whole::<Mae<B>>(&cfg, &cfg.options.mae, &tokenizer, host, false),
         }
+    }
+}
+
+/// The masks, loss, first term and patch-embedding gradient of method `M` on `host` equal the
+/// mean of its two halves', each drawn at its global positions.
+fn ranks_match_the_whole<M: trainer::model::objective::Objective<trainer::CpuAutodiff>>(
+    cfg: &PretrainConfig,
+    options: &M::Options,
+    tokenizer: &trainer::model::device_tokenizer::DeviceTokenizer<trainer::CpuAutodiff>,
+    host: trainer::data::loader::HostBatch,
+    token_loss_only: bool,
+) {
+    use rand::SeedableRng;
+    use trainer::data::loader::HostBatch;
+    use trainer::model::objective::DrawnMasks;
+    use trainer::train::pretrain::device_batch;
+    type B = trainer::CpuAutodiff;
+    let device = Default::default();
+    let method = cfg.method.name();
+    let (n, px) = (host.len() / 2, host.images.len() / host.len());
+    let part = |r: std::ops::Range<usize>| HostBatch {
+        images: host.images[r.start * px..r.end * px].to_vec(),
+        labels: host.labels[r.clone()].to_vec(),
+        tokens: None,
+        first: r.start as u64,
+        ..host
+    };
+    let (lo, hi) = (part(0..n), part(n..2 * n));
+    let spec = cfg.spec(options);
+    let batch = |h: HostBatch| device_batch::<B, M>(&spec, Some(tokenizer), h, 17, &device);
+    let ranks = [batch(lo), batch(hi)];
+    let whole = batch(host);
+    let positions = |m: &M::Masks| -> Vec<i32> { m.positions().into_data().convert::<i32>().to_vec().unwrap() };
+    let rank_masks: Vec<i32> = ranks.iter().flat_map(|b| positions(&b.masks)).collect();
+    assert_eq!(
+        positions(&whole.masks),
+        rank_masks,
+        "{method}: masks by global position"
+    );
+
+    let model = M::build(&spec, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0), &device);
+    let weight = &model.encoder().patch_embed.proj.weight;
+    let (whole_out, parts) = shares_and_whole(&model, weight, &whole, &ranks, token_loss_only);
+    let close = |a: f32, b: f32, what: &str| assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{what}: {a} vs {b}");
+    close(whole_out.0, (parts[0].0 + parts[1].0) / 2.0, &format!("{method} loss"));
+    close(
+        whole_out.1,
+        (parts[0].1 + parts[1].1) / 2.0,
+        &format!("{method} first term"),
+    );
+    let mean: Vec<f32> = parts[0].2.iter().zip(&parts[1].2).map(|(a, b)| (a + b) / 2.0).collect();
+    for (i, (a, b)) in whole_out.2.iter().zip(&mean).enumerate() {
+        close(*a, *b, &format!("{method} patch-embedding gradient {i}"));
     }
 }
 
@@ -602,21 +670,30 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
 /// each rank's share, with the step's drop path drawn at each share's global position. The
 /// loss differentiated is the token loss alone when `token_loss_only`.
 type StepOut = (f32, f32, Vec<f32>);
+type Batch<M> = trainer::model::objective::MimBatch<
+    trainer::CpuAutodiff,
+    <M as trainer::model::objective::Objective<trainer::CpuAutodiff>>::Masks,
+>;
 fn shares_and_whole<M: trainer::model::objective::Objective<trainer::CpuAutodiff>>(
     model: &M,
     weight: &burn::module::Param<burn::tensor::Tensor<trainer::CpuAutodiff, 2>>,
-    whole: &trainer::model::objective::MimBatch<trainer::CpuAutodiff>,
-    ranks: &[trainer::model::objective::MimBatch<trainer::CpuAutodiff>; 2],
+    whole: &Batch<M>,
+    ranks: &[Batch<M>; 2],
     token_loss_only: bool,
 ) -> (StepOut, [StepOut; 2]) {
+    use trainer::model::objective::Term;
     use trainer::model::vit::Mode;
-    let step = |b: &trainer::model::objective::MimBatch<trainer::CpuAutodiff>, mode: Mode| {
+    let step = |b: &Batch<M>, mode: Mode| {
         let out = model.forward(b, mode);
-        let loss = if token_loss_only { out.mim.clone() } else { out.loss };
-        let (value, mim) = (loss.clone().into_scalar(), out.mim.into_scalar());
+        let first = match &out.terms[0] {
+            Term::Value(t) => t.clone(),
+            Term::Accuracy { .. } => panic!("every method's first term is a loss"),
+        };
+        let loss = if token_loss_only { first.clone() } else { out.loss };
+        let (value, term) = (loss.clone().into_scalar(), first.into_scalar());
         let grads = loss.backward();
         let g = weight.grad(&grads).expect("the weight has a gradient");
-        (value, mim, g.into_data().to_vec().unwrap())
+        (value, term, g.into_data().to_vec().unwrap())
     };
     (
         step(whole, Mode::train(23)),

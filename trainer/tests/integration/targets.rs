@@ -100,7 +100,7 @@ fn pretokenized_targets_match_the_device_and_train() {
     assert!(!cfg.augment.random_crop && !cfg.augment.strong);
     cfg.vit = cfg.vit.with_dim(32).with_depth(1).with_heads(2);
     let mut set = ImageSet::load(&f.dir, "train").unwrap().truncate(64);
-    set.attach_tokens(&cfg.vocab_sha256).unwrap();
+    set.attach_tokens(cfg.vocab_sha256.as_ref().unwrap()).unwrap();
     let vocab = load_vocab(&f.vocab_small);
     let device = Default::default();
     let tok = DeviceTokenizer::<CpuBackend>::new(&vocab, 16, &device).unwrap();

@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::data::augment::AugmentConfig;
 use crate::data::mixup::MixupConfig;
 use crate::data::randaugment::RandAugmentConfig;
-use crate::error::{ConfigError, Result};
+use crate::error::{ConfigError, InitError, Result};
 use crate::model::method::Method;
 use crate::model::vit::VitConfig;
-use crate::train::run_folder::CHECKPOINT_FILE;
+use crate::train::run_folder::{read_config, CHECKPOINT_FILE, CONFIG_FILE};
+use crate::train::timm_import::{is_timm_config, vit_from_timm, WEIGHTS_FILE};
 
 use ConfigError as E;
 
@@ -24,9 +25,11 @@ pub struct FinetuneArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
-    /// Pre-training run folder whose encoder starts the model (its last checkpoint), or a
-    /// checkpoint file in one (`<run>/best.safetensors`: the encoder at the best k-NN);
-    /// without it, random init (the from-scratch baseline of the same recipe).
+    /// Where the encoder starts: a pre-training run folder (its last checkpoint) or a
+    /// checkpoint file in one (`<run>/best.safetensors`: the encoder at the best k-NN); a
+    /// fine-tuning run (supervised transfer: its encoder, the head dropped); or a timm export
+    /// folder (`config.json` + `model.safetensors`, as `trainer export` writes and timm
+    /// saves). Without it, random init (the from-scratch baseline of the same recipe).
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// ViT preset (default: the pre-training run's; `small` for random init).
@@ -124,16 +127,123 @@ pub(super) const REPROB: f64 = 0.25;
 /// DeiT's repeated augmentation draws each image three times.
 pub(super) const REPEATED_AUG_COPIES: u32 = 3;
 
+/// What trained the encoder a fine-tuning run starts from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitKind {
+    /// A pre-training run of this project.
+    #[default]
+    Pretrain,
+    /// A fine-tuning run of this project (supervised pre-training on its dataset).
+    Finetune,
+    /// A timm export folder (this project's export, or weights trained elsewhere).
+    Timm,
+}
+
 /// Where a fine-tuning run's encoder came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InitSource {
     pub run: PathBuf,
-    /// The checkpoint the encoder was read from (the run's last, or its best k-NN one).
+    /// The checkpoint the encoder was read from (the run's last, its best k-NN one, or a timm
+    /// folder's weights).
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
-    pub method: Method,
-    pub vocab: PathBuf,
+    #[serde(default)]
+    pub kind: InitKind,
+    /// The pre-training method (pre-training runs only).
+    pub method: Option<Method>,
+    /// The run's vocabulary (token methods only).
+    pub vocab: Option<PathBuf>,
+    /// Updates that trained the encoder (0 for a timm folder: unknown).
     pub pretrain_steps: u64,
+    /// The dataset a supervised encoder was trained on.
+    #[serde(default)]
+    pub dataset: Option<String>,
+}
+
+impl InitSource {
+    /// The name results and reports give this init: the method (`beit`, ...),
+    /// `supervised-<dataset>` or `timm`.
+    pub fn name(&self) -> String {
+        match (self.kind, self.method) {
+            (InitKind::Pretrain, Some(m)) => m.name().to_string(),
+            (InitKind::Finetune, _) => format!("supervised-{}", self.dataset.as_deref().unwrap_or("?")),
+            _ => "timm".to_string(),
+        }
+    }
+}
+
+/// A resolved `--init`: where it came from, the encoder's shape and its preset name.
+#[derive(Debug)]
+pub struct Init {
+    pub source: InitSource,
+    pub vit: VitConfig,
+    pub model: String,
+}
+
+impl Init {
+    /// Reads what `init` names: a pre-training or fine-tuning run (folder, or a checkpoint in
+    /// one) or a timm export folder, told apart by its `config.json`.
+    pub fn read(init: &Path) -> Result<Init> {
+        let (run, checkpoint) = init_paths(init);
+        let config: serde_json::Value = read_config(&run)?;
+        let unknown = |message: String| InitError::UnknownRun {
+            path: run.join(CONFIG_FILE),
+            message,
+        };
+        let source = |kind, method, vocab, steps, dataset| InitSource {
+            run: run.clone(),
+            checkpoint: Some(checkpoint.clone()),
+            kind,
+            method,
+            vocab,
+            pretrain_steps: steps,
+            dataset,
+        };
+        if is_timm_config(&config) {
+            let weights = match init.is_file() {
+                true => init.to_path_buf(),
+                false => run.join(WEIGHTS_FILE),
+            };
+            let vit = vit_from_timm(&config, &run.join(CONFIG_FILE))?;
+            let model = config["architecture"].as_str().unwrap_or("timm").to_string();
+            let mut s = source(InitKind::Timm, None, None, 0, None);
+            s.checkpoint = Some(weights);
+            return Ok(Init { source: s, vit, model });
+        }
+        if config.get("method").is_some() {
+            let p: PretrainConfig = serde_json::from_value(config).map_err(|e| unknown(e.to_string()))?;
+            p.validate()?;
+            let s = source(
+                InitKind::Pretrain,
+                Some(p.method),
+                p.vocab.clone(),
+                p.schedule.total_steps,
+                None,
+            );
+            return Ok(Init {
+                source: s,
+                vit: p.vit,
+                model: p.model,
+            });
+        }
+        if config.get("classes").is_some() {
+            let f: FinetuneConfig = serde_json::from_value(config).map_err(|e| unknown(e.to_string()))?;
+            let s = source(
+                InitKind::Finetune,
+                None,
+                None,
+                f.schedule.total_steps,
+                Some(f.run.dataset),
+            );
+            return Ok(Init {
+                source: s,
+                vit: f.vit,
+                model: f.model,
+            });
+        }
+        Err(unknown("it has no method, classes or timm architecture".into()).into())
+    }
 }
 
 /// The resolved configuration of a fine-tuning run (`config.json`: one flat object).
@@ -173,21 +283,7 @@ pub(super) fn one() -> f64 {
     1.0
 }
 
-impl InitSource {
-    /// The pre-training run `init` names (a run folder or a checkpoint in one), configured as `p`.
-    fn new(init: &Path, p: &PretrainConfig) -> InitSource {
-        let (run, checkpoint) = init_paths(init);
-        InitSource {
-            run,
-            checkpoint: Some(checkpoint),
-            method: p.method,
-            vocab: p.vocab.clone(),
-            pretrain_steps: p.schedule.total_steps,
-        }
-    }
-}
-
-/// A pre-training run folder and the checkpoint file `--init` names in it.
+/// A run folder and the checkpoint file `--init` names in it.
 pub fn init_paths(init: &Path) -> (PathBuf, PathBuf) {
     if init.is_file() {
         let run = init.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
@@ -202,7 +298,7 @@ impl FinetuneArgs {
         let (run, sched) = (&self.run, &self.schedule);
         let manifest = pipeline::prepare::load_manifest(&run.data)?;
         let pre = match &self.init {
-            Some(init) => Some(load_config(&init_paths(init).0)?),
+            Some(init) => Some(Init::read(init)?),
             None => None,
         };
         let (model, vit) = self.architecture(pre.as_ref())?;
@@ -254,7 +350,7 @@ impl FinetuneArgs {
         if !(crop_ratio > 0.0 && crop_ratio <= 1.0) {
             return Err(E::invalid("crop-ratio", crop_ratio, "must be in (0, 1]").into());
         }
-        let init = self.init.as_ref().zip(pre).map(|(init, p)| InitSource::new(init, &p));
+        let init = pre.map(|p| p.source);
         let head_init = self.head_init.unwrap_or(match (self.recipe, &init) {
             (FinetuneRecipe::Scaled, Some(_)) => HeadInit::Probe,
             _ => HeadInit::Beit,
@@ -281,15 +377,19 @@ impl FinetuneArgs {
 
     /// The model preset and its ViT: a pre-trained encoder fixes the architecture, and
     /// `--model` may only name the same one.
-    fn architecture(&self, pre: Option<&PretrainConfig>) -> Result<(String, VitConfig)> {
+    fn architecture(&self, pre: Option<&Init>) -> Result<(String, VitConfig)> {
         Ok(match (&self.model, pre) {
             (Some(m), Some(p)) => {
                 let v = VitConfig::named(m)?;
-                if v.with_drop_path(p.vit.drop_path) != p.vit {
+                // MAE's encoders keep their fixed sin-cos positions under any preset name.
+                if v.with_drop_path(p.vit.drop_path)
+                    .with_sinusoidal_pos(p.vit.sinusoidal_pos)
+                    != p.vit
+                {
                     return Err(E::invalid(
                         "model",
                         m,
-                        format!("the pre-training run {} used --model {}", p.run.out.display(), p.model),
+                        format!("the --init run {} used --model {}", p.source.run.display(), p.model),
                     )
                     .into());
                 }

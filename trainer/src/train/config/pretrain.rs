@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
 use crate::error::{ConfigError, Result};
+use crate::model::mae::MaeConfig;
 use crate::model::masking::MaskSpec;
-use crate::model::method::{Method, MethodOptions};
+use crate::model::method::{self, Method, MethodOptions};
 use crate::model::splitmask::SplitMaskConfig;
 use crate::model::vit::VitConfig;
 use crate::train::run_folder::read_config;
@@ -34,6 +35,8 @@ pub enum ObjectiveArg {
 
 /// BEiT's 75 of 196 masked patches, for grids of any size.
 pub const BEIT_MASK_RATIO: f64 = 75.0 / 196.0;
+/// MAE's dropped share.
+pub const MAE_MASK_RATIO: f64 = 0.75;
 /// BEiT's pre-training color jitter (brightness, contrast, saturation); SplitMask's default
 /// views are crop + flip only (section 5.5).
 pub const BEIT_COLOR_JITTER: f64 = 0.4;
@@ -45,23 +48,28 @@ pub struct PretrainArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
-    /// Vocabulary file (`pipeline vocab build`).
+    /// Vocabulary file (`pipeline vocab build`): the targets of the token methods (BEiT,
+    /// SplitMask); MAE predicts pixels and takes none.
     #[arg(long)]
-    pub vocab: PathBuf,
+    pub vocab: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "splitmask")]
     pub method: Method,
     /// ViT preset: tiny, small, base, cpu-tiny, cpu-small.
     #[arg(long, default_value = "small")]
     pub model: String,
     /// BEiT's masked share (default: the recipe's; BEiT's 75 of 196 patches, 75% on the
-    /// smallest datasets).
+    /// smallest datasets) or MAE's dropped share (default 0.75).
     #[arg(long)]
     pub mask_ratio: Option<f64>,
+    /// MAE: regress per-patch normalized pixels (MAE's `norm_pix_loss`; default true).
+    #[arg(long)]
+    pub norm_pix_loss: Option<bool>,
     /// SplitMask: the share of the patches each branch's encoder sees, 0.5 (a mask and its
     /// complement) or 0.25 (disjoint uniform quarters; default: the recipe's).
     #[arg(long)]
     pub split_visible: Option<f64>,
-    /// Default: the recipe's (uniform on the smallest datasets, blocks otherwise).
+    /// Default: the recipe's (uniform on the smallest datasets, blocks otherwise); MAE's
+    /// random masking for MAE.
     #[arg(long, value_enum)]
     pub masking: Option<Masking>,
     /// SplitMask's loss terms: both, or one of the Table 8 ablations.
@@ -70,7 +78,8 @@ pub struct PretrainArgs {
     /// Strong augmentation on/off (default: the recipe's: on for the smallest datasets).
     #[arg(long)]
     pub strong_aug: Option<bool>,
-    /// Color-jitter strength on every view (default: 0.4 for BEiT as BEiT, 0 for SplitMask).
+    /// Color-jitter strength on every view (default: 0.4 for BEiT as BEiT, 0 for SplitMask
+    /// and MAE).
     #[arg(long)]
     pub color_jitter: Option<f64>,
     /// Where targets come from: `device` tokenizes each augmented view on the device;
@@ -105,17 +114,19 @@ pub struct PretrainConfig {
     pub run: RunConfig,
     #[serde(flatten)]
     pub schedule: Schedule,
-    pub vocab: PathBuf,
-    pub vocab_sha256: String,
+    /// The token methods' vocabulary (none for MAE).
+    pub vocab: Option<PathBuf>,
+    pub vocab_sha256: Option<String>,
+    /// Entries of the vocabulary (0: none).
     pub vocab_size: usize,
     pub method: Method,
     pub model: String,
     pub vit: VitConfig,
-    /// Each method's own options (SplitMask's under `splitmask`).
+    /// Each method's own options (SplitMask's under `splitmask`, MAE's under `mae`).
     #[serde(flatten)]
     pub options: MethodOptions,
     pub masking: MaskSpec,
-    /// BEiT: masked patches per image. SplitMask: patches each branch sees.
+    /// BEiT and MAE: masked patches per image. SplitMask: patches each branch sees.
     pub mask_count: usize,
     pub augment: AugmentConfig,
     pub targets: Targets,
@@ -143,9 +154,13 @@ impl PretrainArgs {
         if let Some(d) = sched.drop_path {
             vit = vit.with_drop_path(d);
         }
+        if self.method == Method::Mae {
+            // MAE's fixed 2-D sin-cos positions.
+            vit = vit.with_sinusoidal_pos(true);
+        }
         vit.validate().map_err(|m| E::invalid("model", &self.model, m))?;
         let manifest = pipeline::prepare::load_manifest(&run.data)?;
-        let (vocab, vocab_sha256) = pipeline::vocab::tokenizer::Vocabulary::load(&self.vocab)?;
+        let vocab = self.vocabulary(&vit)?;
         let recipe = recipe(run, &manifest)?;
         let p = &recipe.pretrain;
         let run_cfg = run.resolve(&manifest, self.knn_every > 0)?;
@@ -153,34 +168,27 @@ impl PretrainArgs {
         let prepared = manifest.splits.get("train").map_or(0, |s| s.images);
         let s = sched.resolve(&PRETRAIN, run_cfg.train_images, p.epochs_for(prepared), &run.data)?;
         let n = vit.num_patches();
-        let masking = match self.masking.unwrap_or(p.masking) {
+        let default_masking = match self.method {
+            Method::Mae => Masking::Uniform,
+            _ => p.masking,
+        };
+        let masking = match self.masking.unwrap_or(default_masking) {
             Masking::Block => MaskSpec::block_for_grid(n),
             Masking::Uniform => MaskSpec::Uniform,
         };
-        let (mask_count, splitmask) = self.method_options(p, n, masking)?;
-        let grid_check = vit.patch_size % vocab.header.preprocessing.patch_size as usize;
-        if grid_check != 0 {
-            return Err(E::invalid(
-                "vocab",
-                self.vocab.display(),
-                format!(
-                    "{} px token patches do not tile the ViT's {} px patches",
-                    vocab.header.preprocessing.patch_size, vit.patch_size
-                ),
-            )
-            .into());
-        }
-        let augment = self.augment(p, &vit, &vocab.header.preprocessing)?;
-        Ok(PretrainConfig {
+        let (mask_count, options) = self.method_options(p, &vit, masking)?;
+        let pp = vocab.as_ref().map(|v| &v.0.header.preprocessing);
+        let augment = self.augment(p, &vit, pp)?;
+        let cfg = PretrainConfig {
             run: run_cfg,
             schedule: s,
             vocab: self.vocab.clone(),
-            vocab_sha256,
-            vocab_size: vocab.header.size,
+            vocab_size: vocab.as_ref().map_or(0, |v| v.0.header.size),
+            vocab_sha256: vocab.map(|v| v.1),
             method: self.method,
             model: self.model.clone(),
             vit,
-            options: MethodOptions { splitmask },
+            options,
             masking,
             mask_count,
             augment,
@@ -189,31 +197,84 @@ impl PretrainArgs {
             knn_every: self.knn_every,
             knn_images: self.knn_images,
             max_bad_steps: self.max_bad_steps.max(1),
-        })
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
-    /// The mask count (BEiT: masked patches; SplitMask: patches each branch sees) and
-    /// SplitMask's options, checked against the method: a flag of the other method is an error.
-    fn method_options(&self, p: &PretrainDefaults, n: usize, masking: MaskSpec) -> Result<(usize, SplitMaskConfig)> {
-        Ok(match self.method {
-            Method::Beit => {
-                if self.split_visible.is_some() || self.objective != ObjectiveArg::Full {
-                    return Err(E::invalid("method", "beit", "--split-visible and --objective are SplitMask's").into());
-                }
-                let ratio = self.mask_ratio.or(p.beit_mask_ratio).unwrap_or(BEIT_MASK_RATIO);
-                if !(ratio > 0.0 && ratio < 1.0) {
-                    return Err(E::invalid("mask-ratio", ratio, "must be in (0, 1)").into());
-                }
-                (
-                    ((n as f64 * ratio).round() as usize).clamp(1, n - 1),
-                    SplitMaskConfig::new(),
+
+    /// The vocabulary and its hash, for the token methods: required by them, refused by MAE,
+    /// its token patches tiling the ViT's.
+    fn vocabulary(&self, vit: &VitConfig) -> Result<Option<(pipeline::vocab::tokenizer::Vocabulary, String)>> {
+        let path = match (&self.vocab, self.method) {
+            (Some(path), Method::Mae) => {
+                return Err(E::invalid("vocab", path.display(), "MAE predicts pixels and takes no vocabulary").into())
+            }
+            (None, Method::Mae) => return Ok(None),
+            (None, m) => {
+                return Err(E::invalid(
+                    "vocab",
+                    "(none)",
+                    format!("{} predicts visual tokens: --vocab is required", m.name()),
                 )
+                .into())
+            }
+            (Some(path), _) => path,
+        };
+        let (vocab, sha) = pipeline::vocab::tokenizer::Vocabulary::load(path)?;
+        let token_patch = vocab.header.preprocessing.patch_size as usize;
+        if !vit.patch_size.is_multiple_of(token_patch) {
+            return Err(E::invalid(
+                "vocab",
+                path.display(),
+                format!(
+                    "{token_patch} px token patches do not tile the ViT's {} px patches",
+                    vit.patch_size
+                ),
+            )
+            .into());
+        }
+        Ok(Some((vocab, sha)))
+    }
+
+    /// The mask count (BEiT and MAE: masked patches; SplitMask: patches each branch sees) and
+    /// the method's options from its flags: a flag of another method is an error. The method
+    /// validates the result ([`PretrainConfig::validate`]).
+    fn method_options(
+        &self,
+        p: &PretrainDefaults,
+        vit: &VitConfig,
+        masking: MaskSpec,
+    ) -> Result<(usize, MethodOptions)> {
+        let n = vit.num_patches();
+        let mut options = MethodOptions::default();
+        let foreign = |flags: &str, owner: &str| -> Result<(usize, MethodOptions)> {
+            Err(E::invalid("method", self.method.name(), format!("{flags} are {owner}'s")).into())
+        };
+        let split_flags = self.split_visible.is_some() || self.objective != ObjectiveArg::Full;
+        let ratio_count = |ratio: f64| -> Result<usize> {
+            if !(ratio > 0.0 && ratio < 1.0) {
+                return Err(E::invalid("mask-ratio", ratio, "must be in (0, 1)").into());
+            }
+            Ok(((n as f64 * ratio).round() as usize).clamp(1, n - 1))
+        };
+        let count = match self.method {
+            Method::Beit | Method::Mae if split_flags => {
+                return foreign("--split-visible and --objective", "SplitMask")
+            }
+            Method::Beit | Method::Splitmask if self.norm_pix_loss.is_some() => {
+                return foreign("--norm-pix-loss", "MAE")
+            }
+            Method::Beit => ratio_count(self.mask_ratio.or(p.beit_mask_ratio).unwrap_or(BEIT_MASK_RATIO))?,
+            Method::Mae => {
+                options.mae = MaeConfig::for_vit(vit).with_norm_pix_loss(self.norm_pix_loss.unwrap_or(true));
+                ratio_count(self.mask_ratio.unwrap_or(MAE_MASK_RATIO))?
             }
             Method::Splitmask => {
                 if let Some(r) = self.mask_ratio {
                     return Err(E::invalid(
                         "mask-ratio",
                         r,
-                        "is BEiT's; SplitMask splits 50/50 or into quarters (--split-visible 0.5 or 0.25)",
+                        "is BEiT's and MAE's; SplitMask splits 50/50 or into quarters (--split-visible 0.5 or 0.25)",
                     )
                     .into());
                 }
@@ -240,15 +301,21 @@ impl PretrainArgs {
                     ObjectiveArg::Inpaint => (1.0, 0.0),
                     ObjectiveArg::Match => (0.0, 1.0),
                 };
-                let cfg = SplitMaskConfig::new().with_mim_weight(mim).with_contrastive_weight(nce);
-                (visible as usize, cfg)
+                options.splitmask = SplitMaskConfig::new().with_mim_weight(mim).with_contrastive_weight(nce);
+                visible as usize
             }
-        })
+        };
+        Ok((count, options))
     }
 
     /// The training views: the recipe's crop and strength, the method's colour jitter, and no
     /// pixel change at all where the targets were computed from the stored pixels.
-    fn augment(&self, p: &PretrainDefaults, vit: &VitConfig, pp: &schemas::Preprocessing) -> Result<AugmentConfig> {
+    fn augment(
+        &self,
+        p: &PretrainDefaults,
+        vit: &VitConfig,
+        pp: Option<&schemas::Preprocessing>,
+    ) -> Result<AugmentConfig> {
         let max_crop = self.max_crop_scale.unwrap_or(p.max_crop_scale);
         if !(max_crop > 0.08 && max_crop <= 1.0) {
             return Err(E::invalid("max-crop-scale", max_crop, "must be in (0.08, 1]").into());
@@ -258,12 +325,16 @@ impl PretrainArgs {
         augment.scale.1 = max_crop;
         augment.color_jitter = self.color_jitter.unwrap_or(match self.method {
             Method::Beit => BEIT_COLOR_JITTER,
-            Method::Splitmask => 0.0,
+            // SplitMask's section 5.5; MAE's crop and flip.
+            Method::Splitmask | Method::Mae => 0.0,
         });
         if !(0.0..1.0).contains(&augment.color_jitter) {
             return Err(E::invalid("color-jitter", augment.color_jitter, "must be in [0, 1)").into());
         }
         if self.targets == Targets::Pretokenized {
+            let Some(pp) = pp else {
+                return Err(E::invalid("targets", "pretokenized", "only the token methods have token grids").into());
+            };
             if vit.image_size != pp.source_view_size as usize || vit.grid() != pp.grid() {
                 return Err(E::invalid(
                     "targets",
@@ -297,7 +368,18 @@ impl PretrainArgs {
     }
 }
 
-/// The configuration of a pre-training run folder, for commands that read a finished run.
+impl PretrainConfig {
+    /// The method's own checks ([`method::validate`]) of this configuration.
+    pub fn validate(&self) -> Result<()> {
+        method::validate(self.method, &self.spec(&self.options))
+            .map_err(|m| E::invalid("method", self.method.name(), m).into())
+    }
+}
+
+/// The configuration of a pre-training run folder, for commands that read a finished run:
+/// validated as a resolved one is, since the file may have been edited.
 pub fn load_config(run: &Path) -> Result<PretrainConfig> {
-    read_config(run)
+    let cfg: PretrainConfig = read_config(run)?;
+    cfg.validate()?;
+    Ok(cfg)
 }

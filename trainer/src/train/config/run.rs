@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use pipeline::recipe::Recipe;
 use serde::{Deserialize, Serialize};
 
-use crate::data::images::{LoadOptions, LoaderArgs};
+use crate::data::images::{ImageSet, LoadOptions, LoaderArgs};
 use crate::error::{ConfigError, Result};
 use crate::train::run_folder::{BEST_FILE, CHECKPOINT_FILE, METRICS_FILE};
 
@@ -32,6 +32,12 @@ pub struct RunArgs {
     /// Cars, Food-101 and DomainNet, `val` otherwise).
     #[arg(long)]
     pub eval_split: Option<String>,
+    /// When the evaluation split is `test`: the class-stratified share of the train split held
+    /// out (and not trained on) for every choice the run makes (the k-NN monitor's
+    /// best.safetensors, the periodic evaluations, the best probe layer), so no model is
+    /// selected on the test split. The same rows for every run of a dataset.
+    #[arg(long, default_value_t = DEFAULT_SELECT_FRACTION)]
+    pub select_fraction: f64,
     /// Use only the first N training images (quick runs).
     #[arg(long)]
     pub limit_images: Option<usize>,
@@ -56,7 +62,11 @@ pub struct RunConfig {
     pub dataset: String,
     /// The split evaluations run on.
     pub eval_split: String,
-    /// Train images the run draws from (after `--limit-images`).
+    /// The share of the train split held out for the run's choices: set when `eval_split` is
+    /// `test` (absent from older runs, which selected on their evaluation split).
+    #[serde(default)]
+    pub select_fraction: Option<f64>,
+    /// Train images the run draws from (after `--limit-images` and the held-out share).
     pub train_images: usize,
     pub limit_images: Option<usize>,
     pub seed: u64,
@@ -97,10 +107,23 @@ impl RunArgs {
             check_split(manifest, &eval_split, &self.data)?;
         }
         let train = manifest.splits.get("train").map(|s| s.images as usize).unwrap_or(0);
+        let select_fraction = (eval_split == TEST_SPLIT).then_some(self.select_fraction);
+        if !(self.select_fraction > 0.0 && self.select_fraction <= 0.5) {
+            return Err(E::invalid(
+                "select-fraction",
+                self.select_fraction,
+                "must be in (0, 0.5]",
+            ));
+        }
+        // Rows are held out of the whole split, before a --limit-images cut: the same rows for
+        // every run of the dataset.
+        let held = select_fraction.map_or(0, |f| (train as f64 * f).round() as usize);
+        let train = train - held.min(train);
         Ok(RunConfig {
             data: self.data.clone(),
             dataset: manifest.dataset.clone(),
             eval_split,
+            select_fraction,
             train_images: self.limit_images.map_or(train, |l| l.min(train)),
             limit_images: self.limit_images,
             seed: self.seed,
@@ -110,6 +133,30 @@ impl RunArgs {
             out: self.out.clone(),
             loader: self.loader.options()?,
         })
+    }
+}
+
+/// The split no choice is made on.
+pub const TEST_SPLIT: &str = "test";
+/// `--select-fraction`'s default: 5% of the train split (about 2 images per class on Stanford
+/// Cars, 37 on Food-101).
+pub const DEFAULT_SELECT_FRACTION: f64 = 0.05;
+
+impl RunConfig {
+    /// Where the run's choices are made: `train-holdout` when the evaluation split is `test`,
+    /// the evaluation split otherwise.
+    pub fn select_split(&self) -> String {
+        match self.select_fraction {
+            Some(_) => "train-holdout".into(),
+            None => self.eval_split.clone(),
+        }
+    }
+
+    /// The train split as the run trains on it, and the rows its choices are made on when they
+    /// are held out of it ([`RunConfig::select_fraction`]).
+    pub fn split_train(&self, mut train: ImageSet) -> (ImageSet, Option<ImageSet>) {
+        let held = self.select_fraction.map(|f| train.hold_out(f));
+        (train, held)
     }
 }
 
