@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The paper's comparison at CPU scale, on any dataset recipe (your own `folder` included):
-# pre-train on the target set's train images only (BEiT and SplitMask with k-means and
-# random-projection tokenizers, the recipe's masking and augmentation; MAE, which predicts
-# pixels), probe every frozen encoder and a random-init one, fine-tune each with `trainer
-# finetune`'s defaults (Table 9 with its regularization sized to the run, and LP-FT), all
-# evaluated on the recipe's split, and write the report.
+# The paper's comparison (its Table 1) at CPU scale, on any dataset recipe (your own `folder`
+# included): pre-train BEiT and SplitMask (k-means and random-projection tokenizers, the recipe's
+# masking and augmentation) and MAE (pixel targets) on the target set's train images, or on a
+# share of them, or on another dataset; probe every frozen encoder and a random-init one;
+# fine-tune each on the target with `trainer finetune`'s defaults (Table 9 with its
+# regularization sized to the run, and LP-FT: the head starts from a linear probe); evaluate on
+# the recipe's split (choices on held-out train rows where that split is `test`); write the
+# report, whose first table is Table 1's shape: method x pre-training data.
 # Every step resumes: rerunning continues where an interrupted run stopped.
 #
 # Environment (set by `make experiment`): EXP (dataset recipe), DATA_DIR (raw dataset; default
@@ -17,6 +19,16 @@ EXP_DIR=${EXP_DIR:-runs/experiment-$EXP}
 EXP_DATA=${EXP_DATA:-data/$EXP-96}
 SHORT_SIDE=${EXP_SHORT_SIDE:-96}
 MODEL=${EXP_MODEL:-cpu-tiny}
+# Pre-training methods and the token methods' tokenizers.
+METHODS=${EXP_METHODS:-beit splitmask mae}
+TOKENIZERS=${EXP_TOKENIZERS:-kmeans random_projection}
+# Shares of the pre-training set's train split, each pre-trained for the same number of updates
+# (the paper's ImageNet 100%/10%/1% at 300/3k/30k epochs): "1 0.1" adds the 10% column.
+FRACTIONS=${EXP_FRACTIONS:-1}
+# Pre-train on another recipe than the target (the paper's COCO and ImageNet columns), and
+# fine-tune a supervised encoder of it on the target too (supervised transfer).
+SOURCE=${EXP_SOURCE:-}
+SOURCE_DIR=${EXP_SOURCE_DIR:-}
 VOCAB_SIZE=${EXP_VOCAB_SIZE:-1024}
 # k-means at CPU scale: 200k sampled patches, 10 iterations (the paper clusters 3M patches).
 KMEANS_SAMPLE=${EXP_KMEANS_SAMPLE:-200000}
@@ -25,9 +37,8 @@ PRETRAIN_STEPS=${EXP_PRETRAIN_STEPS:-200}
 # Short CPU schedules need a larger learning rate than the paper's 1.5e-3 at batch 2048.
 PRETRAIN_BLR=${EXP_PRETRAIN_BLR:-0.2}
 FINETUNE_STEPS=${EXP_FINETUNE_STEPS:-300}
-# Fine-tuning runs `trainer finetune`'s defaults: Table 9 with its regularization sized to the
-# run (`--recipe scaled`) and LP-FT for pre-trained encoders. EXP_FINETUNE_ARGS adds flags
-# (`--recipe paper` runs Table 9 as the paper gives it, sized for 300 epochs).
+# EXP_FINETUNE_ARGS adds flags (`--recipe paper` runs Table 9 as the paper gives it, sized for
+# 300 epochs).
 FINETUNE_ARGS=${EXP_FINETUNE_ARGS:-}
 # Fine-tuning lr at batch 1024 (scaled to the batch); empty keeps the recipe's (4e-3 on the
 # small sets, 1.4e-4 on the large ones).
@@ -50,44 +61,27 @@ SUFFIX=""
 
 say() { printf '\n== %s\n' "$*"; }
 
-say "data: $EXP at ${SHORT_SIDE} px -> $EXP_DATA"
-# Exit status 2: done, some inputs skipped (listed in the manifest).
-"$PIPELINE" prepare --dataset "$EXP" ${DATA_DIR:+--data-dir "$DATA_DIR"} --out "$EXP_DATA" \
-  --max-short-side "$SHORT_SIDE" --no-progress || [ $? -eq 2 ]
-for kind in kmeans random-projection; do
-  file="$EXP_DATA/vocab-${kind//-/_}-$VOCAB_SIZE-s0.safetensors"
-  [ -f "$file" ] || "$PIPELINE" vocab build --data "$EXP_DATA" --kind "$kind" --size "$VOCAB_SIZE" \
-    --sample "$KMEANS_SAMPLE" --iterations 10 --no-progress
-done
+prepare() { # <recipe> <raw dir or ""> <out> [more prepare flags]
+  local recipe=$1 raw=$2 out=$3
+  shift 3
+  say "data: $recipe at ${SHORT_SIDE} px $* -> $out"
+  # Exit status 2: done, some inputs skipped (listed in the manifest).
+  "$PIPELINE" prepare --dataset "$recipe" ${raw:+--data-dir "$raw"} --out "$out" \
+    --max-short-side "$SHORT_SIDE" --no-progress "$@" || [ $? -eq 2 ]
+  for kind in $TOKENIZERS; do
+    [ -f "$out/vocab-$kind-$VOCAB_SIZE-s0.safetensors" ] || "$PIPELINE" vocab build --data "$out" \
+      --kind "${kind//_/-}" --size "$VOCAB_SIZE" --sample "$KMEANS_SAMPLE" --iterations 10 --no-progress
+  done
+}
 
-probe() { # <out> (--run <run> | --random-init <preset> --data <data> --out <out>)
+probe() { # <out> (--run <run> | --random-init <preset> --out <out>): on the target's data
   local out=$1
   shift
-  [ -f "$out/results.json" ] || "$TRAINER" eval "$@" --train-images "$PROBE_IMAGES" \
+  [ -f "$out/results.json" ] || "$TRAINER" eval "$@" --data "$EXP_DATA" --train-images "$PROBE_IMAGES" \
     --val-images "$PROBE_IMAGES" --probe-epochs 50 --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" > /dev/null
 }
 
-mkdir -p "$EXP_DIR"
-for method in beit splitmask; do
-  for kind in kmeans random_projection; do
-    run="$EXP_DIR/$method-$kind$SUFFIX"
-    say "pre-train $method with the $kind tokenizer -> $run"
-    "$TRAINER" pretrain --data "$EXP_DATA" --vocab "$EXP_DATA/vocab-$kind-$VOCAB_SIZE-s0.safetensors" \
-      --method "$method" --model "$MODEL" --batch-size "$BATCH" --max-steps "$PRETRAIN_STEPS" \
-      --blr "$PRETRAIN_BLR" --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" --out "$run" --resume --quiet
-    probe "$run" --run "$run"
-  done
-done
-run="$EXP_DIR/mae$SUFFIX"
-say "pre-train mae -> $run"
-"$TRAINER" pretrain --data "$EXP_DATA" --method mae --model "$MODEL" --batch-size "$BATCH" \
-  --max-steps "$PRETRAIN_STEPS" --blr "$PRETRAIN_BLR" --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" \
-  --out "$run" --resume --quiet
-probe "$run" --run "$run"
-say "random-init encoder probes"
-probe "$EXP_DIR/random$SUFFIX" --random-init "$MODEL" --data "$EXP_DATA" --out "$EXP_DIR/random$SUFFIX"
-
-finetune() { # <out> [--init <run>]
+finetune() { # <out> [--init <run>]: on the target's data
   local out=$1
   shift
   say "fine-tune -> $out"
@@ -96,13 +90,65 @@ finetune() { # <out> [--init <run>]
     ${FINETUNE_WARMUP:+--warmup-epochs "$FINETUNE_WARMUP"} --eval-every-epochs 0.5 --eval-images "$EVAL_IMAGES" \
     --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" --out "$out" --resume --quiet
 }
-finetune "$EXP_DIR/ft-random$SUFFIX"
-for method in beit splitmask; do
-  for kind in kmeans random_projection; do
-    finetune "$EXP_DIR/ft-$method-$kind$SUFFIX" --init "$EXP_DIR/$method-$kind$SUFFIX"
+
+pretrain() { # <data> <out> <method> [--vocab <file>]
+  local data=$1 out=$2 method=$3
+  shift 3
+  say "pre-train $method on $data -> $out"
+  "$TRAINER" pretrain --data "$data" "$@" --method "$method" --model "$MODEL" --batch-size "$BATCH" \
+    --max-steps "$PRETRAIN_STEPS" --blr "$PRETRAIN_BLR" --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" \
+    --out "$out" --resume --quiet
+}
+
+prepare "$EXP" "$DATA_DIR" "$EXP_DATA"
+# The pre-training sets: the target (or the source) at every fraction.
+BASE=$EXP BASE_DATA=$EXP_DATA BASE_DIR=$DATA_DIR
+if [ -n "$SOURCE" ]; then
+  BASE=$SOURCE BASE_DATA=data/$SOURCE-$SHORT_SIDE BASE_DIR=$SOURCE_DIR
+  prepare "$SOURCE" "$SOURCE_DIR" "$BASE_DATA"
+fi
+mkdir -p "$EXP_DIR"
+PRETRAINED=()
+for fraction in $FRACTIONS; do
+  data=$BASE_DATA tag=""
+  [ -z "$SOURCE" ] || tag="-$SOURCE"
+  if [ "$fraction" != 1 ]; then
+    data=$BASE_DATA-f$fraction tag="$tag-f$fraction"
+    prepare "$BASE" "$BASE_DIR" "$data" --fraction "$fraction"
+  fi
+  for method in $METHODS; do
+    if [ "$method" = mae ]; then
+      run="$EXP_DIR/mae$tag$SUFFIX"
+      pretrain "$data" "$run" mae
+      probe "$run" --run "$run"
+      PRETRAINED+=("$run")
+      continue
+    fi
+    for kind in $TOKENIZERS; do
+      run="$EXP_DIR/$method-$kind$tag$SUFFIX"
+      pretrain "$data" "$run" "$method" --vocab "$data/vocab-$kind-$VOCAB_SIZE-s0.safetensors"
+      probe "$run" --run "$run"
+      PRETRAINED+=("$run")
+    done
   done
 done
-finetune "$EXP_DIR/ft-mae$SUFFIX" --init "$EXP_DIR/mae$SUFFIX"
+say "random-init encoder probes"
+probe "$EXP_DIR/random$SUFFIX" --random-init "$MODEL" --out "$EXP_DIR/random$SUFFIX"
+
+finetune "$EXP_DIR/ft-random$SUFFIX"
+for run in "${PRETRAINED[@]}"; do
+  finetune "$EXP_DIR/ft-$(basename "$run")" --init "$run"
+done
+if [ -n "$SOURCE" ]; then
+  # Supervised pre-training on the source (beside EXP_DIR: the report compares runs fine-tuned
+  # on the target), then fine-tuning on the target from its encoder.
+  say "supervised pre-training on $SOURCE"
+  supervised="$EXP_DIR-sources/supervised-$SOURCE$SUFFIX"
+  "$TRAINER" finetune --data "$BASE_DATA" --model "$MODEL" --batch-size "$BATCH" --max-steps "$FINETUNE_STEPS" \
+    --eval-every-epochs 0.5 --eval-images "$EVAL_IMAGES" --seed "$SEED" --device "$DEVICE" --backend "$BACKEND" \
+    --out "$supervised" --resume --quiet
+  finetune "$EXP_DIR/ft-supervised-$SOURCE$SUFFIX" --init "$supervised"
+fi
 
 "$TRAINER" report --runs "$EXP_DIR"
 cat "$EXP_DIR/report.md"

@@ -126,7 +126,8 @@ fn half() -> f64 {
     0.5
 }
 
-fn one() -> f64 {
+/// A serde default of 1 (shared with the trainer's configs).
+pub fn one() -> f64 {
     1.0
 }
 

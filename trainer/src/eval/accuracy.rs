@@ -73,30 +73,45 @@ pub fn classify<B: Backend>(
     pass: Pass,
     device: &B::Device,
 ) -> Result<ClassifyResult, DataError> {
-    let mut hits = TopK::default();
-    let mut loss = 0f64;
-    let mut predictions = Vec::new();
-    pass.for_each::<B>(device, |x, labels| {
-        let logits = model.forward(x, Mode::Eval);
+    let mut tally = Tally::default();
+    pass.for_each::<B>(device, |x, labels| tally.add(model.forward(x, Mode::Eval), &labels))?;
+    Ok(tally.result())
+}
+
+/// [`ClassifyResult`] accumulated over batches of logits.
+#[derive(Debug, Default)]
+pub struct Tally {
+    hits: TopK,
+    loss: f64,
+    predictions: Vec<u64>,
+}
+
+impl Tally {
+    /// Counts the predictions of `logits` (`[batch, classes]`) against `labels`.
+    pub fn add<B: Backend>(&mut self, logits: Tensor<B, 2>, labels: &[i64]) {
         let classes = logits.dims()[1];
-        predictions.resize(classes, 0);
+        self.predictions.resize(classes, 0);
         let logp: Vec<f32> = log_softmax(logits, 1).into_data().iter::<f32>().collect();
-        for (row, &label) in logp.chunks(classes).zip(&labels) {
-            hits.add(row, label as usize);
-            loss -= row[label as usize] as f64;
+        for (row, &label) in logp.chunks(classes).zip(labels) {
+            self.hits.add(row, label as usize);
+            self.loss -= row[label as usize] as f64;
             // The first of the highest scores, the same tie rule as `rank`.
             let best = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
-            predictions[best] += 1;
+            self.predictions[best] += 1;
         }
-    })?;
-    let (top1, top5) = hits.rates();
-    Ok(ClassifyResult {
-        top1,
-        top5,
-        loss: loss / pass.indices.len().max(1) as f64,
-        images: pass.indices.len(),
-        predictions,
-    })
+    }
+
+    pub fn result(self) -> ClassifyResult {
+        let (top1, top5) = self.hits.rates();
+        let images = self.hits.count;
+        ClassifyResult {
+            top1,
+            top5,
+            loss: self.loss / images.max(1) as f64,
+            images,
+            predictions: self.predictions,
+        }
+    }
 }
 
 #[cfg(test)]

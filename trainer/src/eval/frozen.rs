@@ -45,6 +45,9 @@ pub struct EncoderSource {
     pub pretrain_steps: u64,
     /// The pre-training run's seed (the init seed for random-init encoders).
     pub seed: u64,
+    /// What the encoder was pre-trained on: the dataset, and its share where a subset
+    /// (`imagenette 10%`); none for random init.
+    pub pretrain_data: Option<String>,
 }
 
 /// An encoder to evaluate, with its preset name and provenance.
@@ -69,6 +72,7 @@ impl<B: Backend> FrozenEncoder<B> {
                 vocab: None,
                 pretrain_steps: 0,
                 seed,
+                pretrain_data: None,
             },
         }
     }
@@ -91,6 +95,9 @@ pub struct EvalResults {
     /// The split evaluated on.
     #[serde(default = "val")]
     pub eval_split: String,
+    /// What the encoder was pre-trained on (the report's Table 1 columns).
+    #[serde(default)]
+    pub pretrain_data: Option<String>,
     pub knn: KnnResult,
     /// One probe per block output, then the final norm's.
     pub probes: Vec<ProbeResult>,
@@ -199,6 +206,7 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
         pretrain_steps: s.pretrain_steps,
         seed: s.seed,
         eval_split: spec.eval_split.clone(),
+        pretrain_data: s.pretrain_data.clone(),
         knn: knn_result,
         probes,
         best_probe,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, ReportError, Result};
 use crate::report::figures::write_plots;
 use crate::report::runs::{find_runs, Run};
-use crate::report::tables::{write_eval_section, write_finetune_section};
+use crate::report::tables::{write_eval_section, write_finetune_section, write_table1};
 
 /// The written files.
 #[derive(Debug, Clone)]
@@ -38,6 +38,9 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
     let _ = writeln!(md, "# Results: `{}`\n", runs_dir.display());
     let evals: Vec<&Run> = runs.iter().filter(|r| r.eval.is_some()).collect();
     let fts: Vec<&Run> = runs.iter().filter(|r| r.finetune.is_some()).collect();
+    if !evals.is_empty() || !fts.is_empty() {
+        write_table1(&mut md, &evals, &fts);
+    }
     if !evals.is_empty() {
         write_eval_section(&mut md, &evals);
     }

@@ -1,5 +1,6 @@
-//! The report's Markdown tables: frozen-encoder evaluations and fine-tuning results, per run
-//! and per (initialization, tokenizer) over seeds.
+//! The report's Markdown tables: the paper's Table 1 (method x pre-training data), then
+//! frozen-encoder evaluations and fine-tuning results, per run and per (initialization,
+//! tokenizer) over seeds.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -143,6 +144,77 @@ fn write_finetune_spread(md: &mut String, fts: &[&Run]) {
     }
 }
 
+/// The paper's Table 1 in shape: one row per method (and tokenizer), one column per
+/// pre-training data (`imagenette`, `imagenette 10%`, `coco`...), each cell the fine-tuned
+/// top-1 mean and range over seeds, then the same for the best probe. Random init has no
+/// pre-training data: its column is `none`.
+pub(super) fn write_table1(md: &mut String, evals: &[&Run], fts: &[&Run]) {
+    let row = |init: &str, vocab: &Option<PathBuf>| match tokenizer(vocab).as_str() {
+        "-" => init.to_string(),
+        t => format!("{init} ({t})"),
+    };
+    let column = |data: &Option<String>| data.clone().unwrap_or_else(|| "none".into());
+    let finetuned: Vec<(String, String, f64)> = fts
+        .iter()
+        .filter_map(|r| r.finetune.as_ref())
+        .map(|f| (row(&f.init, &f.vocab), column(&f.pretrain_data), 100.0 * f.eval.top1))
+        .collect();
+    let probed: Vec<(String, String, f64)> = evals
+        .iter()
+        .filter_map(|r| r.eval.as_ref())
+        .map(|e| {
+            (
+                row(&e.init, &e.vocab),
+                column(&e.pretrain_data),
+                100.0 * e.best_probe.top1,
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        md,
+        "## Table 1: method x pre-training data (mean [min, max] over seeds)\n"
+    );
+    for (what, cells) in [
+        ("Fine-tuned top-1 %", &finetuned),
+        ("Best linear probe top-1 %", &probed),
+    ] {
+        if !cells.is_empty() {
+            write_grid(md, what, cells);
+        }
+    }
+}
+
+/// One Table 1 grid: `cells` are (row, column, value) with repeats over seeds.
+fn write_grid(md: &mut String, what: &str, cells: &[(String, String, f64)]) {
+    let mut grid: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    for (r, c, v) in cells {
+        grid.entry(r).or_default().entry(c).or_default().push(*v);
+    }
+    let columns: std::collections::BTreeSet<&str> = cells.iter().map(|c| c.1.as_str()).collect();
+    let _ = writeln!(md, "{what}\n");
+    let header: Vec<&str> = columns.iter().copied().collect();
+    let _ = writeln!(md, "| method | {} |", header.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(header.len()));
+    for (r, by_column) in &grid {
+        let cells: Vec<String> = header
+            .iter()
+            .map(|c| by_column.get(c).map_or_else(|| "-".to_string(), |v| spread(v)))
+            .collect();
+        let _ = writeln!(md, "| {r} | {} |", cells.join(" | "));
+    }
+    md.push('\n');
+}
+
+/// `mean [min, max]`, or the value alone for one run.
+fn spread(v: &[f64]) -> String {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    match v.len() {
+        1 => format!("{mean:.1}"),
+        _ => format!("{mean:.1} [{lo:.1}, {hi:.1}]"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +229,20 @@ mod tests {
         );
         assert_eq!(t("my-vocab-sx.safetensors"), "my-vocab-sx");
         assert_eq!(tokenizer(&None), "-");
+    }
+
+    #[test]
+    fn table_1_puts_methods_in_rows_and_pre_training_data_in_columns() {
+        let cells = [
+            ("splitmask".to_string(), "imagenette".to_string(), 40.0),
+            ("splitmask".to_string(), "imagenette".to_string(), 42.0),
+            ("splitmask".to_string(), "imagenette 10%".to_string(), 35.0),
+            ("random".to_string(), "none".to_string(), 20.0),
+        ];
+        let mut md = String::new();
+        write_grid(&mut md, "top-1", &cells);
+        assert!(md.contains("| method | imagenette | imagenette 10% | none |"), "{md}");
+        assert!(md.contains("| random | - | - | 20.0 |"), "{md}");
+        assert!(md.contains("| splitmask | 41.0 [40.0, 42.0] | 35.0 | - |"), "{md}");
     }
 }

@@ -163,6 +163,7 @@ pub fn frozen_encoder<B: Backend>(init: &Path, device: &B::Device) -> Result<Fro
             vocab: cfg.vocab.clone(),
             pretrain_steps: cfg.schedule.total_steps,
             seed: cfg.run.seed,
+            pretrain_data: Some(cfg.data_label()),
         },
     })
 }

@@ -21,7 +21,7 @@ use crate::data::augment::AugmentConfig;
 use crate::data::images::ImageSet;
 use crate::data::mixup::mix_batch;
 use crate::error::Result;
-use crate::eval::accuracy::{classify, ClassifyResult};
+use crate::eval::accuracy::{classify, ClassifyResult, Tally};
 use crate::eval::features::{head_features, Pass};
 use crate::eval::probe::{fit_probe, Features, LinearProbe, ProbeConfig};
 use crate::model::classifier::Classifier;
@@ -83,6 +83,10 @@ pub struct FinetuneResults {
     pub init: String,
     pub init_run: Option<PathBuf>,
     pub vocab: Option<PathBuf>,
+    /// What the encoder was pre-trained on (the report's Table 1 columns); none for random
+    /// init.
+    #[serde(default)]
+    pub pretrain_data: Option<String>,
     pub seed: u64,
     pub epochs: u64,
     pub steps: u64,
@@ -468,6 +472,7 @@ fn write_final(cfg: &FinetuneConfig, sets: &Sets, state: &TrainState, e: Classif
         init: cfg.init.as_ref().map_or_else(|| "random".into(), InitSource::name),
         init_run: cfg.init.as_ref().map(|i| i.run.clone()),
         vocab: cfg.init.as_ref().and_then(|i| i.vocab.clone()),
+        pretrain_data: cfg.init.as_ref().and_then(|i| i.pretrain_data.clone()),
         seed: cfg.run.seed,
         epochs: cfg.schedule.epochs,
         steps: state.step,
@@ -528,7 +533,8 @@ fn probe_head<B: AutodiffBackend>(
 }
 
 /// What an LP-FT run scores before its first update: its probe on the frozen encoder's head
-/// features, and the model with that probe as its head, on every image of `eval`.
+/// features, and the model with that probe as its head, on every image of `eval`. One pass:
+/// the model's logits are its head on the same features.
 fn evaluate_start<B: AutodiffBackend>(
     cfg: &FinetuneConfig,
     model: &Classifier<B>,
@@ -540,16 +546,23 @@ fn evaluate_start<B: AutodiffBackend>(
     let all: Vec<usize> = (0..eval.samples.len()).collect();
     let (x, y) = head_features(
         &frozen,
-        eval_pass(cfg, eval, &all, "probe before the first update"),
-        device,
-    )?;
-    let (probe_top1, _) = probe.accuracy::<B::InnerBackend>(Features { x: &x, y: &y }, device);
-    let model = classify(
-        &frozen,
         eval_pass(cfg, eval, &all, "evaluating before the first update"),
         device,
     )?;
-    Ok(StartEval { probe_top1, model })
+    let (probe_top1, _) = probe.accuracy::<B::InnerBackend>(Features { x: &x, y: &y }, device);
+    let dim = cfg.vit.dim;
+    let mut tally = Tally::default();
+    for (rows, labels) in x
+        .chunks(dim * cfg.schedule.batch_size)
+        .zip(y.chunks(cfg.schedule.batch_size))
+    {
+        let features = Tensor::from_data(TensorData::new(rows.to_vec(), [labels.len(), dim]), device);
+        tally.add(frozen.head.forward(features), labels);
+    }
+    Ok(StartEval {
+        probe_top1,
+        model: tally.result(),
+    })
 }
 
 /// The eval views of `set` at `indices`.

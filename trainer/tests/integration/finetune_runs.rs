@@ -160,7 +160,7 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
 
 /// A small real set unlike Imagenette, built from its photos: a few of its classes, imbalanced,
 /// in another look.
-struct Derived {
+pub(crate) struct Derived {
     name: &'static str,
     /// (synset, train images, val images), the largest class first.
     classes: &'static [(&'static str, usize, usize)],
@@ -168,7 +168,7 @@ struct Derived {
 }
 
 /// Grayscale photos of four classes, half of them in the largest.
-const GRAY: Derived = Derived {
+pub(crate) const GRAY: Derived = Derived {
     name: "gray",
     classes: &[
         ("n02102040", 400, 200),
@@ -219,7 +219,11 @@ fn edges(img: &image::RgbImage) -> image::RgbImage {
 
 /// `set`'s images as a `folder` layout (`<root>/{train,val}/<class>/*.jpg`, 72 px shorter side),
 /// prepared into shards. Panics without ../shared: the test must not pass without its data.
-fn prepare_derived(set: &Derived) -> PathBuf {
+pub(crate) fn prepare_derived(set: &Derived) -> PathBuf {
+    // Tests run in parallel and share the prepared folder: one prepares it at a time (the others
+    // find it done).
+    static PREPARING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = PREPARING.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("derived-{}", set.name));
     let (raw, data) = (root.join("raw"), root.join("data"));
     let imagenette = crate::shared("data/imagenette").expect("../shared/data/imagenette is needed");

@@ -16,6 +16,7 @@ use trainer::train::pretrain::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
 
 mod data_parallel;
+mod experiment;
 mod faults;
 mod finetune_runs;
 mod layering;

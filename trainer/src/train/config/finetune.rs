@@ -159,6 +159,10 @@ pub struct InitSource {
     /// The dataset a supervised encoder was trained on.
     #[serde(default)]
     pub dataset: Option<String>,
+    /// What the encoder was trained on, as the report names it (`imagenette 10%`,
+    /// `cars (supervised)`, `timm`).
+    #[serde(default)]
+    pub pretrain_data: Option<String>,
 }
 
 impl InitSource {
@@ -191,58 +195,43 @@ impl Init {
             path: run.join(CONFIG_FILE),
             message,
         };
-        let source = |kind, method, vocab, steps, dataset| InitSource {
+        let mut source = InitSource {
             run: run.clone(),
-            checkpoint: Some(checkpoint.clone()),
-            kind,
-            method,
-            vocab,
-            pretrain_steps: steps,
-            dataset,
+            checkpoint: Some(checkpoint),
+            kind: InitKind::Pretrain,
+            method: None,
+            vocab: None,
+            pretrain_steps: 0,
+            dataset: None,
+            pretrain_data: None,
         };
-        if is_timm_config(&config) {
-            let weights = match init.is_file() {
-                true => init.to_path_buf(),
-                false => run.join(WEIGHTS_FILE),
-            };
-            let vit = vit_from_timm(&config, &run.join(CONFIG_FILE))?;
+        let (vit, model) = if is_timm_config(&config) {
+            source.kind = InitKind::Timm;
+            if !init.is_file() {
+                source.checkpoint = Some(run.join(WEIGHTS_FILE));
+            }
+            source.pretrain_data = Some("timm".into());
             let model = config["architecture"].as_str().unwrap_or("timm").to_string();
-            let mut s = source(InitKind::Timm, None, None, 0, None);
-            s.checkpoint = Some(weights);
-            return Ok(Init { source: s, vit, model });
-        }
-        if config.get("method").is_some() {
+            (vit_from_timm(&config, &run.join(CONFIG_FILE))?, model)
+        } else if config.get("method").is_some() {
             let p: PretrainConfig = serde_json::from_value(config).map_err(|e| unknown(e.to_string()))?;
             p.validate()?;
-            let s = source(
-                InitKind::Pretrain,
-                Some(p.method),
-                p.vocab.clone(),
-                p.schedule.total_steps,
-                None,
-            );
-            return Ok(Init {
-                source: s,
-                vit: p.vit,
-                model: p.model,
-            });
-        }
-        if config.get("classes").is_some() {
+            source.method = Some(p.method);
+            source.vocab = p.vocab.clone();
+            source.pretrain_steps = p.schedule.total_steps;
+            source.pretrain_data = Some(p.data_label());
+            (p.vit, p.model)
+        } else if config.get("classes").is_some() {
             let f: FinetuneConfig = serde_json::from_value(config).map_err(|e| unknown(e.to_string()))?;
-            let s = source(
-                InitKind::Finetune,
-                None,
-                None,
-                f.schedule.total_steps,
-                Some(f.run.dataset),
-            );
-            return Ok(Init {
-                source: s,
-                vit: f.vit,
-                model: f.model,
-            });
-        }
-        Err(unknown("it has no method, classes or timm architecture".into()).into())
+            source.kind = InitKind::Finetune;
+            source.pretrain_steps = f.schedule.total_steps;
+            source.pretrain_data = Some(format!("{} (supervised)", f.run.dataset));
+            source.dataset = Some(f.run.dataset);
+            (f.vit, f.model)
+        } else {
+            return Err(unknown("it has no method, classes or timm architecture".into()).into());
+        };
+        Ok(Init { source, vit, model })
     }
 }
 
@@ -269,7 +258,7 @@ pub struct FinetuneConfig {
     pub recipe: FinetuneRecipe,
     /// What the recipe's regularizers were multiplied by: the run's share of the recipe's
     /// epochs under `scaled` (at most 1), 1 under `paper`.
-    #[serde(default = "one")]
+    #[serde(default = "pipeline::recipe::one")]
     pub regularization_scale: f64,
     pub eval_every: u64,
     pub eval_images: Option<usize>,
@@ -277,10 +266,6 @@ pub struct FinetuneConfig {
 
 pub(super) fn paper_recipe() -> FinetuneRecipe {
     FinetuneRecipe::Paper
-}
-
-pub(super) fn one() -> f64 {
-    1.0
 }
 
 /// A run folder and the checkpoint file `--init` names in it.

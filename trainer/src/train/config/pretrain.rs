@@ -369,6 +369,19 @@ impl PretrainArgs {
 }
 
 impl PretrainConfig {
+    /// What the run pre-trained on, as reports name it: the dataset, and its share when it
+    /// was prepared as a subset (`--fraction`): `imagenette 10%`.
+    pub fn data_label(&self) -> String {
+        let fraction = pipeline::prepare::load_manifest(&self.run.data)
+            .ok()
+            .and_then(|m| m.settings["subset"]["fraction"].as_f64());
+        match fraction {
+            // Rounded to 0.01%: 0.1 is `10%`, not `10.000000000000002%`.
+            Some(f) if f < 1.0 => format!("{} {}%", self.run.dataset, (f * 1e4).round() / 1e2),
+            _ => self.run.dataset.clone(),
+        }
+    }
+
     /// The method's own checks ([`method::validate`]) of this configuration.
     pub fn validate(&self) -> Result<()> {
         method::validate(self.method, &self.spec(&self.options))
