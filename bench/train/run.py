@@ -1,6 +1,7 @@
 """bench/train: training steps per second of `trainer bench` on each backend (flex; LibTorch on
 the CPU) and of the PyTorch reference (../shared/anchors/torch_ref/bench_splitmask.py, eager,
-f32) on the same configurations, in one run on one machine; prints a table with the ratios.
+f32; for MAE bench/train/mae_ref.py, MAE's models_mae.py with the trainer's encoder) on the same
+configurations, in one run on one machine; prints a table with the ratios.
 
 Both sides time the whole step: image upload and normalisation, the tokenizer, forward, backward
 and AdamW, at batch 64 and V=1024 by default. The reference knows only ViT-S/B presets, so the
@@ -57,7 +58,24 @@ def ours(trainer, backend, model, method, a):
     return {"name": r["impl_name"], "img_per_s": r["images_per_s"], "loss": r["final_loss"]}
 
 
+def theirs_mae(model, a):
+    # MaeConfig::for_vit on the CPU presets: 2 decoder blocks of the encoder's width and heads.
+    d = PRESETS[model]
+    cmd = [sys.executable, str(Path(__file__).with_name("mae_ref.py")), "--dim", str(d["dim"]), "--depth",
+           str(d["depth"]), "--heads", str(d["heads"]), "--img", str(d["img"]), "--patch", str(d["patch"]),
+           "--dec-dim", str(d["dim"]), "--dec-depth", "2", "--dec-heads", str(d["heads"]), "--batch", str(a.batch),
+           "--warmup", str(a.warmup), "--steps", str(a.steps)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"the PyTorch MAE reference failed:\n{p.stderr}")
+    r = last_json(p.stdout, "the PyTorch MAE reference")
+    return {"name": f"torch-{r['torch_version']}-eager-f32", "img_per_s": a.batch / r["step_ms_wall_mean"] * 1e3,
+            "loss": r["loss_last"]}
+
+
 def theirs(model, method, a):
+    if method == "mae":
+        return theirs_mae(model, a)
     cmd = [sys.executable, __file__, "--as-reference", "--device", "cpu", "--fp32", "--model", model,
            "--method", method, "--batch", str(a.batch), "--vocab", str(a.vocab), "--warmup", str(a.warmup),
            "--steps", str(a.steps)]
@@ -76,7 +94,7 @@ def main():
     ap.add_argument("--trainer", default=str(REPO / "target/release/trainer"))
     ap.add_argument("--backends", default="native,tch", help="trainer backends (native = flex on the CPU)")
     ap.add_argument("--models", default="cpu-tiny,cpu-small")
-    ap.add_argument("--methods", default="splitmask,beit")
+    ap.add_argument("--methods", default="splitmask,beit,mae")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--warmup", type=int, default=3)
