@@ -29,6 +29,7 @@ FRACTIONS=${EXP_FRACTIONS:-1}
 # fine-tune a supervised encoder of it on the target too (supervised transfer).
 SOURCE=${EXP_SOURCE:-}
 SOURCE_DIR=${EXP_SOURCE_DIR:-}
+SOURCE_DATA=${EXP_SOURCE_DATA:-data/$SOURCE-$SHORT_SIDE}
 VOCAB_SIZE=${EXP_VOCAB_SIZE:-1024}
 # k-means at CPU scale: 200k sampled patches, 10 iterations (the paper clusters 3M patches).
 KMEANS_SAMPLE=${EXP_KMEANS_SAMPLE:-200000}
@@ -104,7 +105,7 @@ prepare "$EXP" "$DATA_DIR" "$EXP_DATA"
 # The pre-training sets: the target (or the source) at every fraction.
 BASE=$EXP BASE_DATA=$EXP_DATA BASE_DIR=$DATA_DIR
 if [ -n "$SOURCE" ]; then
-  BASE=$SOURCE BASE_DATA=data/$SOURCE-$SHORT_SIDE BASE_DIR=$SOURCE_DIR
+  BASE=$SOURCE BASE_DATA=$SOURCE_DATA BASE_DIR=$SOURCE_DIR
   prepare "$SOURCE" "$SOURCE_DIR" "$BASE_DATA"
 fi
 mkdir -p "$EXP_DIR"

@@ -180,7 +180,7 @@ pub(crate) const GRAY: Derived = Derived {
 };
 
 /// Edge maps (dark strokes on white, like sketches) of five other classes.
-const EDGES: Derived = Derived {
+pub(crate) const EDGES: Derived = Derived {
     name: "edges",
     classes: &[
         ("n01440764", 300, 180),
