@@ -99,7 +99,9 @@ fn two_beit_workers_with_batch_b_follow_one_with_batch_2b_and_resume_exactly() {
     let ckpt = |c: &PretrainConfig| c.run.checkpoint_path();
     let diff = max_param_diff(&ckpt(&one), &ckpt(&two));
     eprintln!("BEiT, 20 steps: 1 x 16 against 2 x 8, largest parameter difference {diff:e}");
-    assert!(diff < 1e-5, "{diff}");
+    // Rounding only: 2e-6 to 1.6e-5 measured (the CPU kernels' summation order varies with the
+    // load of a parallel test run); a wrong gradient mean moves parameters by 1e-3 and more.
+    assert!(diff < 5e-5, "{diff}");
 
     // Stopped after 12 updates and resumed: the 2-worker run continues as if uninterrupted.
     let resumed = beit(f, &tmp.path().join("resumed"), "8", Some("cpu:2"), Some("12"));
