@@ -58,30 +58,20 @@ def ours(trainer, backend, model, method, a):
     return {"name": r["impl_name"], "img_per_s": r["images_per_s"], "loss": r["final_loss"]}
 
 
-def theirs_mae(model, a):
-    # MaeConfig::for_vit on the CPU presets: 2 decoder blocks of the encoder's width and heads.
-    d = PRESETS[model]
-    cmd = [sys.executable, str(Path(__file__).with_name("mae_ref.py")), "--dim", str(d["dim"]), "--depth",
-           str(d["depth"]), "--heads", str(d["heads"]), "--img", str(d["img"]), "--patch", str(d["patch"]),
-           "--dec-dim", str(d["dim"]), "--dec-depth", "2", "--dec-heads", str(d["heads"]), "--batch", str(a.batch),
-           "--warmup", str(a.warmup), "--steps", str(a.steps)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"the PyTorch MAE reference failed:\n{p.stderr}")
-    r = last_json(p.stdout, "the PyTorch MAE reference")
-    return {"name": f"torch-{r['torch_version']}-eager-f32", "img_per_s": a.batch / r["step_ms_wall_mean"] * 1e3,
-            "loss": r["loss_last"]}
-
-
 def theirs(model, method, a):
     if method == "mae":
-        return theirs_mae(model, a)
-    cmd = [sys.executable, __file__, "--as-reference", "--device", "cpu", "--fp32", "--model", model,
-           "--method", method, "--batch", str(a.batch), "--vocab", str(a.vocab), "--warmup", str(a.warmup),
-           "--steps", str(a.steps)]
+        # MaeConfig::for_vit on the CPU presets: 2 decoder blocks of the encoder's width and heads.
+        d = PRESETS[model]
+        cmd = [sys.executable, str(Path(__file__).with_name("mae_ref.py")), "--dim", str(d["dim"]), "--depth",
+               str(d["depth"]), "--heads", str(d["heads"]), "--img", str(d["img"]), "--patch", str(d["patch"]),
+               "--dec-dim", str(d["dim"]), "--dec-depth", "2", "--dec-heads", str(d["heads"])]
+    else:
+        cmd = [sys.executable, __file__, "--as-reference", "--device", "cpu", "--fp32", "--model", model,
+               "--method", method, "--vocab", str(a.vocab)]
+    cmd += ["--batch", str(a.batch), "--warmup", str(a.warmup), "--steps", str(a.steps)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
-        sys.exit(f"the PyTorch reference failed:\n{p.stderr}")
+        sys.exit(f"the PyTorch reference ({method}) failed:\n{p.stderr}")
     r = last_json(p.stdout, "the PyTorch reference")
     return {"name": f"torch-{r['torch_version']}-eager-f32", "img_per_s": a.batch / r["step_ms_wall_mean"] * 1e3,
             "loss": r["loss_last"]}

@@ -13,7 +13,7 @@ use crate::data::images::{ImageSet, LoadOptions};
 use crate::error::Result;
 use crate::eval::features::{layer_features, Pass};
 use crate::eval::knn::{knn, KnnResult};
-use crate::eval::probe::{linear_probe, Features, ProbeConfig, ProbeResult};
+use crate::eval::probe::{fit_probe, Features, ProbeConfig, ProbeResult};
 use crate::model::vit::{Vit, VitConfig};
 
 /// How to evaluate: which data, how many images, the probes' training.
@@ -163,28 +163,15 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
         crate::eval::knn::K,
         crate::eval::knn::TEMPERATURE,
     );
-    let bar = crate::progress::pass("linear probes", last as u64 + 1, "layers");
-    let probes: Vec<ProbeResult> = (0..=last)
-        .map(|l| {
-            bar.inc(1);
-            let fit = |x: &[f32], y: &[i64]| {
-                let train = Features {
-                    x: &train_f[l],
-                    y: &train_y,
-                };
-                linear_probe::<B>(train, Features { x, y }, dim, classes, &spec.probe, device)
-            };
-            let (top1, top5, train_top1) = fit(&val_f[l], &val_y);
-            ProbeResult {
-                layer: l + 1,
-                top1,
-                top5,
-                train_top1,
-                select_top1: select_f.as_ref().map(|(f, y)| fit(&f[l], y).0),
-            }
-        })
-        .collect();
-    bar.finish_and_clear();
+    let probes = layer_probes::<B>(
+        spec,
+        (&train_f, &train_y),
+        (&val_f, &val_y),
+        select_f.as_ref().map(|(f, y)| (f.as_slice(), y.as_slice())),
+        classes,
+        dim,
+        device,
+    );
     // The layer is a choice: made on the held-out rows when the evaluation split is `test`.
     let best_probe = *probes
         .iter()
@@ -216,4 +203,42 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
         },
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Per-layer features (`depth + 1` layers) and their labels.
+type Layers<'a> = (&'a [Vec<f32>], &'a [i64]);
+
+/// One linear probe per layer, fitted on `train` and scored on the evaluation split, its own
+/// train rows and, when given, the held-out rows the best layer is chosen on.
+fn layer_probes<B: Backend>(
+    spec: &EvalSpec,
+    (train_f, train_y): Layers,
+    (val_f, val_y): Layers,
+    select: Option<Layers>,
+    classes: usize,
+    dim: usize,
+    device: &B::Device,
+) -> Vec<ProbeResult> {
+    let bar = crate::progress::pass("linear probes", train_f.len() as u64, "layers");
+    let probes = (0..train_f.len())
+        .map(|l| {
+            bar.inc(1);
+            let train = Features {
+                x: &train_f[l],
+                y: train_y,
+            };
+            let probe = fit_probe::<B>(&train, dim, classes, &spec.probe, device);
+            let (top1, top5) = probe.accuracy::<B>(Features { x: &val_f[l], y: val_y }, device);
+            let select_top1 = select.map(|(x, y)| probe.accuracy::<B>(Features { x: &x[l], y }, device).0);
+            ProbeResult {
+                layer: l + 1,
+                top1,
+                top5,
+                train_top1: probe.accuracy::<B>(train, device).0,
+                select_top1,
+            }
+        })
+        .collect();
+    bar.finish_and_clear();
+    probes
 }

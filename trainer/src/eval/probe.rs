@@ -103,8 +103,10 @@ impl LinearProbe {
     }
 }
 
-/// Trains a probe on `train` and returns its accuracy on `val` (top-1, top-5) and on `train`.
-pub fn linear_probe<B: Backend>(
+/// Trains a probe on `train` and returns its accuracy on `val` (top-1, top-5) and on `train`
+/// (the tests' shorthand; `trainer eval` scores one fitted probe on several sets).
+#[cfg(test)]
+fn linear_probe<B: Backend>(
     train: Features,
     val: Features,
     dim: usize,

@@ -48,16 +48,15 @@ pub struct Branch<B: Backend> {
 impl<B: Backend> Branch<B> {
     /// From per-sample visible sets of a grid of `patches` (all of one size).
     pub fn new(visible: &[&[usize]], patches: usize, device: &B::Device) -> Self {
-        let index = |sets: &[Vec<usize>]| -> Tensor<B, 2, Int> {
-            let k = sets[0].len();
-            let v: Vec<i64> = sets.iter().flat_map(|s| s.iter().map(|&i| i as i64)).collect();
+        fn index<B: Backend, S: AsRef<[usize]>>(sets: &[S], device: &B::Device) -> Tensor<B, 2, Int> {
+            let k = sets[0].as_ref().len();
+            let v: Vec<i64> = sets.iter().flat_map(|s| s.as_ref().iter().map(|&i| i as i64)).collect();
             Tensor::from_data(TensorData::new(v, [sets.len(), k]), device)
-        };
-        let seen: Vec<Vec<usize>> = visible.iter().map(|v| v.to_vec()).collect();
+        }
         let hidden: Vec<Vec<usize>> = visible.iter().map(|v| complement(v, patches)).collect();
         Branch {
-            visible: index(&seen),
-            hidden: index(&hidden),
+            visible: index(visible, device),
+            hidden: index(&hidden, device),
         }
     }
 }
