@@ -93,9 +93,9 @@ build-trainer: $(if $(filter tch,$(BACKEND)),venv)
 
 # Pre-train on the prepared dataset in $(OUT) with its $(VOCAB) vocabulary (the recipe's Table 3
 # epochs; the paper's settings for the smallest datasets); RESUME=1 continues $(RUN).
-# METHOD=beit|splitmask|mae (MAE predicts pixels and takes no vocabulary).
+# METHOD=beit|splitmask|mae|dino (MAE predicts pixels and DINO matches a teacher: no vocabulary).
 pretrain: build-trainer
-	$(TRAINER) pretrain --data $(OUT) $(if $(filter mae,$(METHOD)),,--vocab $(VOCAB_FILE)) --method $(METHOD) --model $(MODEL) \
+	$(TRAINER) pretrain --data $(OUT) $(if $(filter mae dino,$(METHOD)),,--vocab $(VOCAB_FILE)) --method $(METHOD) --model $(MODEL) \
 		$(BACKEND_FLAGS) $(if $(DEVICES),--devices $(DEVICES)) $(NODE_FLAGS) --batch-size $(BATCH) \
 		--out $(RUN) $(if $(RESUME),--resume) $(TRAIN_ARGS)
 
@@ -131,7 +131,7 @@ report: build-trainer
 	$(TRAINER) report --runs $(RUNS)
 
 # The paper's comparison on a dataset's own images at CPU scale (about 70 minutes per seed on 2
-# cores): BEiT and SplitMask x k-means and random-projection tokenizers, and MAE, vs random init,
+# cores, more with DINO): BEiT and SplitMask x k-means and random-projection tokenizers, MAE and DINO, vs random init,
 # each fine-tuned with `trainer finetune`'s defaults (Table 9 with its regularization sized to
 # the run, and LP-FT: the head starts from a linear probe) and probed, evaluated on the recipe's
 # split (choices on held-out train rows where that split is `test`).

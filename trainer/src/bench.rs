@@ -12,8 +12,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::data::augment::MultiCrop;
 use crate::error::ConfigError;
 use crate::model::device_tokenizer::DeviceTokenizer;
+use crate::model::dino::DinoConfig;
 use crate::model::mae::MaeConfig;
 use crate::model::masking::MaskSpec;
 use crate::model::method::{with_method, Method, MethodOptions, WithMethod};
@@ -96,6 +98,7 @@ pub struct BenchSpec {
 pub fn bench_steps<B: AutodiffBackend>(spec: &BenchSpec, device: &B::Device) -> BenchResult {
     let options = MethodOptions {
         mae: MaeConfig::for_vit(&spec.vit),
+        dino: DinoConfig::for_vit(&spec.vit),
         ..MethodOptions::default()
     };
     with_method::<B, _>(spec.method, &options, Bench { spec, device })
@@ -121,6 +124,7 @@ impl<B: AutodiffBackend> WithMethod<B> for Bench<'_, B> {
             vocab_size: self.spec.vocab,
             masking: MaskSpec::block_for_grid(patches),
             mask_count: M::paper_mask_count(patches),
+            steps: (self.spec.warmup + self.spec.steps) as u64,
             options,
         };
         let model = M::build(&method, &mut ChaCha8Rng::seed_from_u64(0), self.device);
@@ -145,34 +149,19 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
     } = spec.clone();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let s = vit.image_size;
-    // A random-projection vocabulary with the reference's tokenizer geometry: patches of half
-    // the ViT patch side on the 2x box-mean view (the paper's 8x8 patches of the 112 view for
-    // 16 px ViTs; 4x4 of the 32 view for the 64 px CPU presets, where training on prepared data
-    // would tokenize 8x8 patches of the 64 view, four times the tokenizer GEMM).
-    let t = vit.patch_size / 2;
-    let d = 3 * t * t;
-    let mut e: Vec<f32> = (0..vocab * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    pipeline::vocab::kmeans::normalize_rows(&mut e, d);
-    let vocabulary = pipeline::vocab::tokenizer::Vocabulary {
-        header: schemas::VocabHeader {
-            version: schemas::vocab::VOCAB_VERSION,
-            kind: schemas::VocabKind::RandomProjection,
-            seed: 0,
-            size: vocab,
-            dim: d,
-            preprocessing: schemas::Preprocessing {
-                view_size: (s / 2) as u32,
-                patch_size: t as u32,
-                source_view_size: s as u32,
-                ..schemas::Preprocessing::paper()
-            },
-            source_manifest_sha256: None,
-            kmeans: None,
-        },
-        embeddings: e,
-    };
+    let vocabulary = random_vocabulary(&vit, vocab, &mut rng);
     let tokenizer = DeviceTokenizer::<B>::new(&vocabulary, vit.patch_size, device).expect("8 px tokens");
     let images: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+    // DINO's multi-crop: a second global crop and 8 local ones.
+    let view_sizes: Vec<usize> = match method {
+        Method::Dino => {
+            let mc = MultiCrop::dino(s as u32, vit.patch_size as u32, 8);
+            std::iter::once(s)
+                .chain(vec![mc.local_size as usize; mc.local_crops])
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     let mut opt = AdamW::<B>::new(AdamWSettings::default());
     let (mut first, mut timed_start, mut loss) = (0.0, Instant::now(), 0.0);
     for step in 0..warmup + steps {
@@ -189,10 +178,21 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
             &|j| ChaCha8Rng::seed_from_u64(mix(mask_seed, j as u64, 0)),
             device,
         );
+        let views = view_sizes
+            .iter()
+            .map(|&v| {
+                Tensor::<B, 4>::from_data(
+                    TensorData::new(images[..batch * 3 * v * v].to_vec(), [batch, 3, v, v]),
+                    device,
+                )
+            })
+            .collect();
         let b = MimBatch {
             images: x,
             targets,
             masks,
+            views,
+            step: step as u64,
             negatives: Negatives::Local,
         };
         let out = model.forward(&b, Mode::train(step as u64));
@@ -200,6 +200,13 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
         let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
         let norm = global_grad_norm::<B, M>(&model, &grads);
         model = opt.step(model, &mut grads, 1e-4, clip_scale(norm, Some(3.0)), &|_| 1.0);
+        let stats = out.stats.map(|t| {
+            t.into_data()
+                .convert::<f64>()
+                .to_vec::<f64>()
+                .expect("converted to f64")
+        });
+        model = model.after_update(step as u64, stats.as_deref());
         if step == 0 || step + 1 == warmup + steps {
             loss = l.into_scalar().elem::<f64>();
         }
@@ -218,5 +225,34 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
         step_ms: secs * 1e3 / steps.max(1) as f64,
         images_per_s: (batch * steps) as f64 / secs,
         final_loss: loss,
+    }
+}
+
+/// A random-projection vocabulary of `size` entries with the reference's tokenizer geometry:
+/// patches of half the ViT patch side on the 2x box-mean view (the paper's 8x8 patches of the
+/// 112 view for 16 px ViTs; 4x4 of the 32 view for the 64 px CPU presets, where training on
+/// prepared data would tokenize 8x8 patches of the 64 view, four times the tokenizer GEMM).
+fn random_vocabulary(vit: &VitConfig, size: usize, rng: &mut ChaCha8Rng) -> pipeline::vocab::tokenizer::Vocabulary {
+    let (s, t) = (vit.image_size, vit.patch_size / 2);
+    let d = 3 * t * t;
+    let mut e: Vec<f32> = (0..size * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    pipeline::vocab::kmeans::normalize_rows(&mut e, d);
+    pipeline::vocab::tokenizer::Vocabulary {
+        header: schemas::VocabHeader {
+            version: schemas::vocab::VOCAB_VERSION,
+            kind: schemas::VocabKind::RandomProjection,
+            seed: 0,
+            size,
+            dim: d,
+            preprocessing: schemas::Preprocessing {
+                view_size: (s / 2) as u32,
+                patch_size: t as u32,
+                source_view_size: s as u32,
+                ..schemas::Preprocessing::paper()
+            },
+            source_manifest_sha256: None,
+            kmeans: None,
+        },
+        embeddings: e,
     }
 }

@@ -45,6 +45,47 @@ pub struct AugmentConfig {
     /// different views (DeiT's sampler); 0 or 1 is off.
     #[serde(default)]
     pub repeats: u32,
+    /// DINO's multi-crop views in place of the single view above (whose `size`, `ratio` and
+    /// `flip` they share).
+    #[serde(default)]
+    pub multi_crop: Option<MultiCrop>,
+}
+
+/// DINO's multi-crop: two global crops at the model's size and `local_crops` small ones, each
+/// with its own flip and colour (DINO's `DataAugmentationDINO`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MultiCrop {
+    /// Share of the image area a global crop covers (DINO: 0.4-1).
+    pub global_scale: (f64, f64),
+    pub local_crops: usize,
+    /// Side of a local crop in pixels (DINO: 96 of 224, rounded to whole patches).
+    pub local_size: u32,
+    /// Share of the image area a local crop covers (DINO: 0.05-0.4).
+    pub local_scale: (f64, f64),
+}
+
+impl MultiCrop {
+    /// DINO's crops for a model of `size` px and `patch` px patches: local crops of 96/224 of
+    /// the side, in whole patches (at least one).
+    pub fn dino(size: u32, patch: u32, local_crops: usize) -> Self {
+        let local = (f64::from(size) * 96.0 / 224.0 / f64::from(patch)).round().max(1.0) as u32;
+        MultiCrop {
+            global_scale: (0.4, 1.0),
+            local_crops,
+            local_size: local * patch,
+            local_scale: (0.05, 0.4),
+        }
+    }
+}
+
+/// What [`photometric`] draws: the probabilities of blur and solarization (the rest are
+/// fixed), and the blur's pixel scale.
+#[derive(Debug, Clone, Copy)]
+struct Photometric {
+    blur: f64,
+    solarize: f64,
+    /// Blur sigmas are drawn for 224 px views and scaled by this.
+    sigma_scale: f32,
 }
 
 impl AugmentConfig {
@@ -60,6 +101,7 @@ impl AugmentConfig {
             randaugment: None,
             erase_prob: 0.0,
             repeats: 1,
+            multi_crop: None,
         }
     }
 
@@ -146,6 +188,34 @@ pub fn train_view<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> (
     (view, flipped)
 }
 
+/// DINO's views of an image: two global crops (the first always blurred, the second blurred
+/// with probability 0.1 and solarized with 0.2) and `local_crops` local ones (blurred with
+/// probability 0.5), each flipped and colour-jittered on its own.
+pub fn multi_crop_views<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, mc: &MultiCrop, rng: &mut R) -> Vec<RgbImage> {
+    let (w, h) = img.dimensions();
+    let sigma_scale = cfg.size as f32 / 224.0;
+    let mut view = |size: u32, scale: (f64, f64), blur: f64, solarize: f64| {
+        let (l, t, cw, ch) = crop_box(rng, w, h, scale, cfg.ratio);
+        let mut v = resize_crop(img, (l as f64, t as f64, cw as f64, ch as f64), size);
+        if cfg.flip && rng.random_bool(0.5) {
+            image::imageops::flip_horizontal_in_place(&mut v);
+        }
+        let p = Photometric {
+            blur,
+            solarize,
+            sigma_scale,
+        };
+        photometric(&mut v, rng, p);
+        v
+    };
+    let mut views = vec![
+        view(cfg.size, mc.global_scale, 1.0, 0.0),
+        view(cfg.size, mc.global_scale, 0.1, 0.2),
+    ];
+    views.extend((0..mc.local_crops).map(|_| view(mc.local_size, mc.local_scale, 0.5, 0.0)));
+    views
+}
+
 /// Evaluation view: resize so the center crop of `crop_ratio` of the shorter side becomes
 /// `size` (timm's `crop_pct`, 0.875 in the paper), i.e. one resampling of that center square.
 pub fn eval_view(img: &RgbImage, size: u32, crop_ratio: f64) -> RgbImage {
@@ -212,6 +282,18 @@ pub fn color_jitter<R: Rng>(px: &mut [f32], [b, c, s]: [f32; 3], rng: &mut R) {
 /// units of 224 px views), solarization (p 0.2). Hue jitter is left out (it needs an HSV
 /// round trip for a small effect).
 pub fn strong_augment<R: Rng>(view: &mut RgbImage, rng: &mut R) {
+    let sigma_scale = view.width() as f32 / 224.0;
+    let p = Photometric {
+        blur: 0.5,
+        solarize: 0.2,
+        sigma_scale,
+    };
+    photometric(view, rng, p);
+}
+
+/// Colour jitter (p 0.8), grayscale (p 0.2), then blur and solarization with `p`'s
+/// probabilities.
+fn photometric<R: Rng>(view: &mut RgbImage, rng: &mut R, p: Photometric) {
     let mut px = to_unit(view);
     if rng.random_bool(0.8) {
         color_jitter(&mut px, [0.4, 0.4, 0.2], rng);
@@ -223,11 +305,11 @@ pub fn strong_augment<R: Rng>(view: &mut RgbImage, rng: &mut R) {
         }
     }
     let (w, h) = view.dimensions();
-    if rng.random_bool(0.5) {
-        let sigma = rng.random_range(0.1..=2.0f32) * w as f32 / 224.0;
+    if rng.random_bool(p.blur) {
+        let sigma = rng.random_range(0.1..=2.0f32) * p.sigma_scale;
         gaussian_blur(&mut px, w as usize, h as usize, sigma);
     }
-    if rng.random_bool(0.2) {
+    if rng.random_bool(p.solarize) {
         px.iter_mut().for_each(|v| {
             if *v >= 0.5 {
                 *v = 1.0 - *v
@@ -316,6 +398,34 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn multi_crop_gives_two_global_and_the_local_crops_at_their_sizes() {
+        let mc = MultiCrop::dino(224, 16, 8);
+        assert_eq!(
+            (mc.local_size, mc.global_scale, mc.local_scale),
+            (96, (0.4, 1.0), (0.05, 0.4))
+        );
+        // 96/224 of 64 px is 27.4: 3 whole 8 px patches.
+        assert_eq!(MultiCrop::dino(64, 8, 6).local_size, 24);
+        let img = RgbImage::from_fn(120, 90, |x, y| image::Rgb([x as u8, y as u8, (x + y) as u8]));
+        let cfg = AugmentConfig {
+            multi_crop: Some(MultiCrop::dino(64, 8, 6)),
+            ..AugmentConfig::pretrain(64, false)
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let views = multi_crop_views(&img, &cfg, cfg.multi_crop.as_ref().unwrap(), &mut rng);
+        let sides: Vec<(u32, u32)> = views.iter().map(|v| v.dimensions()).collect();
+        assert_eq!(sides, [[(64, 64); 2].as_slice(), &[(24, 24); 6]].concat());
+        assert_ne!(views[0], views[1], "the global crops differ");
+        let again = multi_crop_views(
+            &img,
+            &cfg,
+            cfg.multi_crop.as_ref().unwrap(),
+            &mut ChaCha8Rng::seed_from_u64(3),
+        );
+        assert_eq!(views, again, "a function of the seed");
+    }
 
     #[test]
     fn crops_stay_inside_and_respect_scale() {

@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::data::augment::{eval_view, random_erase, to_chw, train_view, AugmentConfig};
+use crate::data::augment::{eval_view, multi_crop_views, random_erase, to_chw, train_view, AugmentConfig};
 use crate::data::images::ImageSet;
 use crate::data::shuffle::{epoch_plan, Event, Group, Plan};
 use crate::error::DataError;
@@ -37,6 +37,17 @@ pub struct HostBatch {
     /// Position of the first sample in the global batch (a data-parallel rank's offset; 0
     /// for a whole batch), which seeds the per-sample masks and drop path.
     pub first: u64,
+    /// Further views of every sample (multi-crop's second global crop, then its local
+    /// crops), in that order; empty for single-view training and evaluation.
+    pub views: Vec<ViewBatch>,
+}
+
+/// One further view of every sample of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewBatch {
+    pub size: usize,
+    /// `[batch, 3, size, size]` flattened.
+    pub images: Vec<f32>,
 }
 
 /// The share of each global batch one data-parallel rank reads: of a global batch of
@@ -269,7 +280,8 @@ fn batch_of(
     let picks: Vec<(usize, Cow<[u8]>)> = (start..start + batch)
         .map(|p| rows.at(set, p))
         .collect::<Result<_, _>>()?;
-    type View = (Vec<f32>, i64, Option<Vec<i64>>);
+    // A sample's views (normalized CHW; the first is `images`'), label and tokens.
+    type View = (Vec<Vec<f32>>, i64, Option<Vec<i64>>);
     let n = set.samples.len();
     let views: Vec<Result<View, DataError>> = picks
         .par_iter()
@@ -284,29 +296,44 @@ fn batch_of(
                 mix(seed, epoch, i as u64)
             };
             let mut rng = ChaCha8Rng::seed_from_u64(view_seed);
+            if let Some(mc) = &aug.multi_crop {
+                let views = multi_crop_views(&img, aug, mc, &mut rng);
+                let chws = views.iter().map(chw_of).collect();
+                return Ok((chws, set.samples[i].label as i64, None));
+            }
             let (view, flipped) = train_view(&img, aug, &mut rng);
-            let mut chw = Vec::new();
-            to_chw(&view, &mut chw);
+            let mut chw = chw_of(&view);
             random_erase(&mut chw, aug.size as usize, aug.erase_prob, &mut rng);
             let s = &set.samples[i];
             let tokens = s
                 .tokens
                 .as_ref()
                 .map(|t| t[flipped as usize].iter().map(|&v| v as i64).collect());
-            Ok((chw, s.label as i64, tokens))
+            Ok((vec![chw], s.label as i64, tokens))
         })
         .collect();
-    let mut images = Vec::with_capacity(batch * 3 * (aug.size * aug.size) as usize);
+    let mut per_view: Vec<Vec<f32>> = Vec::new();
     let mut labels = Vec::with_capacity(batch);
     let mut tokens: Option<Vec<i64>> = None;
     for v in views {
-        let (chw, label, t) = v?;
-        images.extend(chw);
+        let (chws, label, t) = v?;
+        per_view.resize_with(chws.len(), Vec::new);
+        for (all, chw) in per_view.iter_mut().zip(chws) {
+            all.extend(chw);
+        }
         labels.push(label);
         if let Some(t) = t {
             tokens.get_or_insert_with(Vec::new).extend(t);
         }
     }
+    let mut per_view = per_view.into_iter();
+    let images = per_view.next().unwrap_or_default();
+    let views = per_view
+        .map(|images| {
+            let side = ((images.len() / (3 * batch)) as f64).sqrt().round() as usize;
+            ViewBatch { size: side, images }
+        })
+        .collect();
     Ok(HostBatch {
         index,
         epoch,
@@ -315,7 +342,15 @@ fn batch_of(
         tokens,
         size: aug.size as usize,
         first: first as u64,
+        views,
     })
+}
+
+/// Normalized CHW floats of a view.
+fn chw_of(view: &image::RgbImage) -> Vec<f32> {
+    let mut chw = Vec::new();
+    to_chw(view, &mut chw);
+    chw
 }
 
 /// Eval views (resize + center crop) of the samples at `indices`, for k-NN / probes / eval.
@@ -326,9 +361,7 @@ pub fn eval_batch(set: &ImageSet, indices: &[usize], size: u32, crop_ratio: f64)
         .zip(&bytes)
         .map(|(&i, bytes)| {
             let view = eval_view(&set.decode(i, bytes)?, size, crop_ratio);
-            let mut chw = Vec::new();
-            to_chw(&view, &mut chw);
-            Ok((chw, set.samples[i].label as i64))
+            Ok((chw_of(&view), set.samples[i].label as i64))
         })
         .collect();
     let mut images = Vec::new();
@@ -346,6 +379,7 @@ pub fn eval_batch(set: &ImageSet, indices: &[usize], size: u32, crop_ratio: f64)
         tokens: None,
         size: size as usize,
         first: 0,
+        views: Vec::new(),
     })
 }
 

@@ -9,7 +9,7 @@ use crate::data::loader::eval_batch;
 use crate::error::DataError;
 use crate::model::classifier::Classifier;
 use crate::model::losses::l2_normalize;
-use crate::model::vit::{mean_patch_tokens, Mode, Vit};
+use crate::model::vit::{Mode, Pool, Vit};
 
 /// The eval views of the samples at `indices` as a `[n, 3, size, size]` tensor, and their labels.
 pub fn eval_images<B: Backend>(
@@ -55,17 +55,18 @@ impl Pass<'_> {
     }
 }
 
-/// Mean-pooled final-norm patch features of the pass's images, L2-normalized.
+/// Pooled final-norm features of the pass's images, L2-normalized.
 /// Returns `[n, dim]` row-major and the labels.
 pub fn features<B: Backend>(
     encoder: &Vit<B>,
     pass: Pass,
+    pool: Pool,
     device: &B::Device,
 ) -> Result<(Vec<f32>, Vec<i64>), DataError> {
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     pass.for_each::<B>(device, |x, batch_labels| {
-        let pooled = l2_normalize(mean_patch_tokens(encoder.forward(x, Mode::Eval)));
+        let pooled = l2_normalize(pool.apply(encoder.forward(x, Mode::Eval)));
         feats.extend(pooled.into_data().iter::<f32>());
         labels.extend(batch_labels);
     })?;
@@ -92,12 +93,13 @@ pub fn head_features<B: Backend>(
 pub fn layer_features<B: Backend>(
     encoder: &Vit<B>,
     pass: Pass,
+    pool: Pool,
     device: &B::Device,
 ) -> Result<(Vec<Vec<f32>>, Vec<i64>), DataError> {
     let mut per_layer: Vec<Vec<f32>> = vec![Vec::new(); encoder.blocks.len() + 1];
     let mut labels = Vec::new();
     pass.for_each::<B>(device, |x, batch_labels| {
-        for (l, f) in encoder.pooled_layers(x).into_iter().enumerate() {
+        for (l, f) in encoder.pooled_layers(x, pool).into_iter().enumerate() {
             per_layer[l].extend(f.into_data().iter::<f32>());
         }
         labels.extend(batch_labels);

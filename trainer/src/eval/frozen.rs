@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::eval::features::{layer_features, Pass};
 use crate::eval::knn::{knn, KnnResult};
 use crate::eval::probe::{fit_probe, Features, ProbeConfig, ProbeResult};
-use crate::model::vit::{Vit, VitConfig};
+use crate::model::vit::{Pool, Vit, VitConfig};
 
 /// How to evaluate: which data, how many images, the probes' training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,8 @@ pub struct FrozenEncoder<B: Backend> {
     pub model: String,
     pub vit: VitConfig,
     pub encoder: Vit<B>,
+    /// How its tokens are pooled into features (its method's).
+    pub pool: Pool,
     pub source: EncoderSource,
 }
 
@@ -66,6 +68,7 @@ impl<B: Backend> FrozenEncoder<B> {
             model: model.to_string(),
             vit: vit.clone(),
             encoder: vit.init(&mut ChaCha8Rng::seed_from_u64(seed), device),
+            pool: Pool::MeanPatches,
             source: EncoderSource {
                 init: "random".into(),
                 run: None,
@@ -138,7 +141,7 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
             batch: spec.batch,
             what,
         };
-        layer_features(&frozen.encoder, pass, device)
+        layer_features(&frozen.encoder, pass, frozen.pool, device)
     };
     let (train_f, train_y) = layers(&train, spec.train_images, "train features")?;
     let (val_f, val_y) = layers(&val, spec.val_images, &format!("{} features", spec.eval_split))?;

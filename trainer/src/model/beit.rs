@@ -91,6 +91,7 @@ impl<B: Backend> Objective<B> for Beit<B> {
         MimOutput {
             loss: mim.clone(),
             terms: vec![Term::Value(mim), Term::accuracy(&logits, &targets)],
+            stats: None,
         }
     }
 }

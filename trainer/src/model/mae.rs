@@ -210,6 +210,7 @@ impl<B: Backend> Objective<B> for Mae<B> {
         MimOutput {
             loss: mse.clone(),
             terms: vec![Term::Value(mse)],
+            stats: None,
         }
     }
 }

@@ -8,9 +8,11 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::model::beit::Beit;
+use crate::model::dino::{Dino, DinoConfig};
 use crate::model::mae::{Mae, MaeConfig};
 use crate::model::objective::{MethodSpec, Objective};
 use crate::model::splitmask::{SplitMask, SplitMaskConfig};
+use crate::model::vit::Pool;
 
 /// Which pre-training method; selects the model and the masks drawn for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -19,6 +21,7 @@ pub enum Method {
     Beit,
     Splitmask,
     Mae,
+    Dino,
 }
 
 impl Method {
@@ -28,7 +31,42 @@ impl Method {
             Method::Beit => "beit",
             Method::Splitmask => "splitmask",
             Method::Mae => "mae",
+            Method::Dino => "dino",
         }
+    }
+
+    /// Whether the method predicts visual tokens and needs a vocabulary (its
+    /// [`Objective::TOKEN_TARGETS`]).
+    pub fn token_targets(self) -> bool {
+        struct Tokens;
+        impl<B: AutodiffBackend> WithMethod<B> for Tokens {
+            type Output = bool;
+            fn run<M>(self, _: &M::Options) -> bool
+            where
+                M: Objective<B> + AutodiffModule<B>,
+                M::InnerModule: Objective<B::InnerBackend, Options = M::Options>,
+            {
+                M::TOKEN_TARGETS
+            }
+        }
+        with_method::<crate::backend::CpuAutodiff, _>(self, &MethodOptions::default(), Tokens)
+    }
+
+    /// How its frozen encoder's tokens are pooled for k-NN and probes (its
+    /// [`Objective::POOL`]).
+    pub fn pool(self) -> Pool {
+        struct Pooling;
+        impl<B: AutodiffBackend> WithMethod<B> for Pooling {
+            type Output = Pool;
+            fn run<M>(self, _: &M::Options) -> Pool
+            where
+                M: Objective<B> + AutodiffModule<B>,
+                M::InnerModule: Objective<B::InnerBackend, Options = M::Options>,
+            {
+                M::POOL
+            }
+        }
+        with_method::<crate::backend::CpuAutodiff, _>(self, &MethodOptions::default(), Pooling)
     }
 }
 
@@ -40,6 +78,9 @@ pub struct MethodOptions {
     /// Absent from runs older than MAE.
     #[serde(default = "MaeConfig::new")]
     pub mae: MaeConfig,
+    /// Absent from runs older than DINO.
+    #[serde(default = "DinoConfig::new")]
+    pub dino: DinoConfig,
 }
 
 impl Default for MethodOptions {
@@ -47,6 +88,7 @@ impl Default for MethodOptions {
         MethodOptions {
             splitmask: SplitMaskConfig::new(),
             mae: MaeConfig::new(),
+            dino: DinoConfig::new(),
         }
     }
 }
@@ -72,6 +114,7 @@ pub fn with_method<B: AutodiffBackend, W: WithMethod<B>>(
         Method::Beit => work.run::<Beit<B>>(&()),
         Method::Splitmask => work.run::<SplitMask<B>>(&options.splitmask),
         Method::Mae => work.run::<Mae<B>>(&options.mae),
+        Method::Dino => work.run::<Dino<B>>(&options.dino),
     }
 }
 
@@ -92,6 +135,7 @@ pub fn validate(method: Method, spec: &MethodSpec<'_, MethodOptions>) -> Result<
                 vocab_size: s.vocab_size,
                 masking: s.masking,
                 mask_count: s.mask_count,
+                steps: s.steps,
                 options,
             })
         }

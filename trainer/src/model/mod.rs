@@ -6,11 +6,13 @@
 pub mod beit;
 pub mod classifier;
 pub mod device_tokenizer;
+pub mod dino;
 pub mod init;
 pub mod losses;
 pub mod mae;
 pub mod masking;
 pub mod method;
 pub mod objective;
+pub mod resize_positions;
 pub mod splitmask;
 pub mod vit;

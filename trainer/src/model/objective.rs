@@ -1,6 +1,6 @@
 //! What every pre-training method implements ([`Objective`]) and what the methods share: the
 //! batch they train on, their kinds of masks and the terms they report. The methods themselves
-//! are one file each (`beit.rs`, `splitmask.rs`, `mae.rs`); `method.rs` names them.
+//! are one file each (`beit.rs`, `splitmask.rs`, `mae.rs`, `dino.rs`); `method.rs` names them.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use burn::prelude::*;
 
 use crate::kernels::fused::argmax_rows;
 use crate::model::masking::{complement, MaskSpec};
-use crate::model::vit::{Mode, Vit, VitConfig};
+use crate::model::vit::{Mode, Pool, Vit, VitConfig};
 
 /// BEiT's masks: the positions replaced by the mask token (and predicted).
 #[derive(Debug, Clone)]
@@ -80,28 +80,38 @@ impl<B: Backend> Branches<B> {
     }
 }
 
+/// The masks of a method that masks nothing (DINO: its views differ by crop and colour).
+#[derive(Debug, Clone, Copy)]
+pub struct Unmasked;
+
 /// What every method's masks show the tests and tools that inspect them.
 pub trait DrawnMasks<B: Backend>: std::fmt::Debug + Clone + Send {
     /// The positions that define the masks, `[batch, k]` (BEiT: masked; MAE: visible;
-    /// SplitMask: branch A's visible): equal masks have equal positions.
-    fn positions(&self) -> Tensor<B, 2, Int>;
+    /// SplitMask: branch A's visible; none without masks): equal masks have equal positions.
+    fn positions(&self) -> Option<Tensor<B, 2, Int>>;
 }
 
 impl<B: Backend> DrawnMasks<B> for MaskedPositions<B> {
-    fn positions(&self) -> Tensor<B, 2, Int> {
-        self.index.clone()
+    fn positions(&self) -> Option<Tensor<B, 2, Int>> {
+        Some(self.index.clone())
     }
 }
 
 impl<B: Backend> DrawnMasks<B> for Branch<B> {
-    fn positions(&self) -> Tensor<B, 2, Int> {
-        self.visible.clone()
+    fn positions(&self) -> Option<Tensor<B, 2, Int>> {
+        Some(self.visible.clone())
     }
 }
 
 impl<B: Backend> DrawnMasks<B> for Branches<B> {
-    fn positions(&self) -> Tensor<B, 2, Int> {
-        self.a.visible.clone()
+    fn positions(&self) -> Option<Tensor<B, 2, Int>> {
+        Some(self.a.visible.clone())
+    }
+}
+
+impl<B: Backend> DrawnMasks<B> for Unmasked {
+    fn positions(&self) -> Option<Tensor<B, 2, Int>> {
+        None
     }
 }
 
@@ -115,6 +125,12 @@ pub struct MimBatch<B: Backend, K> {
     /// ([`Objective::TOKEN_TARGETS`] false).
     pub targets: Option<Tensor<B, 2, Int>>,
     pub masks: K,
+    /// Further views of each image, `[batch, 3, side, side]` each (DINO's second global crop,
+    /// then its local crops); empty for the masked-image methods.
+    pub views: Vec<Tensor<B, 4>>,
+    /// The update this batch is part of (0-based), for methods with schedules (DINO's
+    /// teacher temperature and frozen last layer).
+    pub step: u64,
     /// Where SplitMask's InfoNCE takes its negatives from.
     pub negatives: Negatives<B>,
 }
@@ -201,6 +217,10 @@ impl<B: Backend> Term<B> {
 pub struct MimOutput<B: Backend> {
     pub loss: Tensor<B, 1>,
     pub terms: Vec<Term<B>>,
+    /// Values the method wants averaged over the update's global batch (every micro-batch of
+    /// every rank) and handed to [`Objective::after_update`]: DINO's teacher batch mean, which
+    /// moves its centre.
+    pub stats: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> MimOutput<B> {
@@ -225,6 +245,8 @@ pub struct MethodSpec<'a, O> {
     pub masking: MaskSpec,
     /// BEiT and MAE: masked patches per image. SplitMask: patches each branch sees.
     pub mask_count: usize,
+    /// Updates in the run, for methods with schedules (DINO's teacher momentum).
+    pub steps: u64,
     pub options: &'a O,
 }
 
@@ -267,6 +289,10 @@ pub trait Objective<B: Backend>: Module<B> + Sized {
     /// columns beside `loss`.
     const TERMS: &'static [&'static str];
 
+    /// How the frozen encoder's tokens are pooled for k-NN and probes: the patch tokens' mean,
+    /// or the class token where the method's loss is on it (DINO).
+    const POOL: Pool = Pool::MeanPatches;
+
     /// The paper's `mask_count` for a grid of `patches` (benchmarks; runs take the recipe's).
     fn paper_mask_count(patches: usize) -> usize;
 
@@ -294,9 +320,10 @@ pub trait Objective<B: Backend>: Module<B> + Sized {
     /// What the method does to its own weights after each applied optimizer update, on every rank
     /// alike (so the replicas stay equal): nothing for the masked-image methods; a
     /// joint-embedding method moves its teacher towards the student here. `step` is the update
-    /// just made (0-based), for momentum schedules.
-    fn after_update(self, step: u64) -> Self {
-        let _ = step;
+    /// just made (0-based), for momentum schedules; `stats` the update's mean of the
+    /// [`MimOutput::stats`] its forward passes returned.
+    fn after_update(self, step: u64, stats: Option<&[f64]>) -> Self {
+        let _ = (step, stats);
         self
     }
 }
@@ -337,6 +364,8 @@ pub(crate) mod test_support {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
             targets: Some(tokens(b, vocab, device)),
             masks: MaskedPositions::new(&masks, device),
+            views: Vec::new(),
+            step: 0,
             negatives: Negatives::Local,
         }
     }
@@ -352,6 +381,8 @@ pub(crate) mod test_support {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
             targets: Some(tokens(b, vocab, device)),
             masks: Branches::new(&halves, 16, device),
+            views: Vec::new(),
+            step: 0,
             negatives: Negatives::Local,
         }
     }
@@ -372,6 +403,8 @@ pub(crate) mod test_support {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
             targets: Some(tokens(b, vocab, device)),
             masks: Branches::new(&branches, 16, device),
+            views: Vec::new(),
+            step: 0,
             negatives: Negatives::Local,
         }
     }
@@ -391,6 +424,8 @@ pub(crate) mod test_support {
             images: Tensor::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), device),
             targets: None,
             masks: Branch::new(&sets, 16, device),
+            views: Vec::new(),
+            step: 0,
             negatives: Negatives::Local,
         }
     }

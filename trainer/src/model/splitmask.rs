@@ -209,6 +209,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
         MimOutput {
             loss,
             terms: vec![Term::Value(mim), Term::accuracy(&logits, &targets), Term::Value(nce)],
+            stats: None,
         }
     }
 }

@@ -11,9 +11,12 @@ use burn::prelude::*;
 use burn::tensor::activation::gelu;
 use rand::Rng;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::ConfigError;
 use crate::kernels::fused::{layer_norm, multi_head_attention};
 use crate::model::init::{linear, param, trunc_normal};
+use crate::model::resize_positions::resize_grid;
 use crate::seed::mix;
 
 /// Whether a forward pass trains (drop path active) or evaluates. Drop-path draws come from a
@@ -496,13 +499,22 @@ impl<B: Backend> Vit<B> {
         self.pos_embed.val().slice([0..1, 1..n1, 0..d])
     }
 
-    /// Patch embeddings plus their position embeddings.
+    /// Patch embeddings plus their position embeddings. Square images of another size than
+    /// the model's (DINO's local crops) get the position embeddings resized to their grid.
     ///
     /// # Shapes
-    /// - images: `[batch, 3, height, width]`
-    /// - output: `[batch, patches, dim]`
+    /// - images: `[batch, 3, side, side]`
+    /// - output: `[batch, (side / patch)², dim]`
     pub fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.patch_embed.forward(images) + self.patch_pos()
+        let side = images.dims()[2] / self.patch_embed.patch_size;
+        let x = self.patch_embed.forward(images);
+        let [_, n, d] = self.patch_pos().dims();
+        let grid = (n as f64).sqrt().round() as usize;
+        if side == grid {
+            return x + self.patch_pos();
+        }
+        let pos = resize_grid(self.patch_pos().reshape([n, d]), grid, side); // [side², dim]
+        x + pos.unsqueeze_dim(0)
     }
 
     /// Prepends the class token and runs the blocks and the final norm on any set of
@@ -550,13 +562,13 @@ impl<B: Backend> Vit<B> {
         self.encode(self.embed(images), mode)
     }
 
-    /// The mean of the patch tokens after each block, and after the final norm (the paper's
-    /// per-layer linear probes): `depth + 1` entries.
+    /// The pooled tokens after each block, and after the final norm (the paper's per-layer
+    /// linear probes): `depth + 1` entries.
     ///
     /// # Shapes
     /// - images: `[batch, 3, height, width]`
     /// - output: `depth + 1` x `[batch, dim]`
-    pub fn pooled_layers(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
+    pub fn pooled_layers(&self, images: Tensor<B, 4>, pool: Pool) -> Vec<Tensor<B, 2>> {
         let tokens = self.embed(images);
         let [b, _, d] = tokens.dims();
         let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
@@ -564,10 +576,36 @@ impl<B: Backend> Vit<B> {
         let mut out = Vec::with_capacity(self.blocks.len() + 1);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x, Mode::Eval.for_layer(i as u64));
-            out.push(mean_patch_tokens(x.clone()));
+            out.push(pool.apply(x.clone()));
         }
-        out.push(mean_patch_tokens(norm(&self.norm, x)));
+        out.push(pool.apply(norm(&self.norm, x)));
         out
+    }
+}
+
+/// How a frozen encoder's tokens become one feature per image for k-NN and probes: the mean of
+/// the patch tokens (BEiT's, for the masked-image methods, whose losses are on the patches) or
+/// the class token (DINO's, whose loss is on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    #[default]
+    MeanPatches,
+    ClassToken,
+}
+
+impl Pool {
+    /// # Shapes
+    /// - tokens: `[batch, 1 + patches, dim]`
+    /// - output: `[batch, dim]`
+    pub fn apply<B: Backend>(self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        match self {
+            Pool::MeanPatches => mean_patch_tokens(tokens),
+            Pool::ClassToken => {
+                let [b, _, d] = tokens.dims();
+                tokens.slice([0..b, 0..1, 0..d]).reshape([b, d])
+            }
+        }
     }
 }
 

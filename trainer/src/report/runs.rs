@@ -112,9 +112,9 @@ fn read_metrics(run: &mut Run, metrics: &Path) -> Result<()> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
             continue;
         };
-        // A pre-training line: a token method's `mim` or MAE's `mse` (the token loss curve is
-        // the token methods' alone: a pixel MSE is not on its scale).
-        if v.get("mim").is_some() || v.get("mse").is_some() {
+        // A pre-training line: a token method's `mim`, MAE's `mse` or DINO's `dino` (the token
+        // loss curve is the token methods' alone: the others are not on its scale).
+        if ["mim", "mse", "dino"].iter().any(|t| v.get(t).is_some()) {
             if let (Some(step), Some(mim)) = (v["step"].as_f64(), v["mim"].as_f64()) {
                 run.mim.push((step, mim));
             }

@@ -24,7 +24,7 @@ const CLASSIFIER_ONLY: [&str; 2] = ["head.", "fc_norm."];
 /// Parameters of the pre-training models that fine-tuning drops (BEiT: mask token and token
 /// head; SplitMask: also the decoder; MAE: its decoder's embedding and pixel head too).
 /// Anything else in a checkpoint must load.
-pub const PRETRAIN_ONLY: [&str; 7] = [
+pub const PRETRAIN_ONLY: [&str; 11] = [
     "mask_token",
     "decoder_pos",
     "head.",
@@ -32,6 +32,11 @@ pub const PRETRAIN_ONLY: [&str; 7] = [
     "decoder_norm.",
     "decoder_embed.",
     "decoder_pred.",
+    // DINO's student, heads and centre (its `encoder` is the teacher's).
+    "student.",
+    "student_head.",
+    "teacher_head.",
+    "center",
 ];
 
 /// A pre-training run's encoder weights (`encoder.*`, prefix kept), checked strictly: every
@@ -157,6 +162,7 @@ pub fn frozen_encoder<B: Backend>(init: &Path, device: &B::Device) -> Result<Fro
         model: cfg.model.clone(),
         vit: cfg.vit.clone(),
         encoder,
+        pool: cfg.method.pool(),
         source: EncoderSource {
             init: cfg.method.name().to_string(),
             run: Some(init.to_path_buf()),

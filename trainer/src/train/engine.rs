@@ -87,6 +87,9 @@ pub struct Micro {
 pub struct MicroOutput<B: Backend> {
     pub loss: Tensor<B, 1>,
     pub logged: Option<Vec<f64>>,
+    /// Values to average over the update's global batch (every micro-batch of every rank):
+    /// what a method's `after_update` reads (DINO's teacher batch mean).
+    pub stats: Option<Vec<f64>>,
 }
 
 /// An update the engine made.
@@ -102,6 +105,8 @@ pub struct Update {
     /// The logged values of the first micro-batch, each the mean over the ranks (on logged
     /// steps).
     pub logged: Option<Vec<f64>>,
+    /// The micro-batches' [`MicroOutput::stats`], averaged over the micro-batches and ranks.
+    pub stats: Option<Vec<f64>>,
 }
 
 /// Throughput since the last logged step.
@@ -265,10 +270,14 @@ impl<'a, B: AutodiffBackend, C: TrainConfig> Engine<'a, B, C> {
         let step = self.state.step;
         let log = log || self.logs(step);
         let local = self.micro_batches(&model, step, log, &mut micro);
-        let (grads, logged, epoch) = self.world.agree::<B::InnerBackend, _>(local, &self.device)?;
+        let (grads, logged, epoch, stats) = self.world.agree::<B::InnerBackend, _>(local, &self.device)?;
         // Every rank now holds the same mean gradient, so the guard below decides alike.
         let mut grads = self.world.mean_grads::<B>(grads)?;
         let logged = match logged {
+            Some(values) => Some(self.world.mean::<B::InnerBackend>(&values, &self.device)?),
+            None => None,
+        };
+        let stats = match stats {
             Some(values) => Some(self.world.mean::<B::InnerBackend>(&values, &self.device)?),
             None => None,
         };
@@ -279,6 +288,7 @@ impl<'a, B: AutodiffBackend, C: TrainConfig> Engine<'a, B, C> {
             let scale = clip_scale(grad_norm, self.cfg.schedule().clip_grad) / k;
             self.bad_in_row = 0;
             self.state.optimizer_steps += 1;
+            self.opt.settings.weight_decay = self.cfg.schedule().weight_decay(step);
             self.opt.step(model, &mut grads, lr, scale, &self.lr_scale)
         } else {
             match self.non_finite(model, step)? {
@@ -295,25 +305,21 @@ impl<'a, B: AutodiffBackend, C: TrainConfig> Engine<'a, B, C> {
             grad_norm,
             epoch,
             logged,
+            stats,
         };
         Ok((model, Some(update)))
     }
 
     /// This rank's micro-batches of update `step`: their summed gradients, the first one's
-    /// logged values and the last one's epoch.
-    fn micro_batches<M, F>(
-        &mut self,
-        model: &M,
-        step: u64,
-        log: bool,
-        micro: &mut F,
-    ) -> Result<(GradientsParams, Option<Vec<f64>>, u64)>
+    /// logged values, the last one's epoch and the mean of their stats.
+    fn micro_batches<M, F>(&mut self, model: &M, step: u64, log: bool, micro: &mut F) -> Result<MicroBatches>
     where
         M: AutodiffModule<B>,
         F: FnMut(&M, HostBatch, Micro) -> Result<MicroOutput<B>>,
     {
         let accum = self.cfg.schedule().accum as u64;
         let (mut grads, mut logged, mut epoch) = (None::<GradientsParams>, None, 0);
+        let mut stats: Option<Vec<f64>> = None;
         for m in 0..accum {
             let t0 = Instant::now();
             let host = self.loader.next_batch()?;
@@ -332,6 +338,10 @@ impl<'a, B: AutodiffBackend, C: TrainConfig> Engine<'a, B, C> {
                 },
             )?;
             logged = logged.or(out.logged);
+            if let Some(s) = out.stats {
+                let sum = stats.get_or_insert_with(|| vec![0.0; s.len()]);
+                sum.iter_mut().zip(&s).for_each(|(a, v)| *a += v / accum as f64);
+            }
             let g = GradientsParams::from_grads(out.loss.backward(), model);
             grads = Some(match grads {
                 Some(acc) => accumulate::<B, M>(model, acc, g),
@@ -340,7 +350,7 @@ impl<'a, B: AutodiffBackend, C: TrainConfig> Engine<'a, B, C> {
             self.window.images += images;
             self.images_done += images;
         }
-        Ok((grads.expect("accum >= 1"), logged, epoch))
+        Ok((grads.expect("accum >= 1"), logged, epoch, stats))
     }
 
     /// A skipped update: counted, and after too many in a row a failure or a rollback.
@@ -500,6 +510,9 @@ impl<'a, B: AutodiffBackend, C: TrainConfig> Engine<'a, B, C> {
         }
     }
 }
+
+/// A rank's micro-batches of one update: summed gradients, logged values, epoch, mean stats.
+type MicroBatches = (GradientsParams, Option<Vec<f64>>, u64, Option<Vec<f64>>);
 
 /// The model after the non-finite guard.
 enum Guarded<M> {

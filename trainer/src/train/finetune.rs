@@ -313,7 +313,11 @@ fn run<B: AutodiffBackend>(
             let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, micro.index, 4), host.first));
             let loss = soft_cross_entropy(logits, t);
             let logged = micro.log.then(|| vec![loss.clone().into_scalar().elem::<f64>()]);
-            Ok(MicroOutput { loss, logged })
+            Ok(MicroOutput {
+                loss,
+                logged,
+                stats: None,
+            })
         })?;
         // Fine-tuning fails instead of rolling back, so there is always an update.
         let Some(update) = update else { continue };

@@ -171,6 +171,7 @@ impl PretrainConfig {
             vocab_size: self.vocab_size,
             masking: self.masking,
             mask_count: self.mask_count,
+            steps: self.schedule.total_steps,
             options,
         }
     }
@@ -235,14 +236,15 @@ impl Inputs {
     }
 }
 
-/// Method `M`'s device batch of a host batch: the images, their tokens when `M` predicts
-/// tokens (from the shards, or the device tokenizer), and the step's masks, drawn per sample
-/// from `mask_seed` and its position in the global batch (from `host.first`).
+/// Method `M`'s device batch of a host batch, part of update `step`: the images and further
+/// views, their tokens when `M` predicts tokens (from the shards, or the device tokenizer),
+/// and the step's masks, drawn per sample from `mask_seed` and its position in the global
+/// batch (from `host.first`).
 pub fn device_batch<B: Backend, M: Objective<B>>(
     spec: &MethodSpec<'_, M::Options>,
     tokenizer: Option<&DeviceTokenizer<B>>,
     host: HostBatch,
-    mask_seed: u64,
+    (step, mask_seed): (u64, u64),
     device: &B::Device,
 ) -> MimBatch<B, M::Masks> {
     let (b, s, first) = (host.len(), host.size, host.first);
@@ -259,10 +261,17 @@ pub fn device_batch<B: Backend, M: Objective<B>>(
     // One generator per sample, keyed by its position in the global batch, so a rank holding
     // positions `first..first + b` draws the masks one process with the whole batch draws.
     let rng = |j: usize| ChaCha8Rng::seed_from_u64(mix(mask_seed, first + j as u64, 0));
+    let views = host
+        .views
+        .into_iter()
+        .map(|v| Tensor::from_data(TensorData::new(v.images, [b, 3, v.size, v.size]), device))
+        .collect();
     MimBatch {
         images,
         targets,
         masks: M::draw_masks(spec, b, &rng, device),
+        views,
+        step,
         negatives: Negatives::Local,
     }
 }
@@ -321,7 +330,7 @@ impl<B: AutodiffBackend, O: std::fmt::Debug> Rank<'_, B, O> {
             (model, update) = engine.update(model, knn_now, |model: &M, host, micro| {
                 let first = host.first;
                 let seed = mix(cfg.run.seed, micro.index, 2);
-                let mut batch = device_batch::<B, M>(&spec, tokenizer.as_ref(), host, seed, device);
+                let mut batch = device_batch::<B, M>(&spec, tokenizer.as_ref(), host, (step, seed), device);
                 batch.negatives = negatives.clone();
                 let out = model.forward(&batch, Mode::train_at(mix(cfg.run.seed, micro.index, 4), first));
                 if let Some(g) = &gather {
@@ -332,13 +341,21 @@ impl<B: AutodiffBackend, O: std::fmt::Debug> Rank<'_, B, O> {
                     v.extend(out.values());
                     v
                 });
-                Ok(MicroOutput { loss: out.loss, logged })
+                let stats = out.stats.map(|t| {
+                    let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().expect("converted to f32");
+                    v.into_iter().map(f64::from).collect()
+                });
+                Ok(MicroOutput {
+                    loss: out.loss,
+                    logged,
+                    stats,
+                })
             })?;
             // None: rolled back to the checkpoint.
             let Some(update) = update else { continue };
             if update.grad_norm.is_finite() {
                 // A skipped (non-finite) update left the student as it was.
-                model = model.after_update(update.step);
+                model = model.after_update(update.step, update.stats.as_deref());
             }
             let wrote = match engine.leads() {
                 true => self.record(&mut engine, &model, &update, knn_now).map(|line| {
@@ -454,7 +471,7 @@ impl MetricsLine {
 
 /// k-NN top-1 of the frozen encoder: `knn_images` train images (spread over the set) vote
 /// for as many val images (eval views, 0.875 center crop).
-fn knn_monitor<B: Backend>(
+pub fn knn_monitor<B: Backend>(
     cfg: &PretrainConfig,
     encoder: &Vit<B>,
     bank: &ImageSet,
@@ -471,7 +488,7 @@ fn knn_monitor<B: Backend>(
             batch: cfg.schedule.batch_size,
             what,
         };
-        features(encoder, pass, device)
+        features(encoder, pass, cfg.method.pool(), device)
     };
     let (bf, bl) = features(bank, "k-NN bank")?;
     let (qf, ql) = features(queries, "k-NN queries")?;

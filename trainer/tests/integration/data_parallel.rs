@@ -163,6 +163,63 @@ fn two_splitmask_workers_with_global_negatives_follow_one_with_batch_2b() {
 }
 
 #[test]
+fn two_dino_workers_follow_one_with_batch_2b_in_losses_centre_and_teacher() {
+    // DINO's centre moves toward the teacher's mean over the global batch: with 2 workers the
+    // engine averages the ranks' means, so the centre, the losses and the teacher (the EMA of
+    // the student) follow one worker with the whole batch.
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dino = |out: &str, batch: &str, devices: Option<&str>| {
+        let mut extra = schedule(batch, devices);
+        extra.extend([
+            "--method",
+            "dino",
+            "--blr",
+            "0.01",
+            "--prototypes",
+            "256",
+            "--local-crops",
+            "2",
+            "--teacher-momentum",
+            "0.9",
+        ]);
+        let mut cfg = args(f, &f.vocab_small, &tmp.path().join(out), &extra)
+            .resolve()
+            .unwrap();
+        cfg.vit = micro_vit();
+        cfg
+    };
+    let (one, two) = (dino("one", "16", None), dino("two", "8", Some("cpu:2")));
+    pretrain_on(&one, 1, false).unwrap();
+    pretrain_on(&two, 2, false).unwrap();
+    let terms = |c: &PretrainConfig| -> Vec<(u64, f64)> {
+        metrics(c)
+            .iter()
+            // (`batch_entropy` is each rank's own batch's: not a mean over the ranks.)
+            .flat_map(|l| [(l.step, l.loss), (l.step, l.term("teacher_entropy").unwrap())])
+            .collect()
+    };
+    // Rounding only: the teacher's temperature (0.04) magnifies the summation-order
+    // differences of the two runs' kernels 25-fold (1.2e-5 seen); a centre left per rank
+    // moves the losses by 1e-2 and more.
+    assert_same_losses(&terms(&one), &terms(&two), 1e-4);
+    let (ta, _) = load_tensors(&one.run.checkpoint_path()).unwrap();
+    let (tb, _) = load_tensors(&two.run.checkpoint_path()).unwrap();
+    let largest = |prefix: &str| -> f32 {
+        ta.iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .flat_map(|(name, (_, va))| va.iter().zip(&tb[name].1).map(|(x, y)| (x - y).abs()))
+            .fold(0.0, f32::max)
+    };
+    let (center, teacher) = (largest("center"), largest("encoder."));
+    let moved = ta["center"].1.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    eprintln!("DINO, 20 steps, 1 x 16 against 2 x 8: centre difference {center:e} (centre up to {moved:.3}), teacher {teacher:e}");
+    assert!(moved > 1e-3, "the centre moved from zero: {moved}");
+    assert!(center < 1e-5 * moved.max(1.0), "{center}");
+    assert!(teacher < 1e-4, "{teacher}");
+}
+
+#[test]
 fn two_finetuning_workers_with_batch_b_follow_one_with_batch_2b() {
     let Some(f) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();

@@ -60,7 +60,7 @@ fn the_experiment_script_runs_table_1_end_to_end_in_a_tiny_setting() {
     let tmp = tempfile::tempdir().unwrap();
     let exp_dir = tmp.path().join("exp");
     let fractions = [
-        ("EXP_METHODS", "splitmask mae".to_string()),
+        ("EXP_METHODS", "splitmask dino".to_string()),
         ("EXP_FRACTIONS", "1 0.5".to_string()),
     ];
     let (out, log) = experiment(&gray, tmp.path(), &exp_dir, &fractions);
@@ -69,8 +69,8 @@ fn the_experiment_script_runs_table_1_end_to_end_in_a_tiny_setting() {
     for run in [
         "splitmask-random_projection",
         "splitmask-random_projection-f0.5",
-        "mae",
-        "mae-f0.5",
+        "dino",
+        "dino-f0.5",
     ] {
         assert!(exp_dir.join(run).join("results.json").is_file(), "{run} probed\n{log}");
         assert!(
@@ -82,7 +82,7 @@ fn the_experiment_script_runs_table_1_end_to_end_in_a_tiny_setting() {
     let report = std::fs::read_to_string(exp_dir.join("report.md")).unwrap();
     assert!(report.contains("## Table 1"), "{report}");
     assert!(report.contains("| method | folder | folder 50% | none |"), "{report}");
-    for row in ["| mae |", "| splitmask (random_projection-64) |", "| random |"] {
+    for row in ["| dino |", "| splitmask (random_projection-64) |", "| random |"] {
         assert!(report.contains(row), "{row}\n{report}");
     }
 

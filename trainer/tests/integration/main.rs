@@ -16,6 +16,7 @@ use trainer::train::pretrain::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
 
 mod data_parallel;
+mod dino;
 mod experiment;
 mod faults;
 mod finetune_runs;
@@ -144,8 +145,11 @@ pub fn pretrain_args(data: &Path, vocab: &Path, out: &Path, extra: &[&str]) -> P
         "--out",
         &out.display().to_string(),
     ]);
-    // MAE predicts pixels and refuses a vocabulary; the token methods need one.
-    if !extra.windows(2).any(|w| w == ["--method", "mae"]) {
+    // MAE and DINO predict no tokens and refuse a vocabulary; the token methods need one.
+    if !extra
+        .windows(2)
+        .any(|w| w == ["--method", "mae"] || w == ["--method", "dino"])
+    {
         argv.extend(strings(&["--vocab", &vocab.display().to_string()]));
     }
     argv.extend(strings(extra));

@@ -9,7 +9,7 @@ use crate::{args, fixture, metrics, micro_vit, prepare_imagenette, pretrain_args
 fn resumed_run_continues_with_identical_losses() {
     let Some(f) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    for method in ["beit", "splitmask", "mae"] {
+    for method in ["beit", "splitmask", "mae", "dino"] {
         let common = [
             "--method",
             method,
@@ -33,6 +33,11 @@ fn resumed_run_continues_with_identical_losses() {
         let resolve = |out: &str, extra: &[&str]| -> PretrainConfig {
             let mut all: Vec<&str> = common.to_vec();
             all.extend_from_slice(extra);
+            if method == "dino" {
+                // A small head and two local crops keep the test short; the teacher and the
+                // centre must come back from the checkpoint for the losses to match.
+                all.extend_from_slice(&["--prototypes", "256", "--local-crops", "2"]);
+            }
             let mut cfg = args(f, &f.vocab_small, &tmp.path().join(out), &all).resolve().unwrap();
             cfg.vit = micro_vit();
             cfg
@@ -473,7 +478,7 @@ fn best_knn_checkpoint_is_the_encoder_at_the_best_logged_knn() {
             batch: 16,
             what: "k-NN",
         };
-        trainer::eval::features::features(&frozen.encoder, pass, &device).unwrap()
+        trainer::eval::features::features(&frozen.encoder, pass, frozen.pool, &device).unwrap()
     };
     let ((bf, bl), (qf, ql)) = (features(&bank), features(&queries));
     let again = trainer::eval::knn::knn(&bf, &bl, &qf, &ql, cfg.vit.dim, 20, 0.07).top1;
@@ -570,6 +575,7 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
     use trainer::data::loader::make_batch;
     use trainer::model::beit::Beit;
     use trainer::model::device_tokenizer::DeviceTokenizer;
+    use trainer::model::dino::Dino;
     use trainer::model::mae::Mae;
     use trainer::model::method::Method;
     use trainer::model::splitmask::SplitMask;
@@ -580,7 +586,12 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
     let device = Default::default();
     let set = ImageSet::load(&f.dir, "train").unwrap();
     let (vocab, _) = pipeline::vocab::tokenizer::Vocabulary::load(&f.vocab_small).unwrap();
-    for method in ["beit", "splitmask", "mae"] {
+    for method in ["beit", "splitmask", "mae", "dino"] {
+        let dino = if method == "dino" {
+            vec!["--prototypes", "256", "--local-crops", "2"]
+        } else {
+            vec![]
+        };
         let cfg = pretrain_args(
             &f.dir,
             &f.vocab_small,
@@ -594,7 +605,10 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
                 "8",
                 "--drop-path",
                 "0.2",
-            ],
+            ]
+            .into_iter()
+            .chain(dino)
+            .collect::<Vec<_>>(),
         )
         .resolve()
         .unwrap();
@@ -603,24 +617,29 @@ fn a_global_batch_split_across_ranks_draws_the_same_masks_losses_and_gradients()
         let host = make_batch(&set, &cfg.augment, 8, 5, 3).unwrap();
         // InfoNCE's negatives are each rank's own samples (global negatives gather them), so
         // for SplitMask the token loss alone is compared.
+        let t = &tokenizer;
         match cfg.method {
-            Method::Beit => ranks_match_the_whole::<Beit<B>>(&cfg, &(), &tokenizer, host, false),
+            Method::Beit => ranks_match_the_whole::<Beit<B>>(&cfg, &(), t, host, false, |m| &m.encoder),
             Method::Splitmask => {
-                ranks_match_the_whole::<SplitMask<B>>(&cfg, &cfg.options.splitmask, &tokenizer, host, true)
+                ranks_match_the_whole::<SplitMask<B>>(&cfg, &cfg.options.splitmask, t, host, true, |m| &m.encoder)
             }
-            Method::Mae => ranks_match_the_whole::<Mae<B>>(&cfg, &cfg.options.mae, &tokenizer, host, false),
+            Method::Mae => ranks_match_the_whole::<Mae<B>>(&cfg, &cfg.options.mae, t, host, false, |m| &m.encoder),
+            // The student trains (the teacher, DINO's encoder, follows it after the update).
+            Method::Dino => ranks_match_the_whole::<Dino<B>>(&cfg, &cfg.options.dino, t, host, false, |m| &m.student),
         }
     }
 }
 
-/// The masks, loss, first term and patch-embedding gradient of method `M` on `host` equal the
-/// mean of its two halves', each drawn at its global positions.
+/// The masks, loss, first term, statistics (DINO's teacher mean, which moves its centre) and
+/// the patch-embedding gradient of the trained encoder (`trained`) of method `M` on `host`
+/// equal the mean of its two halves', each drawn at its global positions.
 fn ranks_match_the_whole<M: trainer::model::objective::Objective<trainer::CpuAutodiff>>(
     cfg: &PretrainConfig,
     options: &M::Options,
     tokenizer: &trainer::model::device_tokenizer::DeviceTokenizer<trainer::CpuAutodiff>,
     host: trainer::data::loader::HostBatch,
     token_loss_only: bool,
+    trained: fn(&M) -> &trainer::model::vit::Vit<trainer::CpuAutodiff>,
 ) {
     use rand::SeedableRng;
     use trainer::data::loader::HostBatch;
@@ -635,14 +654,29 @@ fn ranks_match_the_whole<M: trainer::model::objective::Objective<trainer::CpuAut
         labels: host.labels[r.clone()].to_vec(),
         tokens: None,
         first: r.start as u64,
-        ..host
+        views: host
+            .views
+            .iter()
+            .map(|v| {
+                let vpx = v.images.len() / host.len();
+                trainer::data::loader::ViewBatch {
+                    size: v.size,
+                    images: v.images[r.start * vpx..r.end * vpx].to_vec(),
+                }
+            })
+            .collect(),
+        ..host.clone()
     };
     let (lo, hi) = (part(0..n), part(n..2 * n));
     let spec = cfg.spec(options);
-    let batch = |h: HostBatch| device_batch::<B, M>(&spec, Some(tokenizer), h, 17, &device);
+    let batch = |h: HostBatch| device_batch::<B, M>(&spec, Some(tokenizer), h, (0, 17), &device);
     let ranks = [batch(lo), batch(hi)];
     let whole = batch(host);
-    let positions = |m: &M::Masks| -> Vec<i32> { m.positions().into_data().convert::<i32>().to_vec().unwrap() };
+    let positions = |m: &M::Masks| -> Vec<i32> {
+        m.positions()
+            .map(|p| p.into_data().convert::<i32>().to_vec().unwrap())
+            .unwrap_or_default()
+    };
     let rank_masks: Vec<i32> = ranks.iter().flat_map(|b| positions(&b.masks)).collect();
     assert_eq!(
         positions(&whole.masks),
@@ -651,7 +685,29 @@ fn ranks_match_the_whole<M: trainer::model::objective::Objective<trainer::CpuAut
     );
 
     let model = M::build(&spec, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0), &device);
-    let weight = &model.encoder().patch_embed.proj.weight;
+    let weight = &trained(&model).patch_embed.proj.weight;
+    let stats = |b: &Batch<M>, mode| {
+        let s = model.forward(b, mode).stats;
+        s.map(|t| t.into_data().to_vec::<f32>().unwrap())
+    };
+    let (whole_stats, lo_stats, hi_stats) = (
+        stats(&whole, trainer::model::vit::Mode::train(23)),
+        stats(&ranks[0], trainer::model::vit::Mode::train_at(23, 0)),
+        stats(&ranks[1], trainer::model::vit::Mode::train_at(23, 4)),
+    );
+    assert_eq!(
+        whole_stats.is_some(),
+        method == "dino",
+        "{method}: only DINO has statistics"
+    );
+    if let (Some(w), Some(lo), Some(hi)) = (whole_stats, lo_stats, hi_stats) {
+        for (i, ((a, b), c)) in w.iter().zip(&lo).zip(&hi).enumerate() {
+            assert!(
+                (a - (b + c) / 2.0).abs() <= 1e-5 * a.abs().max(1.0),
+                "{method} statistic {i}: {a} vs {b}, {c}"
+            );
+        }
+    }
     let (whole_out, parts) = shares_and_whole(&model, weight, &whole, &ranks, token_loss_only);
     let close = |a: f32, b: f32, what: &str| assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{what}: {a} vs {b}");
     close(whole_out.0, (parts[0].0 + parts[1].0) / 2.0, &format!("{method} loss"));

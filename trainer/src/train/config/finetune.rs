@@ -366,9 +366,11 @@ impl FinetuneArgs {
         Ok(match (&self.model, pre) {
             (Some(m), Some(p)) => {
                 let v = VitConfig::named(m)?;
-                // MAE's encoders keep their fixed sin-cos positions under any preset name.
+                // MAE's encoders keep their fixed sin-cos positions and DINO's go without layer
+                // scale under any preset name.
                 if v.with_drop_path(p.vit.drop_path)
                     .with_sinusoidal_pos(p.vit.sinusoidal_pos)
+                    .with_layer_scale_init(p.vit.layer_scale_init)
                     != p.vit
                 {
                     return Err(E::invalid(

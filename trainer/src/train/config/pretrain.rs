@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use pipeline::recipe::{Masking, PretrainDefaults};
 use serde::{Deserialize, Serialize};
 
-use crate::data::augment::AugmentConfig;
+use crate::data::augment::{AugmentConfig, MultiCrop};
 use crate::error::{ConfigError, Result};
+use crate::model::dino::DinoConfig;
 use crate::model::mae::MaeConfig;
 use crate::model::masking::MaskSpec;
 use crate::model::method::{self, Method, MethodOptions};
@@ -64,6 +65,23 @@ pub struct PretrainArgs {
     /// MAE: regress per-patch normalized pixels (MAE's `norm_pix_loss`; default true).
     #[arg(long)]
     pub norm_pix_loss: Option<bool>,
+    /// DINO: local crops per image (default 8; DINO's multi-crop).
+    #[arg(long)]
+    pub local_crops: Option<usize>,
+    /// DINO: prototypes of the head's last layer (default: 65,536, DINO's; 4,096 on the CPU
+    /// presets).
+    #[arg(long)]
+    pub prototypes: Option<usize>,
+    /// DINO: the teacher's momentum at the start, rising to 1 on a cosine (default 0.996,
+    /// DINO's at batch 1024 over 300 epochs; a run of a few hundred updates needs a lower one
+    /// for its teacher to move).
+    #[arg(long)]
+    pub teacher_momentum: Option<f64>,
+    /// DINO: the teacher's temperature after its warm-up from 0.04 over the first 10% of the
+    /// updates (default 0.04, DINO's, no warm-up; its 300-epoch ViT-S recipe warms up to 0.07).
+    /// Lower sharpens more, DINO's advice against a collapse to the uniform distribution.
+    #[arg(long)]
+    pub teacher_temp: Option<f64>,
     /// SplitMask: the share of the patches each branch's encoder sees, 0.5 (a mask and its
     /// complement) or 0.25 (disjoint uniform quarters; default: the recipe's).
     #[arg(long)]
@@ -114,7 +132,7 @@ pub struct PretrainConfig {
     pub run: RunConfig,
     #[serde(flatten)]
     pub schedule: Schedule,
-    /// The token methods' vocabulary (none for MAE).
+    /// The token methods' vocabulary (none for MAE and DINO).
     pub vocab: Option<PathBuf>,
     pub vocab_sha256: Option<String>,
     /// Entries of the vocabulary (0: none).
@@ -122,7 +140,8 @@ pub struct PretrainConfig {
     pub method: Method,
     pub model: String,
     pub vit: VitConfig,
-    /// Each method's own options (SplitMask's under `splitmask`, MAE's under `mae`).
+    /// Each method's own options (SplitMask's under `splitmask`, MAE's under `mae`, DINO's
+    /// under `dino`).
     #[serde(flatten)]
     pub options: MethodOptions,
     pub masking: MaskSpec,
@@ -154,9 +173,14 @@ impl PretrainArgs {
         if let Some(d) = sched.drop_path {
             vit = vit.with_drop_path(d);
         }
-        if self.method == Method::Mae {
+        match self.method {
             // MAE's fixed 2-D sin-cos positions.
-            vit = vit.with_sinusoidal_pos(true);
+            Method::Mae => vit = vit.with_sinusoidal_pos(true),
+            // DINO's ViT has no layer scale; BEiT's 0.1 leaves the class token of a new model
+            // nearly the same for every image, and centring then flattens the teacher's
+            // distribution to uniform, which the student learns (a collapse).
+            Method::Dino => vit = vit.with_layer_scale_init(None),
+            _ => {}
         }
         vit.validate().map_err(|m| E::invalid("model", &self.model, m))?;
         let manifest = pipeline::prepare::load_manifest(&run.data)?;
@@ -166,7 +190,11 @@ impl PretrainArgs {
         let run_cfg = run.resolve(&manifest, self.knn_every > 0)?;
         // The paper's rule follows the prepared train split, not a --limit-images cut.
         let prepared = manifest.splits.get("train").map_or(0, |s| s.images);
-        let s = sched.resolve(&PRETRAIN, run_cfg.train_images, p.epochs_for(prepared), &run.data)?;
+        let defaults = match self.method {
+            Method::Dino => &DINO_PRETRAIN,
+            _ => &PRETRAIN,
+        };
+        let s = sched.resolve(defaults, run_cfg.train_images, p.epochs_for(prepared), &run.data)?;
         let n = vit.num_patches();
         let default_masking = match self.method {
             Method::Mae => Masking::Uniform,
@@ -202,15 +230,21 @@ impl PretrainArgs {
         Ok(cfg)
     }
 
-    /// The vocabulary and its hash, for the token methods: required by them, refused by MAE,
-    /// its token patches tiling the ViT's.
+    /// The vocabulary and its hash, for the token methods: required by them, refused by the
+    /// others (MAE, DINO), its token patches tiling the ViT's.
     fn vocabulary(&self, vit: &VitConfig) -> Result<Option<(pipeline::vocab::tokenizer::Vocabulary, String)>> {
-        let path = match (&self.vocab, self.method) {
-            (Some(path), Method::Mae) => {
-                return Err(E::invalid("vocab", path.display(), "MAE predicts pixels and takes no vocabulary").into())
+        let m = self.method;
+        let path = match (&self.vocab, m.token_targets()) {
+            (Some(path), false) => {
+                return Err(E::invalid(
+                    "vocab",
+                    path.display(),
+                    format!("{} predicts no visual tokens and takes no vocabulary", m.name()),
+                )
+                .into())
             }
-            (None, Method::Mae) => return Ok(None),
-            (None, m) => {
+            (None, false) => return Ok(None),
+            (None, true) => {
                 return Err(E::invalid(
                     "vocab",
                     "(none)",
@@ -261,8 +295,34 @@ impl PretrainArgs {
             Method::Beit | Method::Mae if split_flags => {
                 return foreign("--split-visible and --objective", "SplitMask")
             }
-            Method::Beit | Method::Splitmask if self.norm_pix_loss.is_some() => {
+            Method::Beit | Method::Splitmask | Method::Dino if self.norm_pix_loss.is_some() => {
                 return foreign("--norm-pix-loss", "MAE")
+            }
+            Method::Beit | Method::Splitmask | Method::Mae
+                if self.local_crops.is_some()
+                    || self.prototypes.is_some()
+                    || self.teacher_momentum.is_some()
+                    || self.teacher_temp.is_some() =>
+            {
+                return foreign("--local-crops, --prototypes and --teacher-*", "DINO")
+            }
+            Method::Dino if split_flags => return foreign("--split-visible and --objective", "SplitMask"),
+            Method::Dino if self.mask_ratio.is_some() || self.masking.is_some() => {
+                return foreign("--mask-ratio and --masking", "the masked-image methods")
+            }
+            Method::Dino => {
+                let base = DinoConfig::for_vit(vit);
+                options.dino = base
+                    .clone()
+                    .with_prototypes(self.prototypes.unwrap_or(base.prototypes))
+                    .with_momentum_teacher(self.teacher_momentum.unwrap_or(base.momentum_teacher));
+                if let Some(t) = self.teacher_temp {
+                    options.dino = options
+                        .dino
+                        .with_teacher_temp(t)
+                        .with_warmup_teacher_temp(base.warmup_teacher_temp.min(t));
+                }
+                0
             }
             Method::Beit => ratio_count(self.mask_ratio.or(p.beit_mask_ratio).unwrap_or(BEIT_MASK_RATIO))?,
             Method::Mae => {
@@ -323,10 +383,13 @@ impl PretrainArgs {
         let strong = self.strong_aug.unwrap_or(p.strong_augmentation);
         let mut augment = AugmentConfig::pretrain(vit.image_size as u32, strong);
         augment.scale.1 = max_crop;
+        if self.method == Method::Dino {
+            return self.multi_crop(augment, vit, max_crop);
+        }
         augment.color_jitter = self.color_jitter.unwrap_or(match self.method {
             Method::Beit => BEIT_COLOR_JITTER,
             // SplitMask's section 5.5; MAE's crop and flip.
-            Method::Splitmask | Method::Mae => 0.0,
+            _ => 0.0,
         });
         if !(0.0..1.0).contains(&augment.color_jitter) {
             return Err(E::invalid("color-jitter", augment.color_jitter, "must be in [0, 1)").into());
@@ -368,6 +431,31 @@ impl PretrainArgs {
     }
 }
 
+impl PretrainArgs {
+    /// DINO's views: multi-crop, each crop with DINO's own colour, blur and solarization (in
+    /// place of the single view's strong augmentation and jitter); the global crops' area
+    /// range scaled by the recipe's crop cap (DINO's 0.4-1 when there is none).
+    fn multi_crop(&self, mut augment: AugmentConfig, vit: &VitConfig, max_crop: f64) -> Result<AugmentConfig> {
+        if self.strong_aug.is_some() || self.color_jitter.is_some() {
+            return Err(E::invalid(
+                "method",
+                "dino",
+                "--strong-aug and --color-jitter are the single-view methods' (DINO's crops bring their own)",
+            )
+            .into());
+        }
+        let mut mc = MultiCrop::dino(
+            vit.image_size as u32,
+            vit.patch_size as u32,
+            self.local_crops.unwrap_or(8),
+        );
+        mc.global_scale = (mc.global_scale.0 * max_crop, max_crop);
+        augment.strong = false;
+        augment.multi_crop = Some(mc);
+        Ok(augment)
+    }
+}
+
 impl PretrainConfig {
     /// What the run pre-trained on, as reports name it: the dataset, and its share when it
     /// was prepared as a subset (`--fraction`): `imagenette 10%`.
@@ -385,7 +473,20 @@ impl PretrainConfig {
     /// The method's own checks ([`method::validate`]) of this configuration.
     pub fn validate(&self) -> Result<()> {
         method::validate(self.method, &self.spec(&self.options))
-            .map_err(|m| E::invalid("method", self.method.name(), m).into())
+            .map_err(|m| E::invalid("method", self.method.name(), m))?;
+        let p = self.vit.patch_size as u32;
+        match (self.method, &self.augment.multi_crop) {
+            (Method::Dino, Some(mc)) if mc.local_size == 0 || !mc.local_size.is_multiple_of(p) => Err(E::invalid(
+                "augment",
+                mc.local_size,
+                format!("local crops must be whole {p} px patches"),
+            )
+            .into()),
+            (Method::Dino, Some(_)) => Ok(()),
+            (Method::Dino, None) => Err(E::invalid("augment", "single view", "DINO trains on multi-crop views").into()),
+            (m, Some(_)) => Err(E::invalid("augment", "multi-crop", format!("{} trains on one view", m.name())).into()),
+            (_, None) => Ok(()),
+        }
     }
 }
 

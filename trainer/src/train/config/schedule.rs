@@ -58,9 +58,13 @@ pub struct ScheduleArgs {
     /// pre-training, BEiT's 10 of 300 epochs; the recipe's epochs in fine-tuning).
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
-    /// Weight decay (default: 0.05, BEiT's and Table 9's).
+    /// Weight decay (default: 0.05, BEiT's and Table 9's; DINO's 0.04).
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Weight decay at the end of the run, reached on a cosine from --weight-decay (default:
+    /// constant; DINO's 0.4).
+    #[arg(long)]
+    pub weight_decay_end: Option<f64>,
     /// Global gradient-norm clip; 0 disables it (default: 3 in pre-training as BEiT, the
     /// recipe's in fine-tuning: none).
     #[arg(long)]
@@ -113,6 +117,8 @@ pub struct ScheduleDefaults {
     pub min_lr: f64,
     pub warmup: Warmup,
     pub weight_decay: f64,
+    /// Where the weight decay ends on a cosine (`None`: constant).
+    pub weight_decay_end: Option<f64>,
     pub clip_grad: f64,
 }
 
@@ -127,7 +133,19 @@ pub const PRETRAIN: ScheduleDefaults = ScheduleDefaults {
     min_lr: 1e-5,
     warmup: Warmup::Share(10.0 / 300.0),
     weight_decay: 0.05,
+    weight_decay_end: None,
     clip_grad: 3.0,
+};
+
+/// DINO's ViT recipe: lr 5e-4 at batch 256, warmup 10 of 300 epochs, final lr 1e-6, weight
+/// decay 0.04 to 0.4 on a cosine, clipping at 3.
+pub const DINO_PRETRAIN: ScheduleDefaults = ScheduleDefaults {
+    reference_batch: 256,
+    blr: 5e-4,
+    min_lr: 1e-6,
+    weight_decay: 0.04,
+    weight_decay_end: Some(0.4),
+    ..PRETRAIN
 };
 
 /// BEiT's final fine-tuning learning rate (Table 9 does not list one).
@@ -143,6 +161,7 @@ pub(super) fn finetune_defaults(f: &FinetuneDefaults) -> ScheduleDefaults {
         min_lr: FINETUNE_MIN_LR,
         warmup: Warmup::Epochs(f.warmup_epochs),
         weight_decay: f.weight_decay,
+        weight_decay_end: None,
         clip_grad: f.clip_grad,
     }
 }
@@ -170,6 +189,10 @@ pub struct Schedule {
     pub min_lr: f64,
     pub warmup_steps: u64,
     pub adamw: AdamWSettings,
+    /// The weight decay at the end of the run, reached on a cosine from `adamw`'s (`None`:
+    /// constant; runs before this field had none).
+    #[serde(default)]
+    pub weight_decay_end: Option<f64>,
     pub clip_grad: Option<f64>,
 }
 
@@ -177,6 +200,19 @@ impl Schedule {
     /// The update this invocation stops at.
     pub fn end(&self) -> u64 {
         self.stop_after.map_or(self.total_steps, |s| s.min(self.total_steps))
+    }
+
+    /// The weight decay of update `step` (DINO's cosine from `adamw.weight_decay` to
+    /// `weight_decay_end`, per update and without warmup).
+    pub fn weight_decay(&self, step: u64) -> f64 {
+        let start = self.adamw.weight_decay;
+        match self.weight_decay_end {
+            None => start,
+            Some(end) => {
+                let t = step as f64 / self.total_steps.max(1) as f64;
+                end + (start - end) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+        }
     }
 
     /// Images per update, over all ranks.
@@ -237,6 +273,9 @@ impl ScheduleArgs {
         };
         let warmup_steps = (warmup.round() as u64).min(total_steps / 2);
         let clip = self.clip_grad.unwrap_or(defaults.clip_grad);
+        if let Some(end) = self.weight_decay_end.filter(|e| !(e.is_finite() && *e >= 0.0)) {
+            return Err(E::invalid("weight-decay-end", end, "must be a non-negative number"));
+        }
         let lr_scaling = self.lr_scaling.unwrap_or(defaults.lr_scaling);
         Ok(Schedule {
             batch_size,
@@ -254,6 +293,7 @@ impl ScheduleArgs {
                 weight_decay: self.weight_decay.unwrap_or(defaults.weight_decay),
                 ..Default::default()
             },
+            weight_decay_end: self.weight_decay_end.or(defaults.weight_decay_end),
             clip_grad: (clip > 0.0).then_some(clip),
         })
     }
