@@ -503,13 +503,13 @@ backend_tests! {
         let device = Default::default();
         let mut model = Dino::<TestAutodiff>::tiny(&device).with_steps(1000);
         let b = batch::<TestAutodiff>(4, 2, 10, &device);
-        let mut opt = crate::train::optim::AdamW::<TestAutodiff>::new(Default::default());
+        let mut opt = burn::optim::SgdConfig::new().init::<TestAutodiff, Dino<TestAutodiff>>();
         let mut losses = Vec::new();
         for step in 0..8 {
             let out = model.forward(&b, Mode::train(step));
             losses.push(out.loss.clone().into_scalar().elem::<f64>());
-            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            model = opt.step(model, &mut grads, 3e-3, 1.0, &|_| 1.0);
+            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            model = burn::optim::Optimizer::step(&mut opt, 0.5, model, grads);
         }
         assert!(losses[7] < losses[0], "{losses:?}");
         let _ = model.valid();
