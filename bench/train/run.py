@@ -1,6 +1,7 @@
 """bench/train: training steps per second of `trainer bench` on each backend (flex; LibTorch on
 the CPU) and of the PyTorch reference (../shared/anchors/torch_ref/bench_splitmask.py, eager,
-f32; for MAE bench/train/mae_ref.py, MAE's models_mae.py with the trainer's encoder) on the same
+f32; for MAE bench/train/mae_ref.py, MAE's models_mae.py with the trainer's encoder; for DINO
+bench/train/dino_ref.py, main_dino.py's step) on the same
 configurations, in one run on one machine; prints a table with the ratios.
 
 Both sides time the whole step: image upload and normalisation, the tokenizer, forward, backward
@@ -65,6 +66,15 @@ def theirs(model, method, a):
         cmd = [sys.executable, str(Path(__file__).with_name("mae_ref.py")), "--dim", str(d["dim"]), "--depth",
                str(d["depth"]), "--heads", str(d["heads"]), "--img", str(d["img"]), "--patch", str(d["patch"]),
                "--dec-dim", str(d["dim"]), "--dec-depth", "2", "--dec-heads", str(d["heads"])]
+    elif method == "dino":
+        # DinoConfig::for_vit and MultiCrop::dino on the CPU presets: 4,096 prototypes, hidden 512,
+        # bottleneck 128; 8 local crops of 96/224 of the side in whole patches.
+        d = PRESETS[model]
+        local = max(1, round(d["img"] * 96 / 224 / d["patch"])) * d["patch"]
+        cmd = [sys.executable, str(Path(__file__).with_name("dino_ref.py")), "--dim", str(d["dim"]), "--depth",
+               str(d["depth"]), "--heads", str(d["heads"]), "--img", str(d["img"]), "--patch", str(d["patch"]),
+               "--local", str(local), "--locals", "8", "--prototypes", "4096", "--hidden", "512",
+               "--bottleneck", "128"]
     else:
         cmd = [sys.executable, __file__, "--as-reference", "--device", "cpu", "--fp32", "--model", model,
                "--method", method, "--vocab", str(a.vocab)]
@@ -84,7 +94,7 @@ def main():
     ap.add_argument("--trainer", default=str(REPO / "target/release/trainer"))
     ap.add_argument("--backends", default="native,tch", help="trainer backends (native = flex on the CPU)")
     ap.add_argument("--models", default="cpu-tiny,cpu-small")
-    ap.add_argument("--methods", default="splitmask,beit,mae")
+    ap.add_argument("--methods", default="splitmask,beit,mae,dino")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--warmup", type=int, default=3)

@@ -120,6 +120,8 @@ pub static TARGETS: &[Target] = &[
             let s = pipeline::transcode::TranscodeSettings {
                 max_short_side: Some(48),
                 crop_to_bbox: true,
+                // Headers claiming huge images are refused before allocation, not decoded.
+                max_pixels: 1 << 22,
                 ..Default::default()
             };
             let _ = pipeline::transcode::transcode(b, Some([2, 2, 40, 30]), &s);
@@ -136,6 +138,17 @@ pub static TARGETS: &[Target] = &[
             let _ = pipeline::vocab::tokenizer::Vocabulary::load(&path);
         },
         json: false,
+        selector: false,
+    },
+    Target {
+        name: "manifest",
+        about: "a prepared dataset's manifest.json (schema, paths that must stay inside the folder)",
+        seeds: manifest_seed,
+        run: |b| {
+            let path = write_scratch("data/manifest.json", b);
+            let _ = pipeline::prepare::load_manifest(path.parent().expect("in a folder"));
+        },
+        json: true,
         selector: false,
     },
     Target {
@@ -502,4 +515,22 @@ fn vocab_seed() -> Vec<Vec<u8>> {
         .and_then(|v| v.save(&path))
         .expect("seed vocabulary");
     vec![std::fs::read(&path).expect("seed vocabulary")]
+}
+
+/// A manifest as `prepare` writes it: shards, a token set, splits and a skip.
+fn manifest_seed() -> Vec<Vec<u8>> {
+    let text = r#"{"schema_version": 2, "pipeline_version": "0.1.0", "dataset": "imagenette",
+        "adapter": "imagenet", "source": "../shared/data/imagenette", "settings": {},
+        "class_names": ["tench", "English springer"], "eval_split": "val",
+        "splits": {"train": {"images": 2, "skipped": 1, "per_class": {"0": 1, "1": 1}},
+                   "val": {"images": 1, "skipped": 0, "per_class": {"1": 1}}},
+        "shards": [{"file": "train-00000-of-00001.parquet", "split": "train", "rows": 2, "bytes": 10, "sha256": "ab"},
+                   {"file": "val-00000-of-00001.parquet", "split": "val", "rows": 1, "bytes": 9, "sha256": "cd"}],
+        "side_tables": [],
+        "skipped": [{"path": "train/n01440764/x.JPEG", "split": "train", "reason": "corrupt JPEG data"}],
+        "wall_time_s": 1.5,
+        "tokens": [{"vocab": "vocab-random_projection-8192-s0.safetensors", "vocab_sha256": "ef",
+                    "dir": "tokens-vocab-random_projection-8192-s0",
+                    "shards": [{"file": "train-00000-of-00001.parquet", "image_sha256": "ab", "rows": 2, "bytes": 4, "sha256": "01"}]}]}"#;
+    vec![text.as_bytes().to_vec()]
 }

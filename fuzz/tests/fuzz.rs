@@ -85,5 +85,6 @@ targets!(
     shard,
     image,
     vocab,
+    manifest,
     recipe
 );

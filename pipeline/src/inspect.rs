@@ -182,9 +182,6 @@ pub fn contact_sheet(
             );
         }
     }
-    sheet.save(out).map_err(|e| PipelineError::Io {
-        path: out.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
+    crate::shard::write_png(out, &sheet)?;
     Ok(out.to_path_buf())
 }

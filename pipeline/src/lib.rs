@@ -8,7 +8,7 @@
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
-//! | 0 | [`error`], [`matfile`], [`lock`], [`interrupt`], [`jpeg_entropy`] | the crate's error type; the MATLAB v5 reader (Stanford Cars devkit); one writer per folder; SIGINT / SIGTERM; the fast walk over a baseline JPEG's Huffman data |
+//! | 0 | [`error`], [`matfile`], [`lock`], [`interrupt`], [`jpeg_entropy`], [`source`] | the crate's error type; the MATLAB v5 reader (Stanford Cars devkit); one writer per folder; SIGINT / SIGTERM; the fast walk over a baseline JPEG's Huffman data; reading the raw dataset's files inside its root |
 //! | 1 | [`adapters`], [`shard`], [`transcode`], [`views`] | dataset layouts, the shard format, image decoding and views |
 //! | 2 | [`prepare`], [`recipe`] | listing -> shards with a manifest; dataset recipes |
 //! | 3 | [`vocab`] | visual vocabularies (random projection, random patches, k-means), the tokenizer, token shards |
@@ -29,6 +29,7 @@ pub mod matfile;
 pub mod prepare;
 pub mod recipe;
 pub mod shard;
+pub mod source;
 pub mod transcode;
 pub mod views;
 pub mod vocab;

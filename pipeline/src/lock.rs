@@ -27,13 +27,13 @@ impl FolderLock {
     /// the process that holds it. `what` says what the holder does ("prepare", "pretrain").
     pub fn acquire(dir: &Path, name: &str, what: &str) -> Result<Self> {
         let path = dir.join(name);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
+        let mut options = OpenOptions::new();
+        options.create(true).truncate(false).read(true).write(true);
+        // A symlink planted under the lock's name would make the holder's note overwrite
+        // whatever it points at: refused (ELOOP) rather than followed.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        let mut file = options.open(&path).at(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -83,5 +83,22 @@ mod tests {
         let text = std::fs::read_to_string(&again.path).unwrap();
         assert!(text.starts_with("tokenize (pid "), "{text}");
         drop(worker);
+    }
+
+    /// A lock name planted as a symlink is not followed: its target keeps its contents.
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious.txt");
+        std::fs::write(&target, "keep me").unwrap();
+        let folder = dir.path().join("data");
+        std::fs::create_dir(&folder).unwrap();
+        std::os::unix::fs::symlink(&target, folder.join(LOCK_FILE)).unwrap();
+        let err = FolderLock::acquire(&folder, LOCK_FILE, "prepare")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".lock"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     }
 }

@@ -21,6 +21,7 @@ use crate::error::{IoContext, PipelineError, Result};
 use crate::interrupt;
 use crate::lock::{FolderLock, LOCK_FILE};
 use crate::shard::{file_sha256, write_atomic, write_table, Row, ShardWriter};
+use crate::source::read_source;
 use crate::transcode::{transcode, transcode_mask, TranscodeSettings};
 use schemas::manifest::MANIFEST_FILE;
 use schemas::{Manifest, ShardEntry, ShardMetadata, SkippedFile, SplitStats, SCHEMA_VERSION};
@@ -93,6 +94,17 @@ impl PrepareConfig {
         }
         if self.transcode.max_short_side == Some(0) {
             return bad("max short side must be > 0".into());
+        }
+        // The split names shard files, as the recipe's `eval_split` does (`--eval-split ../..`
+        // would write shards outside the output folder).
+        if !["train", "val", "test"].contains(&self.eval_split.as_str()) {
+            return bad(format!(
+                "eval split {:?}: expected \"val\" or \"test\"",
+                self.eval_split
+            ));
+        }
+        if self.transcode.max_pixels == 0 {
+            return bad("max pixels must be > 0".into());
         }
         if let Some(s) = &self.subset {
             if !(s.fraction > 0.0 && s.fraction <= 1.0) {
@@ -338,20 +350,19 @@ fn source_sizes(cfg: &PrepareConfig, listing: &Listing) -> Vec<u64> {
     listing
         .images
         .par_iter()
-        .map(|img| std::fs::metadata(cfg.source.join(&img.rel_path)).map_or(0, |m| m.len()))
+        .map(|img| {
+            let path = crate::source::inside(&cfg.source, &img.rel_path);
+            path.ok().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
+        })
         .collect()
 }
 
 fn process_image(cfg: &PrepareConfig, img: &SourceImage) -> std::result::Result<Row, String> {
-    let path = cfg.source.join(&img.rel_path);
-    let raw = std::fs::read(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => "file listed in the metadata is missing".to_string(),
-        _ => format!("cannot read: {e}"),
-    })?;
+    let raw = read_source(&cfg.source, &img.rel_path)?;
     let t = transcode(&raw, img.bbox, &cfg.transcode).map_err(|e| e.0)?;
     let (mask, mask_path) = match &img.mask_rel_path {
         Some(rel) => {
-            let mraw = std::fs::read(cfg.source.join(rel)).map_err(|e| format!("segmentation map {rel}: {e}"))?;
+            let mraw = read_source(&cfg.source, rel).map_err(|e| format!("segmentation map {rel}: {e}"))?;
             (
                 Some(transcode_mask(&mraw, t.width, t.height).map_err(|e| e.0)?),
                 Some(rel.clone()),
@@ -656,6 +667,13 @@ pub fn load_manifest(dir: &Path) -> Result<Manifest> {
         source,
     })?;
     PipelineError::check_schema_version(&path, manifest.schema_version)?;
+    if let Some((field, value)) = manifest.escaping_path() {
+        return Err(PipelineError::BadField {
+            path,
+            field,
+            message: format!("{value:?} is not a relative path inside the dataset folder"),
+        });
+    }
     Ok(manifest)
 }
 

@@ -20,6 +20,18 @@ pub struct TranscodeSettings {
     pub filter: ResizeFilter,
     /// Crop to the dataset's bounding box (Stanford Cars) before resizing.
     pub crop_to_bbox: bool,
+    /// Largest image decoded, in pixels (width x height, read from the headers before any
+    /// pixel is allocated); a larger one is a skip. Absent from manifests older than it.
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+/// PIL's decompression-bomb limit (twice its `MAX_IMAGE_PIXELS`): 179 MP, 537 MB of RGB. Shard
+/// readers (the vocabulary, tokenizer and trainer) decode within it too.
+pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+
+fn default_max_pixels() -> u64 {
+    DEFAULT_MAX_PIXELS
 }
 
 impl Default for TranscodeSettings {
@@ -29,6 +41,7 @@ impl Default for TranscodeSettings {
             quality: 90,
             filter: ResizeFilter::Bicubic,
             crop_to_bbox: false,
+            max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
 }
@@ -68,14 +81,20 @@ pub struct Transcoded {
 pub struct SkipReason(pub String);
 
 /// The upright RGB pixels of an encoded image, and whether the source already was an upright
-/// RGB JPEG (whose bytes may then be kept).
+/// RGB JPEG (whose bytes may then be kept); within [`DEFAULT_MAX_PIXELS`].
 pub fn decode_upright(raw: &[u8]) -> Result<(RgbImage, bool), SkipReason> {
+    decode_upright_within(raw, DEFAULT_MAX_PIXELS)
+}
+
+/// [`decode_upright`] within a budget of `max_pixels`, checked on the headers' size before
+/// the pixels are allocated.
+pub fn decode_upright_within(raw: &[u8], max_pixels: u64) -> Result<(RgbImage, bool), SkipReason> {
     let format =
         image::guess_format(raw).map_err(|_| SkipReason("not an image (unrecognised file signature)".into()))?;
     let (mut img, orientation, kept_layout) = if format == ImageFormat::Jpeg {
-        decode_jpeg_strict(raw)?
+        decode_jpeg_strict(raw, max_pixels)?
     } else {
-        decode_other(raw, format)?
+        decode_other(raw, format, max_pixels)?
     };
     if img.width() == 0 || img.height() == 0 {
         return Err(SkipReason("image has zero width or height".into()));
@@ -111,11 +130,25 @@ struct JpegHeaders {
     source_rgb: bool,
 }
 
-fn jpeg_headers(d: &mut JpegDecoder<'_>) -> Result<JpegHeaders, SkipReason> {
+/// A skip for an image of `width` x `height` over the budget.
+fn within_budget(width: u32, height: u32, max_pixels: u64) -> Result<(), SkipReason> {
+    let pixels = u64::from(width) * u64::from(height);
+    match pixels <= max_pixels {
+        true => Ok(()),
+        false => Err(SkipReason(format!(
+            "{width}x{height} is {pixels} pixels, over the decoding budget of {max_pixels} (--max-pixels)"
+        ))),
+    }
+}
+
+fn jpeg_headers(d: &mut JpegDecoder<'_>, max_pixels: u64) -> Result<JpegHeaders, SkipReason> {
     use zune_core::colorspace::ColorSpace;
     d.decode_headers()
         .map_err(|e| SkipReason(format!("invalid JPEG header: {e:?}")))?;
-    let (width, height) = d.dimensions().expect("headers decoded");
+    let (width, height) = d
+        .dimensions()
+        .ok_or_else(|| SkipReason("invalid JPEG header: no frame size".into()))?;
+    within_budget(width as u32, height as u32, max_pixels)?;
     Ok(JpegHeaders {
         width: width as u32,
         height: height as u32,
@@ -127,9 +160,9 @@ fn jpeg_headers(d: &mut JpegDecoder<'_>) -> Result<JpegHeaders, SkipReason> {
     })
 }
 
-fn decode_jpeg_strict(raw: &[u8]) -> Result<(RgbImage, Orientation, bool), SkipReason> {
+fn decode_jpeg_strict(raw: &[u8], max_pixels: u64) -> Result<(RgbImage, Orientation, bool), SkipReason> {
     let mut d = strict_jpeg_decoder(raw, zune_core::colorspace::ColorSpace::RGB);
-    let h = jpeg_headers(&mut d)?;
+    let h = jpeg_headers(&mut d, max_pixels)?;
     let pixels = d
         .decode()
         .map_err(|e| SkipReason(format!("corrupt JPEG data: {e:?}")))?;
@@ -148,9 +181,10 @@ fn decode_jpeg_strict(raw: &[u8]) -> Result<(RgbImage, Orientation, bool), SkipR
 /// otherwise the strict decode runs with luma output, so every block of every component is
 /// still entropy-decoded (a corrupt or truncated stream is still an error, the same one),
 /// while the chroma IDCT, upsampling and colour conversion are skipped.
-fn kept_jpeg_size(raw: &[u8], max_short_side: Option<u32>) -> Result<Option<(u32, u32)>, SkipReason> {
+fn kept_jpeg_size(raw: &[u8], s: &TranscodeSettings) -> Result<Option<(u32, u32)>, SkipReason> {
+    let max_short_side = s.max_short_side;
     let mut d = strict_jpeg_decoder(raw, zune_core::colorspace::ColorSpace::Luma);
-    let h = jpeg_headers(&mut d)?;
+    let h = jpeg_headers(&mut d, s.max_pixels)?;
     let upright = h.orientation == Orientation::NoTransforms;
     if !(h.source_rgb && upright && bounded_size(h.width, h.height, max_short_side) == (h.width, h.height)) {
         return Ok(None);
@@ -167,11 +201,13 @@ fn kept_jpeg_size(raw: &[u8], max_short_side: Option<u32>) -> Result<Option<(u32
     Ok(Some((h.width, h.height)))
 }
 
-fn decode_other(raw: &[u8], format: ImageFormat) -> Result<(RgbImage, Orientation, bool), SkipReason> {
+fn decode_other(raw: &[u8], format: ImageFormat, max_pixels: u64) -> Result<(RgbImage, Orientation, bool), SkipReason> {
     let reader = ImageReader::with_format(Cursor::new(raw), format);
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| SkipReason(format!("decode failed ({format:?}): {e}")))?;
+    let (width, height) = decoder.dimensions();
+    within_budget(width, height, max_pixels)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let img =
         DynamicImage::from_decoder(decoder).map_err(|e| SkipReason(format!("decode failed ({format:?}): {e}")))?;
@@ -228,7 +264,7 @@ pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, SkipReason> {
 pub fn transcode(raw: &[u8], bbox: Option<[i32; 4]>, s: &TranscodeSettings) -> Result<Transcoded, SkipReason> {
     let cropped = s.crop_to_bbox && bbox.is_some();
     if !cropped && image::guess_format(raw).ok() == Some(ImageFormat::Jpeg) {
-        if let Some((width, height)) = kept_jpeg_size(raw, s.max_short_side)? {
+        if let Some((width, height)) = kept_jpeg_size(raw, s)? {
             return Ok(Transcoded {
                 bytes: raw.to_vec(),
                 width,
@@ -237,7 +273,7 @@ pub fn transcode(raw: &[u8], bbox: Option<[i32; 4]>, s: &TranscodeSettings) -> R
             });
         }
     }
-    let (mut img, mut keep) = decode_upright(raw)?;
+    let (mut img, mut keep) = decode_upright_within(raw, s.max_pixels)?;
     if let (true, Some(b)) = (s.crop_to_bbox, bbox) {
         let (w, h) = (img.width() as i32, img.height() as i32);
         // Devkit boxes are 1-based inclusive; clamp to the image as torchvision does.
@@ -310,6 +346,51 @@ mod tests {
         assert!(!t.reencoded);
         assert_eq!(t.bytes, raw);
         assert_eq!((t.width, t.height), (64, 48));
+    }
+
+    /// A decompression bomb is refused from its headers, before its pixels are allocated: a
+    /// 60000 x 60000 JPEG header (3.6 GP, 10.8 GB of RGB) over a few bytes of data.
+    #[test]
+    fn images_over_the_pixel_budget_are_skipped_before_decoding() {
+        let small = jpeg(64, 48);
+        let budget = |max_pixels| TranscodeSettings {
+            max_pixels,
+            max_short_side: None,
+            ..Default::default()
+        };
+        assert!(transcode(&small, None, &budget(64 * 48)).is_ok());
+        let err = transcode(&small, None, &budget(64 * 48 - 1)).unwrap_err().0;
+        assert!(
+            err.contains("64x48 is 3072 pixels, over the decoding budget of 3071"),
+            "{err}"
+        );
+        let err = transcode(
+            &small,
+            Some([1, 1, 10, 10]),
+            &TranscodeSettings {
+                crop_to_bbox: true,
+                ..budget(100)
+            },
+        );
+        assert!(err.unwrap_err().0.contains("over the decoding budget"));
+        let png = {
+            let mut out = Vec::new();
+            image::RgbImage::new(40, 30)
+                .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+                .unwrap();
+            out
+        };
+        assert!(decode_upright_within(&png, 1200).is_ok());
+        assert!(decode_upright_within(&png, 1199).unwrap_err().0.contains("40x30"));
+        // The bomb: the small JPEG's frame header (SOF0) rewritten to 60000 x 60000.
+        let mut bomb = small.clone();
+        let sof = bomb
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("a baseline JPEG");
+        bomb[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+        let err = decode_upright(&bomb).unwrap_err().0;
+        assert!(err.contains("60000x60000 is 3600000000 pixels"), "{err}");
     }
 
     #[test]

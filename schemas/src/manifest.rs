@@ -86,7 +86,45 @@ pub struct SkippedFile {
     pub reason: String,
 }
 
+/// Whether `rel`, joined to a folder, stays inside it: relative, non-empty, made of plain
+/// names only (no `..`, no root, no drive prefix; not `.` either, which no writer produces).
+pub fn stays_inside(rel: &str) -> bool {
+    !rel.is_empty()
+        && std::path::Path::new(rel)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 impl Manifest {
+    /// The first path the manifest names that would leave the dataset folder, as (field, value):
+    /// a hostile manifest must not make a reader open, or a writer replace, a file elsewhere.
+    /// Split names are file-name parts too, so they are held to the same rule.
+    pub fn escaping_path(&self) -> Option<(String, String)> {
+        let files = self.shards.iter().enumerate().flat_map(|(i, s)| {
+            [
+                (format!("shards[{i}].file"), &s.file),
+                (format!("shards[{i}].split"), &s.split),
+            ]
+        });
+        let side = (self.side_tables.iter().enumerate()).map(|(i, s)| (format!("side_tables[{i}].file"), &s.file));
+        let tokens = self.tokens.iter().enumerate().flat_map(|(i, t)| {
+            let own = [
+                (format!("tokens[{i}].vocab"), &t.vocab),
+                (format!("tokens[{i}].dir"), &t.dir),
+            ];
+            let shards =
+                (t.shards.iter().enumerate()).map(move |(j, s)| (format!("tokens[{i}].shards[{j}].file"), &s.file));
+            own.into_iter().chain(shards)
+        });
+        let splits = self.splits.keys().map(|k| ("splits".to_string(), k));
+        files
+            .chain(side)
+            .chain(tokens)
+            .chain(splits)
+            .find(|(_, v)| !stays_inside(v))
+            .map(|(field, v)| (field, v.clone()))
+    }
+
     /// Token sets still valid for the current image shards: every image shard has a token
     /// shard computed from exactly its bytes.
     pub fn valid_token_sets(&self) -> Vec<TokenSet> {
@@ -120,5 +158,64 @@ impl Manifest {
 
     pub fn total_images(&self) -> u64 {
         self.splits.values().map(|s| s.images).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(shard: &str) -> Manifest {
+        let entry = |file: &str| ShardEntry {
+            file: file.into(),
+            split: "train".into(),
+            rows: 1,
+            bytes: 1,
+            sha256: String::new(),
+        };
+        Manifest {
+            schema_version: 1,
+            pipeline_version: String::new(),
+            dataset: "d".into(),
+            adapter: "folder".into(),
+            source: "/anywhere/is/fine".into(),
+            settings: serde_json::Value::Null,
+            class_names: vec![],
+            splits: BTreeMap::from([("train".to_string(), SplitStats::default())]),
+            eval_split: None,
+            shards: vec![entry("train-00000.parquet"), entry(shard)],
+            side_tables: vec![],
+            skipped: vec![],
+            wall_time_s: 0.0,
+            tokens: vec![],
+        }
+    }
+
+    #[test]
+    fn manifest_paths_must_stay_inside_the_dataset_folder() {
+        for ok in ["train-00001.parquet", "sub/train-00001.parquet"] {
+            assert_eq!(manifest(ok).escaping_path(), None, "{ok}");
+        }
+        for bad in ["/etc/passwd", "../other/train.parquet", "sub/../../x", "", "..", "./x"] {
+            assert_eq!(
+                manifest(bad).escaping_path(),
+                Some(("shards[1].file".to_string(), bad.to_string())),
+                "{bad}"
+            );
+        }
+        let mut m = manifest("ok.parquet");
+        m.splits.insert("../val".into(), SplitStats::default());
+        assert_eq!(m.escaping_path(), Some(("splits".into(), "../val".into())));
+        let mut m = manifest("ok.parquet");
+        m.tokens.push(TokenSet {
+            vocab: "v.safetensors".into(),
+            vocab_sha256: String::new(),
+            dir: "/tmp/elsewhere".into(),
+            shards: vec![],
+        });
+        assert_eq!(
+            m.escaping_path(),
+            Some(("tokens[0].dir".into(), "/tmp/elsewhere".into()))
+        );
     }
 }

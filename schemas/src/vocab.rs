@@ -71,6 +71,32 @@ impl Preprocessing {
         (self.patch_size * self.patch_size * 3) as usize
     }
 
+    /// Whether the geometry is one the tokenizers can run: checked on every header read, since
+    /// a vocabulary file is outside input (a zero patch or a huge view would divide by zero or
+    /// allocate gigabytes before any other check).
+    pub fn check(&self) -> Result<(), String> {
+        let (view, patch, source) = (self.view_size, self.patch_size, self.source_view_size);
+        if !(1..=64).contains(&patch) {
+            return Err(format!("patch_size {patch}: must be 1..=64"));
+        }
+        if !(patch..=2048).contains(&view) || view % patch != 0 {
+            return Err(format!(
+                "view_size {view}: a multiple of patch_size {patch}, at most 2048"
+            ));
+        }
+        if self.downsample != "box2" || u64::from(source) != 2 * u64::from(view) {
+            return Err(format!(
+                "downsample {:?} from source_view_size {source}: only \"box2\" from twice view_size {view}",
+                self.downsample
+            ));
+        }
+        let finite = self.mean.iter().chain(&self.std).all(|v| v.is_finite());
+        if !finite || self.std.iter().any(|s| *s <= 0.0) {
+            return Err(format!("mean {:?} / std {:?}: finite, std > 0", self.mean, self.std));
+        }
+        Ok(())
+    }
+
     pub fn grid(&self) -> usize {
         (self.view_size / self.patch_size) as usize
     }

@@ -152,13 +152,11 @@ fn run<B: AutodiffBackend, M: AutodiffModule<B> + Objective<B>>(
     let vocabulary = random_vocabulary(&vit, vocab, &mut rng);
     let tokenizer = DeviceTokenizer::<B>::new(&vocabulary, vit.patch_size, device).expect("8 px tokens");
     let images: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-    // DINO's multi-crop: a second global crop and 8 local ones.
+    // DINO's multi-crop beside `images`: a second global crop and 8 local ones.
     let view_sizes: Vec<usize> = match method {
         Method::Dino => {
-            let mc = MultiCrop::dino(s as u32, vit.patch_size as u32, 8);
-            std::iter::once(s)
-                .chain(vec![mc.local_size as usize; mc.local_crops])
-                .collect()
+            let sizes = MultiCrop::dino(s as u32, vit.patch_size as u32, 8).view_sizes(s as u32);
+            sizes.into_iter().skip(1).map(|v| v as usize).collect()
         }
         _ => Vec::new(),
     };

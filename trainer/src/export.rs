@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::CpuBackend;
 use crate::data::augment::{MEAN, STD};
-use crate::error::{CheckpointError, Error, Result};
+use crate::error::{CheckpointError, Error, Result, RunFolderError};
 use crate::model::classifier::Classifier;
 use crate::model::vit::{Mode, Vit, VitConfig};
 use crate::train::config::{init_paths, FinetuneConfig};
 use crate::train::encoder_from_run::run_encoder;
-use crate::train::run_folder::read_config;
+use crate::train::run_folder::{read_config, CONFIG_FILE};
 use crate::train::tensor_file::{load_params, load_tensors, named_params, save_tensors, split_optimizer, NamedTensors};
 use crate::train::timm_import::transpose;
 
@@ -77,6 +77,9 @@ enum Exported<B: Backend> {
     },
 }
 
+/// More classes than any classification set has (ImageNet-21k: 21,841; iNat: 10,000).
+const MAX_CLASSES: usize = 1 << 20;
+
 fn load_run<B: Backend>(run: &Path, device: &B::Device) -> Result<Exported<B>> {
     let (folder, file) = init_paths(run);
     let raw: serde_json::Value = read_config(&folder)?;
@@ -88,6 +91,15 @@ fn load_run<B: Backend>(run: &Path, device: &B::Device) -> Result<Exported<B>> {
         });
     }
     let cfg: FinetuneConfig = read_config(&folder)?;
+    // A hand-edited or hostile config.json: checked before the model is built from it.
+    let config_err = |message: String| RunFolderError {
+        path: folder.join(CONFIG_FILE),
+        message,
+    };
+    cfg.vit.validate().map_err(|m| config_err(format!("vit: {m}")))?;
+    if !(1..=MAX_CLASSES).contains(&cfg.classes) {
+        return Err(config_err(format!("classes {}: 1..={MAX_CLASSES}", cfg.classes)).into());
+    }
     let (all, _) = load_tensors(&file)?;
     let (params, _optimizer) = split_optimizer(all);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -222,6 +234,7 @@ pub fn export_run(run: &Path, out: &Path) -> Result<ExportSummary> {
             )
         }
     };
+    refuse_run_folder(out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -243,6 +256,36 @@ pub fn export_run(run: &Path, out: &Path) -> Result<ExportSummary> {
         num_classes,
         architecture: timm_architecture(vit),
     })
+}
+
+/// An export folder shares `config.json`'s name with a run folder: exporting into a run (or
+/// any folder holding a run's files) would replace the run's configuration, and the run could
+/// be neither resumed nor exported again.
+fn refuse_run_folder(out: &Path) -> Result<()> {
+    use crate::train::run_folder::{CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE};
+    let held = [CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE]
+        .into_iter()
+        .find(|f| out.join(f).exists());
+    let foreign_config = std::fs::read(out.join(CONFIG_FILE))
+        .ok()
+        .is_some_and(|bytes| !is_timm_config(&bytes));
+    match (held, foreign_config) {
+        (None, false) => Ok(()),
+        (held, _) => Err(RunFolderError {
+            path: out.to_path_buf(),
+            message: format!(
+                "holds a run ({}): an export would replace its config.json; choose another --out",
+                held.map_or("a config.json that is not timm's".to_string(), |f| format!("its {f}"))
+            ),
+        }
+        .into()),
+    }
+}
+
+/// Whether `bytes` are a timm `config.json` (an earlier export, which a new one may replace).
+fn is_timm_config(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .is_ok_and(|v| v.get("architecture").is_some_and(serde_json::Value::is_string))
 }
 
 /// Writes a reference pair for checking an export in PyTorch: a seeded `input`
@@ -416,5 +459,38 @@ backend_tests! {
             (&serde_json::json!("token"), &serde_json::json!(false))
         );
         assert!(e.get("label_names").is_none());
+    }
+}
+
+#[cfg(test)]
+mod folder_tests {
+    use super::*;
+
+    /// An export may replace an earlier export, never a run's files.
+    #[test]
+    fn exports_go_to_new_or_export_folders_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = |name: &str, files: &[(&str, &str)]| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (file, text) in files {
+                std::fs::write(dir.join(file), text).unwrap();
+            }
+            dir
+        };
+        assert!(refuse_run_folder(&tmp.path().join("new")).is_ok());
+        assert!(refuse_run_folder(&folder("empty", &[])).is_ok());
+        let timm = r#"{"architecture": "vit_small_patch16_224", "num_classes": 0}"#;
+        assert!(refuse_run_folder(&folder("export", &[("config.json", timm)])).is_ok());
+        let run_config = r#"{"method": "splitmask", "vit": {}}"#;
+        for (name, files) in [
+            ("config", vec![("config.json", run_config)]),
+            ("metrics", vec![("config.json", timm), ("metrics.jsonl", "")]),
+            ("checkpoint", vec![("checkpoint.safetensors", "")]),
+            ("garbled", vec![("config.json", "{")]),
+        ] {
+            let err = refuse_run_folder(&folder(name, &files)).unwrap_err().to_string();
+            assert!(err.contains("holds a run") && err.contains(name), "{name}: {err}");
+        }
     }
 }

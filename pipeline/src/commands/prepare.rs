@@ -31,6 +31,10 @@ pub struct PrepareArgs {
     max_short_side: Option<u32>,
     #[arg(long)]
     quality: Option<u8>,
+    /// Largest image decoded, in pixels (width x height, read before decoding); larger ones
+    /// are skipped with the reason. Shard readers decode within the default.
+    #[arg(long, default_value_t = pipeline::transcode::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
     #[arg(long, value_enum, default_value_t = ResizeFilter::Bicubic)]
     filter: ResizeFilter,
     /// Crop to the bounding box (Stanford Cars).
@@ -113,6 +117,7 @@ fn resolve(a: &PrepareArgs) -> Result<PrepareConfig> {
             quality: a.quality.unwrap_or(recipe.prepare.quality),
             filter: a.filter,
             crop_to_bbox: a.crop_bbox || recipe.prepare.crop_to_bbox,
+            max_pixels: a.max_pixels,
         },
         subset: fraction.map(|fraction| Subset {
             fraction,

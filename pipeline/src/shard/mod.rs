@@ -13,7 +13,7 @@ mod reader;
 mod row;
 mod writer;
 
-pub use atomic::{tmp_path, write_atomic, TempFile};
+pub use atomic::{tmp_path, write_atomic, write_png, TempFile};
 pub use hashing::{file_sha256, HashingWriter};
 pub use reader::{label_values, open_parquet, ShardReader};
 pub use row::Row;
@@ -54,6 +54,38 @@ mod tests {
         }
     }
 
+    /// A write replaces a symlink planted at its destination (rename replaces the link itself)
+    /// and never writes through it; the old predictable temp name is no longer used.
+    #[cfg(unix)]
+    #[test]
+    fn atomic_writes_do_not_follow_planted_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious.txt");
+        std::fs::write(&target, "keep me").unwrap();
+        let dest = dir.path().join("config.json");
+        std::os::unix::fs::symlink(&target, dir.path().join("config.json.tmp")).unwrap();
+        std::os::unix::fs::symlink(&target, &dest).unwrap();
+        write_atomic(&dest, b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"{}");
+        assert!(!std::fs::symlink_metadata(&dest).unwrap().file_type().is_symlink());
+        let a = tmp_path(&dest);
+        assert_ne!(a, tmp_path(&dest), "temp names are not predictable");
+        // What a killed writer left (a random temp, the old fixed name) goes with the next
+        // write of the same file; another file's temp stays.
+        let planted = dir.path().join("config.json.tmp");
+        assert!(
+            std::fs::symlink_metadata(&planted).is_err(),
+            "the planted link went as a stale temp"
+        );
+        let other = dir.path().join("other.json.0123456789abcdef.tmp");
+        for left in [a.clone(), dir.path().join("config.json.tmp"), other.clone()] {
+            std::fs::write(left, b"partial").unwrap();
+        }
+        write_atomic(&dest, b"{}").unwrap();
+        assert!(!a.exists() && !dir.path().join("config.json.tmp").exists() && other.exists());
+    }
+
     #[test]
     fn shard_round_trip_with_small_row_groups() {
         let dir = tempfile::tempdir().unwrap();
@@ -73,7 +105,11 @@ mod tests {
         let (n, bytes, sha) = w.finish().unwrap();
         assert_eq!(n, 50);
         assert_eq!((bytes, sha), file_sha256(&dest).unwrap());
-        assert!(!tmp_path(&dest).exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [dest.file_name().unwrap()], "no temp file is left");
 
         let reader = ShardReader::open_with_batch(&dest, 8).unwrap();
         assert_eq!(reader.num_rows, 50);
@@ -196,6 +232,42 @@ mod tests {
         let err = ShardReader::open(&dest).err().unwrap().to_string();
         assert!(
             err.contains("train-00000-of-00001.parquet") && err.contains("re-run `pipeline prepare`"),
+            "{err}"
+        );
+    }
+
+    /// A hostile shard declaring bbox lists of 3 values is an error naming the file, not an
+    /// out-of-bounds panic in every reader.
+    #[test]
+    fn a_bbox_list_of_another_width_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("train-00000-of-00001.parquet");
+        let rows: Vec<Row> = (0..8).map(row).collect();
+        let item = Arc::new(Field::new("item", DataType::Int32, true));
+        let schema = arrow_schema::Schema::new(
+            shard_schema()
+                .fields()
+                .iter()
+                .map(|f| match f.name().as_str() {
+                    col::BBOX => f
+                        .as_ref()
+                        .clone()
+                        .with_data_type(DataType::FixedSizeList(item.clone(), 3)),
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut cols = columns(&rows);
+        let values = Int32Array::from_iter_values(0..3 * rows.len() as i32);
+        cols[6] = Arc::new(FixedSizeListArray::new(item, 3, Arc::new(values), None));
+        write_raw(&dest, Arc::new(schema), cols, schemas::SCHEMA_VERSION);
+        let err = ShardReader::open(&dest)
+            .unwrap()
+            .collect::<Result<Vec<Row>>>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train-00000-of-00001.parquet") && err.contains("bbox lists of 3 values"),
             "{err}"
         );
     }

@@ -237,6 +237,15 @@ fn batch_to_rows(batch: &RecordBatch, first: u64) -> std::result::Result<Vec<Row
         .as_any()
         .downcast_ref::<Int32Array>()
         .ok_or_else(|| schema("bbox items not int32".into()))?;
+    // A hostile file may declare another list width; rows are read 4 values at a time.
+    if bbox.value_length() != 4 || bbox_values.len() < 4 * batch.num_rows() {
+        return Err(schema(format!(
+            "bbox lists of {} values ({} in all for {} rows): expected 4 per row",
+            bbox.value_length(),
+            bbox_values.len(),
+            batch.num_rows()
+        )));
+    }
     let coco = column::<Int64Array>(batch, col::COCO_ID).map_err(schema)?;
     let domain = column::<StringArray>(batch, col::DOMAIN).map_err(schema)?;
     let mask_struct = column::<StructArray>(batch, col::MASK).map_err(schema)?;

@@ -22,7 +22,7 @@ use crate::shard::atomic::TempFile;
 use crate::shard::hashing::{file_sha256, HashingWriter};
 use crate::shard::row::Row;
 
-/// Writes a shard to `<final>.tmp` and renames it into place on `finish`, so a crash never
+/// Writes a shard to a temp file beside `<final>` and renames it into place on `finish`, so a crash never
 /// leaves a file that looks complete.
 pub struct ShardWriter {
     writer: ArrowWriter<HashingWriter<BufWriter<File>>>,

@@ -81,6 +81,38 @@ pub fn patches_dir(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
+/// Removes the patch store at `dir` of the dataset in `data`: the files it wrote (one per image
+/// shard) and then the folder if nothing else is in it; a file it did not write stays.
+pub fn remove_patch_store(dir: &Path, data: &Path) -> Result<()> {
+    let manifest = crate::prepare::load_manifest(data)?;
+    let store = PatchStore {
+        dir: dir.to_path_buf(),
+        key: String::new(),
+        worker: Worker::ALL,
+    };
+    for shard in &manifest.shards {
+        let file = store.file(shard);
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&file),
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+/// The lock of one writer of the dataset in `dir` (`what`: "tokenize", "vocab build"): the
+/// folder's own lock, or a worker's of a job array (workers write disjoint files).
+pub fn job_lock(dir: &Path, what: &str, worker: Worker) -> Result<crate::lock::FolderLock> {
+    use crate::lock::{FolderLock, LOCK_FILE};
+    if worker == Worker::ALL {
+        return FolderLock::acquire(dir, LOCK_FILE, what);
+    }
+    let (i, n) = (worker.index, worker.count);
+    let name = format!("{LOCK_FILE}-{}-worker-{i}-of-{n}", what.replace(' ', "-"));
+    FolderLock::acquire(dir, &name, &format!("{what} worker {i} of {n}"))
+}
+
 const PATCHES: &str = "patches";
 const PATCHES_KEY: &str = "splitmask.patches";
 
@@ -543,10 +575,7 @@ pub fn draw(vocab: &Vocabulary, out: &Path, cols: usize, zoom: u32) -> Result<Pa
             }
         }
     }
-    sheet.save(out).map_err(|e| PipelineError::Io {
-        path: out.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
+    crate::shard::write_png(out, &sheet)?;
     Ok(out.to_path_buf())
 }
 

@@ -119,7 +119,7 @@ pub fn tokenize_dataset(dir: &Path, vocab_path: &Path, progress: bool) -> Result
 /// Returns the shards written or kept.
 pub fn tokenize_shards(dir: &Path, vocab_path: &Path, worker: Worker, progress: bool) -> Result<TokenSet> {
     worker.check()?;
-    let _lock = tokenize_lock(dir, worker)?;
+    let _lock = super::job_lock(dir, "tokenize", worker)?;
     let (vocab, vocab_sha) = Vocabulary::load(vocab_path)?;
     let mut manifest = load_manifest(dir)?;
     let vocab_name = vocab_path
@@ -168,22 +168,6 @@ pub fn tokenize_shards(dir: &Path, vocab_path: &Path, worker: Worker, progress: 
 }
 
 /// Workers each take their own lock; the merge takes the folder's.
-fn tokenize_lock(dir: &Path, worker: Worker) -> Result<crate::lock::FolderLock> {
-    if worker == Worker::ALL {
-        return crate::lock::FolderLock::acquire(dir, crate::lock::LOCK_FILE, "tokenize");
-    }
-    crate::lock::FolderLock::acquire(
-        dir,
-        &format!(
-            "{}-tokenize-worker-{}-of-{}",
-            crate::lock::LOCK_FILE,
-            worker.index,
-            worker.count
-        ),
-        &format!("tokenize worker {} of {}", worker.index, worker.count),
-    )
-}
-
 /// What every token shard of one run is written with.
 struct TokenJob<'a> {
     dir: &'a Path,

@@ -71,6 +71,10 @@ impl Vocabulary {
                 format!("{} (this build reads {VOCAB_VERSION})", header.version),
             ));
         }
+        header
+            .preprocessing
+            .check()
+            .map_err(|m| Self::bad(path, "preprocessing", m))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| Self::bad(path, "tensors", e.to_string()))?;
         let t = st
             .tensor(EMBEDDINGS)
@@ -236,5 +240,29 @@ mod tests {
             err.contains("model.safetensors") && err.contains(VOCAB_HEADER_KEY),
             "{err}"
         );
+
+        // Hostile geometry is an error naming the file and the field, before anything is built.
+        type Edit = fn(&mut Preprocessing);
+        let edits: [(&str, Edit); 5] = [
+            ("patch_size 0", |p| p.patch_size = 0),
+            ("view_size 4", |p| p.view_size = 4),
+            ("source_view_size 4000000000", |p| p.source_view_size = 4_000_000_000),
+            ("view_size 1000000", |p| {
+                p.view_size = 1_000_000;
+                p.source_view_size = 2_000_000;
+            }),
+            ("std [0.0", |p| p.std[0] = 0.0),
+        ];
+        for (says, edit) in edits {
+            let mut bad = random_vocab(8, 1);
+            edit(&mut bad.header.preprocessing);
+            let file = dir.path().join("bad.safetensors");
+            bad.save(&file).unwrap();
+            let err = Vocabulary::load(&file).unwrap_err().to_string();
+            assert!(
+                err.contains("bad.safetensors") && err.contains("preprocessing") && err.contains(says),
+                "{says}: {err}"
+            );
+        }
     }
 }

@@ -59,6 +59,64 @@ fn missing_image_unknown_class_and_stray_file_are_listed_skips() {
     assert_eq!(m.splits["train"].skipped, 2);
 }
 
+/// Metadata is outside input: an entry that leaves the root (`..`), or reaches a device or a
+/// FIFO through a symlink, is a listed skip with its reason; nothing outside the root is read
+/// and nothing blocks. A symlink to a regular image elsewhere is followed (symlink farms).
+#[cfg(unix)]
+#[test]
+fn metadata_entries_outside_the_root_devices_and_fifos_are_skips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = food_root(tmp.path());
+    let private = tmp.path().join("private.jpg");
+    write_file(&private, &tiny_jpeg(12, 12, 9));
+    let images = root.join("images/apple_pie");
+    std::os::unix::fs::symlink("/dev/zero", images.join("zero.jpg")).unwrap();
+    std::os::unix::fs::symlink(&private, images.join("farm.jpg")).unwrap();
+    let fifo = std::ffi::CString::new(images.join("fifo.jpg").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    write_file(
+        &root.join("meta/train.txt"),
+        b"apple_pie/1\nbaklava/2\napple_pie/../../../private\napple_pie/zero\napple_pie/fifo\napple_pie/farm\n",
+    );
+    let out = tmp.path().join("out");
+    let m = run(&config("food101", &root, &out));
+    let reason = |p: &str| {
+        let s = m.skipped.iter().find(|s| s.path == p);
+        s.map_or_else(|| panic!("{p} is not a skip: {:?}", m.skipped), |s| s.reason.clone())
+    };
+    assert!(reason("images/apple_pie/../../../private.jpg").contains("not a relative path inside"));
+    assert!(reason("images/apple_pie/zero.jpg").contains("not a regular file"));
+    assert!(reason("images/apple_pie/fifo.jpg").contains("not a regular file"));
+    let ids: Vec<String> = rows(&out, &m).into_iter().map(|r| r.path).collect();
+    assert!(ids.contains(&"images/apple_pie/farm.jpg".to_string()), "{ids:?}");
+    assert_eq!(m.splits["train"].images, 3, "1, 2 and the symlinked farm image");
+}
+
+/// Settings that would write outside the output folder or skip everything are refused before
+/// anything is written.
+#[test]
+fn an_eval_split_outside_the_known_names_and_a_zero_pixel_budget_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = food_root(tmp.path());
+    let out = tmp.path().join("out");
+    let mut cfg = config("food101", &root, &out);
+    cfg.eval_split = "../../elsewhere".into();
+    let Err(err) = pipeline::prepare::prepare(&cfg, pipeline::prepare::Worker::ALL, false) else {
+        panic!("refused")
+    };
+    let err = err.to_string();
+    assert!(err.contains("eval split \"../../elsewhere\""), "{err}");
+    let mut cfg = config("food101", &root, &out);
+    cfg.transcode.max_pixels = 0;
+    let Err(err) = pipeline::prepare::prepare(&cfg, pipeline::prepare::Worker::ALL, false) else {
+        panic!("refused")
+    };
+    let err = err.to_string();
+    assert!(err.contains("max pixels"), "{err}");
+    assert!(!tmp.path().join("elsewhere").exists());
+}
+
 #[test]
 fn missing_metadata_is_an_error_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();

@@ -16,6 +16,7 @@ fn modules_import_only_their_own_layer_or_below_and_never_in_a_loop() {
             ("lock", 0),
             ("interrupt", 0),
             ("jpeg_entropy", 0),
+            ("source", 0),
             ("adapters", 1),
             ("shard", 1),
             ("transcode", 1),

@@ -270,4 +270,16 @@ fn vocab_build_as_a_job_array_then_merge_equals_one_process() {
     let again = vocab::build_with(&dir, &other, &files(0, 1)).unwrap().unwrap();
     assert_eq!(again.embeddings, vocab::build(&dir, &other).unwrap().embeddings);
     assert_ne!(mtimes(), before);
+    // Cleaning the store removes what it wrote; a file of someone else's in it stays, and so
+    // does the folder then.
+    std::fs::write(patches.join("notes.txt"), "mine").unwrap();
+    vocab::remove_patch_store(&patches, &dir).unwrap();
+    let left: Vec<_> = std::fs::read_dir(&patches)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["notes.txt"]);
+    std::fs::remove_file(patches.join("notes.txt")).unwrap();
+    vocab::remove_patch_store(&patches, &dir).unwrap();
+    assert!(!patches.exists(), "an empty store's folder is removed");
 }

@@ -9,7 +9,7 @@ use trainer::data::images::LoaderArgs;
 use trainer::eval::frozen::{evaluate, EvalResults, EvalSpec, FrozenEncoder};
 use trainer::eval::probe::ProbeConfig;
 use trainer::model::vit::VitConfig;
-use trainer::train::config::{check_split, init_paths, load_config, DEFAULT_SELECT_FRACTION, TEST_SPLIT};
+use trainer::train::config::{check_split, finite, init_paths, load_config, DEFAULT_SELECT_FRACTION, TEST_SPLIT};
 use trainer::train::encoder_from_run::frozen_encoder;
 use trainer::train::run_folder::write_results;
 
@@ -42,7 +42,7 @@ struct EvalArgs {
     eval_split: Option<String>,
     /// When that split is `test`: the share of the train split held out (class-stratified, the
     /// rows training runs hold out) to choose the best probe layer on.
-    #[arg(long, default_value_t = DEFAULT_SELECT_FRACTION)]
+    #[arg(long, default_value_t = DEFAULT_SELECT_FRACTION, value_parser = finite)]
     select_fraction: f64,
     /// Train images for the k-NN bank and the probes (spread over classes).
     #[arg(long, default_value_t = 10_000)]

@@ -76,6 +76,13 @@ impl MultiCrop {
             local_scale: (0.05, 0.4),
         }
     }
+
+    /// The side of every view [`multi_crop_views`] draws, in its order: the two global crops
+    /// at `size`, then the local ones.
+    pub fn view_sizes(&self, size: u32) -> Vec<u32> {
+        let locals = std::iter::repeat_n(self.local_size, self.local_crops);
+        [size, size].into_iter().chain(locals).collect()
+    }
 }
 
 /// What [`photometric`] draws: the probabilities of blur and solarization (the rest are
@@ -176,7 +183,7 @@ pub fn train_view<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> (
     if cfg.color_jitter > 0.0 {
         let j = cfg.color_jitter as f32;
         let mut px = to_unit(&view);
-        color_jitter(&mut px, [j, j, j], rng);
+        color_jitter(&mut px, [j, j, j, 0.0], rng);
         from_unit(&mut view, &px);
     }
     if cfg.strong {
@@ -242,23 +249,20 @@ fn gray(p: &[f32]) -> f32 {
     0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
 }
 
-/// torchvision's `ColorJitter(brightness, contrast, saturation)` on interleaved RGB in [0, 1]:
-/// each factor uniform in `[1 - s, 1 + s]`, the three applied in a random order; a strength of
-/// 0 leaves its operation out, as torchvision does.
-pub fn color_jitter<R: Rng>(px: &mut [f32], [b, c, s]: [f32; 3], rng: &mut R) {
-    let mut order = [0usize, 1, 2];
-    for i in (1..3).rev() {
+/// torchvision's `ColorJitter(brightness, contrast, saturation, hue)` on interleaved RGB in
+/// [0, 1]: each factor uniform in `[1 - s, 1 + s]` (the hue's shift in `[-h, h]` turns), the
+/// four applied in a random order; a strength of 0 leaves its operation out, as torchvision does.
+pub fn color_jitter<R: Rng>(px: &mut [f32], strengths: [f32; 4], rng: &mut R) {
+    let mut order = [0usize, 1, 2, 3];
+    for i in (1..4).rev() {
         order.swap(i, rng.random_range(0..=i));
     }
-    let factor = |rng: &mut R, s: f32| {
-        if s > 0.0 {
-            rng.random_range(1.0 - s..=1.0 + s)
-        } else {
-            1.0
-        }
-    };
-    let (fb, fc, fs) = (factor(rng, b), factor(rng, c), factor(rng, s));
-    let strengths = [b, c, s];
+    // Scale factors around 1; the hue's shift around 0.
+    let centres = [1.0, 1.0, 1.0, 0.0];
+    let [fb, fc, fs, fh] = std::array::from_fn(|i| match strengths[i] > 0.0 {
+        true => rng.random_range(centres[i] - strengths[i]..=centres[i] + strengths[i]),
+        false => centres[i],
+    });
     for op in order.into_iter().filter(|&op| strengths[op] > 0.0) {
         match op {
             0 => px.iter_mut().for_each(|v| *v = (*v * fb).clamp(0.0, 1.0)),
@@ -267,20 +271,54 @@ pub fn color_jitter<R: Rng>(px: &mut [f32], [b, c, s]: [f32; 3], rng: &mut R) {
                 px.iter_mut()
                     .for_each(|v| *v = ((*v - mean) * fc + mean).clamp(0.0, 1.0));
             }
-            _ => {
+            2 => {
                 for p in px.chunks_mut(3) {
                     let g = gray(p);
                     p.iter_mut().for_each(|v| *v = ((*v - g) * fs + g).clamp(0.0, 1.0));
                 }
             }
+            _ => px.chunks_mut(3).for_each(|p| shift_hue(p, fh)),
         }
     }
 }
 
+/// torchvision's `adjust_hue` on one RGB pixel: through HSV, the hue turned by `shift`.
+fn shift_hue(p: &mut [f32], shift: f32) {
+    let (r, g, b) = (p[0], p[1], p[2]);
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    let chroma = max - min;
+    if chroma <= 0.0 {
+        return; // gray: no hue to turn
+    }
+    let (rc, gc, bc) = ((max - r) / chroma, (max - g) / chroma, (max - b) / chroma);
+    let sector = if max == r {
+        bc - gc
+    } else if max == g {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    let hue = (sector / 6.0 + shift).rem_euclid(1.0);
+    let (sat, v) = (chroma / max, max);
+    let i = (hue * 6.0).floor();
+    let f = hue * 6.0 - i;
+    let low = (v * (1.0 - sat)).clamp(0.0, 1.0);
+    let falling = (v * (1.0 - sat * f)).clamp(0.0, 1.0);
+    let rising = (v * (1.0 - sat * (1.0 - f))).clamp(0.0, 1.0);
+    let rgb = match i as i32 % 6 {
+        0 => [v, rising, low],
+        1 => [falling, v, low],
+        2 => [low, v, rising],
+        3 => [low, falling, v],
+        4 => [rising, low, v],
+        _ => [v, low, falling],
+    };
+    p.copy_from_slice(&rgb);
+}
+
 /// BYOL/DINO-style strong augmentation in place: color jitter (p 0.8: brightness and
-/// contrast 0.4, saturation 0.2), grayscale (p 0.2), gaussian blur (p 0.5, sigma 0.1-2 in
-/// units of 224 px views), solarization (p 0.2). Hue jitter is left out (it needs an HSV
-/// round trip for a small effect).
+/// contrast 0.4, saturation 0.2, hue 0.1), grayscale (p 0.2), gaussian blur (p 0.5, sigma
+/// 0.1-2 in units of 224 px views), solarization (p 0.2).
 pub fn strong_augment<R: Rng>(view: &mut RgbImage, rng: &mut R) {
     let sigma_scale = view.width() as f32 / 224.0;
     let p = Photometric {
@@ -296,7 +334,7 @@ pub fn strong_augment<R: Rng>(view: &mut RgbImage, rng: &mut R) {
 fn photometric<R: Rng>(view: &mut RgbImage, rng: &mut R, p: Photometric) {
     let mut px = to_unit(view);
     if rng.random_bool(0.8) {
-        color_jitter(&mut px, [0.4, 0.4, 0.2], rng);
+        color_jitter(&mut px, [0.4, 0.4, 0.2, 0.1], rng);
     }
     if rng.random_bool(0.2) {
         for p in px.chunks_mut(3) {
@@ -486,7 +524,7 @@ mod tests {
             // A gray ramp stays gray (saturation has nothing to act on); values stay in [0, 1].
             let mut px: Vec<f32> = (0..30).flat_map(|i| [i as f32 / 29.0; 3]).collect();
             let before = px.clone();
-            color_jitter(&mut px, [0.4, 0.4, 0.4], &mut rng);
+            color_jitter(&mut px, [0.4, 0.4, 0.4, 0.1], &mut rng);
             assert!(px.iter().all(|v| (0.0..=1.0).contains(v)));
             assert!(px
                 .chunks(3)
@@ -496,8 +534,26 @@ mod tests {
         assert!(changed > 45, "{changed}");
         // Strength 0 leaves the pixels alone.
         let mut px = vec![0.2f32, 0.5, 0.9];
-        color_jitter(&mut px, [0.0; 3], &mut rng);
+        color_jitter(&mut px, [0.0; 4], &mut rng);
         assert_eq!(px, vec![0.2, 0.5, 0.9]);
+    }
+
+    /// Values by hand through torchvision's `_rgb2hsv` / `_hsv2rgb` formulas.
+    #[test]
+    fn hue_shift_turns_the_colour_wheel() {
+        let turned = |rgb: [f32; 3], shift: f32| {
+            let mut p = rgb;
+            shift_hue(&mut p, shift);
+            p
+        };
+        let close = |a: [f32; 3], b: [f32; 3]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        assert!(close(turned([1.0, 0.0, 0.0], 1.0 / 3.0), [0.0, 1.0, 0.0]));
+        assert!(close(turned([0.8, 0.4, 0.2], 0.1), [0.8, 0.76, 0.2]));
+        assert!(close(turned([0.1, 0.5, 0.9], -0.1), [0.1, 0.9, 0.82]));
+        for rgb in [[0.3, 0.6, 0.2], [0.9, 0.1, 0.5], [0.25, 0.25, 0.25]] {
+            assert!(close(turned(rgb, 0.0), rgb), "{rgb:?}");
+            assert!(close(turned(rgb, 1.0), rgb), "a whole turn: {rgb:?}");
+        }
     }
 
     #[test]

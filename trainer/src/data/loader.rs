@@ -328,10 +328,17 @@ fn batch_of(
     }
     let mut per_view = per_view.into_iter();
     let images = per_view.next().unwrap_or_default();
+    // The extra views' sides are the multi-crop's (the first view is `images`).
+    let sides = aug
+        .multi_crop
+        .as_ref()
+        .map(|mc| mc.view_sizes(aug.size))
+        .unwrap_or_default();
     let views = per_view
-        .map(|images| {
-            let side = ((images.len() / (3 * batch)) as f64).sqrt().round() as usize;
-            ViewBatch { size: side, images }
+        .zip(sides.into_iter().skip(1))
+        .map(|(images, side)| ViewBatch {
+            size: side as usize,
+            images,
         })
         .collect();
     Ok(HostBatch {

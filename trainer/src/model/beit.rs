@@ -35,6 +35,7 @@ impl<B: Backend> Objective<B> for Beit<B> {
     type Options = ();
     type Masks = MaskedPositions<B>;
     const TOKEN_TARGETS: bool = true;
+    const HEADS: &'static [&'static str] = &["mask_token", "head."];
     /// Token cross-entropy on the masked positions, and the share predicted right.
     const TERMS: &'static [&'static str] = &["mim", "mim_accuracy"];
 

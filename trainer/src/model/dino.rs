@@ -220,6 +220,8 @@ impl<B: Backend> Objective<B> for Dino<B> {
     const TERMS: &'static [&'static str] = &["dino", "teacher_entropy", "batch_entropy"];
     /// DINO's k-NN and probes read the class token, which its loss trains.
     const POOL: Pool = Pool::ClassToken;
+    /// The student, both heads and the centre: the teacher's encoder is the one kept.
+    const HEADS: &'static [&'static str] = &["student.", "student_head.", "teacher_head.", "center"];
 
     /// DINO masks nothing.
     fn paper_mask_count(_patches: usize) -> usize {

@@ -153,6 +153,14 @@ impl<B: Backend> Objective<B> for Mae<B> {
     type Options = MaeConfig;
     type Masks = Branch<B>;
     const TOKEN_TARGETS: bool = false;
+    const HEADS: &'static [&'static str] = &[
+        "decoder_embed.",
+        "mask_token",
+        "decoder_pos",
+        "decoder_blocks.",
+        "decoder_norm.",
+        "decoder_pred.",
+    ];
     /// The pixel MSE on the hidden patches.
     const TERMS: &'static [&'static str] = &["mse"];
 

@@ -35,39 +35,36 @@ impl Method {
         }
     }
 
-    /// Whether the method predicts visual tokens and needs a vocabulary (its
-    /// [`Objective::TOKEN_TARGETS`]).
-    pub fn token_targets(self) -> bool {
-        struct Tokens;
-        impl<B: AutodiffBackend> WithMethod<B> for Tokens {
-            type Output = bool;
-            fn run<M>(self, _: &M::Options) -> bool
+    /// The method's constants, read off its [`Objective`] without building a model.
+    pub fn traits(self) -> MethodTraits {
+        struct Traits;
+        impl<B: AutodiffBackend> WithMethod<B> for Traits {
+            type Output = MethodTraits;
+            fn run<M>(self, _: &M::Options) -> MethodTraits
             where
                 M: Objective<B> + AutodiffModule<B>,
                 M::InnerModule: Objective<B::InnerBackend, Options = M::Options>,
             {
-                M::TOKEN_TARGETS
+                MethodTraits {
+                    token_targets: M::TOKEN_TARGETS,
+                    pool: M::POOL,
+                    heads: M::HEADS,
+                }
             }
         }
-        with_method::<crate::backend::CpuAutodiff, _>(self, &MethodOptions::default(), Tokens)
+        with_method::<crate::backend::CpuAutodiff, _>(self, &MethodOptions::default(), Traits)
     }
+}
 
-    /// How its frozen encoder's tokens are pooled for k-NN and probes (its
-    /// [`Objective::POOL`]).
-    pub fn pool(self) -> Pool {
-        struct Pooling;
-        impl<B: AutodiffBackend> WithMethod<B> for Pooling {
-            type Output = Pool;
-            fn run<M>(self, _: &M::Options) -> Pool
-            where
-                M: Objective<B> + AutodiffModule<B>,
-                M::InnerModule: Objective<B::InnerBackend, Options = M::Options>,
-            {
-                M::POOL
-            }
-        }
-        with_method::<crate::backend::CpuAutodiff, _>(self, &MethodOptions::default(), Pooling)
-    }
+/// A method's [`Objective`] constants, for code that holds a [`Method`] value, not its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodTraits {
+    /// Whether it predicts visual tokens and needs a vocabulary ([`Objective::TOKEN_TARGETS`]).
+    pub token_targets: bool,
+    /// How its frozen encoder's tokens are pooled for k-NN and probes ([`Objective::POOL`]).
+    pub pool: Pool,
+    /// What fine-tuning drops from its checkpoints ([`Objective::HEADS`]).
+    pub heads: &'static [&'static str],
 }
 
 /// Every method's own options, as the run's config.json records them (flattened into the

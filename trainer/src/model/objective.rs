@@ -293,6 +293,10 @@ pub trait Objective<B: Backend>: Module<B> + Sized {
     /// or the class token where the method's loss is on it (DINO).
     const POOL: Pool = Pool::MeanPatches;
 
+    /// Name prefixes of the parameters only pre-training uses (heads, decoders, a teacher's
+    /// companions): fine-tuning drops them and refuses any other key beside `encoder.*`.
+    const HEADS: &'static [&'static str];
+
     /// The paper's `mask_count` for a grid of `patches` (benchmarks; runs take the recipe's).
     fn paper_mask_count(patches: usize) -> usize;
 

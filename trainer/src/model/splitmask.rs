@@ -90,6 +90,7 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
     type Options = SplitMaskConfig;
     type Masks = Branches<B>;
     const TOKEN_TARGETS: bool = true;
+    const HEADS: &'static [&'static str] = &["mask_token", "decoder_pos", "decoder_blocks.", "decoder_norm.", "head."];
     /// Token cross-entropy on the positions each branch did not see, the share predicted
     /// right, and the InfoNCE between the branches.
     const TERMS: &'static [&'static str] = &["mim", "mim_accuracy", "nce"];

@@ -195,6 +195,20 @@ impl VitConfig {
 
     /// Checks the sizes fit together; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
+        // Far above any published ViT (ViT-22B: width 6144, depth 48): sizes read from a
+        // config.json are bounded before a single tensor is allocated.
+        let bounds = [
+            ("image_size", self.image_size, 8192),
+            ("patch_size", self.patch_size, 64),
+            ("dim", self.dim, 16384),
+            ("depth", self.depth, 256),
+        ];
+        if let Some((name, v, max)) = bounds.into_iter().find(|(_, v, max)| v > max) {
+            return Err(format!("{name} {v} is over {max}"));
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 16.0) {
+            return Err(format!("mlp_ratio {} is not in (0, 16]", self.mlp_ratio));
+        }
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(format!(
                 "image_size {} is not a multiple of patch_size {}",
@@ -713,6 +727,17 @@ backend_tests! {
             VitConfig::small().with_image_size(60).validate().unwrap_err(),
             "image_size 60 is not a multiple of patch_size 16"
         );
+        // A hostile config.json is refused before anything is built.
+        let hostile = [
+            (VitConfig::small().with_heads(0), "heads 0 does not divide dim 384"),
+            (VitConfig::small().with_dim(1 << 30), "dim 1073741824 is over 16384"),
+            (VitConfig::small().with_image_size(1 << 20), "image_size 1048576 is over 8192"),
+            (VitConfig::small().with_mlp_ratio(f64::NAN), "mlp_ratio NaN is not in (0, 16]"),
+            (VitConfig::small().with_patch_size(0), "image_size 224 is not a multiple of patch_size 0"),
+        ];
+        for (cfg, says) in hostile {
+            assert_eq!(cfg.validate().unwrap_err(), says);
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::report::plot::{bar_chart, line_chart, Series};
 use crate::report::runs::Run;
 
@@ -19,15 +19,6 @@ fn series(runs: &[Run], points: impl Fn(&Run) -> &Vec<(f64, f64)>) -> Vec<Series
         .collect()
 }
 
-/// Writes `img` as a PNG file.
-fn write_png(img: &image::RgbImage, path: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-    pipeline::shard::write_atomic(path, &bytes)?;
-    Ok(())
-}
-
 /// Draws the plots that have data into `out`, links them from `md`; returns their paths.
 pub(super) fn write_plots(runs: &[Run], out: &Path, md: &mut String) -> Result<Vec<PathBuf>> {
     let mut plots = Vec::new();
@@ -35,7 +26,7 @@ pub(super) fn write_plots(runs: &[Run], out: &Path, md: &mut String) -> Result<V
     let mut save = |img: image::RgbImage, name: &str, caption: &str| -> Result<()> {
         bar.inc(1);
         let path = out.join(name);
-        write_png(&img, &path)?;
+        pipeline::shard::write_png(&path, &img)?;
         let _ = writeln!(md, "![{caption}]({name})\n");
         plots.push(path);
         Ok(())

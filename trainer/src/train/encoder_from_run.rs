@@ -21,24 +21,6 @@ use crate::train::timm_import::encoder_from_timm;
 /// A fine-tuned classifier's own parameters, which another fine-tuning run replaces.
 const CLASSIFIER_ONLY: [&str; 2] = ["head.", "fc_norm."];
 
-/// Parameters of the pre-training models that fine-tuning drops (BEiT: mask token and token
-/// head; SplitMask: also the decoder; MAE: its decoder's embedding and pixel head too).
-/// Anything else in a checkpoint must load.
-pub const PRETRAIN_ONLY: [&str; 11] = [
-    "mask_token",
-    "decoder_pos",
-    "head.",
-    "decoder_blocks.",
-    "decoder_norm.",
-    "decoder_embed.",
-    "decoder_pred.",
-    // DINO's student, heads and centre (its `encoder` is the teacher's).
-    "student.",
-    "student_head.",
-    "teacher_head.",
-    "center",
-];
-
 /// A pre-training run's encoder weights (`encoder.*`, prefix kept), checked strictly: every
 /// other key must be a pre-training head, and the run's encoder must have `vit`'s shape.
 /// `init` is a run folder (its last checkpoint) or a checkpoint file in one.
@@ -55,14 +37,8 @@ pub fn pretrained_encoder(init: &Path, vit: &VitConfig) -> Result<(PretrainConfi
         }
         .into());
     }
-    let encoder = encoder_tensors(&file)?;
+    let encoder = encoder_tensors_dropping(&file, cfg.method.traits().heads)?;
     Ok((cfg, encoder))
-}
-
-/// The `encoder.*` tensors of a pre-training checkpoint; any key that is neither those nor a
-/// pre-training head is an error naming it.
-fn encoder_tensors(path: &Path) -> Result<NamedTensors> {
-    encoder_tensors_dropping(path, &PRETRAIN_ONLY)
 }
 
 /// The `encoder.*` tensors of a checkpoint whose other keys all start with one of `heads`.
@@ -142,7 +118,7 @@ pub fn init_classifier<B: Backend>(
 pub fn run_encoder<B: Backend>(init: &Path, device: &B::Device) -> Result<(PretrainConfig, Vit<B>)> {
     let (run, file) = init_paths(init);
     let cfg = load_config(&run)?;
-    let stripped: NamedTensors = encoder_tensors(&file)?
+    let stripped: NamedTensors = encoder_tensors_dropping(&file, cfg.method.traits().heads)?
         .into_iter()
         .map(|(k, v)| (k["encoder.".len()..].to_string(), v))
         .collect();
@@ -162,7 +138,7 @@ pub fn frozen_encoder<B: Backend>(init: &Path, device: &B::Device) -> Result<Fro
         model: cfg.model.clone(),
         vit: cfg.vit.clone(),
         encoder,
-        pool: cfg.method.pool(),
+        pool: cfg.method.traits().pool,
         source: EncoderSource {
             init: cfg.method.name().to_string(),
             run: Some(init.to_path_buf()),

@@ -7,6 +7,7 @@
 //! therefore continues with the same losses as an uninterrupted one.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::AutodiffModule;
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::augment::AugmentConfig;
 use crate::data::images::ImageSet;
 use crate::data::loader::HostBatch;
-use crate::error::Result;
+use crate::error::{Result, RunFolderError};
 use crate::eval::features::{features, Pass};
 use crate::eval::knn::{knn, K, TEMPERATURE};
 use crate::model::device_tokenizer::DeviceTokenizer;
@@ -203,7 +204,7 @@ impl Inputs {
     /// `writes`: this process records the rows left out (node 0's).
     fn load(cfg: &PretrainConfig, writes: bool) -> Result<Inputs> {
         let vocab = match &cfg.vocab {
-            Some(path) => Some(pipeline::vocab::tokenizer::Vocabulary::load(path)?.0),
+            Some(path) => Some(same_vocabulary(path, cfg.vocab_sha256.as_deref())?),
             None => None,
         };
         let train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
@@ -233,6 +234,23 @@ impl Inputs {
             set: Arc::new(set),
             knn_queries,
         })
+    }
+}
+
+/// The vocabulary at `path`, refused if it is not the one the run's config resolved (`sha`):
+/// a file rebuilt between the runs of one folder would silently change the targets.
+fn same_vocabulary(path: &Path, sha: Option<&str>) -> Result<pipeline::vocab::tokenizer::Vocabulary> {
+    let (vocab, found) = pipeline::vocab::tokenizer::Vocabulary::load(path)?;
+    match sha {
+        Some(sha) if sha != found => Err(RunFolderError {
+            path: path.to_path_buf(),
+            message: format!(
+                "the vocabulary changed since this run's config.json was written (sha256 {found}, \
+                 recorded {sha}); start a new run folder to train against it"
+            ),
+        }
+        .into()),
+        _ => Ok(vocab),
     }
 }
 
@@ -488,7 +506,7 @@ pub fn knn_monitor<B: Backend>(
             batch: cfg.schedule.batch_size,
             what,
         };
-        features(encoder, pass, cfg.method.pool(), device)
+        features(encoder, pass, cfg.method.traits().pool, device)
     };
     let (bf, bl) = features(bank, "k-NN bank")?;
     let (qf, ql) = features(queries, "k-NN queries")?;

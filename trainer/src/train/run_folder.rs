@@ -190,12 +190,18 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
+    /// Opens (or creates) the log without following a symlink planted under its name. A last
+    /// line torn by a crash is ended first, so the next line stays whole; readers skip the
+    /// torn one.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true).read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
+        if ends_torn(&mut file).map_err(|e| Error::io(path, e))? {
+            writeln!(file).map_err(|e| Error::io(path, e))?;
+        }
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file,
@@ -215,6 +221,18 @@ impl MetricsLog {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+}
+
+/// Whether a non-empty file's last byte is not a newline.
+fn ends_torn(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// Drops the metrics of steps after `step` (written after the checkpoint a run resumes or rolls
@@ -372,4 +390,40 @@ pub fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     }
     opt.step = state.optimizer_steps;
     Ok((model, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line torn by a crash costs that line only: the next append starts on a new line.
+    #[test]
+    fn metrics_after_a_torn_line_stay_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        std::fs::write(&path, "{\"step\":1}\n{\"step\":2,\"lo").unwrap();
+        let mut log = MetricsLog::open(&path).unwrap();
+        log.append(&serde_json::json!({"step": 3})).unwrap();
+        let steps: Vec<serde_json::Value> = MetricsLog::read(&path);
+        assert_eq!(steps, [serde_json::json!({"step": 1}), serde_json::json!({"step": 3})]);
+        drop(log);
+        MetricsLog::open(&path).unwrap();
+        assert!(
+            std::fs::read_to_string(&path).unwrap().ends_with("{\"step\":3}\n"),
+            "nothing added to a whole file"
+        );
+    }
+
+    /// A metrics.jsonl planted as a symlink is refused, and its target keeps its contents.
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_metrics_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious.txt");
+        std::fs::write(&target, "keep me").unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(MetricsLog::open(&path).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    }
 }

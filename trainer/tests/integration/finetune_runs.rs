@@ -127,6 +127,18 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     let (tensors, _) = load_tensors(&e.weights).unwrap();
     assert_eq!(tensors["head.weight"].0, vec![10, pre.vit.dim]);
     assert!(!tensors.contains_key("norm.weight") && tensors.contains_key("fc_norm.weight"));
+    // A second export replaces the first; an export into the run folder itself is refused and
+    // leaves the run's config.json as it was.
+    trainer::export::export_run(&cfg.run.out, &export).unwrap();
+    let config = std::fs::read(cfg.run.out.join("config.json")).unwrap();
+    let err = trainer::export::export_run(&cfg.run.out, &cfg.run.out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holds a run") && err.contains("checkpoint.safetensors"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(cfg.run.out.join("config.json")).unwrap(), config);
 
     // Stop at 25, resume: the same losses and the same final accuracy.
     let mut extra = SHORT.to_vec();
@@ -422,6 +434,29 @@ fn the_scaled_recipe_sizes_table_9_to_the_run_and_paper_keeps_it() {
         "0.2",
     ]);
     assert_eq!((given.augment.erase_prob, given.vit.drop_path), (0.3, 0.2));
+    // Out-of-range values are refused naming the flag; NaN and the infinities do not parse.
+    for (flag, value) in [("--mixup-switch-prob", "5"), ("--randaug-std", "-1")] {
+        let arg = format!("{flag}={value}");
+        let err = ft_args(f, Some(&pre_dir), &tmp.path().join("bad"), &[&arg])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+    for (flag, value) in [("--mixup", "nan"), ("--randaug-std", "inf"), ("--blr", "infinity")] {
+        let argv: Vec<String> = ["--data", "d", "--out", "o", flag, value]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let Err(err) = crate::try_parse::<FinetuneArgs>(&argv) else {
+            panic!("{flag} {value} refused")
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains(flag) && err.contains("not a finite number"),
+            "{flag} {value}: {err}"
+        );
+    }
     // At the recipe's full length the two agree, but for the learning rate's rule.
     let full = resolve(&["--batch-size", "32", "--head-init", "beit"]);
     let full_paper = resolve(&["--batch-size", "32", "--recipe", "paper"]);

@@ -348,6 +348,68 @@ fn a_second_trainer_on_a_run_folder_is_refused() {
     assert_eq!(done.steps, 2);
 }
 
+/// A vocabulary file that is not the one the config resolved (rebuilt in between, or another
+/// node's copy) is refused: the targets would silently differ.
+#[test]
+fn a_vocabulary_other_than_the_configs_is_refused() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = args(f, &f.vocab_small, &out, &["--max-steps", "1", "--batch-size", "8"])
+        .resolve()
+        .unwrap();
+    let recorded = cfg
+        .vocab_sha256
+        .clone()
+        .expect("a token method records its vocabulary's hash");
+    cfg.vocab_sha256 = Some("0".repeat(recorded.len()));
+    let err = trainer::train::pretrain::pretrain::<trainer::CpuAutodiff>(&cfg, false, &[Default::default()], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the vocabulary changed") && err.contains(&recorded),
+        "{err}"
+    );
+    assert!(!cfg.run.checkpoint_path().exists(), "nothing trained");
+}
+
+/// A manifest whose shard names leave the dataset folder (absolute, `..`) is refused when read,
+/// naming the field, before a reader opens or a writer (tokenize, vocab build) replaces them.
+#[test]
+fn a_manifest_naming_files_outside_its_folder_is_refused() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(f.dir.join("manifest.json")).unwrap();
+    for hostile in ["/etc/passwd", "../imagenette-72/train-00000.parquet"] {
+        let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        m["shards"][0]["file"] = hostile.into();
+        std::fs::write(tmp.path().join("manifest.json"), m.to_string()).unwrap();
+        let err = pipeline::prepare::load_manifest(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("shards[0].file") && err.contains(hostile), "{err}");
+    }
+}
+
+/// A hand-edited or hostile run config.json (0 heads, a huge width) is refused when read back,
+/// naming the file, before a model is built from it.
+#[test]
+fn a_hostile_run_config_is_refused_before_building() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = args(f, &f.vocab_small, &tmp.path().join("run"), &[]).resolve().unwrap();
+    for (field, value, says) in [
+        ("heads", 0u64, "heads 0 does not divide"),
+        ("dim", 1u64 << 31, "dim 2147483648 is over"),
+    ] {
+        let mut v = serde_json::to_value(&cfg).unwrap();
+        v["vit"][field] = value.into();
+        let run = tmp.path().join(field);
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("config.json"), v.to_string()).unwrap();
+        let err = trainer::train::config::load_config(&run).unwrap_err().to_string();
+        assert!(err.contains(says) && err.contains("config.json"), "{field}: {err}");
+    }
+}
+
 #[test]
 fn bad_configuration_is_an_error_naming_the_field() {
     let Some(f) = fixture() else { return };

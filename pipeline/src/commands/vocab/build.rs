@@ -68,6 +68,8 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
         progress: args.progress.shown(),
     };
     let data = args.data;
+    // One writer of the dataset's folder at a time (each worker of a job array its own).
+    let _lock = vocab::job_lock(&data, "vocab build", worker)?;
     let out = args.out.unwrap_or_else(|| data.join(cfg.file_name()));
     let start = Instant::now();
     let state = vocab::kmeans_state_path(&out);
@@ -91,7 +93,7 @@ pub fn run(args: BuildArgs) -> Result<ExitCode> {
     let sha = v.save(&out)?;
     // The vocabulary is written: what a rerun would have resumed from is no longer needed.
     let _ = std::fs::remove_file(&state);
-    let _ = std::fs::remove_dir_all(&patches);
+    vocab::remove_patch_store(&patches, &data)?;
     println!(
         "{} vocabulary: {} x {} in {:.1} s -> {} (sha256 {sha})",
         cfg.kind.name(),

@@ -36,46 +36,46 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Layer-wise learning-rate decay; 1 disables it (default: the recipe's).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub layer_decay: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub label_smoothing: Option<f64>,
     /// Mixup's Beta alpha (default: the recipe's 0.8).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub mixup: Option<f64>,
     /// CutMix's Beta alpha (default: the recipe's 1.0).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub cutmix: Option<f64>,
     /// Probability of mixing a batch (timm's 1.0, scaled by `--recipe scaled`).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub mixup_prob: Option<f64>,
     /// Probability of CutMix rather than mixup (timm's default).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = finite)]
     pub mixup_switch_prob: f64,
     /// RandAugment operations per image (0 disables it; timm's `rand-m*` uses 2).
     #[arg(long, default_value_t = 2)]
     pub randaug_ops: usize,
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub randaug_magnitude: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub randaug_std: Option<f64>,
     /// Random-erasing probability (BEiT's and DeiT's 0.25, scaled by `--recipe scaled`; Table
     /// 9 has no row for it).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub reprob: Option<f64>,
     /// Copies of each drawn image in the same batch (DeiT's repeated augmentation); 1 is off
     /// (default: 3 where the recipe turns it on, else 1).
     #[arg(long)]
     pub repeated_aug: Option<u32>,
     /// Center-crop ratio of the evaluation view (default: the recipe's 0.875).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub crop_ratio: Option<f64>,
     /// Color-jitter strength (default: the recipe's 0.4, which timm applies only when
     /// RandAugment is off).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub color_jitter: Option<f64>,
     /// Smallest area share of a random-resized crop (default 0.08, Inception's).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub crop_scale: Option<f64>,
     /// Where the flags not given come from: `scaled` (Table 9 with its regularization sized to
     /// the run's length, and LP-FT when `--init` names an encoder) or `paper` (Table 9 as the
@@ -89,7 +89,7 @@ pub struct FinetuneArgs {
     #[arg(long, value_enum)]
     pub head_init: Option<HeadInit>,
     /// Evaluate every N epochs (and at the end).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = finite)]
     pub eval_every_epochs: f64,
     /// Evaluate on at most this many images during training (all at the end).
     #[arg(long)]
@@ -404,10 +404,14 @@ impl FinetuneArgs {
 
     /// The training views: the recipe's augmentations, their strength times `scale`.
     fn augment(&self, f: &FinetuneDefaults, size: u32, scale: f64) -> Result<AugmentConfig> {
+        let magnitude_std = self.randaug_std.unwrap_or(f.randaug_std);
+        if magnitude_std < 0.0 {
+            return Err(E::invalid("randaug-std", magnitude_std, "must be >= 0").into());
+        }
         let randaugment = (self.randaug_ops > 0).then_some(RandAugmentConfig {
             ops: self.randaug_ops,
             magnitude: self.randaug_magnitude.unwrap_or(f.randaug_magnitude),
-            magnitude_std: self.randaug_std.unwrap_or(f.randaug_std),
+            magnitude_std,
             prob: RandAugmentConfig::paper().prob * scale,
         });
         let repeats = self
@@ -444,6 +448,9 @@ impl FinetuneArgs {
         let prob = self.mixup_prob.unwrap_or(MIXUP_PROB * scale);
         if !(0.0..=1.0).contains(&prob) {
             return Err(E::invalid("mixup-prob", prob, "must be in [0, 1]").into());
+        }
+        if !(0.0..=1.0).contains(&self.mixup_switch_prob) {
+            return Err(E::invalid("mixup-switch-prob", self.mixup_switch_prob, "must be in [0, 1]").into());
         }
         Ok(MixupConfig {
             mixup_alpha: mixup,

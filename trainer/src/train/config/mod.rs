@@ -17,10 +17,30 @@ pub use pretrain::*;
 pub use run::*;
 pub use schedule::*;
 
+/// clap's parser for every real-valued flag: NaN and the infinities are refused as they are
+/// parsed (a NaN would slip past range checks and be written to config.json as `null`).
+pub fn finite(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite number")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::train::parallel::{Cluster, Endpoint};
+
+    #[test]
+    fn real_valued_flags_refuse_nan_and_infinities() {
+        assert_eq!(finite("0.5"), Ok(0.5));
+        assert_eq!(finite(" -2e-3 "), Ok(-2e-3));
+        for bad in ["nan", "NaN", "inf", "-inf", "infinity", "1e999"] {
+            assert!(finite(bad).unwrap_err().contains("not a finite number"), "{bad}");
+        }
+        assert!(finite("half").is_err());
+    }
 
     #[test]
     fn the_lr_rules_agree_at_the_reference_batch_and_part_below_it() {

@@ -60,7 +60,7 @@ pub struct PretrainArgs {
     pub model: String,
     /// BEiT's masked share (default: the recipe's; BEiT's 75 of 196 patches, 75% on the
     /// smallest datasets) or MAE's dropped share (default 0.75).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub mask_ratio: Option<f64>,
     /// MAE: regress per-patch normalized pixels (MAE's `norm_pix_loss`; default true).
     #[arg(long)]
@@ -75,16 +75,16 @@ pub struct PretrainArgs {
     /// DINO: the teacher's momentum at the start, rising to 1 on a cosine (default 0.996,
     /// DINO's at batch 1024 over 300 epochs; a run of a few hundred updates needs a lower one
     /// for its teacher to move).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub teacher_momentum: Option<f64>,
     /// DINO: the teacher's temperature after its warm-up from 0.04 over the first 10% of the
     /// updates (default 0.04, DINO's, no warm-up; its 300-epoch ViT-S recipe warms up to 0.07).
     /// Lower sharpens more, DINO's advice against a collapse to the uniform distribution.
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub teacher_temp: Option<f64>,
     /// SplitMask: the share of the patches each branch's encoder sees, 0.5 (a mask and its
     /// complement) or 0.25 (disjoint uniform quarters; default: the recipe's).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub split_visible: Option<f64>,
     /// Default: the recipe's (uniform on the smallest datasets, blocks otherwise); MAE's
     /// random masking for MAE.
@@ -98,7 +98,7 @@ pub struct PretrainArgs {
     pub strong_aug: Option<bool>,
     /// Color-jitter strength on every view (default: 0.4 for BEiT as BEiT, 0 for SplitMask
     /// and MAE).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub color_jitter: Option<f64>,
     /// Where targets come from: `device` tokenizes each augmented view on the device;
     /// `pretokenized` reads `pipeline tokenize`'s grids (canonical view and flip, so no crops
@@ -106,7 +106,7 @@ pub struct PretrainArgs {
     #[arg(long, value_enum, default_value = "device")]
     pub targets: Targets,
     /// Upper bound of the random-resized-crop area (default: the recipe's; ADE20k: 0.25).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub max_crop_scale: Option<f64>,
     /// k-NN accuracy of the frozen encoder every N updates (0: off), with train images as the
     /// bank and the evaluation split as queries; the encoder at the best one is kept as
@@ -234,7 +234,7 @@ impl PretrainArgs {
     /// others (MAE, DINO), its token patches tiling the ViT's.
     fn vocabulary(&self, vit: &VitConfig) -> Result<Option<(pipeline::vocab::tokenizer::Vocabulary, String)>> {
         let m = self.method;
-        let path = match (&self.vocab, m.token_targets()) {
+        let path = match (&self.vocab, m.traits().token_targets) {
             (Some(path), false) => {
                 return Err(E::invalid(
                     "vocab",
@@ -472,6 +472,8 @@ impl PretrainConfig {
 
     /// The method's own checks ([`method::validate`]) of this configuration.
     pub fn validate(&self) -> Result<()> {
+        // Also run on every read-back config.json: sizes are bounded before a model is built.
+        self.vit.validate().map_err(|m| E::invalid("model", &self.model, m))?;
         method::validate(self.method, &self.spec(&self.options))
             .map_err(|m| E::invalid("method", self.method.name(), m))?;
         let p = self.vit.patch_size as u32;
@@ -494,6 +496,9 @@ impl PretrainConfig {
 /// validated as a resolved one is, since the file may have been edited.
 pub fn load_config(run: &Path) -> Result<PretrainConfig> {
     let cfg: PretrainConfig = read_config(run)?;
-    cfg.validate()?;
+    cfg.validate().map_err(|e| crate::error::RunFolderError {
+        path: run.join(crate::train::run_folder::CONFIG_FILE),
+        message: e.to_string(),
+    })?;
     Ok(cfg)
 }

@@ -12,6 +12,8 @@ use crate::train::run_folder::{BEST_FILE, CHECKPOINT_FILE, METRICS_FILE};
 
 use ConfigError as E;
 
+use super::finite;
+
 /// What every training run takes besides its schedule: the data, the run folder, the recipe
 /// folder, the evaluation split, the seed and how often to log and checkpoint.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,7 +38,7 @@ pub struct RunArgs {
     /// out (and not trained on) for every choice the run makes (the k-NN monitor's
     /// best.safetensors, the periodic evaluations, the best probe layer), so no model is
     /// selected on the test split. The same rows for every run of a dataset.
-    #[arg(long, default_value_t = DEFAULT_SELECT_FRACTION)]
+    #[arg(long, default_value_t = DEFAULT_SELECT_FRACTION, value_parser = finite)]
     pub select_fraction: f64,
     /// Use only the first N training images (quick runs).
     #[arg(long)]

@@ -43,7 +43,7 @@ pub struct ScheduleArgs {
     pub stop_after: Option<u64>,
     /// Learning rate at the reference batch, scaled to the effective batch by --lr-scaling
     /// (default: 1.5e-3 at 2048 in pre-training as BEiT; the recipe's at 1024 in fine-tuning).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub blr: Option<f64>,
     /// How --blr follows the effective batch: `linear` (BEiT's and the paper's rule) or `sqrt`
     /// (Adam's square-root rule). Default: `sqrt` under `finetune --recipe scaled`, else
@@ -52,25 +52,25 @@ pub struct ScheduleArgs {
     pub lr_scaling: Option<LrScaling>,
     /// Learning rate at the end of the cosine (default: 1e-5 pre-training, 1e-6 fine-tuning,
     /// BEiT's).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub min_lr: Option<f64>,
     /// Warmup epochs, converted to updates (default: a 1/30 share of the updates in
     /// pre-training, BEiT's 10 of 300 epochs; the recipe's epochs in fine-tuning).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub warmup_epochs: Option<f64>,
     /// Weight decay (default: 0.05, BEiT's and Table 9's; DINO's 0.04).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub weight_decay: Option<f64>,
     /// Weight decay at the end of the run, reached on a cosine from --weight-decay (default:
     /// constant; DINO's 0.4).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub weight_decay_end: Option<f64>,
     /// Global gradient-norm clip; 0 disables it (default: 3 in pre-training as BEiT, the
     /// recipe's in fine-tuning: none).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub clip_grad: Option<f64>,
     /// Drop path rate (default: the preset's in pre-training, the recipe's 0.1 in fine-tuning).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     pub drop_path: Option<f64>,
 }
 
