@@ -26,8 +26,10 @@ NODES    ?=
 NODE_RANK ?=
 MASTER   ?=
 NODE_ADDRESS ?=
+CLUSTER_SECRET_FILE ?=
 NODE_FLAGS = $(if $(NODES),--num-nodes $(NODES)) $(if $(NODE_RANK),--node-rank $(NODE_RANK)) \
-	$(if $(MASTER),--master $(MASTER)) $(if $(NODE_ADDRESS),--node-address $(NODE_ADDRESS))
+	$(if $(MASTER),--master $(MASTER)) $(if $(NODE_ADDRESS),--node-address $(NODE_ADDRESS)) \
+	$(if $(CLUSTER_SECRET_FILE),--cluster-secret-file $(CLUSTER_SECRET_FILE))
 BATCH    ?= 64
 RUN      ?= runs/$(DATASET)-$(METHOD)-$(MODEL)-$(VOCAB)
 TRAIN_ARGS ?=

@@ -31,28 +31,31 @@ pub fn inside(root: &Path, rel: &str) -> Result<PathBuf, String> {
 /// skip reason.
 pub fn read_source(root: &Path, rel: &str) -> Result<Vec<u8>, String> {
     let path = inside(root, rel)?;
-    let mut file = open_nonblocking(&path).map_err(|e| match e.kind() {
+    read_regular(&path, MAX_SOURCE_BYTES).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => "file listed in the metadata is missing".to_string(),
+        std::io::ErrorKind::InvalidData => e.to_string(),
         _ => format!("cannot read: {e}"),
-    })?;
+    })
+}
+
+/// The bytes of the regular file at `path`, at most `max`: a device (`/dev/zero`), a FIFO or a
+/// folder is refused before any byte is read, and so is a larger file or one that grows
+/// over `max` while read.
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let refuse = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut file = open_nonblocking(path)?;
     // The opened file's own type and size: no swap between a check and the read.
-    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(format!("not a regular file ({:?}): not read", meta.file_type()));
+        return Err(refuse(format!("not a regular file ({:?}): not read", meta.file_type())));
     }
-    if meta.len() > MAX_SOURCE_BYTES {
-        return Err(format!(
-            "{} bytes, over the {MAX_SOURCE_BYTES}-byte limit for one image",
-            meta.len()
-        ));
+    if meta.len() > max {
+        return Err(refuse(format!("{} bytes, over the {max}-byte limit", meta.len())));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.by_ref()
-        .take(MAX_SOURCE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_SOURCE_BYTES {
-        return Err(format!("grew over the {MAX_SOURCE_BYTES}-byte limit while read"));
+    file.by_ref().take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(refuse(format!("grew over the {max}-byte limit while read")));
     }
     Ok(bytes)
 }

@@ -287,4 +287,36 @@ mod tests {
             .to_string();
         assert!(err.contains("'label'") && err.contains("null at row 10"), "{err}");
     }
+
+    #[test]
+    fn a_column_that_inflates_like_a_bomb_is_refused_before_it_is_decompressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("train-00000-of-00001.parquet");
+        let mut rows: Vec<Row> = (0..8).map(row).collect();
+        for (i, r) in rows.iter_mut().enumerate() {
+            r.path = format!("{i}{}", "0".repeat(4 << 20));
+        }
+        write_raw(&dest, Arc::new(shard_schema()), columns(&rows), schemas::SCHEMA_VERSION);
+        let stored = std::fs::metadata(&dest).unwrap().len();
+        assert!(stored < 1 << 20, "{stored} bytes on disk for 32 MiB of paths");
+        let Err(e) = ShardReader::open_with_batch(&dest, 4) else {
+            panic!("a decompression bomb was opened")
+        };
+        let err = e.to_string();
+        assert!(
+            err.contains("column \"image.path\"") && err.contains("decompression bomb"),
+            "{err}"
+        );
+        // The same rows with honest paths still open.
+        std::fs::create_dir(dir.path().join("honest")).unwrap();
+        let honest = dir.path().join("honest/train-00000-of-00001.parquet");
+        let rows: Vec<Row> = (0..8).map(row).collect();
+        write_raw(
+            &honest,
+            Arc::new(shard_schema()),
+            columns(&rows),
+            schemas::SCHEMA_VERSION,
+        );
+        assert_eq!(ShardReader::open_with_batch(&honest, 4).unwrap().count(), 8);
+    }
 }

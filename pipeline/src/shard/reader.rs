@@ -128,23 +128,40 @@ pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>
     Ok(builder)
 }
 
+/// The most a column chunk may grow by decompression: `MAX_INFLATION` x its stored size
+/// plus `INFLATION_SLACK` (shards hold JPEG and PNG bytes, which do not compress, and short
+/// columns of labels and splits, which the slack covers).
+const MAX_INFLATION: i64 = 100;
+const INFLATION_SLACK: i64 = 1 << 20;
+/// The largest column chunk read, decompressed.
+const MAX_CHUNK: i64 = 4 << 30;
+
 /// parquet-rs trusts the footer's column chunk offsets and panics on negative ones
-/// (`ColumnChunkMetaData::byte_range`; found by fuzzing, kept in fuzz/regressions/shard): a
+/// (`ColumnChunkMetaData::byte_range`; found by fuzzing, kept in fuzz/regressions/shard), and
+/// decompresses whatever a chunk inflates to (a 21 KB zstd chunk of zeros took 1.2 GB): a
 /// damaged or hostile footer is refused here first, naming the row group and column.
 fn check_column_chunks(path: &Path, meta: &parquet::file::metadata::ParquetMetaData, file_len: u64) -> Result<()> {
     for (g, rg) in meta.row_groups().iter().enumerate() {
         for c in rg.columns() {
+            let bad = |message: String| PipelineError::BadField {
+                path: path.to_path_buf(),
+                field: format!("row group {g}, column {}", c.column_path()),
+                message,
+            };
             let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
             let len = c.compressed_size();
             let end = start.checked_add(len);
             if start < 0 || len < 0 || end.is_none_or(|e| e as u64 > file_len) {
-                return Err(PipelineError::BadField {
-                    path: path.to_path_buf(),
-                    field: format!("row group {g}, column {}", c.column_path()),
-                    message: format!(
-                        "the footer puts the column chunk at bytes {start}..+{len} of a {file_len}-byte file (a damaged footer)"
-                    ),
-                });
+                return Err(bad(format!(
+                    "the footer puts the column chunk at bytes {start}..+{len} of a {file_len}-byte file (a damaged footer)"
+                )));
+            }
+            let inflated = c.uncompressed_size();
+            if !(0..=MAX_CHUNK).contains(&inflated) || inflated > len.saturating_mul(MAX_INFLATION) + INFLATION_SLACK {
+                return Err(bad(format!(
+                    "the column chunk inflates from {len} to {inflated} bytes (a decompression bomb; at most \
+                     {MAX_INFLATION}x + 1 MiB and 4 GiB are read)"
+                )));
             }
         }
     }

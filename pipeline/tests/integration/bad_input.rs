@@ -191,3 +191,46 @@ fn empty_or_missing_directory_is_a_clear_error() {
     let err = list_err("bogus", &empty, &AdapterOptions::default());
     assert!(err.contains("unknown adapter \"bogus\""), "{err}");
 }
+
+/// A JPEG bomb (a few KB whose frame header claims 65535 x 65535, 12.9 GB of RGB) is a listed
+/// skip naming the pixel budget, under a 4 GiB address-space limit: its pixels are never
+/// allocated, and the real image beside it is a row.
+#[cfg(unix)]
+#[test]
+fn a_jpeg_bomb_is_a_skip_under_a_memory_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("raw");
+    let real = tiny_jpeg(64, 48, 3);
+    let mut bomb = real.clone();
+    let sof = bomb
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline JPEG");
+    bomb[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+    write_file(&root.join("train/a/real.jpg"), &real);
+    write_file(&root.join("train/a/bomb.jpg"), &bomb);
+    write_file(&root.join("val/a/real.jpg"), &real);
+    let out = tmp.path().join("out");
+    let o = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -v 4194304; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["prepare", "--dataset", "folder", "--no-progress", "--recipes"])
+        .arg(workspace().join("datasets"))
+        .arg("--data-dir")
+        .arg(&root)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "done, one input skipped: {err}");
+    let m: schemas::Manifest = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let skip = m.skipped.iter().find(|s| s.path.ends_with("bomb.jpg"));
+    let reason = skip.map_or_else(|| panic!("no skip for the bomb: {:?}", m.skipped), |s| &s.reason);
+    assert!(
+        reason.contains("65535x65535") && reason.contains("decoding budget"),
+        "{reason}"
+    );
+    assert_eq!(m.splits["train"].images, 1);
+}

@@ -59,6 +59,50 @@ pub struct TensorExposeState {
     pub cur_download_count: u32,
 }
 
+/// splitmask-rs: whether a received tensor's bytes are exactly its shape's elements (a forged
+/// length otherwise reads past the buffer when the tensor is built).
+fn coherent(data: &TensorData) -> bool {
+    let elements = data.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    elements
+        .and_then(|n| n.checked_mul(data.dtype.size()))
+        .is_some_and(|len| len == data.bytes.len())
+}
+
+/// splitmask-rs: a peer's answer to a tensor request: a tensor whose bytes are exactly its
+/// shape's elements, or an error saying what came instead.
+pub fn read_tensor_reply(bytes: &[u8]) -> Result<TensorData, String> {
+    match rmp_serde::from_slice(bytes) {
+        Ok(DataServiceMessage::Tensor(data)) if coherent(&data) => Ok(data),
+        Ok(DataServiceMessage::Tensor(data)) => Err(format!(
+            "a tensor of shape {:?} ({:?}) with {} bytes: they do not match",
+            data.shape,
+            data.dtype,
+            data.bytes.len()
+        )),
+        Ok(DataServiceMessage::TensorRequest(_)) => Err("a request where a tensor was due".into()),
+        Err(e) => Err(format!("not a tensor message: {e}")),
+    }
+}
+
+/// splitmask-rs: a peer's tensor request (the transfer it asks for), or None.
+pub fn read_tensor_request(bytes: &[u8]) -> Option<TensorTransferId> {
+    match rmp_serde::from_slice(bytes) {
+        Ok(DataServiceMessage::TensorRequest(id)) => Some(id),
+        _ => None,
+    }
+}
+
+/// The bytes a peer sends: a tensor (as its reply) or a request for `transfer_id` (splitmask-rs:
+/// seeds for fuzzing the readers above).
+pub fn encode_tensor_reply(data: TensorData) -> Vec<u8> {
+    rmp_serde::to_vec(&DataServiceMessage::Tensor(data)).expect("a tensor serializes")
+}
+
+/// See [`encode_tensor_reply`].
+pub fn encode_tensor_request(transfer_id: TensorTransferId) -> Vec<u8> {
+    rmp_serde::to_vec(&DataServiceMessage::TensorRequest(transfer_id)).expect("an id serializes")
+}
+
 /// Provides a routing function for a tensor data service for a communications server
 pub trait TensorDataServer<B: Backend, P: Protocol> {
     /// Routes the tensor data service to the "/data" route
@@ -127,10 +171,10 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         for (_, stream) in streams.drain() {
             let mut stream = stream.lock().await;
 
-            stream
-                .close()
-                .await
-                .expect("Failed to close WebSocket stream");
+            // splitmask-rs: a peer already gone is no reason to panic (upstream: expect).
+            if let Err(e) = stream.close().await {
+                log::warn!("closing a tensor stream: {e:?}");
+            }
         }
     }
 
@@ -144,56 +188,58 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
     ) -> Option<TensorData> {
         log::info!("Downloading tensor from {remote:?}");
 
-        let stream = self.get_data_stream(remote).await;
+        // splitmask-rs: a peer that cannot be reached, or that answers anything but a tensor
+        // whose bytes match its shape, ends the download with None (upstream: panics).
+        let stream = self.get_data_stream(remote.clone()).await?;
         let mut stream = stream.lock().await;
 
         // Send the download request with the download id
         let bytes: bytes::Bytes =
             rmp_serde::to_vec(&DataServiceMessage::TensorRequest(transfer_id))
-                .unwrap()
+                .ok()?
                 .into();
-        stream
-            .send(Message::new(bytes))
-            .await
-            .expect("Failed to send download id");
+        if let Err(e) = stream.send(Message::new(bytes)).await {
+            log::warn!("asking {remote} for a tensor: {e:?}");
+            return None;
+        }
 
-        if let Ok(msg) = stream.recv().await {
-            let Some(msg) = msg else {
+        let msg = match stream.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
                 log::warn!("Received None message from the websocket, closing connection.");
                 return None;
-            };
-
-            let DataServiceMessage::Tensor(data) = rmp_serde::from_slice(&msg.data)
-                .expect("Can deserialize messages from the websocket.")
-            else {
-                panic!("Message should have been TensorData")
-            };
-            return Some(data);
-        }
-        log::warn!("Closed connection");
-        None
+            }
+            Err(e) => {
+                log::warn!("Closed connection: {e:?}");
+                return None;
+            }
+        };
+        read_tensor_reply(&msg.data)
+            .map_err(|e| log::error!("{remote}: {e}"))
+            .ok()
     }
 
     /// Get the WebSocket stream for the given address, or create a new one if it doesn't exist.
     async fn get_data_stream(
         &self,
         address: Address,
-    ) -> Arc<Mutex<<P::Client as ProtocolClient>::Channel>> {
+    ) -> Option<Arc<Mutex<<P::Client as ProtocolClient>::Channel>>> {
         let mut streams = self.channels.lock().await;
         match streams.get(&address) {
-            Some(stream) => stream.clone(),
+            Some(stream) => Some(stream.clone()),
             None => {
                 // Open a new WebSocket connection to the address
                 let stream = P::Client::connect(address.clone(), "data").await;
 
                 let Some(stream) = stream else {
-                    panic!("Failed to connect to data server at {address:?}");
+                    log::error!("Failed to connect to data server at {address:?}");
+                    return None;
                 };
 
                 let stream = Arc::new(Mutex::new(stream));
                 streams.insert(address.clone(), stream.clone());
 
-                stream
+                Some(stream)
             }
         }
     }
@@ -237,27 +283,31 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
     ) {
         log::info!("[Data Handler] New connection for download.");
 
+        // splitmask-rs: a malformed request or a lost peer closes this connection; upstream
+        // panicked, which ended the run.
         while !self.cancel_token.is_cancelled() {
-            match channel.recv().await {
-                Ok(message) => {
-                    if let Some(msg) = message {
-                        let bytes = msg.data;
-                        let msg: DataServiceMessage = rmp_serde::from_slice(&bytes)
-                            .expect("Can deserialize messages from the websocket.");
-                        let DataServiceMessage::TensorRequest(transfer_id) = msg else {
-                            panic!("Received a message that wasn't a tensor request! {msg:?}");
-                        };
-
-                        let bytes = self.get_exposed_tensor_bytes(transfer_id).await.unwrap();
-
-                        channel.send(Message::new(bytes)).await.unwrap();
-                    } else {
-                        log::info!("Closed connection");
-                        return;
-                    }
+            let bytes = match channel.recv().await {
+                Ok(Some(msg)) => msg.data,
+                Ok(None) => {
+                    log::info!("Closed connection");
+                    return;
                 }
-                Err(err) => panic!("Failed to receive message from websocket: {err:?}"),
+                Err(err) => {
+                    log::warn!("Failed to receive message from websocket: {err:?}");
+                    return;
+                }
             };
+            let Some(transfer_id) = read_tensor_request(&bytes) else {
+                log::warn!("Received a message that wasn't a tensor request: closing");
+                return;
+            };
+            let Some(bytes) = self.get_exposed_tensor_bytes(transfer_id).await else {
+                return;
+            };
+            if let Err(err) = channel.send(Message::new(bytes)).await {
+                log::warn!("Failed to send a tensor: {err:?}");
+                return;
+            }
         }
         log::info!("[Data Service] Closing connection for download.");
     }

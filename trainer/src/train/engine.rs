@@ -33,7 +33,7 @@ use crate::data::images::ImageSet;
 use crate::data::loader::{HostBatch, Loader};
 use crate::error::{Error, Result};
 use crate::seed::mix;
-use crate::train::config::{RunConfig, Schedule};
+use crate::train::config::{ClipMode, RunConfig, Schedule};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, AdamW, LrScale};
 use crate::train::parallel::World;
 use crate::train::run_folder::{load_checkpoint, save_checkpoint, start_ranks, trim_metrics, MetricsLog, TrainState};
@@ -187,6 +187,9 @@ impl<'a, B: AutodiffBackend, C: TrainConfig> Engine<'a, B, C> {
         let cfg = setup.cfg;
         let run = cfg.run();
         let mut opt = AdamW::<B>::new(cfg.schedule().adamw);
+        if cfg.schedule().clip_mode == ClipMode::PerParameter {
+            opt.clip_each = cfg.schedule().clip_grad;
+        }
         let (model, resumed) = start_ranks(
             &run.checkpoint_path(),
             cfg,
@@ -285,7 +288,11 @@ impl<'a, B: AutodiffBackend, C: TrainConfig> Engine<'a, B, C> {
         let grad_norm = global_grad_norm::<B, M>(&model, &grads) / k;
         let lr = self.schedule.lr(step);
         let model = if grad_norm.is_finite() {
-            let scale = clip_scale(grad_norm, self.cfg.schedule().clip_grad) / k;
+            let clip = match self.opt.clip_each {
+                Some(_) => None,
+                None => self.cfg.schedule().clip_grad,
+            };
+            let scale = clip_scale(grad_norm, clip) / k;
             self.bad_in_row = 0;
             self.state.optimizer_steps += 1;
             self.opt.settings.weight_decay = self.cfg.schedule().weight_decay(step);

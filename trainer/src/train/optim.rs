@@ -1,5 +1,5 @@
 //! AdamW with per-parameter weight decay and learning-rate scale (layer-wise decay in
-//! fine-tuning), global-norm gradient clipping, and gradient accumulation.
+//! fine-tuning), global-norm or per-parameter gradient clipping, and gradient accumulation.
 //!
 //! burn 0.21 has no parameter groups, and its `GradientClippingConfig::Norm` clips each tensor
 //! by its own norm. BEiT's recipe needs no weight decay on norms, biases, tokens and position
@@ -72,6 +72,9 @@ pub struct AdamW<B: AutodiffBackend> {
     /// Updates taken, for the bias correction.
     pub step: u64,
     pub moments: HashMap<String, Moments<B::InnerBackend>>,
+    /// Bounds each parameter's gradient norm, after `clip_scale` (DINO's clipping; `None`:
+    /// the global norm is clipped through `clip_scale` alone).
+    pub clip_each: Option<f64>,
 }
 
 impl<B: AutodiffBackend> AdamW<B> {
@@ -80,6 +83,7 @@ impl<B: AutodiffBackend> AdamW<B> {
             settings,
             step: 0,
             moments: HashMap::new(),
+            clip_each: None,
         }
     }
 
@@ -138,6 +142,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
         let dtype = p.dtype();
         let low_precision = dtype != DType::F32;
         let g = grad.reshape([n]).cast(FloatDType::F32);
+        let (g, clip_scale) = match self.opt.clip_each {
+            Some(max) => (clip_norm(g * self.clip_scale, max), 1.0),
+            None => (g, self.clip_scale),
+        };
         let (m, v, master) = match self.opt.moments.remove(&path) {
             Some(mo) => (mo.m, mo.v, mo.master),
             None => (g.zeros_like(), g.zeros_like(), None),
@@ -150,7 +158,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
             step: self.opt.step,
             lr: self.lr * (self.lr_scale)(&path),
             weight_decay: if decays(&path, D) { s.weight_decay } else { 0.0 },
-            clip_scale: self.clip_scale,
+            clip_scale,
             settings: s,
         };
         let (p, m, v) = adamw_update(p, g, m, v, step);
@@ -291,6 +299,15 @@ pub fn clip_scale(norm: f64, max_norm: Option<f64>) -> f64 {
     }
 }
 
+/// `g` scaled down to norm `max` where its norm is above (DINO's `clip_gradients`), on the
+/// device: no host sync per parameter.
+fn clip_norm<B: Backend>(g: Tensor<B, 1>, max: f64) -> Tensor<B, 1> {
+    let n = g.dims()[0];
+    let norm = g.clone().powi_scalar(2).sum().sqrt();
+    let coef = (norm + 1e-6).recip().mul_scalar(max).clamp_max(1.0);
+    g * coef.expand([n])
+}
+
 /// Adds `b`'s gradients into `a` (gradient accumulation over micro-batches).
 pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
@@ -410,6 +427,28 @@ backend_tests! {
             opt.moments["weight"].master.is_none(),
             "f32 parameters are their own master"
         );
+    }
+
+    #[test]
+    fn per_parameter_clipping_bounds_each_gradient_alone() {
+        type B = TestAutodiff;
+        let device = Default::default();
+        let mut lin: Linear<B> = LinearConfig::new(2, 1).init(&device);
+        lin.weight = Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, -1.0], [2, 1]), &device));
+        let x = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]), &device);
+        let mut opt = AdamW::<B>::new(AdamWSettings::default());
+        opt.clip_each = Some(3.0);
+        let grads = || GradientsParams::from_grads(lin.forward(x.clone()).sum().backward(), &lin);
+        // Two micro-batches' sum, halved by the accumulation scale before the bound: grad w =
+        // (4, 6) of norm sqrt(52) > 3 is clipped to 3; grad b = 2 is within and kept.
+        let mut grads = accumulate(&lin, grads(), grads());
+        opt.step(lin, &mut grads, 0.1, 0.5, &|_| 1.0);
+        let m = |k: &str| opt.moments[k].m.clone().into_data().to_vec::<f32>().unwrap();
+        let s = 3.0 / (52f64.sqrt() + 1e-6);
+        let (w, b) = (m("weight"), m("bias"));
+        assert!((w[0] as f64 - 0.1 * 4.0 * s).abs() < 1e-6, "{w:?}");
+        assert!((w[1] as f64 - 0.1 * 6.0 * s).abs() < 1e-6, "{w:?}");
+        assert!((b[0] as f64 - 0.1 * 2.0).abs() < 1e-6, "the bias is within the bound: {b:?}");
     }
 
     /// The update (the fused kernel on LibTorch) against PyTorch's AdamW written out in f64 on

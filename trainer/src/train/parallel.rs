@@ -13,6 +13,7 @@
 //! guard and its rollback decide alike everywhere without a message of their own.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use burn::collective::{all_reduce, finish_collective, register, CollectiveConfig, PeerId, ReduceOperation};
 use burn::module::{Module, ModuleMapper, Param, ParamId};
@@ -68,6 +69,21 @@ pub struct Network {
     pub master: Endpoint,
     /// This node's tensor service, which the other nodes download from.
     pub address: Endpoint,
+    /// What every connection between the nodes proves it knows before any message is read.
+    pub secret: ClusterSecret,
+    /// The longest a collective operation between nodes may wait (registering included).
+    pub timeout: Duration,
+}
+
+/// The secret the nodes of a run share. Never printed, and not part of the run's
+/// configuration (it is not written to the run folder).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterSecret({} bytes)", self.0.len())
+    }
 }
 
 /// This process's place among the processes (nodes) of a run; each runs the same number of
@@ -133,6 +149,7 @@ impl World {
         if self.ranks == 1 {
             return Ok(grads);
         }
+        let _armed = watchdog::arm(self.rank, "the gradients' all-reduce");
         grads
             .all_reduce::<B::InnerBackend>(self.peer, ReduceOperation::Mean)
             .map_err(|e| collective_error(self.rank, "the gradients' all-reduce", e))
@@ -149,6 +166,7 @@ impl World {
         local.resize(values.len().max(self.ranks), 0.0);
         let n = local.len();
         let t = Tensor::<B, 1>::from_data(TensorData::new(local, [n]), device);
+        let _armed = watchdog::arm(self.rank, "a control all-reduce");
         let reduced = all_reduce::<B>(self.peer, t.into_primitive().tensor(), ReduceOperation::Sum)
             .map_err(|e| collective_error(self.rank, "a control all-reduce", e))?;
         let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(reduced));
@@ -253,6 +271,7 @@ impl<B: AutodiffBackend> Gather<B> for WorldGather<B> {
         // [ranks * b, dim]
         let padded = Tensor::<B::InnerBackend, 2>::zeros([ranks * b, d], &self.device)
             .slice_assign([rows.clone(), 0..d], local.clone().inner());
+        let _armed = watchdog::arm(rank, "the all-reduce of InfoNCE's negatives");
         let summed =
             match all_reduce::<B::InnerBackend>(peer, padded.clone().into_primitive().tensor(), ReduceOperation::Sum) {
                 Ok(summed) => Tensor::from_primitive(TensorPrimitive::Float(summed)),
@@ -319,8 +338,14 @@ where
     let ranks = local * cluster.nodes;
     let mut config = CollectiveConfig::default().with_num_devices(local);
     if let Some(net) = &cluster.network {
+        burn_communication::websocket::set_cluster_secret(&net.secret.0).map_err(|reason| Error::Collective {
+            rank: cluster.node * local,
+            what: "setting the cluster secret".into(),
+            reason,
+        })?;
+        watchdog::set(net.timeout);
         if cluster.node == 0 {
-            orchestrator::start(net.master.port)?;
+            orchestrator::start(&net.master)?;
         }
         // Bound before the collective binds it, so a taken port is an error, not a hang.
         port_free(&net.address, "--node-address")?;
@@ -354,8 +379,10 @@ where
                         local: i,
                         peer: PeerId::from(rank),
                     };
+                    let armed = watchdog::arm(rank, "registering with the other nodes");
                     register::<B::InnerBackend>(world.peer, device.clone(), config.clone())
                         .map_err(|e| collective_error(rank, "registering the peer", e))?;
+                    drop(armed);
                     let out = world
                         .same::<B::InnerBackend>(&[], device)
                         .and_then(|()| work(world, device, input));
@@ -401,15 +428,94 @@ where
     }
 }
 
-/// Refuses a port this machine cannot listen on (in use, or not allowed).
+/// Refuses an address this machine cannot listen on (in use, not its own, or not allowed).
 fn port_free(at: &Endpoint, flag: &str) -> Result<()> {
-    std::net::TcpListener::bind(("0.0.0.0", at.port))
+    std::net::TcpListener::bind((at.host.trim_start_matches('[').trim_end_matches(']'), at.port))
         .map(drop)
         .map_err(|e| Error::Collective {
             rank: 0,
             what: format!("listening on port {} ({flag} {at})", at.port),
             reason: e.to_string(),
         })
+}
+
+/// Ends the process when a collective operation between nodes waits longer than the run's
+/// --collective-timeout. burn-collective 0.21 has no timeouts and a blocked all-reduce cannot
+/// be cancelled, so a node that died, hangs or was never started would otherwise hold every
+/// other node forever; exiting leaves the last checkpoint to resume from.
+pub mod watchdog {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// The exit status of a node that gave up waiting.
+    pub const EXIT_TIMED_OUT: i32 = 3;
+
+    struct Waits {
+        timeout: Option<Duration>,
+        next: u64,
+        /// Each armed wait: its deadline, rank and what it waits for.
+        armed: BTreeMap<u64, (Instant, usize, &'static str)>,
+        watching: bool,
+    }
+
+    static WAITS: Mutex<Waits> = Mutex::new(Waits {
+        timeout: None,
+        next: 0,
+        armed: BTreeMap::new(),
+        watching: false,
+    });
+
+    fn waits() -> std::sync::MutexGuard<'static, Waits> {
+        WAITS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bounds the waits armed from now on (a multi-node run's processes set it once).
+    pub fn set(timeout: Duration) {
+        let mut w = waits();
+        w.timeout = Some(timeout);
+        if !std::mem::replace(&mut w.watching, true) {
+            std::thread::Builder::new()
+                .name("collective-watchdog".into())
+                .spawn(watch)
+                .expect("a thread for the watchdog");
+        }
+    }
+
+    /// A wait that ends when the returned guard drops (nothing without a timeout set).
+    pub fn arm(rank: usize, what: &'static str) -> Option<Armed> {
+        let mut w = waits();
+        let deadline = Instant::now() + w.timeout?;
+        let id = w.next;
+        w.next += 1;
+        w.armed.insert(id, (deadline, rank, what));
+        Some(Armed(id))
+    }
+
+    pub struct Armed(u64);
+
+    impl Drop for Armed {
+        fn drop(&mut self) {
+            waits().armed.remove(&self.0);
+        }
+    }
+
+    fn watch() {
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let w = waits();
+            let now = Instant::now();
+            if let Some((_, &(_, rank, what))) = w.armed.iter().find(|(_, (deadline, ..))| *deadline <= now) {
+                let secs = w.timeout.unwrap_or_default().as_secs_f64();
+                eprintln!(
+                    "error: rank {rank}: {what} got no answer from the other nodes in {secs:.0} s \
+                     (--collective-timeout): a node died, hangs or was not started. This node stops; \
+                     once every node runs again, --resume continues from the last checkpoint"
+                );
+                std::process::exit(EXIT_TIMED_OUT);
+            }
+        }
+    }
 }
 
 /// burn-collective's orchestrator, which registers the nodes and hands each the others'
@@ -423,17 +529,16 @@ mod orchestrator {
     /// Ports an orchestrator of this process listens on (it lives as long as the process).
     static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
-    /// Starts the orchestrator on `port` in a thread of its own, once per process.
-    pub fn start(port: u16) -> Result<()> {
+    /// Starts the orchestrator on `at` (the host --master names, not every interface) in a
+    /// thread of its own, once per process.
+    pub fn start(at: &Endpoint) -> Result<()> {
         let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+        let port = at.port;
         if started.contains(&port) {
             return Ok(());
         }
-        let at = Endpoint {
-            host: "0.0.0.0".into(),
-            port,
-        };
-        port_free(&at, "--master")?;
+        port_free(at, "--master")?;
+        let host = at.host.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -444,7 +549,7 @@ mod orchestrator {
             })?;
         std::thread::Builder::new()
             .name("orchestrator".into())
-            .spawn(move || runtime.block_on(burn_collective::start_global_orchestrator(port)))
+            .spawn(move || runtime.block_on(burn_collective::start_global_orchestrator(&host, port)))
             .map_err(|e| Error::Collective {
                 rank: 0,
                 what: "starting the orchestrator".into(),

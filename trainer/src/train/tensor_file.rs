@@ -158,9 +158,13 @@ pub fn save_tensors(path: &Path, tensors: &NamedTensors, meta: Option<HashMap<St
     Ok(())
 }
 
+/// The largest tensor file read: 64 GiB, a ViT-g checkpoint with its AdamW moments in f32.
+/// A device or FIFO named as a checkpoint is refused before it is read.
+pub const MAX_TENSOR_FILE_BYTES: u64 = 64 << 30;
+
 /// Reads all tensors (converted to f32) and the header metadata.
 pub fn load_tensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = pipeline::source::read_regular(path, MAX_TENSOR_FILE_BYTES).map_err(|e| Error::io(path, e))?;
     let bad = |message: String| CheckpointError::Format {
         path: path.to_path_buf(),
         message,

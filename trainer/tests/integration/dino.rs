@@ -3,6 +3,7 @@
 
 use trainer::data::images::ImageSet;
 use trainer::model::objective::Objective;
+use trainer::train::config::ClipMode;
 use trainer::train::pretrain::knn_monitor;
 
 use crate::{fixture, metrics, pretrain_args};
@@ -58,6 +59,11 @@ fn a_short_real_dino_run_does_not_collapse_and_keeps_random_inits_knn() {
         (mc.local_crops, mc.local_size),
         (4, 24),
         "96/224 of 64 px in 8 px patches"
+    );
+    assert_eq!(
+        (cfg.schedule.clip_mode, cfg.schedule.clip_grad),
+        (ClipMode::PerParameter, Some(3.0)),
+        "DINO clips each parameter's gradient at 3"
     );
     trainer::train::pretrain::pretrain::<B>(&cfg, false, &[Default::default()], false).unwrap();
     let lines = metrics(&cfg);

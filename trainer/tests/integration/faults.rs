@@ -2,6 +2,7 @@
 //! checkpoint is written, shards damaged after they were written. The signal and disk tests
 //! run the real binary; the damaged-shard test runs on a copy of the fixture dataset.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -186,8 +187,9 @@ fn two_processes_on_localhost_train_as_one_and_a_signal_to_either_stops_both() {
     let out = tmp.path().join("two-nodes");
     // Multi-node mode: node 0 hosts the orchestrator, each process one CPU device with 8 of
     // the 16 images of every batch; both name the same run folder (one machine's disk).
+    let first = free_ports(3);
     let nodes = |extra: &[&str]| {
-        let master = format!("127.0.0.1:{}", free_ports(3));
+        let master = format!("127.0.0.1:{first}");
         [0, 1].map(|rank| {
             let rank = rank.to_string();
             let node = ["--num-nodes", "2", "--node-rank", &rank, "--master", &master];
@@ -199,8 +201,21 @@ fn two_processes_on_localhost_train_as_one_and_a_signal_to_either_stops_both() {
     };
     // A SIGTERM to node 1 after step 2: node 0 hears of it at that step's end, writes the
     // checkpoint, and both exit saying how to resume.
+    // Every connection between them proves it knows the secret; a node without it cannot
+    // join (`cluster_auth` tests the handshake itself).
+    let secret = (trainer::train::config::SECRET_ENV, "a secret the two nodes share");
     let [a, b] = nodes(&[]);
-    let [o0, o1] = trainers_together([(a, vec![]), (b, vec![(pipeline::interrupt::FAULT_ENV, "step:2")])]);
+    let runs = [
+        (a, vec![secret]),
+        (b, vec![secret, (pipeline::interrupt::FAULT_ENV, "step:2")]),
+    ];
+    let ([o0, o1], listening) = trainers_watched(runs, first..first + 3);
+    // The orchestrator and both tensor services listen on the host they were given only.
+    assert!(!listening.is_empty(), "no listening socket seen on {first}..+3");
+    assert!(
+        listening.iter().all(|l| l.starts_with("0100007F:")),
+        "a service listens beyond 127.0.0.1: {listening:?}"
+    );
     let (e0, e1) = (stderr(&o0), stderr(&o1));
     for (o, e) in [(&o0, &e0), (&o1, &e1)] {
         assert_eq!(o.status.code(), Some(pipeline::interrupt::EXIT_INTERRUPTED), "{e}");
@@ -216,7 +231,7 @@ fn two_processes_on_localhost_train_as_one_and_a_signal_to_either_stops_both() {
 
     // Resumed on both nodes, the run ends where one process with the whole batch ends.
     let [a, b] = nodes(&["--resume"]);
-    let [o0, o1] = trainers_together([(a, vec![]), (b, vec![])]);
+    let [o0, o1] = trainers_together([(a, vec![secret]), (b, vec![secret])]);
     assert!(o0.status.success(), "{}", stderr(&o0));
     assert!(o1.status.success(), "{}", stderr(&o1));
     assert!(String::from_utf8_lossy(&o1.stdout).contains("node 1 of 2: pre-trained 4 steps"));
@@ -232,7 +247,7 @@ fn two_processes_on_localhost_train_as_one_and_a_signal_to_either_stops_both() {
     let other = tmp.path().join("fresh");
     let at = a.iter().position(|x| x == "--out").unwrap();
     a[at + 1] = other.display().to_string();
-    let [o0, o1] = trainers_together([(a, vec![]), (b, vec![])]);
+    let [o0, o1] = trainers_together([(a, vec![secret]), (b, vec![secret])]);
     for o in [&o0, &o1] {
         assert_eq!(o.status.code(), Some(1), "{}", stderr(o));
     }
@@ -240,6 +255,40 @@ fn two_processes_on_localhost_train_as_one_and_a_signal_to_either_stops_both() {
         stderr(&o1).contains("the ranks disagree on the step resumed from"),
         "{}",
         stderr(&o1)
+    );
+}
+
+#[test]
+fn a_node_whose_peers_never_come_stops_with_an_error_after_the_collective_timeout() {
+    let Some(f) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let master = format!("127.0.0.1:{}", free_ports(3));
+    let node = [
+        "--num-nodes",
+        "2",
+        "--node-rank",
+        "0",
+        "--master",
+        &master,
+        "--collective-timeout",
+        "3",
+    ];
+    let mut argv = pretrain_argv(f, &tmp.path().join("alone"), &node);
+    let at = argv.iter().position(|a| a == "--batch-size").unwrap();
+    argv[at + 1] = "8".into();
+    let o = trainer(
+        &argv,
+        &[(trainer::train::config::SECRET_ENV, "a secret the two nodes share")],
+    );
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(trainer::train::parallel::watchdog::EXIT_TIMED_OUT),
+        "{err}"
+    );
+    assert!(
+        err.contains("registering with the other nodes got no answer from the other nodes in 3 s"),
+        "{err}"
     );
 }
 
@@ -266,6 +315,13 @@ type Run<'a> = (Vec<String>, Vec<(&'a str, &'a str)>);
 /// Runs both trainer commands at once (each with its environment) and waits for both; a
 /// run that hangs is killed after five minutes and reported with what it printed.
 fn trainers_together(runs: [Run<'_>; 2]) -> [Output; 2] {
+    trainers_watched(runs, 0..0).0
+}
+
+/// [`trainers_together`], and the local addresses (`/proc/net/tcp*`, hex as the kernel
+/// writes them) seen listening on `ports` while the two ran.
+fn trainers_watched(runs: [Run<'_>; 2], ports: std::ops::Range<u16>) -> ([Output; 2], BTreeSet<String>) {
+    let mut listening = BTreeSet::new();
     let children = runs.map(|(argv, env)| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
         c.args(&argv).env_remove(pipeline::interrupt::FAULT_ENV);
@@ -281,6 +337,7 @@ fn trainers_together(runs: [Run<'_>; 2]) -> [Output; 2] {
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while children.iter().any(|(_, w)| !w.is_finished()) && std::time::Instant::now() < deadline {
+        listening.extend(listeners(&ports));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let hung = children.iter().any(|(_, w)| !w.is_finished());
@@ -296,7 +353,29 @@ fn trainers_together(runs: [Run<'_>; 2]) -> [Output; 2] {
         stderr(&outputs[0]),
         stderr(&outputs[1])
     );
-    outputs
+    (outputs, listening)
+}
+
+/// Local addresses listening on one of `ports` now, from the kernel's socket tables: the
+/// address in the kernel's hex (`0100007F` is 127.0.0.1, all zeros every interface).
+fn listeners(ports: &std::ops::Range<u16>) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let (addr, port) = f.get(1)?.rsplit_once(':')?;
+                    let port = u16::from_str_radix(port, 16).ok()?;
+                    (f.get(3) == Some(&LISTEN) && ports.contains(&port)).then(|| format!("{addr}:{port}"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[test]

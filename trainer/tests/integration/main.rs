@@ -15,11 +15,13 @@ use trainer::train::config::{FinetuneArgs, PretrainArgs, PretrainConfig};
 use trainer::train::pretrain::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
 
+mod cluster_auth;
 mod data_parallel;
 mod dino;
 mod experiment;
 mod faults;
 mod finetune_runs;
+mod fuzz_targets;
 mod layering;
 mod layouts;
 mod paper_datasets;

@@ -294,7 +294,11 @@ impl<B: Backend> LocalCollectiveServer<B> {
         if let Some(global_params) = &global_params
             && self.global_client.is_none()
         {
-            let server = WsServer::new(global_params.data_service_port);
+            // splitmask-rs: bind the host of this node's own address (upstream: 0.0.0.0).
+            let server = WsServer::new(
+                &address_host(&global_params.node_address),
+                global_params.data_service_port,
+            );
             let client = Node::new(&global_params.global_address, server);
             self.global_client = Some(client)
         }
@@ -495,4 +499,11 @@ impl<B: Backend> LocalCollectiveServer<B> {
 
         callback.send(Ok(())).unwrap();
     }
+}
+
+/// splitmask-rs: the host of a `ws://host:port` address (an IPv6 host keeps its brackets).
+fn address_host(address: &burn_communication::Address) -> String {
+    let s = address.to_string();
+    let s = s.strip_prefix("ws://").unwrap_or(&s);
+    s.rsplit_once(':').map_or(s, |(host, _)| host).to_string()
 }

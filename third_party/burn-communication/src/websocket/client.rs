@@ -1,5 +1,6 @@
 use crate::{
     base::{Address, CommunicationChannel, CommunicationError, Message, ProtocolClient},
+    websocket::auth::{Answer, HANDSHAKE_TIMEOUT},
     websocket::base::parse_ws_address,
 };
 use burn_std::future::DynFut;
@@ -32,7 +33,8 @@ async fn connect_ws(address: Address, route: String) -> Option<WsClientChannel> 
         Some(
             WebSocketConfig::default()
                 .write_buffer_size(0)
-                .max_message_size(None)
+                // splitmask-rs: bounded (upstream: None); a tensor slice of a ViT-g gradient fits.
+                .max_message_size(Some(MB * 8192))
                 .max_frame_size(Some(MB * 512))
                 .accept_unmasked_frames(true)
                 .read_buffer_size(64 * 1024), // 64 KiB (previous default)
@@ -41,8 +43,39 @@ async fn connect_ws(address: Address, route: String) -> Option<WsClientChannel> 
     )
     .await
     .ok()?;
+    let mut channel = WsClientChannel { inner: stream };
+    // splitmask-rs: a server that cannot prove it knows the cluster secret gets nothing.
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, authenticate(&mut channel)).await {
+        Ok(Ok(())) => Some(channel),
+        Ok(Err(e)) => {
+            log::error!("not connecting to {address}: {e}");
+            None
+        }
+        Err(_) => {
+            log::error!("not connecting to {address}: the handshake timed out");
+            None
+        }
+    }
+}
 
-    Some(WsClientChannel { inner: stream })
+/// splitmask-rs: the client's side of the peer handshake (see `auth`).
+async fn authenticate(channel: &mut WsClientChannel) -> Result<(), String> {
+    let hello = handshake_message(channel).await?;
+    let (answer, reply) = Answer::new(&hello)?;
+    channel
+        .send(Message::new(reply.into()))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let proof = handshake_message(channel).await?;
+    answer.verify(&proof)
+}
+
+async fn handshake_message(channel: &mut WsClientChannel) -> Result<bytes::Bytes, String> {
+    match channel.recv().await {
+        Ok(Some(msg)) => Ok(msg.data),
+        Ok(None) => Err("the server closed the connection (a wrong cluster secret?)".to_string()),
+        Err(e) => Err(format!("{e:?}")),
+    }
 }
 pub struct WsClientChannel {
     inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -67,7 +100,8 @@ impl CommunicationChannel for WsClientChannel {
                 Err(err) => Err(WsClientError::Tungstenite(err)),
                 msg => Err(WsClientError::UnknownMessage(format!("{msg:?}"))),
             },
-            None => todo!(),
+            // splitmask-rs: a stream that ended is a closed connection (upstream: todo!()).
+            None => Ok(None),
         }
     }
 

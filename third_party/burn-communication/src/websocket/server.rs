@@ -4,18 +4,24 @@ use crate::{
     base::{CommunicationChannel, CommunicationError, Message, ProtocolServer},
     util::init_logging,
 };
+use crate::websocket::auth::{Challenge, HANDSHAKE_TIMEOUT};
 use axum::{
     Router,
     extract::{
-        State, WebSocketUpgrade,
+        ConnectInfo, State, WebSocketUpgrade,
         ws::{self, WebSocket},
     },
     routing::get,
 };
 use futures::StreamExt;
 
+/// splitmask-rs: the largest message a server reads (upstream: axum's 64 MiB).
+const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 #[derive(Clone, Debug)]
 pub struct WsServer {
+    // splitmask-rs: the host to bind (upstream bound 0.0.0.0 whatever the node's address).
+    host: String,
     port: u16,
     router: Router<()>,
 }
@@ -25,12 +31,29 @@ pub struct WsServerChannel {
 }
 
 impl WsServer {
-    pub fn new(port: u16) -> Self {
+    /// A server on `host:port` (a name or an address of this machine's).
+    pub fn new(host: &str, port: u16) -> Self {
         Self {
+            host: host.to_owned(),
             port,
             router: Router::new(),
         }
     }
+}
+
+/// splitmask-rs: the server's side of the peer handshake (see `auth`).
+async fn authenticate(socket: &mut WebSocket) -> Result<(), String> {
+    let (challenge, hello) = Challenge::new()?;
+    let io = |e: axum::Error| e.to_string();
+    socket.send(ws::Message::Binary(hello.into())).await.map_err(io)?;
+    let answer = match socket.next().await {
+        Some(Ok(ws::Message::Binary(answer))) => answer,
+        Some(Ok(_)) => return Err("the handshake answer is not a binary message".into()),
+        Some(Err(e)) => return Err(io(e)),
+        None => return Err("the peer left during the handshake".into()),
+    };
+    let proof = challenge.verify(&answer)?;
+    socket.send(ws::Message::Binary(proof.into())).await.map_err(io)
 }
 
 impl ProtocolServer for WsServer {
@@ -43,7 +66,7 @@ impl ProtocolServer for WsServer {
     {
         init_logging();
 
-        let address = format!("0.0.0.0:{}", self.port);
+        let address = format!("{}:{}", self.host, self.port);
         log::info!("Starting server {address}");
 
         let listener = tokio::net::TcpListener::bind(address).await?;
@@ -71,11 +94,22 @@ impl ProtocolServer for WsServer {
             format!("/{path}")
         };
 
-        let method = get(|ws: WebSocketUpgrade, _: State<()>| async {
-            ws.on_upgrade(async move |socket| {
-                callback(WsServerChannel { inner: socket }).await;
-            })
-        });
+        // splitmask-rs: no route reads a message before the peer has authenticated.
+        let method = get(
+            |ws: WebSocketUpgrade, ConnectInfo(peer): ConnectInfo<SocketAddr>, _: State<()>| async move {
+                // Servers read only requests (collective messages, tensor ids): a peer's message
+                // is capped well below what could exhaust memory.
+                ws.max_message_size(MAX_REQUEST_BYTES)
+                    .max_frame_size(MAX_REQUEST_BYTES)
+                    .on_upgrade(async move |mut socket| {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, authenticate(&mut socket)).await {
+                        Ok(Ok(())) => callback(WsServerChannel { inner: socket }).await,
+                        Ok(Err(e)) => log::warn!("refused a connection from {peer}: {e}"),
+                        Err(_) => log::warn!("refused a connection from {peer}: the handshake timed out"),
+                    }
+                })
+            },
+        );
 
         self.router = self.router.route(&path, method);
 
@@ -100,7 +134,8 @@ impl CommunicationChannel for WsServerChannel {
                 Err(err) => Err(WsServerError::Axum(err)),
                 msg => Err(WsServerError::UnknownMessage(format!("{msg:?}"))),
             },
-            None => todo!(),
+            // splitmask-rs: a stream that ended is a closed connection (upstream: todo!()).
+            None => Ok(None),
         }
     }
 

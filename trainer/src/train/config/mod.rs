@@ -62,19 +62,49 @@ mod tests {
         for bad in ["node-a", "node-a:http", ":29500", "a:70000"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
-        let args = |nodes, rank, master: Option<&str>| NodeArgs {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            Some(p)
+        };
+        let secret = file("secret", "0123456789abcdef-0123\n");
+        let args = |nodes, rank, master: Option<&str>, secret: Option<std::path::PathBuf>| NodeArgs {
             num_nodes: nodes,
             node_rank: rank,
             master: master.map(str::to_string),
             node_address: None,
+            cluster_secret_file: secret,
+            collective_timeout: 60.0,
         };
-        assert_eq!(args(1, 0, None).resolve().unwrap(), Cluster::ONE);
-        let c = args(3, 2, Some("127.0.0.1:4000")).resolve().unwrap();
+        assert_eq!(args(1, 0, None, None).resolve().unwrap(), Cluster::ONE);
+        let c = args(3, 2, Some("127.0.0.1:4000"), secret.clone()).resolve().unwrap();
         let net = c.network.unwrap();
         assert_eq!((c.nodes, c.node, net.address.port), (3, 2, 4003));
-        let err = args(2, 0, None).resolve().unwrap_err().to_string();
+        assert_eq!(
+            net.secret.0, b"0123456789abcdef-0123",
+            "the trailing newline is dropped"
+        );
+        assert!(
+            !format!("{net:?}").contains("0123456789"),
+            "the secret is never printed"
+        );
+        let err = args(2, 0, None, secret.clone()).resolve().unwrap_err().to_string();
         assert!(err.contains("--master"), "{err}");
-        let err = args(2, 2, Some("a:1")).resolve().unwrap_err().to_string();
+        let short = file("short", "too short\n");
+        let err = args(2, 0, Some("a:1"), short).resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("--cluster-secret-file") && err.contains("at least 16"),
+            "{err}"
+        );
+        let folder = Some(dir.path().to_path_buf());
+        let err = args(2, 0, Some("a:1"), folder).resolve().unwrap_err().to_string();
+        assert!(err.contains("regular file"), "{err}");
+        if std::env::var_os(crate::train::config::SECRET_ENV).is_none() {
+            let err = args(2, 0, Some("a:1"), None).resolve().unwrap_err().to_string();
+            assert!(err.contains("need a secret"), "{err}");
+        }
+        let err = args(2, 2, Some("a:1"), secret).resolve().unwrap_err().to_string();
         assert!(err.contains("--node-rank \"2\""), "{err}");
     }
 }

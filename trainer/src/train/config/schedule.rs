@@ -65,10 +65,14 @@ pub struct ScheduleArgs {
     /// constant; DINO's 0.4).
     #[arg(long, value_parser = finite)]
     pub weight_decay_end: Option<f64>,
-    /// Global gradient-norm clip; 0 disables it (default: 3 in pre-training as BEiT, the
+    /// Gradient-norm clip; 0 disables it (default: 3 in pre-training as BEiT and DINO, the
     /// recipe's in fine-tuning: none).
     #[arg(long, value_parser = finite)]
     pub clip_grad: Option<f64>,
+    /// What --clip-grad bounds (default: the norm of all gradients together; DINO's: each
+    /// parameter's).
+    #[arg(long, value_enum)]
+    pub clip_mode: Option<ClipMode>,
     /// Drop path rate (default: the preset's in pre-training, the recipe's 0.1 in fine-tuning).
     #[arg(long, value_parser = finite)]
     pub drop_path: Option<f64>,
@@ -98,6 +102,18 @@ impl LrScaling {
     }
 }
 
+/// What gradient clipping bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClipMode {
+    /// The norm of all gradients together (BEiT's, MAE's and fine-tuning's).
+    #[default]
+    Global,
+    /// Each parameter's gradient norm on its own (DINO's `clip_gradients`): a layer with a
+    /// gradient spike is scaled down without slowing the others.
+    PerParameter,
+}
+
 /// How long the warmup is where --warmup-epochs is not given.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Warmup {
@@ -120,6 +136,7 @@ pub struct ScheduleDefaults {
     /// Where the weight decay ends on a cosine (`None`: constant).
     pub weight_decay_end: Option<f64>,
     pub clip_grad: f64,
+    pub clip_mode: ClipMode,
 }
 
 /// BEiT's pre-training: lr 1.5e-3 at batch 2048, warmup 10 of 300 epochs (kept as a share of
@@ -135,16 +152,18 @@ pub const PRETRAIN: ScheduleDefaults = ScheduleDefaults {
     weight_decay: 0.05,
     weight_decay_end: None,
     clip_grad: 3.0,
+    clip_mode: ClipMode::Global,
 };
 
 /// DINO's ViT recipe: lr 5e-4 at batch 256, warmup 10 of 300 epochs, final lr 1e-6, weight
-/// decay 0.04 to 0.4 on a cosine, clipping at 3.
+/// decay 0.04 to 0.4 on a cosine, each parameter's gradient clipped at 3.
 pub const DINO_PRETRAIN: ScheduleDefaults = ScheduleDefaults {
     reference_batch: 256,
     blr: 5e-4,
     min_lr: 1e-6,
     weight_decay: 0.04,
     weight_decay_end: Some(0.4),
+    clip_mode: ClipMode::PerParameter,
     ..PRETRAIN
 };
 
@@ -163,6 +182,7 @@ pub(super) fn finetune_defaults(f: &FinetuneDefaults) -> ScheduleDefaults {
         weight_decay: f.weight_decay,
         weight_decay_end: None,
         clip_grad: f.clip_grad,
+        clip_mode: ClipMode::Global,
     }
 }
 
@@ -194,6 +214,9 @@ pub struct Schedule {
     #[serde(default)]
     pub weight_decay_end: Option<f64>,
     pub clip_grad: Option<f64>,
+    /// What `clip_grad` bounds (runs before this field: the global norm).
+    #[serde(default)]
+    pub clip_mode: ClipMode,
 }
 
 impl Schedule {
@@ -295,6 +318,7 @@ impl ScheduleArgs {
             },
             weight_decay_end: self.weight_decay_end.or(defaults.weight_decay_end),
             clip_grad: (clip > 0.0).then_some(clip),
+            clip_mode: self.clip_mode.unwrap_or(defaults.clip_mode),
         })
     }
 }

@@ -157,18 +157,21 @@ where
 
         upload.await.unwrap();
         let download = download.await.unwrap();
-        if is_phase_one {
-            let download = download.expect("Peer closed download connection");
-            let tensor = B::float_from_data(download, device);
-            slices[recv_slice_idx] = B::float_add(slices[recv_slice_idx].clone(), tensor);
-        } else {
-            let tensor = B::float_from_data(download.unwrap(), device);
-            let old_shape = slices[recv_slice_idx].shape();
-            if old_shape != tensor.shape() {
-                return Err(GlobalCollectiveError::PeerSentIncoherentTensor);
-            }
-            slices[recv_slice_idx] = tensor;
+        // splitmask-rs: a peer that left, or a slice of another shape, is an error in both
+        // phases (upstream panicked in phase one and summed any shape).
+        let Some(download) = download else {
+            return Err(GlobalCollectiveError::PeerSentIncoherentTensor);
+        };
+        let own = &slices[recv_slice_idx];
+        if download.shape != own.shape() || download.dtype != own.dtype() {
+            return Err(GlobalCollectiveError::PeerSentIncoherentTensor);
         }
+        let tensor = B::float_from_data(download, device);
+        slices[recv_slice_idx] = if is_phase_one {
+            B::float_add(slices[recv_slice_idx].clone(), tensor)
+        } else {
+            tensor
+        };
 
         // Move slice index
         *send_slice_idx = recv_slice_idx;

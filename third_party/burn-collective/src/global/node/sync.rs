@@ -96,12 +96,19 @@ impl<P: Protocol> SyncService<P> {
     }
 
     pub async fn handle_sync_connection<C: CommunicationChannel>(&self, mut channel: C) {
-        let msg = channel.recv().await.unwrap();
-        let Some(msg) = msg else {
+        // splitmask-rs: a peer that leaves or sends something else is logged, not a panic.
+        let msg = match channel.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("a sync connection failed: {e:?}");
+                return;
+            }
+        };
+        let Ok(msg) = rmp_serde::from_slice::<SyncRequest>(&msg.data) else {
+            log::warn!("a sync request that does not parse: ignored");
             return;
         };
-
-        let msg = rmp_serde::from_slice::<SyncRequest>(&msg.data).unwrap();
 
         self.add_syncing_peer(msg.0);
 

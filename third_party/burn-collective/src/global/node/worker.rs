@@ -222,14 +222,21 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                                 break;
                             };
 
-                            let response: CollectiveMessageResponse = rmp_serde::from_slice(&response.data)
-                                .expect("Can deserialize messages from the websocket.");
+                            // splitmask-rs: an orchestrator's reply that does not parse, or
+                            // answers no request, is logged, not a panic (upstream: expect);
+                            // the request it leaves waiting ends at the collective timeout.
+                            let Ok(response) = rmp_serde::from_slice::<CollectiveMessageResponse>(&response.data) else {
+                                log::error!("the orchestrator sent a reply that does not parse; closing");
+                                break;
+                            };
                             let state_resp = state.lock().await;
-                            let response_callback = state_resp
-                                .requests
-                                .get(&response.request_id)
-                                .expect("Got a response to an unknown request");
-                            response_callback.send(response.content).await.unwrap();
+                            let Some(response_callback) = state_resp.requests.get(&response.request_id) else {
+                                log::error!("the orchestrator answered an unknown request {:?}", response.request_id);
+                                continue;
+                            };
+                            if response_callback.send(response.content).await.is_err() {
+                                log::warn!("a reply came for a request no longer waited on");
+                            }
                         }
                     }
                 }
@@ -237,10 +244,9 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
         }
 
         log::info!("Worker closing connection");
-        stream_response
-            .close()
-            .await
-            .expect("Can close the websocket stream.");
+        if let Err(e) = stream_response.close().await {
+            log::warn!("closing the orchestrator's stream: {e:?}");
+        }
     }
 
     async fn request_sender(

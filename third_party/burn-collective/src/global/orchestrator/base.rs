@@ -2,9 +2,10 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
+use crate::PeerId;
 use crate::global::{
     orchestrator::state::GlobalCollectiveState,
-    shared::{CollectiveMessage, GlobalCollectiveError},
+    shared::{CollectiveMessage, GlobalCollectiveError, RemoteRequest, RequestId, SessionId},
 };
 use burn_communication::{
     CommunicationChannel, Message, ProtocolServer, util::os_shutdown_signal, websocket::WsServer,
@@ -79,10 +80,11 @@ impl GlobalOrchestrator {
         let mut receiver = {
             let mut state = self.state.lock().await;
             state.get_session_responder(id)
-        };
+        }
+        .ok_or(GlobalCollectiveError::InvalidMessage)?;
 
         while let Some(response) = receiver.recv().await {
-            let bytes = rmp_serde::to_vec(&response).unwrap();
+            let bytes = rmp_serde::to_vec(&response).map_err(|_| GlobalCollectiveError::InvalidMessage)?;
 
             stream.send(Message::new(bytes.into())).await?;
         }
@@ -107,30 +109,78 @@ impl GlobalOrchestrator {
             };
 
             let mut state = self.state.lock().await;
-
-            let msg = rmp_serde::from_slice::<CollectiveMessage>(&msg.data)
-                .map_err(|_| GlobalCollectiveError::InvalidMessage)?;
-            match msg {
-                CollectiveMessage::Init(id) => {
-                    state.init_session(id);
-                    session_id = Some(id);
-                }
-                CollectiveMessage::Request(request_id, remote_request) => {
-                    let session_id = session_id.ok_or(GlobalCollectiveError::FirstMsgNotInit)?;
-                    state
-                        .process_request(session_id, request_id, remote_request)
-                        .await;
-                }
-            }
+            handle_request(&mut state, &mut session_id, &msg.data).await?;
         }
 
         Ok(())
     }
 }
 
-/// Start a global orchestrator with WebSocket on the given port
-pub async fn start_global_orchestrator(port: u16) {
-    let server = WsServer::new(port);
+/// One message on a request stream: `Init` names the stream's session, requests need one.
+async fn handle_request(
+    state: &mut GlobalCollectiveState,
+    session_id: &mut Option<SessionId>,
+    bytes: &[u8],
+) -> Result<(), GlobalCollectiveError> {
+    let msg = rmp_serde::from_slice::<CollectiveMessage>(bytes)
+        .map_err(|_| GlobalCollectiveError::InvalidMessage)?;
+    match msg {
+        CollectiveMessage::Init(id) => {
+            state.init_session(id);
+            *session_id = Some(id);
+        }
+        CollectiveMessage::Request(request_id, remote_request) => {
+            let session = session_id.ok_or(GlobalCollectiveError::FirstMsgNotInit)?;
+            state.process_request(session, request_id, remote_request).await;
+        }
+    }
+    Ok(())
+}
+
+/// splitmask-rs: a request stream's messages handled as the orchestrator handles them, without
+/// a network, until one is refused (a fuzz target: a peer's bytes give errors, never a panic
+/// or a wait). Returns how many were accepted.
+pub fn replay_requests(messages: &[&[u8]]) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        let mut state = GlobalCollectiveState::new();
+        let mut session_id = None;
+        let mut accepted = 0;
+        for bytes in messages {
+            if handle_request(&mut state, &mut session_id, bytes).await.is_err() {
+                break;
+            }
+            accepted += 1;
+        }
+        accepted
+    })
+}
+
+/// splitmask-rs: what one node sends on its request stream in a two-node run (`Init`,
+/// `Register`, `Finish`): seeds for fuzzing [`replay_requests`].
+pub fn sample_requests() -> Vec<Vec<u8>> {
+    let node_addr = "ws://127.0.0.1:3001".parse().expect("a valid address");
+    let register = RemoteRequest::Register {
+        node_addr,
+        num_nodes: 2,
+        peers: vec![PeerId(0), PeerId(1)],
+    };
+    [
+        CollectiveMessage::Init(SessionId::new()),
+        CollectiveMessage::Request(RequestId::new(), register),
+        CollectiveMessage::Request(RequestId::new(), RemoteRequest::Finish),
+    ]
+    .iter()
+    .map(|m| rmp_serde::to_vec(m).expect("a message serializes"))
+    .collect()
+}
+
+/// Start a global orchestrator with WebSocket on the given host and port (splitmask-rs: the
+/// host; upstream bound 0.0.0.0)
+pub async fn start_global_orchestrator(host: &str, port: u16) {
+    let server = WsServer::new(host, port);
     let res = GlobalOrchestrator::start(os_shutdown_signal(), server).await;
     if let Err(err) = res {
         log::error!("Global Collective Orchestrator error: {err:?}");

@@ -17,17 +17,26 @@ pub(crate) struct Session {
     response_receiver: Option<Receiver<CollectiveMessageResponse>>,
 }
 
+/// splitmask-rs: replies a session may have waiting for its response stream (upstream: 1, and a
+/// blocking send under the state's lock: a peer that never read its replies stalled every node).
+const SESSION_BACKLOG: usize = 64;
+
 impl Session {
     fn new() -> Self {
-        let (response_sender, recv) = tokio::sync::mpsc::channel::<CollectiveMessageResponse>(1);
+        let (response_sender, recv) =
+            tokio::sync::mpsc::channel::<CollectiveMessageResponse>(SESSION_BACKLOG);
         Self {
             response_sender,
             response_receiver: Some(recv),
         }
     }
 
-    async fn respond(&mut self, response: CollectiveMessageResponse) {
-        self.response_sender.send(response).await.unwrap();
+    /// Never waits: a session whose backlog is full (a peer that does not read its replies)
+    /// loses the reply instead of holding the orchestrator's lock.
+    fn respond(&mut self, response: CollectiveMessageResponse) {
+        if let Err(e) = self.response_sender.try_send(response) {
+            log::warn!("a reply to a session was dropped: {e}");
+        }
     }
 }
 
@@ -69,16 +78,14 @@ impl GlobalCollectiveState {
         self.sessions.insert(id, Session::new());
     }
 
-    /// Create the session with given id if necessary, and get the response receiver
+    /// Create the session with given id if necessary, and get the response receiver (None when
+    /// another connection took it already: splitmask-rs, upstream panicked).
     pub(crate) fn get_session_responder(
         &mut self,
         id: SessionId,
-    ) -> Receiver<CollectiveMessageResponse> {
+    ) -> Option<Receiver<CollectiveMessageResponse>> {
         self.init_session(id);
-        let session = self.sessions.get_mut(&id).unwrap();
-        let response_recv = session.response_receiver.take();
-
-        response_recv.unwrap()
+        self.sessions.get_mut(&id)?.response_receiver.take()
     }
 
     pub(crate) async fn respond(
@@ -86,8 +93,10 @@ impl GlobalCollectiveState {
         session_id: SessionId,
         response: CollectiveMessageResponse,
     ) {
-        let session = self.sessions.get_mut(&session_id).unwrap();
-        session.respond(response).await;
+        match self.sessions.get_mut(&session_id) {
+            Some(session) => session.respond(response),
+            None => log::warn!("a reply to an unknown session was dropped"),
+        }
     }
 
     /// Process an incoming node's request
