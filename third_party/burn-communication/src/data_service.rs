@@ -92,8 +92,8 @@ pub fn read_tensor_request(bytes: &[u8]) -> Option<TensorTransferId> {
     }
 }
 
-/// The bytes a peer sends: a tensor (as its reply) or a request for `transfer_id` (splitmask-rs:
-/// seeds for fuzzing the readers above).
+/// splitmask-rs: the bytes of a tensor reply, as the service sends them (and the fuzz targets'
+/// seeds are made).
 pub fn encode_tensor_reply(data: TensorData) -> Vec<u8> {
     rmp_serde::to_vec(&DataServiceMessage::Tensor(data)).expect("a tensor serializes")
 }
@@ -148,9 +148,7 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         max_downloads: u32,
         transfer_id: TensorTransferId,
     ) {
-        let bytes: bytes::Bytes = rmp_serde::to_vec(&DataServiceMessage::Tensor(tensor_data))
-            .unwrap()
-            .into();
+        let bytes: bytes::Bytes = encode_tensor_reply(tensor_data).into();
         let mut exposed_tensors = self.exposed_tensors.lock().await;
         exposed_tensors.insert(
             transfer_id,
@@ -194,10 +192,7 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         let mut stream = stream.lock().await;
 
         // Send the download request with the download id
-        let bytes: bytes::Bytes =
-            rmp_serde::to_vec(&DataServiceMessage::TensorRequest(transfer_id))
-                .ok()?
-                .into();
+        let bytes: bytes::Bytes = encode_tensor_request(transfer_id).into();
         if let Err(e) = stream.send(Message::new(bytes)).await {
             log::warn!("asking {remote} for a tensor: {e:?}");
             return None;
