@@ -15,21 +15,12 @@
 #include <ATen/ops/native_layer_norm_backward.h>
 #include <ATen/ops/scalar_tensor.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <exception>
 #include <vector>
 
-namespace {
+#include "error_message.h"
 
-char *error_message(const char *what) {
-  const size_t n = std::strlen(what) + 1;
-  char *out = static_cast<char *>(std::malloc(n));
-  if (out != nullptr) {
-    std::memcpy(out, what, n);
-  }
-  return out;
-}
+namespace {
 
 std::optional<at::Tensor> optional(const at::Tensor *t) {
   return t == nullptr ? std::nullopt : std::optional<at::Tensor>(*t);
@@ -61,7 +52,7 @@ char *sm_layer_norm_backward(const at::Tensor *grad_out, const at::Tensor *input
     out[2] = mask[2] ? adopt(std::move(std::get<2>(grads))) : nullptr;
     return nullptr;
   } catch (const std::exception &e) {
-    return error_message(e.what());
+    return sm_error_message(e.what());
   }
 }
 
@@ -95,7 +86,7 @@ char *sm_fused_adamw(at::Tensor *const *params, at::Tensor *const *grads,
                       /*amsgrad=*/false, /*maximize=*/false, scale, /*found_inf=*/std::nullopt);
     return nullptr;
   } catch (const std::exception &e) {
-    return error_message(e.what());
+    return sm_error_message(e.what());
   }
 }
 

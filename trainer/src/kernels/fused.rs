@@ -5,10 +5,15 @@
 //! square, mean, add, sqrt, divide, scale and shift; log-softmax as max, subtract, exp, sum,
 //! log and subtract. Each op is recorded and differentiated on its own, so a step makes dozens
 //! of passes over `[batch, tokens, dim]` activations (and over the `[tokens, vocab]` logits)
-//! where PyTorch makes one (flash attention, `native_layer_norm`, `_log_softmax`, and their
-//! backward kernels). For `Autodiff<LibTorch<f32 | bf16>>` each function here records a single
-//! autodiff node whose forward and backward are those ATen kernels; every other backend runs
-//! burn's own op, so flex and CubeCL compute what they computed before.
+//! where PyTorch makes one (`scaled_dot_product_attention`, `native_layer_norm`,
+//! `_log_softmax`, and their backward kernels), on the CPU and on CUDA alike. For
+//! `Autodiff<LibTorch<f32 | bf16>>` each function here records a single autodiff node whose
+//! forward and backward are those ATen kernels; every other backend runs burn's own op, so
+//! flex and CubeCL compute what they computed before.
+//!
+//! Mixed precision as `torch.autocast` does it: under bf16, layer norm widens to f32 here,
+//! log-softmax is only called on f32 inputs (the losses widen, see `model::losses`), and
+//! attention's softmax runs inside ATen's kernels with f32 accumulators.
 //!
 //! Tried and left out, measured in the same interleaved runs (cpu-small SplitMask, 6 pairs):
 //! linear layers as one `addmm` node reading a transposed weight copy (as `nn.Linear` does),
@@ -18,12 +23,12 @@
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::TensorPrimitive;
+use burn::tensor::{DType, TensorPrimitive};
 
 /// Multi-head self-attention on a fused qkv projection: `softmax(q kᵀ / sqrt(head_dim)) v`
 /// per batch and head, the heads' outputs side by side.
 ///
-/// On LibTorch's CPU this is one autodiff node: q, k and v are views into `qkv`, and the
+/// On LibTorch (CPU or CUDA) this is one autodiff node: q, k and v are views into `qkv`, and the
 /// backward writes their three gradients into one `qkv`-shaped tensor. Split into q, k and v
 /// by burn's ops instead, each part's backward zero-fills a whole `qkv`-sized gradient, copies
 /// its part in, and the three are added up: 3% of a BEiT step at cpu-tiny in fills alone.
@@ -52,7 +57,8 @@ fn attention_by_parts<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 
     out.swap_dims(1, 2).reshape([b, l, d]) // [batch, tokens, dim]
 }
 
-/// Layer norm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`.
+/// Layer norm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`, in f32
+/// for bf16 and f16 inputs.
 ///
 /// # Shapes
 /// - x: `[..., dim]`
@@ -64,6 +70,14 @@ pub fn layer_norm<B: Backend, const D: usize>(
     beta: Option<Tensor<B, 1>>,
     eps: f64,
 ) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    if matches!(dtype, DType::BF16 | DType::F16) {
+        // Statistics and normalization in f32, as autocast runs layer norm; the output back in
+        // the input's type for the matmul that follows. Casts are autodiff ops, so the
+        // gradients come back in the input's type too.
+        let beta = beta.map(|b| b.cast(DType::F32));
+        return layer_norm(x.cast(DType::F32), gamma.cast(DType::F32), beta, eps).cast(dtype);
+    }
     let (x, gamma, beta) = (
         x.into_primitive().tensor(),
         gamma.into_primitive().tensor(),
@@ -124,7 +138,7 @@ mod libtorch {
     use burn::prelude::Backend;
     use burn::tensor::ops::FloatTensor;
 
-    use crate::kernels::libtorch::{layer_norm_backward, Ad, Kernel, Ran};
+    use crate::kernels::libtorch::{attention_backward, attention_forward, layer_norm_backward, Ad, Kernel, Ran};
 
     type Float<B> = FloatTensor<B>;
 
@@ -155,24 +169,11 @@ mod libtorch {
         };
     }
 
-    /// LibTorch's CPU flash attention (what `F.scaled_dot_product_attention` runs on the
-    /// CPU), forward and backward, on q, k and v as views of the packed projection. LibTorch
-    /// on CUDA keeps burn's ops: its CUDA kernels of this kind take other layouts and are not
-    /// exercised by any test here.
+    /// ATen's `scaled_dot_product_attention` forward and backward on q, k and v as views of the
+    /// packed projection, on any LibTorch device: ATen picks the kernel PyTorch would (flash on
+    /// the CPU; flash or memory-efficient on CUDA) and records its backward, which
+    /// [`attention_backward`] runs.
     pub(super) struct Attention;
-
-    /// q, k and v as views of `qkv`.
-    ///
-    /// # Shapes
-    /// - qkv: `[batch, tokens, 3 * dim]`
-    /// - output: 3 x `[batch, heads, tokens, head_dim]`
-    fn split_heads(qkv: &tch::Tensor, heads: i64) -> [tch::Tensor; 3] {
-        let [b, l, d3] = qkv.size()[..] else {
-            unreachable!("the packed projection has three dimensions")
-        };
-        let parts = qkv.reshape([b, l, 3, heads, d3 / 3 / heads]).permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
-        [0, 1, 2].map(|i| parts.select(0, i))
-    }
 
     impl Kernel for Attention {
         type On<E: TchElement> = Ad<E>;
@@ -181,44 +182,50 @@ mod libtorch {
 
         fn run<E: TchElement>((qkv, heads): Self::Args<Ad<E>>) -> Ran<Self, Ad<E>> {
             let t = &qkv.primitive.tensor;
-            if t.device() != tch::Device::Cpu {
-                return Err((qkv, heads));
-            }
             let [b, l, d3] = t.size()[..] else {
                 unreachable!("a rank-3 burn tensor has three dimensions")
             };
-            let [q, k, v] = split_heads(t, heads as i64);
-            let (out, logsumexp) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
-                &q,
-                &k,
-                &v,
-                0.0,
-                false,
-                None::<tch::Tensor>,
-                None,
-            );
-            // The kernel writes `out` as `[batch, tokens, heads, head_dim]` in memory, so this is
-            // a view; it shares `out`'s storage record, which keeps burn from overwriting it in
-            // place while the backward still needs it.
-            let out = TchTensor::new(out);
-            let merged = out.tensor.transpose(1, 2).reshape([b, l, d3 / 3]); // [batch, tokens, dim]
-            let merged = TchTensor::from_existing(merged, out.storage.clone());
-            let state = AttentionState {
-                qkv: qkv.primitive,
-                out,
-                logsumexp: TchTensor::new(logsumexp),
+            // The kernel writes the output as `[batch, tokens, heads, head_dim]` in memory, so
+            // the merge is a view; it shares the output's storage record, which keeps burn from
+            // overwriting it in place while the backward still needs it.
+            let merge = |out: &TchTensor| {
+                let merged = out.tensor.detach().transpose(1, 2).reshape([b, l, d3 / 3]); // [batch, tokens, dim]
+                TchTensor::from_existing(merged, out.storage.clone())
             };
-            Ok(record!(AttentionBackward, [qkv.node], state, merged))
+            let prep = AttentionBackward
+                .prepare::<NoCheckpointing>([qkv.node.clone()])
+                .compute_bound()
+                .stateful();
+            Ok(match prep {
+                OpsKind::Tracked(prep) => {
+                    let (out, leaves) = attention_forward(t, heads as i64, true);
+                    let out = TchTensor::new(out);
+                    let merged = merge(&out);
+                    let [q, k, v] = leaves
+                        .expect("a tracked forward returns its leaves")
+                        .map(TchTensor::new);
+                    let state = AttentionState {
+                        _qkv: qkv.primitive,
+                        out,
+                        leaves: [q, k, v],
+                    };
+                    prep.finish(state, merged)
+                }
+                OpsKind::UnTracked(prep) => {
+                    let (out, _) = attention_forward(t, heads as i64, false);
+                    prep.finish(merge(&TchTensor::new(out)))
+                }
+            })
         }
     }
 
-    /// What the backward kernel reads: the packed input, the output and the rows'
-    /// log-sum-exp.
+    /// The tracked output (its ATen backward node holds what the kernel saved) and the q, k, v
+    /// leaves; the packed input is held only so that burn does not write over it in place.
     #[derive(Debug, Clone)]
     struct AttentionState {
-        qkv: TchTensor,
+        _qkv: TchTensor,
         out: TchTensor,
-        logsumexp: TchTensor,
+        leaves: [TchTensor; 3],
     }
 
     #[derive(Debug)]
@@ -230,24 +237,12 @@ mod libtorch {
         fn backward(self, ops: Ops<AttentionState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let grad = grads.consume::<LibTorch<E>>(&ops.node);
             let s = ops.state;
-            let out_shape = s.out.tensor.size(); // [batch, heads, tokens, head_dim]
-            let [b, h, l, dh] = out_shape[..] else {
+            let [b, h, l, dh] = s.out.tensor.size()[..] else {
                 unreachable!("attention output has four dimensions")
             };
-            let [q, k, v] = split_heads(&s.qkv.tensor, h);
             let grad_out = grad.tensor.reshape([b, l, h, dh]).transpose(1, 2); // [batch, heads, tokens, head_dim]
-            let (dq, dk, dv) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
-                &grad_out,
-                &q,
-                &k,
-                &v,
-                &s.out.tensor,
-                &s.logsumexp.tensor,
-                0.0,
-                false,
-                None::<tch::Tensor>,
-                None,
-            );
+            let leaves = s.leaves.map(|t| t.tensor);
+            let [dq, dk, dv] = attention_backward(&s.out.tensor, &grad_out, &leaves);
             // One copy into the projection's layout: [batch, tokens, 3, heads, head_dim].
             let parts = [dq, dk, dv].map(|g| g.transpose(1, 2));
             let dqkv = tch::Tensor::stack(&parts, 2).reshape([b, l, 3 * h * dh]);

@@ -11,6 +11,9 @@
 //!   specialisation); otherwise the caller gets its arguments back and runs burn's generic op.
 //! - [`layer_norm_backward`] and [`fused_adamw`]: ATen operators that tch 0.22 does not bind,
 //!   through the C++ shim `csrc/aten_ops.cpp` (built by `build.rs`).
+//! - [`attention_forward`] and [`attention_backward`]: `scaled_dot_product_attention` with its
+//!   backward run by ATen's autograd (`csrc/attention.cpp`), so whichever kernel ATen picks for
+//!   the device (flash or memory-efficient on CUDA, flash on the CPU) runs both ways.
 
 use std::any::Any;
 use std::ffi::{c_char, CStr};
@@ -95,6 +98,15 @@ unsafe extern "C" {
         weight_decay: f64,
         eps: f64,
         grad_scale: f64,
+    ) -> *mut c_char;
+    fn sm_attention_forward(qkv: *const C_tensor, heads: i64, track: bool, out: *mut *mut C_tensor) -> *mut c_char;
+    fn sm_attention_backward(
+        output: *const C_tensor,
+        grad_output: *const C_tensor,
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        out: *mut *mut C_tensor,
     ) -> *mut c_char;
 }
 
@@ -199,5 +211,51 @@ pub fn fused_adamw(
             s.grad_scale,
         );
         check("fused_adamw", err);
+    }
+}
+
+/// Multi-head attention of the packed projection `qkv` through ATen's
+/// `scaled_dot_product_attention`: the output, and where `track`, the q, k and v autograd
+/// leaves that [`attention_backward`] differentiates against (the output then carries ATen's
+/// backward node, which holds what the kernel saved).
+///
+/// # Shapes
+/// - qkv: `[batch, tokens, 3 * dim]`, q, k, v in that order, each `[heads, head_dim]` inside
+/// - output: `[batch, heads, tokens, head_dim]`; leaves: 3 x the same
+pub fn attention_forward(qkv: &tch::Tensor, heads: i64, track: bool) -> (tch::Tensor, Option<[tch::Tensor; 3]>) {
+    let mut out = [std::ptr::null_mut(); 4];
+    // SAFETY: `qkv` is a live tensor borrowed for the call; `out` has room for the shim's four
+    // results: the output, always set on success, and three leaves set exactly when `track`.
+    unsafe {
+        let err = sm_attention_forward(qkv.as_ptr(), heads, track, out.as_mut_ptr());
+        check("scaled_dot_product_attention", err);
+        let output = tch::Tensor::from_ptr(out[0]);
+        let leaves = track.then(|| [1, 2, 3].map(|i| tch::Tensor::from_ptr(out[i])));
+        (output, leaves)
+    }
+}
+
+/// The gradients of q, k and v of a tracked [`attention_forward`], given its output's
+/// gradient; ATen's autograd runs the backward kernel the forward recorded, once.
+pub fn attention_backward(
+    output: &tch::Tensor,
+    grad_output: &tch::Tensor,
+    leaves: &[tch::Tensor; 3],
+) -> [tch::Tensor; 3] {
+    let mut out = [std::ptr::null_mut(); 3];
+    let [q, k, v] = leaves;
+    // SAFETY: every pointer is a live tensor borrowed for the call; on success the shim writes
+    // three tensors it allocated, which are adopted once each.
+    unsafe {
+        let err = sm_attention_backward(
+            output.as_ptr(),
+            grad_output.as_ptr(),
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            out.as_mut_ptr(),
+        );
+        check("scaled_dot_product_attention backward", err);
+        out.map(|t| tch::Tensor::from_ptr(t))
     }
 }

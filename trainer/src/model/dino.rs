@@ -18,7 +18,7 @@ use rand::Rng;
 
 use crate::kernels::fused::log_softmax;
 use crate::model::init::{linear, param, trunc_normal};
-use crate::model::losses::l2_normalize;
+use crate::model::losses::{in_f32, l2_normalize};
 use crate::model::objective::{MethodSpec, MimBatch, MimOutput, Objective, Term, Unmasked};
 use crate::model::vit::{Mode, Pool, Vit, VitConfig};
 
@@ -309,7 +309,9 @@ impl<B: Backend> Dino<B> {
     fn loss(&self, teacher: Tensor<B, 2>, student: Tensor<B, 2>, b: usize, step: u64) -> (Tensor<B, 1>, Vec<Term<B>>) {
         let k = teacher.dims()[1];
         let views = student.dims()[0] / b;
-        let center = self.center.val().detach().reshape([1, k]);
+        // In f32 whatever the backend's float type (see `losses`).
+        let (teacher, student) = (in_f32(teacher), in_f32(student));
+        let center = in_f32(self.center.val().detach().reshape([1, k]));
         let t = (teacher - center) / self.teacher_temp(step);
         let q = softmax(t.clone(), 1); // [2 batch, prototypes]
         let logp = log_softmax(student / self.options.student_temp, 1).reshape([views, b, k]);

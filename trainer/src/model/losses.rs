@@ -1,8 +1,19 @@
 //! The losses: cross-entropy on visual tokens, SplitMask's symmetric InfoNCE, and the
 //! soft-target cross-entropy of fine-tuning (mixup / cutmix / label smoothing).
+//!
+//! Every loss is computed in f32, and returned in f32, whatever the backend's float type: the
+//! inputs are widened first, as `torch.autocast` runs softmax, log-softmax and the losses in
+//! f32 under bf16. The widening is an autodiff cast, so the gradients reach the bf16
+//! activations in bf16.
 
 use crate::kernels::fused::log_softmax;
 use burn::prelude::*;
+use burn::tensor::DType;
+
+/// `x` in f32 (a no-op where it is already).
+pub fn in_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.cast(DType::F32)
+}
 
 /// Mean cross-entropy of `logits` against integer `targets`, as log-softmax + gather: the
 /// vocabulary is 8192 wide, so no dense one-hot is built (burn's `CrossEntropyLoss` would).
@@ -13,7 +24,7 @@ use burn::prelude::*;
 /// - output: `[1]`
 pub fn token_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     let [n, _] = logits.dims();
-    let logp = log_softmax(logits, 1);
+    let logp = log_softmax(in_f32(logits), 1);
     let picked = logp.gather(1, targets.reshape([n, 1])); // [n, 1]
     picked.mean().neg()
 }
@@ -26,7 +37,7 @@ pub fn token_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 
 /// - output: `[1]`
 pub fn soft_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B, 1> {
     let [b, _] = logits.dims();
-    (log_softmax(logits, 1) * targets).sum().neg() / b as f64
+    (log_softmax(in_f32(logits), 1) * in_f32(targets)).sum().neg() / b as f64
 }
 
 /// Symmetric InfoNCE between two views' embeddings: pair i of `a` and `b` is the positive,
@@ -38,8 +49,8 @@ pub fn soft_cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2
 /// - output: `[1]`
 pub fn info_nce<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, temperature: f64) -> Tensor<B, 1> {
     let [n, _] = a.dims();
-    let a = l2_normalize(a);
-    let b = l2_normalize(b);
+    let a = l2_normalize(in_f32(a));
+    let b = l2_normalize(in_f32(b));
     let logits = a.matmul(b.transpose()) / temperature; // [batch, batch]
     let labels = Tensor::<B, 1, Int>::arange(0..n as i64, &logits.device());
     let ab = token_cross_entropy(logits.clone(), labels.clone());
@@ -113,5 +124,73 @@ backend_tests! {
         assert!((base - scaled).abs() < 1e-5);
         let shuffled = t2(&[0.1, 1.0, 0.7, 0.7, 1.0, 0.1], [3, 2]);
         assert!(scalar(info_nce(a, shuffled, 0.2)) > base + 1.0);
+    }
+}
+
+/// Mixed precision on LibTorch: bf16 activations in, an f32 loss out, bf16 gradients back.
+#[cfg(all(test, feature = "tch"))]
+mod bf16_tests {
+    use super::*;
+    use crate::kernels::fused::layer_norm;
+    use crate::model::objective::read_scalar;
+    use burn::backend::{Autodiff, LibTorch};
+    use burn::tensor::{Distribution, Tolerance};
+
+    type Half = Autodiff<LibTorch<burn::tensor::bf16>>;
+    type Full = Autodiff<LibTorch<f32>>;
+
+    /// `t` in bf16. burn keys a device's default float type by the device type, which
+    /// LibTorch<f32> and LibTorch<bf16> share: in a test process the first to use the CPU
+    /// device sets it for both, so these tests name their type.
+    fn bf16<const D: usize>(t: Tensor<Half, D>) -> Tensor<Half, D> {
+        t.cast(DType::BF16)
+    }
+
+    /// `t`'s values on the f32 backend, as a fresh leaf.
+    fn widened<const D: usize>(t: &Tensor<Half, D>) -> Tensor<Full, D> {
+        Tensor::from_data(t.to_data().convert::<f32>(), (&Default::default(), DType::F32)).require_grad()
+    }
+
+    /// The token loss of bf16 logits is the f32 loss of the same values, returned in f32 (not
+    /// rounded to bf16's 0.03 steps near 6), and its gradient comes back in bf16, within
+    /// bf16's rounding of the f32 gradient.
+    #[test]
+    fn the_loss_of_bf16_logits_is_computed_and_returned_in_f32() {
+        let device = Default::default();
+        let logits = bf16::<2>(Tensor::random([64, 512], Distribution::Normal(0.0, 3.0), &device)).require_grad();
+        let targets: Vec<i64> = (0..64).map(|i| (i * 37) % 512).collect();
+        let loss = token_cross_entropy(logits.clone(), Tensor::from_data(targets.as_slice(), &device));
+        assert_eq!(loss.dtype(), DType::F32);
+        let full = widened(&logits);
+        let want = token_cross_entropy(full.clone(), Tensor::from_data(targets.as_slice(), &device));
+        let (got_v, want_v) = (read_scalar(loss.clone()), read_scalar(want.clone()));
+        assert!((got_v - want_v).abs() < 1e-5, "{got_v} vs {want_v}");
+        let g = logits.grad(&loss.backward()).unwrap();
+        assert_eq!(g.dtype(), DType::BF16);
+        let want_g = full.grad(&want.backward()).unwrap();
+        g.into_data()
+            .convert::<f32>()
+            .assert_approx_eq::<f32>(&want_g.into_data(), Tolerance::<f32>::absolute(1e-4));
+    }
+
+    /// Layer norm of bf16 activations normalizes in f32 and hands bf16 back both ways: the
+    /// output is the f32 norm rounded once, so each row's mean stays within rounding of 0.
+    #[test]
+    fn bf16_layer_norm_normalizes_in_f32() {
+        let device = Default::default();
+        // A large offset, where a bf16 mean (steps of 2 at 300) would leave rows off-centre.
+        let x = bf16::<2>(Tensor::random([16, 384], Distribution::Normal(0.0, 1.0), &device) + 300.0).require_grad();
+        let gamma = bf16::<1>(Tensor::ones([384], &device)).require_grad();
+        let beta = bf16::<1>(Tensor::zeros([384], &device));
+        let y = layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-6);
+        assert_eq!(y.dtype(), DType::BF16);
+        let want = layer_norm(widened(&x), widened(&gamma), Some(widened(&beta)), 1e-6);
+        y.to_data()
+            .convert::<f32>()
+            .assert_approx_eq::<f32>(&want.into_data(), Tolerance::<f32>::absolute(0.02));
+        let weights = bf16::<2>(Tensor::random([16, 384], Distribution::Normal(0.0, 1.0), &device));
+        let grads = (y * weights).sum().backward();
+        assert_eq!(x.grad(&grads).unwrap().dtype(), DType::BF16);
+        assert_eq!(gamma.grad(&grads).unwrap().dtype(), DType::BF16);
     }
 }

@@ -10,6 +10,7 @@ use burn::prelude::*;
 use rand::Rng;
 
 use crate::model::init::{linear, param, trunc_normal};
+use crate::model::losses::in_f32;
 use crate::model::masking::draw_mask;
 use crate::model::objective::{Branch, MethodSpec, MimBatch, MimOutput, Objective, Term};
 use crate::model::vit::{
@@ -135,10 +136,10 @@ impl<B: Backend> Mae<B> {
     /// # Shapes
     /// - images: `[batch, 3, height, width]`
     /// - hidden: `[batch, m]`
-    /// - output: `[batch, m, 3 * patch * patch]`
+    /// - output: `[batch, m, 3 * patch * patch]`, in f32 (see `losses`)
     pub fn targets(&self, images: Tensor<B, 4>, hidden: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let p = self.encoder.patch_embed.patch_size;
-        let t = gather_tokens(PatchEmbed::patchify(images, p), hidden); // [batch, m, 3 p p]
+        let t = in_f32(gather_tokens(PatchEmbed::patchify(images, p), hidden)); // [batch, m, 3 p p]
         if !self.norm_pix_loss {
             return t;
         }
@@ -214,7 +215,7 @@ impl<B: Backend> Objective<B> for Mae<B> {
     fn forward(&self, batch: &MimBatch<B, Branch<B>>, mode: Mode) -> MimOutput<B> {
         let pred = self.predict(batch.images.clone(), &batch.masks, mode);
         let target = self.targets(batch.images.clone(), batch.masks.hidden.clone());
-        let mse = (pred - target).powi_scalar(2).mean();
+        let mse = (in_f32(pred) - in_f32(target)).powi_scalar(2).mean(); // in f32 (see `losses`)
         MimOutput {
             loss: mse.clone(),
             terms: vec![Term::Value(mse)],

@@ -207,8 +207,14 @@ impl<B: Backend> Term<B> {
             Term::Value(t) => t.clone(),
             Term::Accuracy { logits, targets } => argmax_rows(logits.clone()).equal(targets.clone()).float().mean(),
         };
-        t.into_scalar().elem::<f64>()
+        read_scalar(t)
     }
+}
+
+/// A one-element tensor's value as stored: a loss is f32 even on a bf16 backend, whose
+/// `into_scalar` would round it to bf16 (steps of 0.0625 at a token loss of 9).
+pub fn read_scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    t.into_data().iter::<f64>().next().expect("a one-element tensor")
 }
 
 /// What a forward pass returns: the loss minimized and the method's terms, in the order of

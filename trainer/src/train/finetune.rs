@@ -26,6 +26,7 @@ use crate::eval::features::{head_features, Pass};
 use crate::eval::probe::{fit_probe, Features, LinearProbe, ProbeConfig};
 use crate::model::classifier::Classifier;
 use crate::model::losses::soft_cross_entropy;
+use crate::model::objective::read_scalar;
 use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::{FinetuneConfig, HeadInit, InitSource, RunConfig, Schedule};
@@ -312,7 +313,7 @@ fn run<B: AutodiffBackend>(
             let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, classes]), device);
             let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, micro.index, 4), host.first));
             let loss = soft_cross_entropy(logits, t);
-            let logged = micro.log.then(|| vec![loss.clone().into_scalar().elem::<f64>()]);
+            let logged = micro.log.then(|| vec![read_scalar(loss.clone())]);
             Ok(MicroOutput {
                 loss,
                 logged,

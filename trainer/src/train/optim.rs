@@ -27,6 +27,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, FloatDType};
 use serde::{Deserialize, Serialize};
 
+use crate::model::objective::read_scalar;
+
 /// AdamW hyper-parameters (PyTorch's defaults for eps; burn's differ).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWSettings {
@@ -288,7 +290,7 @@ pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, gr
     }
     let mut v = Norms::<B> { grads, sum: None };
     module.visit(&mut v);
-    v.sum.map(|s| (s.into_scalar().elem::<f64>()).sqrt()).unwrap_or(0.0)
+    v.sum.map(|s| read_scalar(s).sqrt()).unwrap_or(0.0)
 }
 
 /// The multiplier that clips a gradient of norm `norm` to `max_norm` (1 when within).

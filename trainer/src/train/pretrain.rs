@@ -25,7 +25,7 @@ use crate::eval::features::{features, Pass};
 use crate::eval::knn::{knn, K, TEMPERATURE};
 use crate::model::device_tokenizer::DeviceTokenizer;
 use crate::model::method::{with_method, WithMethod};
-use crate::model::objective::{MethodSpec, MimBatch, Negatives, Objective};
+use crate::model::objective::{read_scalar, MethodSpec, MimBatch, Negatives, Objective};
 use crate::model::vit::{Mode, Vit};
 use crate::seed::mix;
 use crate::train::config::{PretrainConfig, RunConfig, Schedule, Targets};
@@ -266,15 +266,20 @@ pub fn device_batch<B: Backend, M: Objective<B>>(
     device: &B::Device,
 ) -> MimBatch<B, M::Masks> {
     let (b, s, first) = (host.len(), host.size, host.first);
-    let images = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, s, s]), device);
-    let targets = match (M::TOKEN_TARGETS, host.tokens, tokenizer) {
-        (false, ..) => None,
+    let upload = |pixels| Tensor::<B, 4>::from_data(TensorData::new(pixels, [b, 3, s, s]), device);
+    let (images, targets) = match (M::TOKEN_TARGETS, host.tokens, tokenizer) {
         (true, Some(t), _) => {
             let n = t.len() / b;
-            Some(Tensor::from_data(TensorData::new(t, [b, n]), device))
+            (
+                upload(host.images),
+                Some(Tensor::from_data(TensorData::new(t, [b, n]), device)),
+            )
         }
-        (true, None, Some(tokenizer)) => Some(tokenizer.tokens(images.clone())),
-        (true, None, None) => None,
+        (true, None, Some(tokenizer)) => {
+            let (images, tokens) = tokenizer.upload(host.images, [b, s], device);
+            (images, Some(tokens))
+        }
+        _ => (upload(host.images), None),
     };
     // One generator per sample, keyed by its position in the global batch, so a rank holding
     // positions `first..first + b` draws the masks one process with the whole batch draws.
@@ -355,7 +360,7 @@ impl<B: AutodiffBackend, O: std::fmt::Debug> Rank<'_, B, O> {
                     g.failure()?;
                 }
                 let logged = micro.log.then(|| {
-                    let mut v = vec![out.loss.clone().into_scalar().elem::<f64>()];
+                    let mut v = vec![read_scalar(out.loss.clone())];
                     v.extend(out.values());
                     v
                 });

@@ -141,3 +141,84 @@ fn pretokenized_targets_match_the_device_and_train() {
     let err = bad.resolve().unwrap_err().to_string();
     assert!(err.contains("224 px views and a 14x14 grid"), "{err}");
 }
+
+/// Under `--precision bf16` on LibTorch the device targets are the f32 targets, token for
+/// token: the tokenizer scores the host's f32 pixels in f32 and only the encoder's copy is
+/// rounded. The control scores the rounded view in bf16, as the trainer did before, and must
+/// move targets, or this test could not tell the two apart. Then a short bf16 SplitMask run
+/// trains, its losses finite and logged beyond bf16's resolution.
+#[cfg(feature = "tch")]
+#[test]
+fn bf16_device_targets_equal_f32_targets_on_libtorch() {
+    use burn::backend::LibTorch;
+    use burn::tensor::{bf16, DType};
+    type Half = LibTorch<bf16>;
+    let Some(f) = fixture() else { return };
+    let vocab = load_vocab(&f.vocab_full);
+    let images = ImageSet::load(&f.dir, "val").unwrap();
+    let device = Default::default();
+    let n = 32;
+    let mut pixels = Vec::new();
+    for i in 0..n {
+        to_chw(&vocab.canonical_views(&images.image(i).unwrap())[0], &mut pixels);
+    }
+    let full = DeviceTokenizer::<LibTorch<f32>>::new(&vocab, 16, &device).unwrap();
+    let exact = Tensor::<LibTorch<f32>, 4>::from_data(TensorData::new(pixels.clone(), [n, 3, 224, 224]), &device);
+    let want: Vec<i64> = full.tokens(exact).into_data().iter::<i64>().collect();
+
+    let half = DeviceTokenizer::<Half>::new(&vocab, 16, &device).unwrap();
+    let (view, tokens) = half.upload(pixels, [n, 224], &device);
+    assert_eq!(view.dtype(), DType::BF16, "the encoder's copy is in the backend's type");
+    let got: Vec<i64> = tokens.into_data().iter::<i64>().collect();
+    assert_eq!(got, want, "bf16 targets equal f32 targets");
+
+    // burn keys a device's default float type by the device type, which LibTorch<f32> and
+    // LibTorch<bf16> share: the first backend to use the CPU device in a process sets it for
+    // both, so the control names bf16 and the training run below gets a process of its own.
+    let (v, d) = (vocab.header.size, vocab.header.dim);
+    let entries =
+        Tensor::<Half, 2>::from_data(TensorData::new(vocab.embeddings.clone(), [v, d]), &device).cast(DType::BF16);
+    let vectors = half.patch_vectors(view).reshape([n * 196, d]);
+    assert_eq!(vectors.dtype(), DType::BF16);
+    let rounded: Vec<i64> = vectors
+        .matmul(entries.transpose())
+        .argmax(1)
+        .into_data()
+        .iter::<i64>()
+        .collect();
+    let moved = rounded.iter().zip(&want).filter(|(a, b)| a != b).count();
+    eprintln!("scored in bf16: {moved} of {} targets move", want.len());
+    assert!(moved * 100 > want.len(), "bf16 scoring moves targets: {moved}");
+
+    let out = tempfile::tempdir().unwrap();
+    #[rustfmt::skip]
+    let argv = [
+        "--quiet", "pretrain", "--recipes", &crate::workspace().join("datasets").display().to_string(),
+        "--data", &f.dir.display().to_string(),
+        "--vocab", &f.vocab_full.display().to_string(), "--out", &out.path().display().to_string(),
+        "--method", "splitmask", "--model", "cpu-tiny", "--batch-size", "8", "--max-steps", "3",
+        "--log-every", "1", "--limit-images", "64", "--backend", "tch", "--precision", "bf16",
+    ];
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(argv)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = std::fs::read_to_string(out.path().join(trainer::train::run_folder::METRICS_FILE)).unwrap();
+    let losses: Vec<f64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 3);
+    // ln(8192) plus InfoNCE's ln(8): about 11, where bf16's neighbours are 0.0625 apart.
+    let on_bf16_grid = |x: f64| (x / 0.0625 - (x / 0.0625).round()).abs() < 1e-6;
+    assert!(losses.iter().all(|l| l.is_finite() && *l > 5.0), "{losses:?}");
+    assert!(
+        !losses.iter().all(|&l| on_bf16_grid(l)),
+        "losses are kept in f32: {losses:?}"
+    );
+}
