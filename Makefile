@@ -48,7 +48,7 @@ TCH_ENV   = LIBTORCH=$(TORCH_DIR)
 TRAINER_FEATURES := $(if $(filter tch,$(BACKEND)),tch,$(if $(filter cuda,$(DEVICE)),cuda))
 BACKEND_FLAGS = --device $(DEVICE) --backend $(BACKEND)
 
-.PHONY: all venv build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm check test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective bench-train
+.PHONY: all venv build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm check test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective bench-train bench-loader
 
 all: build
 
@@ -207,6 +207,14 @@ bench-train: venv
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check numpy
 	$(TCH_ENV) $(CARGO) build --release -p trainer --features tch
 	$(VENV)/bin/python bench/train/run.py --trainer $(TRAINER) $(BENCH_TRAIN_ARGS)
+
+# The pre-training input pipeline alone (trainer bench-loader) against torchvision's
+# ImageFolder + DataLoader and decode_jpeg on the same JPEG bytes, per core and on all cores.
+BENCH_LOADER_ARGS ?=
+bench-loader: venv images vocab
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check torchvision==0.24.0 pyarrow pillow numpy
+	$(TCH_ENV) $(CARGO) build --release -p trainer --features tch
+	$(VENV)/bin/python bench/loader/run.py --data $(OUT) --vocab $(VOCAB_FILE) $(BENCH_LOADER_ARGS)
 
 # Needs the prepared dataset (make images). OPENBLAS_* are unset for numpy's fastest kernels.
 bench-kmeans: python-deps

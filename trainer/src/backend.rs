@@ -40,6 +40,29 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Asks Linux to back a large fresh buffer with 2 MiB pages, before it is first written.
+///
+/// A batch of 64 views at 224 px is 38.5 MB, above malloc's largest mmap threshold, so each
+/// batch is mapped afresh; faulting it in 4 KiB at a time (and unmapping it after) took a fifth
+/// of the loader's time on one core (perf, `trainer bench-loader`). Advice only: where
+/// transparent huge pages are off the pages stay small, and the contents are never changed.
+pub fn advise_huge_pages(buf: &mut [f32]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = buf.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(buf);
+        let (from, to) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+        if to > from {
+            // SAFETY: [from, to) lies inside `buf`, borrowed mutably for the call; madvise with
+            // MADV_HUGEPAGE changes how the kernel backs those pages, not what they hold.
+            unsafe {
+                libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+}
+
 /// The CPU backend of LibTorch (build with `--features tch`).
 #[cfg(feature = "tch")]
 pub type TchBackend = burn::backend::LibTorch<f32>;

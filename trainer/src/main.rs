@@ -32,6 +32,9 @@ enum Command {
     Export(commands::export::Args),
     /// Time training steps on synthetic data (one JSON line per run on stdout).
     Bench(commands::bench::Args),
+    /// Time the pre-training input pipeline alone: shards, decode, crop, flip, normalized
+    /// batch (one JSON line on stdout; the flags of `pretrain`).
+    BenchLoader(commands::bench_loader::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,5 +84,6 @@ fn run() -> Result<()> {
         Command::Report(args) => commands::report::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::BenchLoader(args) => commands::bench_loader::run(args),
     }
 }

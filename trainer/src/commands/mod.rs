@@ -3,6 +3,7 @@
 //! with `anyhow`.
 
 pub mod bench;
+pub mod bench_loader;
 pub mod eval;
 pub mod export;
 pub mod finetune;

@@ -421,13 +421,15 @@ pub fn random_erase<R: Rng>(chw: &mut [f32], size: usize, prob: f64, rng: &mut R
 
 /// Normalized CHW floats of a view, appended to `out`.
 pub fn to_chw(view: &RgbImage, out: &mut Vec<f32>) {
-    let (w, h) = view.dimensions();
+    // Each channel's 256 normalized values, computed as the per-pixel formula computes them
+    // (the same floats): two divisions per value cost a fifth of the loader's time.
+    static LUT: std::sync::LazyLock<[[f32; 256]; 3]> = std::sync::LazyLock::new(|| {
+        std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - MEAN[c]) / STD[c]))
+    });
     let raw = view.as_raw();
-    let n = (w * h) as usize;
-    out.reserve(3 * n);
-    for c in 0..3 {
-        let (m, s) = (MEAN[c], STD[c]);
-        out.extend((0..n).map(|i| (raw[i * 3 + c] as f32 / 255.0 - m) / s));
+    out.reserve(raw.len());
+    for (c, lut) in LUT.iter().enumerate() {
+        out.extend(raw[c..].iter().step_by(3).map(|&v| lut[v as usize]));
     }
 }
 

@@ -312,20 +312,17 @@ fn batch_of(
             Ok((vec![chw], s.label as i64, tokens))
         })
         .collect();
-    let mut per_view: Vec<Vec<f32>> = Vec::new();
-    let mut labels = Vec::with_capacity(batch);
-    let mut tokens: Option<Vec<i64>> = None;
-    for v in views {
-        let (chws, label, t) = v?;
-        per_view.resize_with(chws.len(), Vec::new);
-        for (all, chw) in per_view.iter_mut().zip(chws) {
-            all.extend(chw);
-        }
-        labels.push(label);
-        if let Some(t) = t {
-            tokens.get_or_insert_with(Vec::new).extend(t);
-        }
-    }
+    let views: Vec<View> = views.into_iter().collect::<Result<_, _>>()?;
+    let labels = views.iter().map(|v| v.1).collect();
+    let tokens = views
+        .iter()
+        .map(|v| v.2.as_deref())
+        .collect::<Option<Vec<_>>>()
+        .map(|t| t.concat());
+    let view_count = views.first().map_or(0, |v| v.0.len());
+    let per_view: Vec<Vec<f32>> = (0..view_count)
+        .map(|k| concat(&views.iter().map(|v| v.0[k].as_slice()).collect::<Vec<_>>()))
+        .collect();
     let mut per_view = per_view.into_iter();
     let images = per_view.next().unwrap_or_default();
     // The extra views' sides are the multi-crop's (the first view is `images`).
@@ -351,6 +348,20 @@ fn batch_of(
         first: first as u64,
         views,
     })
+}
+
+/// Equal-length `parts` end to end, copied in parallel (a serial gather on the loader's thread
+/// held back every decode thread: 2 cores decoded at 1.2x of one).
+fn concat(parts: &[&[f32]]) -> Vec<f32> {
+    let len = parts.first().map_or(0, |p| p.len());
+    let mut out = vec![0f32; len * parts.len()];
+    crate::backend::advise_huge_pages(&mut out);
+    if len > 0 {
+        out.par_chunks_mut(len)
+            .zip(parts.par_iter())
+            .for_each(|(dst, src)| dst.copy_from_slice(src));
+    }
+    out
 }
 
 /// Normalized CHW floats of a view.

@@ -207,14 +207,7 @@ impl Inputs {
             Some(path) => Some(same_vocabulary(path, cfg.vocab_sha256.as_deref())?),
             None => None,
         };
-        let train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
-        let (mut set, held) = cfg.run.split_train(train);
-        if let Some(n) = cfg.run.limit_images {
-            set = set.truncate(n);
-        }
-        if let (Targets::Pretokenized, Some(sha)) = (cfg.targets, &cfg.vocab_sha256) {
-            set.attach_tokens(sha)?;
-        }
+        let (set, held) = training_set(cfg)?;
         // The k-NN monitor's bank is the training set itself; its queries the selection rows
         // (the held-out train rows when the evaluation split is the test split).
         let knn_queries = match (cfg.knn_every > 0, held) {
@@ -235,6 +228,21 @@ impl Inputs {
             knn_queries,
         })
     }
+}
+
+/// The rows a run trains on (the train split less the selection rows, cut to
+/// `--limit-images`, with the token grids attached for pre-tokenized targets), and the
+/// selection rows held out, if any.
+pub fn training_set(cfg: &PretrainConfig) -> Result<(ImageSet, Option<ImageSet>)> {
+    let train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
+    let (mut set, held) = cfg.run.split_train(train);
+    if let Some(n) = cfg.run.limit_images {
+        set = set.truncate(n);
+    }
+    if let (Targets::Pretokenized, Some(sha)) = (cfg.targets, &cfg.vocab_sha256) {
+        set.attach_tokens(sha)?;
+    }
+    Ok((set, held))
 }
 
 /// The vocabulary at `path`, refused if it is not the one the run's config resolved (`sha`):

@@ -24,6 +24,7 @@ mod finetune_runs;
 mod fuzz_targets;
 mod layering;
 mod layouts;
+mod loader_bench;
 mod paper_datasets;
 mod pretrain_runs;
 mod targets;
