@@ -195,8 +195,9 @@ bench-collective:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check torch
 	$(PYTHON) bench/collective/run.py
 
-# Builds the CUDA trainer here and writes bench/gpu/carry/ (binary + scripts) for the GPU machine;
-# bench/gpu/run_device.sh runs there (see bench/gpu/README.md).
+# Builds the CUDA trainer and the pipeline here and stages bench/gpu/carry/ (stripped, compressed
+# binaries, scripts, recipes, 1,200 Imagenette JPEGs; under 64 MiB) for the GPU machine, where
+# bench/gpu/run_device.sh runs (see bench/gpu/README.md).
 bench-gpu:
 	bash bench/gpu/build.sh
 
