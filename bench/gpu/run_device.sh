@@ -7,7 +7,9 @@
 #      tokenizer) from shards the carried pipeline prepares out of 1,200 real Imagenette
 #      JPEGs, with the loader's wait per step; with two GPUs, the same on --devices cuda:0,1;
 #   3. CubeCL (burn's own CUDA kernels) on what time is left: its first step compiles and
-#      autotunes for minutes, so it goes last.
+#      autotunes for minutes, so it goes last;
+#   4. around them, the bf16 device tokenizer's targets against the host's f32 tokenizer on
+#      256 real images (LibTorch first, CubeCL last).
 # Prints img/s, peak memory and each ratio against the reference; everything lands in $OUT.
 # Usage: OUT=<dir> bash bench/gpu/carry/run_device.sh
 # Smoke test of the script's plumbing on a CPU machine (LibTorch on the CPU, tiny sizes):
@@ -119,6 +121,20 @@ print(json.dumps({"impl_name": "burn-tch-pretrain", "run": sys.argv[2], "logged"
 PY
 }
 
+# The bf16 device tokenizer's targets against the host's f32 tokenizer (near-ties only).
+targets() {  # targets BACKEND
+  local cap; cap=$(capped 60)
+  (( cap == 0 )) && { log "SKIP targets $1: budget spent"; return; }
+  if [ "$1" = tch ] && [ -z "$TORCH_LIB" ] && [ -z "$SMOKE" ]; then log "SKIP targets tch: no torch 2.9 here"; return; fi
+  prepare || { log "prepare failed"; return; }
+  local data="$OUT/imagenette-mini"
+  log "== targets $1 (timeout ${cap}s)"
+  timeout -k 5 "$cap" "$TRAINER" bench-targets --data "$data" --vocab "$data"/vocab-random_projection-8192-s0.safetensors \
+    --images 256 --device "$DEVICE" --backend "$1" --precision bf16 >> "$RES" 2>> "$LOG"
+  log "   rc=$? (1: targets differ beyond near-ties)"
+}
+
+targets tch
 ours splitmask "$SMALL" 60 tch
 ours beit "$SMALL" 45 tch
 ours splitmask "$BASE" 60 tch
@@ -133,6 +149,7 @@ theirs splitmask small 90 --compile
 theirs beit small 90 --compile
 ours splitmask "$SMALL" 240 native
 ours beit "$SMALL" 120 native
+targets native
 log "== total $(( $(date +%s) - START ))s"
 python3 - "$RES" <<'PY'
 import json, sys
@@ -148,6 +165,9 @@ for r in rows:
             print(f"{key(r)}: {o['impl_name']} {o['images_per_s']:.0f} img/s vs torch"
                   f"{' compiled' if r.get('compile') else ' eager'} {t:.0f} img/s: {o['images_per_s'] / t:.2f}x")
 for r in rows:
+    if "not_near_ties" in r:
+        print(f"targets {r['impl_name']}: {r['differ']} of {r['tokens']} differ from the host's, "
+              f"{r['not_near_ties']} beyond near-ties")
     if r.get("impl_name") == "burn-tch-pretrain":
         print(f"pretrain {r['run']}: {r['images_per_s']} img/s, loader wait {r['data_wait_s_per_window']} s per logged window")
 PY

@@ -35,6 +35,9 @@ enum Command {
     /// Time the pre-training input pipeline alone: shards, decode, crop, flip, normalized
     /// batch (one JSON line on stdout; the flags of `pretrain`).
     BenchLoader(commands::bench_loader::Args),
+    /// Compare the device tokenizer's targets, on this device and float type, with the host's
+    /// (one JSON line on stdout; fails beyond near-ties).
+    BenchTargets(commands::bench_targets::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,5 +88,6 @@ fn run() -> Result<()> {
         Command::Export(args) => commands::export::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::BenchLoader(args) => commands::bench_loader::run(args),
+        Command::BenchTargets(args) => commands::bench_targets::run(args),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_loader;
+pub mod bench_targets;
 pub mod eval;
 pub mod export;
 pub mod finetune;

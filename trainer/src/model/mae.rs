@@ -215,7 +215,7 @@ impl<B: Backend> Objective<B> for Mae<B> {
     fn forward(&self, batch: &MimBatch<B, Branch<B>>, mode: Mode) -> MimOutput<B> {
         let pred = self.predict(batch.images.clone(), &batch.masks, mode);
         let target = self.targets(batch.images.clone(), batch.masks.hidden.clone());
-        let mse = (in_f32(pred) - in_f32(target)).powi_scalar(2).mean(); // in f32 (see `losses`)
+        let mse = (in_f32(pred) - target).powi_scalar(2).mean(); // in f32 (see `losses`)
         MimOutput {
             loss: mse.clone(),
             terms: vec![Term::Value(mse)],

@@ -190,6 +190,22 @@ fn bf16_device_targets_equal_f32_targets_on_libtorch() {
     eprintln!("scored in bf16: {moved} of {} targets move", want.len());
     assert!(moved * 100 > want.len(), "bf16 scoring moves targets: {moved}");
 
+    // The device script's check, in a process of its own: LibTorch bf16 against the host.
+    #[rustfmt::skip]
+    let check = [
+        "bench-targets", "--data", &f.dir.display().to_string(), "--vocab", &f.vocab_full.display().to_string(),
+        "--images", "40", "--backend", "tch", "--precision", "bf16",
+    ];
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(check)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["tokens"], 40 * 196, "{line}");
+    assert_eq!(line["not_near_ties"], 0, "{line}");
+    assert_eq!(line["impl_name"], "burn-tch-cpu-bf16", "{line}");
+
     let out = tempfile::tempdir().unwrap();
     #[rustfmt::skip]
     let argv = [
