@@ -12,7 +12,7 @@
 //! | 1 | [`adapters`], [`shard`], [`transcode`], [`views`] | dataset layouts, the shard format, image decoding and views |
 //! | 2 | [`prepare`], [`recipe`] | listing -> shards with a manifest; dataset recipes |
 //! | 3 | [`vocab`] | visual vocabularies (random projection, random patches, k-means), the tokenizer, token shards |
-//! | 4 | [`inspect`] | checks and contact sheets of a prepared dataset |
+//! | 4 | [`inspect`], [`coco_json`] | checks and contact sheets of a prepared dataset; a prepared COCO split as a detection dataset |
 //!
 //! The trainer depends on this crate for the shard reader and image views so that both sides
 //! see the same pixels.
@@ -20,6 +20,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod adapters;
+pub mod coco_json;
 pub mod error;
 pub mod inspect;
 pub mod interrupt;

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{inspect, merge, prepare, recipes, tokenize, vocab};
+use commands::{coco_json, inspect, merge, prepare, recipes, tokenize, vocab};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,9 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// List the dataset recipes: evaluation split, pre-training epochs and fine-tuning recipe.
     Recipes(recipes::RecipesArgs),
+    /// Write a prepared COCO split as a detection dataset (instances json + images) whose
+    /// boxes and masks are in the stored images' pixels.
+    CocoJson(coco_json::CocoJsonArgs),
 }
 
 fn run() -> Result<ExitCode> {
@@ -53,6 +56,7 @@ fn run() -> Result<ExitCode> {
         Command::Vocab(command) => vocab::run(command),
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Recipes(args) => recipes::run(&args),
+        Command::CocoJson(args) => coco_json::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

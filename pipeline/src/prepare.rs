@@ -563,6 +563,32 @@ pub fn merge(out_dir: &Path) -> Result<Manifest> {
     merge_listing(&cfg, &listing, &plan)
 }
 
+/// A side table as written: COCO's annotations scaled to the images the split's shards store
+/// (see `adapters::coco_pixels`); any other table as listed.
+fn in_stored_pixels(
+    out: &Path,
+    t: &crate::adapters::SideTable,
+    shards: &[ShardEntry],
+) -> Result<(arrow_array::RecordBatch, BTreeMap<String, String>)> {
+    use crate::adapters::coco_pixels::{stored_sizes, to_stored_pixels};
+    let mut metadata = t.metadata.clone();
+    if t.original_sizes.is_empty() {
+        return Ok((t.batch.clone(), metadata));
+    }
+    let split = t.file.trim_start_matches("annotations-").trim_end_matches(".parquet");
+    let mut stored = BTreeMap::new();
+    for s in shards.iter().filter(|s| s.split == split) {
+        stored.extend(stored_sizes(&out.join(&s.file))?);
+    }
+    let (batch, dropped) = to_stored_pixels(&t.batch, &t.original_sizes, &stored, &out.join(&t.file))?;
+    metadata.insert(
+        "coordinates".into(),
+        "stored image pixels (width, height columns)".into(),
+    );
+    metadata.insert("annotations_of_unstored_images".into(), dropped.to_string());
+    Ok((batch, metadata))
+}
+
 fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) -> Result<Manifest> {
     let out = &cfg.out_dir;
     let mut splits: BTreeMap<String, SplitStats> = BTreeMap::new();
@@ -611,12 +637,12 @@ fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) 
     }
     let mut side_tables = Vec::new();
     for t in &listing.side_tables {
-        let kv = t
-            .metadata
+        let (batch, metadata) = in_stored_pixels(out, t, &shards)?;
+        let kv = metadata
             .iter()
             .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone()))
             .collect();
-        let (bytes, sha256) = write_table(&out.join(&t.file), &t.batch, kv)?;
+        let (bytes, sha256) = write_table(&out.join(&t.file), &batch, kv)?;
         side_tables.push(ShardEntry {
             file: t.file.clone(),
             split: t
@@ -624,7 +650,7 @@ fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) 
                 .trim_start_matches("annotations-")
                 .trim_end_matches(".parquet")
                 .to_string(),
-            rows: t.batch.num_rows() as u64,
+            rows: batch.num_rows() as u64,
             bytes,
             sha256,
         });
@@ -637,6 +663,7 @@ fn merge_listing(cfg: &PrepareConfig, listing: &Listing, plan: &[PlannedShard]) 
         source: cfg.source.display().to_string(),
         settings: cfg.settings_json(),
         class_names: listing.class_names.clone(),
+        mask_classes: listing.mask_classes.clone(),
         splits,
         eval_split: Some(cfg.eval_split.clone()),
         shards,

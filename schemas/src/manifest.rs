@@ -19,6 +19,10 @@ pub struct Manifest {
     /// Every setting that changes the bytes written, as resolved for this run.
     pub settings: serde_json::Value,
     pub class_names: Vec<String>,
+    /// Segmentation datasets: the classes of the `mask` column's values, value i naming class
+    /// i; any other value is the ignore label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mask_classes: Vec<String>,
     /// Per split: image counts and per-class counts.
     pub splits: BTreeMap<String, SplitStats>,
     /// The split models are evaluated on (the recipe's `eval_split`); manifests written before
@@ -181,6 +185,7 @@ mod tests {
             source: "/anywhere/is/fine".into(),
             settings: serde_json::Value::Null,
             class_names: vec![],
+            mask_classes: vec![],
             splits: BTreeMap::from([("train".to_string(), SplitStats::default())]),
             eval_split: None,
             shards: vec![entry("train-00000.parquet"), entry(shard)],

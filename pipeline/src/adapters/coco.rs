@@ -1,6 +1,7 @@
 //! COCO 2017: `{train,val}2017/` images described by `annotations/instances_{split}2017.json`.
 //! Images are unlabeled for classification (-1) and keep their COCO id; the annotations go to a
-//! side table (`annotations-<split>.parquet`) so detection export stays possible.
+//! side table (`annotations-<split>.parquet`), rescaled to the stored images once the shards
+//! exist (`coco_pixels`), so `pipeline coco-json` writes a detection set that lines up.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +28,11 @@ struct Instances {
 struct CocoImage {
     id: i64,
     file_name: String,
+    /// The original image's size: the annotations' coordinate frame.
+    #[serde(default)]
+    width: u32,
+    #[serde(default)]
+    height: u32,
 }
 
 #[derive(Deserialize)]
@@ -159,9 +165,21 @@ fn annotation_table(split: &str, json_path: &Path, inst: &Instances) -> Result<S
         "coco_categories".to_string(),
         serde_json::Value::from(categories).to_string(),
     );
+    let mut original_sizes = BTreeMap::new();
+    for img in &inst.images {
+        if img.width == 0 || img.height == 0 {
+            return Err(PipelineError::BadField {
+                path: json_path.to_path_buf(),
+                field: format!("images[id={}].width/height", img.id),
+                message: "missing or zero: the annotations cannot be scaled to the stored image".into(),
+            });
+        }
+        original_sizes.insert(img.id, [img.width, img.height]);
+    }
     Ok(SideTable {
         file: format!("annotations-{split}.parquet"),
         batch,
         metadata,
+        original_sizes,
     })
 }

@@ -47,12 +47,17 @@ pub struct SideTable {
     pub file: String,
     pub batch: arrow_array::RecordBatch,
     pub metadata: BTreeMap<String, String>,
+    /// COCO: `coco_id -> [width, height]` of the original images, the annotations' pixels;
+    /// `prepare` rescales the table to the stored images with it (empty: nothing to rescale).
+    pub original_sizes: BTreeMap<i64, [u32; 2]>,
 }
 
 /// What an adapter found.
 pub struct Listing {
     pub adapter: &'static str,
     pub class_names: Vec<String>,
+    /// Segmentation: the label maps' classes, value i naming class i (empty elsewhere).
+    pub mask_classes: Vec<String>,
     pub images: Vec<SourceImage>,
     /// Inputs the metadata rules out before any decode: unknown class, unlisted file, ...
     pub skipped: Vec<SkippedFile>,
@@ -64,6 +69,7 @@ impl Listing {
         Listing {
             adapter,
             class_names,
+            mask_classes: Vec::new(),
             images: Vec::new(),
             skipped: Vec::new(),
             side_tables: Vec::new(),

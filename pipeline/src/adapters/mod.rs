@@ -9,12 +9,14 @@ use crate::error::{PipelineError, Result};
 pub mod ade20k;
 pub mod cars;
 pub mod coco;
+pub mod coco_pixels;
 pub mod domainnet;
 pub mod folder;
 pub mod food101;
 pub mod imagenet;
 pub mod inat;
 pub mod listing;
+pub mod segmentation;
 
 pub use listing::{AdapterOptions, Listing, SideTable, SourceImage};
 
@@ -27,6 +29,7 @@ pub const ADAPTERS: &[&str] = &[
     "food101",
     "ade20k",
     "folder",
+    "segmentation",
 ];
 
 /// Lists a dataset with the named adapter.
@@ -46,6 +49,7 @@ pub fn list(adapter: &str, root: &Path, opts: &AdapterOptions) -> Result<Listing
         "food101" => food101::list(root)?,
         "ade20k" => ade20k::list(root)?,
         "folder" => folder::list(root)?,
+        "segmentation" => segmentation::list(root)?,
         other => {
             return Err(PipelineError::Invalid(format!(
                 "unknown adapter {other:?}; known: {}",

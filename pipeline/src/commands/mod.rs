@@ -1,6 +1,7 @@
 //! The subcommands of the `pipeline` binary, one file each, and the argument groups and
 //! printing they share.
 
+pub mod coco_json;
 pub mod inspect;
 pub mod merge;
 pub mod prepare;

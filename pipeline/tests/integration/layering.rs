@@ -25,6 +25,7 @@ fn modules_import_only_their_own_layer_or_below_and_never_in_a_loop() {
             ("recipe", 2),
             ("vocab", 3),
             ("inspect", 4),
+            ("coco_json", 4),
             // The binary's subcommands (src/commands/, beside main.rs): above the whole library.
             ("commands", 5),
         ],

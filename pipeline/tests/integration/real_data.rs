@@ -129,11 +129,190 @@ fn coco_tiny_real_images_and_annotations() {
         assert_eq!(per_image, expected);
         assert_eq!(crowd, anns.iter().filter(|a| a["iscrowd"] == 1).count());
     }
+    coco_annotations_are_in_stored_pixels(&root, &out, &m);
     let ids: Vec<i64> = rows(&out, &m).iter().map(|r| r.coco_id.unwrap()).collect();
     assert_eq!(ids.len(), 160);
     assert!(rows(&out, &m)
         .iter()
         .all(|r| r.label == -1 && r.width.min(r.height) <= 256));
+}
+
+/// Every stored box is the json's box times its image's scale (stored / original size, per
+/// axis), polygons likewise; `coco-json` writes them back out with the stored images, and the
+/// json reads back with the same boxes and images of the stated sizes.
+fn coco_annotations_are_in_stored_pixels(root: &std::path::Path, out: &std::path::Path, m: &schemas::Manifest) {
+    use arrow_array::{Array, FixedSizeListArray, Float64Array, Int32Array, Int64Array, StringArray};
+    let stored: BTreeMap<i64, (i32, i32)> = rows(out, m)
+        .iter()
+        .map(|r| (r.coco_id.unwrap(), (r.width, r.height)))
+        .collect();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("annotations/instances_val2017.json")).unwrap()).unwrap();
+    let original: BTreeMap<i64, (f64, f64)> = json["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_i64().unwrap(),
+                (i["width"].as_f64().unwrap(), i["height"].as_f64().unwrap()),
+            )
+        })
+        .collect();
+    let by_id: BTreeMap<i64, &serde_json::Value> = json["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["id"].as_i64().unwrap(), a))
+        .collect();
+    let side = m.side_tables.iter().find(|t| t.split == "val").unwrap();
+    let file = std::fs::File::open(out.join(&side.file)).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let (mut checked, mut scaled_down, mut ours) = (0, 0, BTreeMap::new());
+    for b in reader {
+        let b = b.unwrap();
+        let get = |n: &str| b.column_by_name(n).unwrap().clone();
+        let (ann, img) = (get("ann_id"), get("coco_id"));
+        let ann = ann.as_any().downcast_ref::<Int64Array>().unwrap();
+        let img = img.as_any().downcast_ref::<Int64Array>().unwrap();
+        let (w, h, bbox, seg) = (get("width"), get("height"), get("bbox"), get("segmentation"));
+        let w = w.as_any().downcast_ref::<Int32Array>().unwrap();
+        let h = h.as_any().downcast_ref::<Int32Array>().unwrap();
+        let bbox = bbox.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+        let seg = seg.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            let id = img.value(i);
+            assert_eq!(
+                (w.value(i), h.value(i)),
+                stored[&id],
+                "the stored image's size beside it"
+            );
+            let (ow, oh) = original[&id];
+            let (sx, sy) = (stored[&id].0 as f64 / ow, stored[&id].1 as f64 / oh);
+            let want: Vec<f64> = by_id[&ann.value(i)]["bbox"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let got = bbox.value(i);
+            let got = got.as_any().downcast_ref::<Float64Array>().unwrap().values().to_vec();
+            let expect = [want[0] * sx, want[1] * sy, want[2] * sx, want[3] * sy];
+            for k in 0..4 {
+                assert!(
+                    (got[k] - expect[k]).abs() < 1e-9,
+                    "annotation {}: {got:?} vs {expect:?}",
+                    ann.value(i)
+                );
+            }
+            let poly = &by_id[&ann.value(i)]["segmentation"];
+            let s: serde_json::Value = serde_json::from_str(seg.value(i)).unwrap();
+            if let (Some(p), Some(q)) = (poly[0].as_array(), s[0].as_array()) {
+                let (x, y) = (p[1].as_f64().unwrap() * sy, q[1].as_f64().unwrap());
+                assert!((x - y).abs() < 1e-9, "polygon y scaled: {x} vs {y}");
+            } else {
+                assert_eq!(
+                    s["size"],
+                    serde_json::json!([stored[&id].1, stored[&id].0]),
+                    "crowd RLE resized"
+                );
+            }
+            scaled_down += usize::from(sx < 0.9);
+            checked += 1;
+            ours.insert(ann.value(i), got);
+        }
+    }
+    assert_eq!(checked, 815);
+    assert!(
+        scaled_down > 700,
+        "COCO's 640 px images are stored at a 256 px short side: {scaled_down}"
+    );
+
+    let det = tempfile::tempdir().unwrap();
+    let e = pipeline::coco_json::write_coco(out, "val", det.path(), true).unwrap();
+    assert_eq!((e.images, e.annotations, e.categories), (80, 815, 80));
+    let back: serde_json::Value = serde_json::from_slice(&std::fs::read(&e.json).unwrap()).unwrap();
+    for a in back["annotations"].as_array().unwrap() {
+        let b: Vec<f64> = a["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(b, ours[&a["id"].as_i64().unwrap()]);
+    }
+    for i in back["images"].as_array().unwrap() {
+        let id = i["id"].as_i64().unwrap();
+        assert_eq!(
+            (
+                i["width"].as_i64().unwrap() as i32,
+                i["height"].as_i64().unwrap() as i32
+            ),
+            stored[&id]
+        );
+        let path = det.path().join("val").join(i["file_name"].as_str().unwrap());
+        let (w, h) = image::image_dimensions(&path).unwrap();
+        assert_eq!((w as i32, h as i32), stored[&id], "{}", path.display());
+    }
+}
+
+/// CamVid through the generic segmentation layout: every listed frame a row with its label map
+/// in the `mask` column, aligned with the stored image and equal to the published PNG (the
+/// frames are kept at their 480x360), the 11 classes in the manifest. A list line that leaves
+/// the root is an error naming the file and line.
+#[test]
+fn camvid_frames_and_label_maps() {
+    let Some(root) = shared("data/camvid") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("camvid");
+    let mut cfg = config("segmentation", &root, &out);
+    cfg.transcode.max_short_side = Some(360);
+    let m = run(&cfg);
+    assert_eq!((m.splits["train"].images, m.splits["val"].images), (367, 101));
+    assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+    assert_eq!(m.mask_classes.len(), 11);
+    assert_eq!(m.mask_classes[0], "Sky");
+    let rows = rows(&out, &m);
+    let mut seen = [0u64; 256];
+    for r in &rows {
+        assert_eq!(r.label, -1);
+        let mask = image::load_from_memory(r.mask.as_ref().expect("a label map"))
+            .unwrap()
+            .to_luma8();
+        assert_eq!(mask.dimensions(), (r.width as u32, r.height as u32), "{}", r.id);
+        for p in mask.pixels() {
+            seen[p.0[0] as usize] += 1;
+        }
+    }
+    assert!(
+        seen[..12].iter().all(|&n| n > 0) && seen[12..].iter().all(|&n| n == 0),
+        "{:?}",
+        &seen[..13]
+    );
+    let first = rows.iter().find(|r| r.id == "train/0001TP_006690.jpg").unwrap();
+    let stored = image::load_from_memory(first.mask.as_ref().unwrap())
+        .unwrap()
+        .to_luma8();
+    let published = image::open(root.join("trainannot/0001TP_006690.png"))
+        .unwrap()
+        .to_luma8();
+    assert_eq!(stored, published);
+
+    let hostile = tmp.path().join("hostile");
+    std::fs::create_dir_all(&hostile).unwrap();
+    std::fs::write(hostile.join("classes.txt"), "a\nb\n").unwrap();
+    std::fs::write(hostile.join("train.txt"), "x.jpg x.png\n../etc/passwd y.png\n").unwrap();
+    let err = pipeline::adapters::list("segmentation", &hostile, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("train.txt:2") && err.contains("inside the dataset folder"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -110,11 +110,20 @@ fn recipes_carry_table_3_table_9_and_section_5_5() {
         Some(0.1),
         "folders without split folders hold out a val split"
     );
+    // Segmentation sets: the same rule; their fine-tuning is the dense recipe, not Table 9's
+    // classification column.
+    for name in ["camvid", "segmentation"] {
+        let r = Recipe::load(&dir, name).unwrap();
+        assert_eq!(r.adapter, "segmentation", "{name}");
+        assert_eq!(r.pretrain.epochs_for(367), 5000, "{name}");
+        assert_eq!(r.pretrain.epochs_for(500_000), 769, "{name}");
+        assert!(r.finetune.is_none(), "{name}");
+    }
     // No recipe is left out of the checks above.
     let mut all = Recipe::names(&dir).unwrap();
     all.sort();
     let mut checked: Vec<String> = paper.iter().map(|p| p.0.to_string()).collect();
-    checked.extend(["imagenet", "imagenette", "folder"].map(String::from));
+    checked.extend(["imagenet", "imagenette", "folder", "camvid", "segmentation"].map(String::from));
     checked.sort();
     assert_eq!(all, checked);
 }

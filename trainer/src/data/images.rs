@@ -617,6 +617,7 @@ pub(crate) mod fixture {
             source: "memory".into(),
             settings: serde_json::json!({}),
             class_names: meta.class_names.clone(),
+            mask_classes: Vec::new(),
             splits: [(
                 "train".to_string(),
                 SplitStats {

@@ -576,6 +576,28 @@ impl<B: Backend> Vit<B> {
         self.encode(self.embed(images), mode)
     }
 
+    /// The patch tokens (the class token dropped) after each of `blocks` (0-based, ascending):
+    /// the multi-scale features of dense heads. Blocks after the last one asked for are not run.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, side, side]`
+    /// - output: `blocks.len()` x `[batch, patches, dim]`
+    pub fn block_tokens(&self, images: Tensor<B, 4>, blocks: &[usize], mode: Mode) -> Vec<Tensor<B, 3>> {
+        let tokens = self.embed(images);
+        let [b, n, d] = tokens.dims();
+        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
+        let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
+        let last = blocks.iter().copied().max().map_or(0, |m| m + 1);
+        let mut out = Vec::with_capacity(blocks.len());
+        for (i, block) in self.blocks.iter().enumerate().take(last) {
+            x = block.forward(x, mode.for_layer(i as u64));
+            if blocks.contains(&i) {
+                out.push(x.clone().slice([0..b, 1..1 + n, 0..d]));
+            }
+        }
+        out
+    }
+
     /// The pooled tokens after each block, and after the final norm (the paper's per-layer
     /// linear probes): `depth + 1` entries.
     ///

@@ -95,6 +95,24 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
         .to_string();
     assert!(err.contains("--model") && err.contains("cpu-small"), "{err}");
 
+    // A pre-trained encoder keeps its own position embeddings; random init takes --pos-embed.
+    let err = ft_args(f, Some(&pre_dir), &tmp.path().join("x"), &["--pos-embed", "sincos"])
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--pos-embed") && err.contains("learned position embeddings"),
+        "{err}"
+    );
+    let same = ft_args(f, Some(&pre_dir), &tmp.path().join("x"), &["--pos-embed", "learned"])
+        .resolve()
+        .unwrap();
+    assert!(!same.vit.sinusoidal_pos);
+    let random = ft_args(f, None, &tmp.path().join("x"), &["--pos-embed", "sincos"])
+        .resolve()
+        .unwrap();
+    assert!(random.vit.sinusoidal_pos);
+
     let cfg = ft_args(f, Some(&pre_dir), &tmp.path().join("whole"), &SHORT)
         .resolve()
         .unwrap();
@@ -119,7 +137,7 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
 
     // The fine-tuned classifier exports as a timm folder with the dataset's class names.
     let export = tmp.path().join("timm");
-    let e = trainer::export::export_run(&cfg.run.out, &export).unwrap();
+    let e = trainer::export::export_run(&cfg.run.out, &export, trainer::export::layouts::Layout::Timm).unwrap();
     assert_eq!((e.num_classes, e.tensors), (10, pre.vit.depth * 14 + 8));
     let timm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&e.config).unwrap()).unwrap();
     assert_eq!(timm["num_classes"], 10);
@@ -129,9 +147,9 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
     assert!(!tensors.contains_key("norm.weight") && tensors.contains_key("fc_norm.weight"));
     // A second export replaces the first; an export into the run folder itself is refused and
     // leaves the run's config.json as it was.
-    trainer::export::export_run(&cfg.run.out, &export).unwrap();
+    trainer::export::export_run(&cfg.run.out, &export, trainer::export::layouts::Layout::Timm).unwrap();
     let config = std::fs::read(cfg.run.out.join("config.json")).unwrap();
-    let err = trainer::export::export_run(&cfg.run.out, &cfg.run.out)
+    let err = trainer::export::export_run(&cfg.run.out, &cfg.run.out, trainer::export::layouts::Layout::Timm)
         .unwrap_err()
         .to_string();
     assert!(
@@ -139,6 +157,8 @@ fn finetunes_a_pretrained_encoder_and_resumes_exactly() {
         "{err}"
     );
     assert_eq!(std::fs::read(cfg.run.out.join("config.json")).unwrap(), config);
+
+    backbone_exports_load_in_pytorch(&pre_dir, &tmp.path().join("vitdet"));
 
     // Stop at 25, resume: the same losses and the same final accuracy.
     let mut extra = SHORT.to_vec();
@@ -563,7 +583,7 @@ fn a_finetuned_encoder_and_its_timm_export_start_another_dataset() {
     a.vit = micro_vit();
     assert_eq!(ft(&a, false).unwrap().eval.predictions.len(), 4);
     let timm = tmp.path().join("gray-timm");
-    trainer::export::export_run(&source, &timm).unwrap();
+    trainer::export::export_run(&source, &timm, trainer::export::layouts::Layout::Timm).unwrap();
     let (trained, _) = split_optimizer(load_tensors(&a.run.checkpoint_path()).unwrap().0);
     for (init, kind, name) in [
         (&source, InitKind::Finetune, "supervised-folder"),
@@ -595,5 +615,68 @@ fn a_finetuned_encoder_and_its_timm_export_start_another_dataset() {
         );
         let r = ft(&b, false).unwrap();
         assert_eq!((r.init.as_str(), r.eval.predictions.len()), (name, 5));
+    }
+}
+
+/// `trainer export --layout vitdet` prints its key report and writes the backbone with layer
+/// scale folded; `tools/safetensors_to_pth.py` wraps it as detectron2's checkpointer reads it
+/// (`{"model": state_dict}`), and PyTorch reads back every tensor with our values.
+fn backbone_exports_load_in_pytorch(run: &std::path::Path, out: &std::path::Path) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["--quiet", "export", "--layout", "vitdet", "--run"])
+        .arg(run)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(report.contains("blocks.0.attn.proj.weight ["), "{report}");
+    assert!(
+        !report.contains("ls1") && !report.contains("cls_token") && !report.contains("\nnorm."),
+        "{report}"
+    );
+    let (ours, _) = load_tensors(&out.join("model.safetensors")).unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("export.json")).unwrap()).unwrap();
+    assert_eq!(meta["checkpoint_key"], "model");
+    assert_eq!(meta["layer_scale_folded"], true);
+    assert_eq!(meta["keys"].as_object().unwrap().len(), ours.len());
+
+    let python = crate::workspace().join(".venv/bin/python");
+    if !python.exists() {
+        assert!(
+            !schemas::shared_data::required(),
+            "make venv: {} is missing",
+            python.display()
+        );
+        eprintln!("skipping the PyTorch half: no {}", python.display());
+        return;
+    }
+    let pth = out.join("model.pth");
+    let tool = crate::workspace().join("tools/safetensors_to_pth.py");
+    let o = std::process::Command::new(&python)
+        .arg(&tool)
+        .arg(out.join("model.safetensors"))
+        .arg(&pth)
+        .args(["--key", "model"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = "import json, sys, torch\n\
+                  sd = torch.load(sys.argv[1], map_location='cpu', weights_only=True)['model']\n\
+                  print(json.dumps({k: [list(v.shape), float(v.double().sum())] for k, v in sd.items()}))";
+    let o = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&pth)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: std::collections::BTreeMap<String, (Vec<usize>, f64)> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(theirs.len(), ours.len());
+    for (k, (shape, values)) in &ours {
+        let (s, sum) = &theirs[k];
+        let want: f64 = values.iter().map(|&v| v as f64).sum();
+        assert_eq!(s, shape, "{k}");
+        assert!((sum - want).abs() <= 1e-6 * (1.0 + want.abs()), "{k}: {sum} vs {want}");
     }
 }

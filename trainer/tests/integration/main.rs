@@ -27,6 +27,7 @@ mod layouts;
 mod loader_bench;
 mod paper_datasets;
 mod pretrain_runs;
+mod segmentation;
 mod targets;
 
 pub fn workspace() -> PathBuf {

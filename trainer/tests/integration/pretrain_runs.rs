@@ -476,6 +476,22 @@ fn bad_configuration_is_an_error_naming_the_field() {
         .resolve()
         .unwrap();
     assert!(mae.vocab.is_none() && mae.vit.sinusoidal_pos);
+    // --pos-embed picks the table for any method, and MAE's default can be overridden.
+    let sincos = args(f, &f.vocab_small, tmp.path(), &["--pos-embed", "sincos"])
+        .resolve()
+        .unwrap();
+    assert!(sincos.vit.sinusoidal_pos);
+    let plain = args(f, &f.vocab_small, tmp.path(), &[]).resolve().unwrap();
+    assert!(!plain.vit.sinusoidal_pos);
+    let learned_mae = args(
+        f,
+        &f.vocab_small,
+        tmp.path(),
+        &["--method", "mae", "--pos-embed", "learned"],
+    )
+    .resolve()
+    .unwrap();
+    assert!(!learned_mae.vit.sinusoidal_pos);
     assert_eq!(mae.mask_count, mae.vit.num_patches() * 3 / 4);
     mae.options.mae.decoder_dim = 30;
     assert!(mae.validate().unwrap_err().to_string().contains("divisible"));

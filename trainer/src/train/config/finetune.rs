@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use pipeline::recipe::FinetuneDefaults;
 use serde::{Deserialize, Serialize};
 
+use super::PosEmbed;
+
 use crate::data::augment::AugmentConfig;
 use crate::data::mixup::MixupConfig;
 use crate::data::randaugment::RandAugmentConfig;
@@ -35,6 +37,10 @@ pub struct FinetuneArgs {
     /// ViT preset (default: the pre-training run's; `small` for random init).
     #[arg(long)]
     pub model: Option<String>,
+    /// Position embeddings of a random-init encoder: learned (default) or fixed 2-D sin-cos; a
+    /// pre-trained encoder keeps its own, and naming the other kind is an error.
+    #[arg(long, value_enum)]
+    pub pos_embed: Option<PosEmbed>,
     /// Layer-wise learning-rate decay; 1 disables it (default: the recipe's).
     #[arg(long, value_parser = finite)]
     pub layer_decay: Option<f64>,
@@ -287,6 +293,7 @@ impl FinetuneArgs {
             None => None,
         };
         let (model, vit) = self.architecture(pre.as_ref())?;
+        let vit = self.positions(vit, pre.as_ref())?;
         let classes = manifest.class_names.len();
         if classes < 2 {
             return Err(E::invalid(
@@ -386,6 +393,25 @@ impl FinetuneArgs {
             (Some(m), None) => (m.clone(), VitConfig::named(m)?),
             (None, None) => ("small".to_string(), VitConfig::small()),
         })
+    }
+
+    /// `--pos-embed` applied to a random-init encoder, checked against a pre-trained one.
+    fn positions(&self, vit: VitConfig, pre: Option<&Init>) -> Result<VitConfig> {
+        match (self.pos_embed, pre) {
+            (None, _) => Ok(vit),
+            (Some(p), None) => Ok(vit.with_sinusoidal_pos(p.sinusoidal())),
+            (Some(p), Some(init)) if p.sinusoidal() == init.vit.sinusoidal_pos => Ok(vit),
+            (Some(p), Some(init)) => Err(E::invalid(
+                "pos-embed",
+                format!("{p:?}").to_lowercase(),
+                format!(
+                    "the --init run {} has {} position embeddings; drop --pos-embed to keep them",
+                    init.source.run.display(),
+                    if init.vit.sinusoidal_pos { "sincos" } else { "learned" }
+                ),
+            )
+            .into()),
+        }
     }
 
     /// Table 9's schedule; under `--recipe scaled` with sqrt lr scaling and the warmup as a

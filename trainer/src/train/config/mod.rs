@@ -17,6 +17,22 @@ pub use pretrain::*;
 pub use run::*;
 pub use schedule::*;
 
+/// The encoder's position embeddings (`--pos-embed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PosEmbed {
+    /// Learned, initialized from a truncated normal (BEiT, timm).
+    Learned,
+    /// MAE's fixed 2-D sin-cos table, not trained: what the paper's detection backbone uses,
+    /// and what a grid other than the pre-training one interpolates best.
+    Sincos,
+}
+
+impl PosEmbed {
+    pub fn sinusoidal(self) -> bool {
+        self == PosEmbed::Sincos
+    }
+}
+
 /// clap's parser for every real-valued flag: NaN and the infinities are refused as they are
 /// parsed (a NaN would slip past range checks and be written to config.json as `null`).
 pub fn finite(text: &str) -> Result<f64, String> {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use pipeline::recipe::{Masking, PretrainDefaults};
 use serde::{Deserialize, Serialize};
 
+use super::PosEmbed;
+
 use crate::data::augment::{AugmentConfig, MultiCrop};
 use crate::error::{ConfigError, Result};
 use crate::model::dino::DinoConfig;
@@ -58,6 +60,10 @@ pub struct PretrainArgs {
     /// ViT preset: tiny, small, base, cpu-tiny, cpu-small.
     #[arg(long, default_value = "small")]
     pub model: String,
+    /// Position embeddings: learned, or fixed 2-D sin-cos (default: sincos for MAE, learned
+    /// otherwise).
+    #[arg(long, value_enum)]
+    pub pos_embed: Option<PosEmbed>,
     /// BEiT's masked share (default: the recipe's; BEiT's 75 of 196 patches, 75% on the
     /// smallest datasets) or MAE's dropped share (default 0.75).
     #[arg(long, value_parser = finite)]
@@ -181,6 +187,9 @@ impl PretrainArgs {
             // distribution to uniform, which the student learns (a collapse).
             Method::Dino => vit = vit.with_layer_scale_init(None),
             _ => {}
+        }
+        if let Some(p) = self.pos_embed {
+            vit = vit.with_sinusoidal_pos(p.sinusoidal());
         }
         vit.validate().map_err(|m| E::invalid("model", &self.model, m))?;
         let manifest = pipeline::prepare::load_manifest(&run.data)?;

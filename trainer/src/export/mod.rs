@@ -3,6 +3,9 @@
 //! `norm1.gamma`), PyTorch layouts (linear weights `[out, in]`, the patch embedding as a
 //! `[dim, 3, p, p]` convolution). A pre-training run exports its encoder (the pre-training
 //! heads and decoder are not part of it); a fine-tuning run exports the whole classifier.
+//! [`layouts`] writes the backbone for detectron2 (ViTDet) and mmsegmentation instead.
+
+pub mod layouts;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +23,7 @@ use crate::train::encoder_from_run::run_encoder;
 use crate::train::run_folder::{read_config, CONFIG_FILE};
 use crate::train::tensor_file::{load_params, load_tensors, named_params, save_tensors, split_optimizer, NamedTensors};
 use crate::train::timm_import::transpose;
+use layouts::Layout;
 
 /// The encoder's parameters under timm's names and layouts.
 pub fn timm_state_dict<B: Backend>(encoder: &Vit<B>, patch_size: usize) -> NamedTensors {
@@ -61,6 +65,9 @@ pub struct ExportSummary {
     pub num_classes: usize,
     /// The timm architecture `config.json` names (its `model_args` set the shape).
     pub architecture: String,
+    pub layout: Layout,
+    /// Every tensor written, with its shape, in key order.
+    pub keys: Vec<(String, Vec<usize>)>,
 }
 
 /// A finished run's model, as timm holds it.
@@ -210,28 +217,34 @@ fn rounded(v: f32) -> f64 {
     (v as f64 * 1e6).round() / 1e6
 }
 
-/// Writes a run's model as a timm export folder (`model.safetensors` + `config.json`): a
-/// pre-training run's encoder, or a fine-tuning run's whole classifier. `run` is a run folder
-/// or a checkpoint in one (`<run>/best.safetensors`).
-pub fn export_run(run: &Path, out: &Path) -> Result<ExportSummary> {
+/// Writes a run's model in `layout`: for timm an export folder (`model.safetensors` +
+/// `config.json`) holding a pre-training run's encoder or a fine-tuning run's whole
+/// classifier; for a detection or segmentation framework the encoder's backbone
+/// (`model.safetensors` + `export.json`). `run` is a run folder or a checkpoint in one
+/// (`<run>/best.safetensors`).
+pub fn export_run(run: &Path, out: &Path, layout: Layout) -> Result<ExportSummary> {
     let bar = crate::progress::pass("export", 3, "steps");
     let device = Default::default();
     let exported = load_run::<CpuBackend>(run, &device)?;
     bar.inc(1);
-    let (dict, vit, num_classes, names) = match &exported {
-        Exported::Encoder { vit, cfg } => (timm_state_dict(vit, cfg.patch_size), cfg, 0, Vec::new()),
-        Exported::Classifier {
-            model,
-            cfg,
-            class_names,
-        } => {
-            let classes = model.head.weight.dims()[1];
-            (
-                timm_classifier_dict(model, cfg.patch_size),
+    let (dict, vit, num_classes, names) = match (&exported, layout) {
+        (Exported::Encoder { vit, cfg }, Layout::Timm) => (timm_state_dict(vit, cfg.patch_size), cfg, 0, Vec::new()),
+        (
+            Exported::Classifier {
+                model,
                 cfg,
-                classes,
-                class_names.clone(),
-            )
+                class_names,
+            },
+            Layout::Timm,
+        ) => (
+            timm_classifier_dict(model, cfg.patch_size),
+            cfg,
+            model.head.weight.dims()[1],
+            class_names.clone(),
+        ),
+        (Exported::Encoder { vit, cfg }, _) => (backbone_dict(vit, cfg, layout), cfg, 0, Vec::new()),
+        (Exported::Classifier { model, cfg, .. }, _) => {
+            (backbone_dict(&model.encoder, cfg, layout), cfg, 0, Vec::new())
         }
     };
     refuse_run_folder(out)?;
@@ -240,13 +253,16 @@ pub fn export_run(run: &Path, out: &Path) -> Result<ExportSummary> {
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
         "splitmask.source".to_string(),
-        serde_json::json!({"run": run, "vit": vit, "num_classes": num_classes}).to_string(),
+        serde_json::json!({"run": run, "vit": vit, "num_classes": num_classes, "layout": layout}).to_string(),
     );
     let weights = out.join(WEIGHTS_FILE);
     save_tensors(&weights, &dict, Some(meta))?;
     bar.inc(1);
-    let config = out.join(TIMM_CONFIG_FILE);
-    let text = serde_json::to_vec_pretty(&timm_config(vit, num_classes, &names)).expect("serializable");
+    let (config, text) = match layout {
+        Layout::Timm => (out.join(TIMM_CONFIG_FILE), timm_config(vit, num_classes, &names)),
+        _ => (out.join(BACKBONE_CONFIG_FILE), backbone_config(run, vit, layout, &dict)),
+    };
+    let text = serde_json::to_vec_pretty(&text).expect("serializable");
     pipeline::shard::write_atomic(&config, &text)?;
     bar.finish_and_clear();
     Ok(ExportSummary {
@@ -255,6 +271,47 @@ pub fn export_run(run: &Path, out: &Path) -> Result<ExportSummary> {
         tensors: dict.len(),
         num_classes,
         architecture: timm_architecture(vit),
+        layout,
+        keys: dict.iter().map(|(k, (shape, _))| (k.clone(), shape.clone())).collect(),
+    })
+}
+
+/// Beside a backbone export: what it is and how to load it.
+pub const BACKBONE_CONFIG_FILE: &str = "export.json";
+
+/// The encoder under a framework's names (see [`layouts`]).
+fn backbone_dict<B: Backend>(vit: &Vit<B>, cfg: &VitConfig, layout: Layout) -> NamedTensors {
+    let timm = timm_state_dict(vit, cfg.patch_size);
+    match layout {
+        Layout::Vitdet => layouts::vitdet_dict(timm),
+        Layout::Mmseg => layouts::mmseg_dict(timm),
+        Layout::Timm => timm,
+    }
+}
+
+/// `export.json`: the layout, the backbone's constructor arguments in the framework's terms,
+/// the key the checkpoint loader reads, and every key with its shape.
+fn backbone_config(run: &Path, v: &VitConfig, layout: Layout, dict: &NamedTensors) -> serde_json::Value {
+    let args = match layout {
+        Layout::Vitdet => serde_json::json!({
+            "embed_dim": v.dim, "depth": v.depth, "num_heads": v.heads, "mlp_ratio": v.mlp_ratio,
+            "patch_size": v.patch_size, "qkv_bias": true, "use_abs_pos": true,
+            "pretrain_img_size": v.image_size, "pretrain_use_cls_token": true,
+        }),
+        _ => serde_json::json!({
+            "img_size": v.image_size, "patch_size": v.patch_size, "embed_dims": v.dim,
+            "num_layers": v.depth, "num_heads": v.heads, "mlp_ratio": v.mlp_ratio,
+            "qkv_bias": true, "with_cls_token": true, "final_norm": true,
+        }),
+    };
+    serde_json::json!({
+        "layout": layout,
+        "source_run": run,
+        "checkpoint_key": layout.checkpoint_key(),
+        "backbone_args": args,
+        "layer_scale_folded": v.layer_scale_init.is_some(),
+        "sinusoidal_pos_embed": v.sinusoidal_pos,
+        "keys": dict.iter().map(|(k, (shape, _))| (k.clone(), shape.clone())).collect::<std::collections::BTreeMap<_, _>>(),
     })
 }
 

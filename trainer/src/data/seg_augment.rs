@@ -1,0 +1,135 @@
+//! Segmentation training views: the image and its label map scaled, cropped and flipped
+//! together (mmsegmentation's ADE20k pipeline: a random rescale, a random crop padded with the
+//! ignore label where the image is smaller than the crop, a horizontal flip). The image is
+//! resampled with Catmull-Rom, the label map with nearest neighbour: labels must not blend.
+
+use fast_image_resize as fr;
+use image::{GrayImage, RgbImage};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SegAugment {
+    /// Side of the square crop in pixels.
+    pub crop: u32,
+    /// Range of the random rescale of the stored image (mmsegmentation's `ratio_range`).
+    pub scale: (f64, f64),
+    pub flip: bool,
+    /// The label map's ignore value, also what padding is labelled.
+    pub ignore: u8,
+}
+
+/// A training view of an image and its label map, aligned pixel for pixel.
+pub fn seg_train_view<R: Rng>(
+    img: &RgbImage,
+    mask: &GrayImage,
+    cfg: &SegAugment,
+    rng: &mut R,
+) -> (RgbImage, GrayImage) {
+    assert_eq!(img.dimensions(), mask.dimensions(), "a label per pixel");
+    let s = rng.random_range(cfg.scale.0..=cfg.scale.1);
+    let (w, h) = img.dimensions();
+    let (sw, sh) = (
+        ((w as f64 * s).round() as u32).max(1),
+        ((h as f64 * s).round() as u32).max(1),
+    );
+    let img = resize(img.as_raw(), (w, h), (sw, sh), fr::PixelType::U8x3);
+    let mask = resize(mask.as_raw(), (w, h), (sw, sh), fr::PixelType::U8);
+    let c = cfg.crop;
+    let left = rng.random_range(0..=sw.saturating_sub(c));
+    let top = rng.random_range(0..=sh.saturating_sub(c));
+    let flip = cfg.flip && rng.random_bool(0.5);
+    let mut out_img = RgbImage::new(c, c);
+    let mut out_mask = GrayImage::from_pixel(c, c, image::Luma([cfg.ignore]));
+    for y in 0..c.min(sh - top) {
+        for x in 0..c.min(sw - left) {
+            let (sx, sy) = ((left + x) as usize, (top + y) as usize);
+            let dx = if flip { c.min(sw - left) - 1 - x } else { x };
+            let i = sy * sw as usize + sx;
+            out_img.put_pixel(dx, y, image::Rgb([img[3 * i], img[3 * i + 1], img[3 * i + 2]]));
+            out_mask.put_pixel(dx, y, image::Luma([mask[i]]));
+        }
+    }
+    (out_img, out_mask)
+}
+
+/// Resamples a packed buffer: RGB with Catmull-Rom, a one-channel label map with nearest
+/// neighbour.
+fn resize(src: &[u8], from: (u32, u32), to: (u32, u32), pixel: fr::PixelType) -> Vec<u8> {
+    if from == to {
+        return src.to_vec();
+    }
+    let src = fr::images::ImageRef::new(from.0, from.1, src, pixel).expect("buffer matches dimensions");
+    let mut dst = fr::images::Image::new(to.0, to.1, pixel);
+    let alg = match pixel {
+        fr::PixelType::U8 => fr::ResizeAlg::Nearest,
+        _ => fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom),
+    };
+    fr::Resizer::new()
+        .resize(&src, &mut dst, &fr::ResizeOptions::new().resize_alg(alg))
+        .expect("same pixel type");
+    dst.into_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// A frame of 48 px blocks whose label is a function of its colour (red = 20 x class), so
+    /// alignment can be read off any view.
+    fn blocks() -> (RgbImage, GrayImage) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let classes: Vec<u8> = (0..8 * 6).map(|_| rng.random_range(0..10)).collect();
+        let class = |x: u32, y: u32| classes[(y / 48 * 8 + x / 48) as usize];
+        let img = RgbImage::from_fn(384, 288, |x, y| image::Rgb([20 * class(x, y), 90, 40]));
+        let mask = GrayImage::from_fn(384, 288, |x, y| image::Luma([class(x, y)]));
+        (img, mask)
+    }
+
+    fn agreement(img: &RgbImage, mask: &GrayImage, ignore: u8) -> (f64, usize) {
+        let (mut same, mut labelled) = (0, 0);
+        for (p, m) in img.pixels().zip(mask.pixels()) {
+            if m.0[0] == ignore {
+                continue;
+            }
+            labelled += 1;
+            same += usize::from((p.0[0] as f64 / 20.0).round() as u8 == m.0[0]);
+        }
+        (same as f64 / labelled.max(1) as f64, labelled)
+    }
+
+    #[test]
+    fn image_and_label_map_stay_aligned() {
+        let (img, mask) = blocks();
+        let cfg = SegAugment {
+            crop: 256,
+            scale: (0.5, 2.0),
+            flip: true,
+            ignore: 255,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut flips = 0;
+        for _ in 0..20 {
+            let (v, m) = seg_train_view(&img, &mask, &cfg, &mut rng);
+            assert_eq!((v.dimensions(), m.dimensions()), ((256, 256), (256, 256)));
+            let (share, labelled) = agreement(&v, &m, 255);
+            assert!(labelled > 0 && share > 0.85, "aligned: {share}");
+            // Labels never blend: every value is a class or the padding's ignore.
+            assert!(m.pixels().all(|p| p.0[0] < 10 || p.0[0] == 255));
+            // The control: the same view with only the label map flipped disagrees.
+            let mirrored = image::imageops::flip_horizontal(&m);
+            let (wrong, _) = agreement(&v, &mirrored, 255);
+            flips += usize::from(wrong < 0.6);
+        }
+        assert!(flips >= 15, "a misaligned map is caught: {flips} of 20");
+        // A rescale below the crop pads with the ignore label.
+        let small = SegAugment {
+            scale: (0.5, 0.5),
+            ..cfg
+        };
+        let (_, m) = seg_train_view(&img, &mask, &small, &mut rng);
+        assert_eq!(m.get_pixel(255, 255).0[0], 255);
+        assert_eq!(m.pixels().filter(|p| p.0[0] != 255).count(), 192 * 144);
+    }
+}
