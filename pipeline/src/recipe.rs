@@ -191,7 +191,15 @@ impl Recipe {
             });
         }
         let text = std::fs::read_to_string(&path).at(&path)?;
-        let mut r: Recipe = toml::from_str(&text).map_err(|e| PipelineError::BadField {
+        // Paths in a recipe are relative to the folder holding `datasets/`.
+        Self::parse(&text, &path, name, dir.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// A recipe from its text; `path` names it in errors, `root` is what its relative paths
+    /// (`data_dir`, ...) are joined to.
+    pub fn parse(text: &str, path: &Path, name: &str, root: &Path) -> Result<Recipe> {
+        let path = path.to_path_buf();
+        let mut r: Recipe = toml::from_str(text).map_err(|e| PipelineError::BadField {
             path: path.clone(),
             field: e
                 .span()
@@ -243,7 +251,6 @@ impl Recipe {
                 return Err(bad("prepare.val_fraction", format!("{f}: must be in (0, 1)")));
             }
         }
-        let root = dir.parent().unwrap_or(Path::new("."));
         r.data_dir = root.join(&r.data_dir);
         r.options.synsets = r.options.synsets.map(|p| root.join(p));
         r.options.val_solution = r.options.val_solution.map(|p| root.join(p));
@@ -258,6 +265,57 @@ impl Recipe {
             .collect();
         names.sort();
         Ok(names)
+    }
+}
+
+include!(concat!(env!("OUT_DIR"), "/recipes.rs"));
+
+/// The environment variable naming a recipe folder to use instead of the built-in recipes.
+pub const RECIPES_ENV: &str = "SPLITMASK_RECIPES";
+
+/// Where recipes come from: a folder of `<name>.toml` files, or the set built into the
+/// binary from this workspace's `datasets/` (relative paths in them then start at the working
+/// directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipes {
+    Folder(PathBuf),
+    BuiltIn,
+}
+
+impl Recipes {
+    /// `--recipes` where given, else `$SPLITMASK_RECIPES` where set, else the built-in set.
+    pub fn choose(flag: Option<&Path>) -> Self {
+        match (flag, std::env::var_os(RECIPES_ENV)) {
+            (Some(dir), _) => Recipes::Folder(dir.to_path_buf()),
+            (None, Some(dir)) if !dir.is_empty() => Recipes::Folder(dir.into()),
+            _ => Recipes::BuiltIn,
+        }
+    }
+
+    pub fn load(&self, name: &str) -> Result<Recipe> {
+        match self {
+            Recipes::Folder(dir) => Recipe::load(dir, name),
+            Recipes::BuiltIn => {
+                let path = PathBuf::from(format!("<built-in>/{name}.toml"));
+                let Some((_, text)) = BUILT_IN.iter().find(|(n, _)| *n == name) else {
+                    return Err(PipelineError::MissingMetadata {
+                        path,
+                        hint: format!(
+                            "no built-in recipe named {name:?}; known: {} (--recipes <folder> or ${RECIPES_ENV} for your own)",
+                            self.names()?.join(", ")
+                        ),
+                    });
+                };
+                Recipe::parse(text, &path, name, Path::new("."))
+            }
+        }
+    }
+
+    pub fn names(&self) -> Result<Vec<String>> {
+        match self {
+            Recipes::Folder(dir) => Recipe::names(dir),
+            Recipes::BuiltIn => Ok(BUILT_IN.iter().map(|(n, _)| n.to_string()).collect()),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pipeline::adapters::AdapterOptions;
 use pipeline::prepare::{self, Holdout, PrepareConfig, PrepareSummary, Subset};
-use pipeline::recipe::Recipe;
+use pipeline::recipe::Recipes;
 use pipeline::transcode::{ResizeFilter, TranscodeSettings};
 
 use super::{exit_code, print_manifest_summary, ProgressArgs, WorkerArgs};
@@ -18,8 +18,10 @@ pub struct PrepareArgs {
     /// Recipe name from the recipes folder (imagenette, cars, coco, ...).
     #[arg(long)]
     dataset: String,
-    #[arg(long, default_value = "datasets")]
-    recipes: PathBuf,
+    /// A folder of recipes (`<name>.toml`) to use instead of the ones built into this binary
+    /// (also $SPLITMASK_RECIPES).
+    #[arg(long)]
+    recipes: Option<PathBuf>,
     /// Raw dataset root (default: the recipe's data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -97,7 +99,7 @@ pub fn run(args: &PrepareArgs) -> Result<ExitCode> {
 
 /// The recipe's settings, each overridden by its flag where given.
 fn resolve(a: &PrepareArgs) -> Result<PrepareConfig> {
-    let recipe = Recipe::load(&a.recipes, &a.dataset)?;
+    let recipe = Recipes::choose(a.recipes.as_deref()).load(&a.dataset)?;
     let options = AdapterOptions {
         synsets: a.synsets.clone().or(recipe.options.synsets.clone()),
         val_solution: recipe.options.val_solution.clone(),

@@ -5,21 +5,25 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use pipeline::recipe::{Epochs, FinetuneDefaults, Recipe};
+use pipeline::recipe::{Epochs, FinetuneDefaults, Recipe, Recipes};
 
 #[derive(Args)]
 pub struct RecipesArgs {
-    #[arg(long, default_value = "datasets")]
-    recipes: PathBuf,
+    /// A folder of recipes (`<name>.toml`) to use instead of the ones built into this binary
+    /// (also $SPLITMASK_RECIPES).
+    #[arg(long)]
+    recipes: Option<PathBuf>,
     /// Every resolved field of every recipe as one JSON object (for scripts).
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: &RecipesArgs) -> Result<ExitCode> {
-    let all = Recipe::names(&args.recipes)?
+    let source = Recipes::choose(args.recipes.as_deref());
+    let all = source
+        .names()?
         .iter()
-        .map(|name| Recipe::load(&args.recipes, name))
+        .map(|name| source.load(name))
         .collect::<pipeline::Result<Vec<_>>>()?;
     if args.json {
         let map: serde_json::Map<String, serde_json::Value> = all

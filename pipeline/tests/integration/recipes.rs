@@ -6,6 +6,8 @@ use std::path::Path;
 
 use pipeline::recipe::{EpochRule, Epochs, FinetuneDefaults, Masking, Recipe};
 
+use crate::common::{tiny_jpeg, write_file};
+
 fn recipes() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets")
 }
@@ -126,4 +128,101 @@ fn recipes_carry_table_3_table_9_and_section_5_5() {
     checked.extend(["imagenet", "imagenette", "folder", "camvid", "segmentation"].map(String::from));
     checked.sort();
     assert_eq!(all, checked);
+}
+
+/// The binary carries the workspace's recipes: run from a folder with no `datasets/` (as an
+/// installed binary is), `pipeline recipes` lists every recipe and `pipeline prepare` finds
+/// `folder`'s; `$SPLITMASK_RECIPES` and `--recipes` name a folder of one's own instead.
+#[test]
+fn binaries_carry_their_recipes_and_take_a_folder_of_ones_own() {
+    use pipeline::recipe::{Recipes, BUILT_IN, RECIPES_ENV};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets");
+    for name in Recipe::names(&dir).unwrap() {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap();
+        let built = BUILT_IN.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
+        assert_eq!(built, Some(text.as_str()), "{name} is built in as written");
+    }
+    assert_eq!(BUILT_IN.len(), Recipe::names(&dir).unwrap().len());
+    // Built-in recipes' relative paths start at the working directory.
+    let built = Recipes::BuiltIn.load("imagenette").unwrap();
+    assert_eq!(
+        built.data_dir,
+        std::path::Path::new(".").join("../shared/data/imagenette")
+    );
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"));
+        c.current_dir(elsewhere.path()).args(args).env_remove(RECIPES_ENV);
+        if let Some(e) = env {
+            c.env(RECIPES_ENV, e);
+        }
+        c.output().unwrap()
+    };
+    let o = run(&["recipes", "--json"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(all.as_object().unwrap().len(), BUILT_IN.len());
+    assert_eq!(all["camvid"]["adapter"], "segmentation");
+
+    let images = elsewhere.path().join("mine");
+    for (class, seed) in [("cats", 1u8), ("dogs", 2)] {
+        for i in 0..3 {
+            write_file(&images.join(format!("{class}/{i}.jpg")), &tiny_jpeg(40, 30, seed + i));
+        }
+    }
+    let out = elsewhere.path().join("prepared");
+    let (i, o_) = (images.display().to_string(), out.display().to_string());
+    let o = run(
+        &[
+            "prepare",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            &i,
+            "--out",
+            &o_,
+            "--no-progress",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        pipeline::prepare::load_manifest(&out).unwrap().class_names,
+        ["cats", "dogs"]
+    );
+
+    // A folder of one's own: through the environment, then the flag; a name it lacks is an
+    // error listing what it has.
+    let own = elsewhere.path().join("recipes");
+    std::fs::create_dir(&own).unwrap();
+    std::fs::write(
+        own.join("mine.toml"),
+        std::fs::read_to_string(dir.join("folder.toml"))
+            .unwrap()
+            .replace("name = \"folder\"", "name = \"mine\""),
+    )
+    .unwrap();
+    let o = run(&["recipes", "--json"], Some(&own));
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed.as_object().unwrap().keys().collect::<Vec<_>>(), ["mine"]);
+    let o = run(
+        &[
+            "prepare",
+            "--dataset",
+            "folder",
+            "--recipes",
+            &own.display().to_string(),
+            "--data-dir",
+            &i,
+            "--out",
+            &o_,
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no recipe named \"folder\"") && err.contains("known: mine"),
+        "{err}"
+    );
 }

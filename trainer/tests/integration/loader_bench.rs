@@ -4,7 +4,7 @@
 use trainer::data::loader::make_batch;
 use trainer::train::pretrain::training_set;
 
-use crate::{args, fixture, workspace};
+use crate::{args, fixture};
 
 #[test]
 fn the_loader_benchmark_times_the_pixels_the_trainer_trains_on() {
@@ -23,16 +23,20 @@ fn the_loader_benchmark_times_the_pixels_the_trainer_trains_on() {
     let b = make_batch(&set, &cfg.augment, 16, cfg.run.seed + 1, 0).unwrap();
     assert_ne!(a.images, b.images);
 
-    // The command: one decode thread as asked, one JSON line, nothing written to --out.
+    // The command: one decode thread as asked, one JSON line, nothing written to --out. It runs
+    // from a folder with no datasets/, as an installed binary does: the recipe is built in.
+    let elsewhere = tempfile::tempdir().unwrap();
     #[rustfmt::skip]
     let argv = [
-        "--quiet", "bench-loader", "--recipes", &workspace().join("datasets").display().to_string(),
+        "--quiet", "bench-loader",
         "--data", &f.dir.display().to_string(), "--out", &out.display().to_string(),
         "--vocab", &f.vocab_small.display().to_string(), "--model", "cpu-tiny", "--batch-size", "16",
         "--limit-images", "128", "--batches", "2", "--threads", "1",
     ];
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(argv)
+        .current_dir(elsewhere.path())
+        .env_remove(pipeline::recipe::RECIPES_ENV)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -27,9 +27,10 @@ pub struct RunArgs {
     /// Continue the run in --out from its last checkpoint (starts it if --out holds no run).
     #[arg(long)]
     pub resume: bool,
-    /// Recipe folder, for the dataset's defaults.
-    #[arg(long, default_value = "datasets")]
-    pub recipes: PathBuf,
+    /// A folder of recipes (`<name>.toml`), for the dataset's defaults, instead of the ones
+    /// built into this binary (also $SPLITMASK_RECIPES).
+    #[arg(long)]
+    pub recipes: Option<PathBuf>,
     /// Split to evaluate on (default: the dataset's, recorded in its manifest: `test` for
     /// Cars, Food-101 and DomainNet, `val` otherwise).
     #[arg(long)]
@@ -193,5 +194,5 @@ pub fn check_split(manifest: &schemas::Manifest, split: &str, data: &Path) -> Re
 
 /// The dataset's recipe, which every training command resolves against.
 pub(super) fn recipe(run: &RunArgs, manifest: &schemas::Manifest) -> Result<Recipe> {
-    Ok(Recipe::load(&run.recipes, &manifest.dataset)?)
+    Ok(pipeline::recipe::Recipes::choose(run.recipes.as_deref()).load(&manifest.dataset)?)
 }
