@@ -30,6 +30,9 @@ enum Command {
     /// Write a run as a timm export folder (model.safetensors + timm's config.json): a
     /// pre-training run's encoder or a fine-tuning run's classifier.
     Export(commands::export::Args),
+    /// A frozen encoder's class-token and mean-pooled features of every image of a split, as
+    /// Parquet parts (resumable).
+    Embed(commands::embed::Args),
     /// Time training steps on synthetic data (one JSON line per run on stdout).
     Bench(commands::bench::Args),
     /// Time the pre-training input pipeline alone: shards, decode, crop, flip, normalized
@@ -86,6 +89,7 @@ fn run() -> Result<()> {
         Command::Eval(args) => commands::eval::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Embed(args) => commands::embed::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::BenchLoader(args) => commands::bench_loader::run(args),
         Command::BenchTargets(args) => commands::bench_targets::run(args),

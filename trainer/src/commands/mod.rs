@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_loader;
 pub mod bench_targets;
+pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod finetune;

@@ -3,8 +3,10 @@
 //! `norm1.gamma`), PyTorch layouts (linear weights `[out, in]`, the patch embedding as a
 //! `[dim, 3, p, p]` convolution). A pre-training run exports its encoder (the pre-training
 //! heads and decoder are not part of it); a fine-tuning run exports the whole classifier.
-//! [`layouts`] writes the backbone for detectron2 (ViTDet) and mmsegmentation instead.
+//! [`layouts`] writes the backbone for detectron2 (ViTDet) and mmsegmentation instead;
+//! [`embed`] a frozen encoder's features of a whole split.
 
+pub mod embed;
 pub mod layouts;
 
 use std::path::{Path, PathBuf};

@@ -576,6 +576,25 @@ impl<B: Backend> Vit<B> {
         self.encode(self.embed(images), mode)
     }
 
+    /// All tokens after block `layer` (1-based), or after the final norm for `None`.
+    ///
+    /// # Shapes
+    /// - images: `[batch, 3, side, side]`
+    /// - output: `[batch, 1 + patches, dim]`
+    pub fn tokens_at(&self, images: Tensor<B, 4>, layer: Option<usize>) -> Tensor<B, 3> {
+        let Some(layer) = layer else {
+            return self.forward(images, Mode::Eval);
+        };
+        let tokens = self.embed(images);
+        let [b, _, d] = tokens.dims();
+        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
+        let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
+        for (i, block) in self.blocks.iter().enumerate().take(layer) {
+            x = block.forward(x, Mode::Eval.for_layer(i as u64));
+        }
+        x
+    }
+
     /// The patch tokens (the class token dropped) after each of `blocks` (0-based, ascending):
     /// the multi-scale features of dense heads. Blocks after the last one asked for are not run.
     ///

@@ -18,6 +18,7 @@ use trainer::CpuAutodiff;
 mod cluster_auth;
 mod data_parallel;
 mod dino;
+mod embed;
 mod experiment;
 mod faults;
 mod finetune_runs;
