@@ -347,18 +347,30 @@ fn is_done(out: &Path, shard: &PlannedShard) -> bool {
 }
 
 fn source_sizes(cfg: &PrepareConfig, listing: &Listing) -> Vec<u64> {
+    // Images inside a Parquet file share its size: each counts for its share of it.
+    let mut per_file: BTreeMap<&str, u64> = BTreeMap::new();
+    for img in listing.images.iter().filter(|i| i.embedded_row.is_some()) {
+        *per_file.entry(img.rel_path.as_str()).or_default() += 1;
+    }
     listing
         .images
         .par_iter()
         .map(|img| {
             let path = crate::source::inside(&cfg.source, &img.rel_path);
-            path.ok().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
+            let len = path.ok().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
+            match img.embedded_row {
+                Some(_) => len / per_file.get(img.rel_path.as_str()).copied().unwrap_or(1).max(1),
+                None => len,
+            }
         })
         .collect()
 }
 
 fn process_image(cfg: &PrepareConfig, img: &SourceImage) -> std::result::Result<Row, String> {
-    let raw = read_source(&cfg.source, &img.rel_path)?;
+    let raw = match img.embedded_row {
+        Some(row) => adapters::hub_parquet::read_embedded(&cfg.source, &img.rel_path, row)?,
+        None => read_source(&cfg.source, &img.rel_path)?,
+    };
     let t = transcode(&raw, img.bbox, &cfg.transcode).map_err(|e| e.0)?;
     let (mask, mask_path) = match &img.mask_rel_path {
         Some(rel) => {

@@ -25,6 +25,8 @@ pub struct SourceImage {
     pub domain: Option<String>,
     /// Segmentation map, relative to the dataset root (ADE20k).
     pub mask_rel_path: Option<String>,
+    /// The image is row `n` of the Parquet file `rel_path` (the Hub layout), not a file.
+    pub embedded_row: Option<u64>,
 }
 
 impl SourceImage {
@@ -38,6 +40,7 @@ impl SourceImage {
             coco_id: None,
             domain: None,
             mask_rel_path: None,
+            embedded_row: None,
         }
     }
 }

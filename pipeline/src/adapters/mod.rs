@@ -13,6 +13,7 @@ pub mod coco_pixels;
 pub mod domainnet;
 pub mod folder;
 pub mod food101;
+pub mod hub_parquet;
 pub mod imagenet;
 pub mod inat;
 pub mod listing;
@@ -30,6 +31,7 @@ pub const ADAPTERS: &[&str] = &[
     "ade20k",
     "folder",
     "segmentation",
+    "parquet",
 ];
 
 /// Lists a dataset with the named adapter.
@@ -50,6 +52,7 @@ pub fn list(adapter: &str, root: &Path, opts: &AdapterOptions) -> Result<Listing
         "ade20k" => ade20k::list(root)?,
         "folder" => folder::list(root)?,
         "segmentation" => segmentation::list(root)?,
+        "parquet" => hub_parquet::list(root)?,
         other => {
             return Err(PipelineError::Invalid(format!(
                 "unknown adapter {other:?}; known: {}",

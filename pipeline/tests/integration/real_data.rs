@@ -549,3 +549,60 @@ fn the_kept_jpeg_check_accepts_exactly_what_decodes() {
     let err = transcode(&corrupted, None, &keep_all).unwrap_err();
     assert!(err.0.contains("corrupt JPEG data"), "{err}");
 }
+
+/// Our own shards, renamed into the Hub's layout (`data/train-00000-of-00001.parquet`,
+/// `data/validation-...`), prepare back to the same images and labels with the class names
+/// from their `huggingface` metadata; a file that is no split's is a recorded skip.
+#[test]
+fn hub_layout_parquet_prepares_back_to_the_same_rows() {
+    use sha2::{Digest, Sha256};
+    let (Some(root), Some(synsets)) = (
+        shared("data/imagenette"),
+        shared("fixtures/imagenet/LOC_synset_mapping.txt"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let mut cfg = config("imagenet", &root, &first);
+    cfg.options = pipeline::adapters::AdapterOptions {
+        synsets: Some(synsets),
+        ..Default::default()
+    };
+    cfg.subset = Some(pipeline::prepare::Subset {
+        fraction: 0.02,
+        seed: 1,
+    });
+    cfg.shard_bytes = 2_000_000;
+    let m = run(&cfg);
+
+    let hub = tmp.path().join("hub");
+    std::fs::create_dir_all(hub.join("data")).unwrap();
+    for split in ["train", "val"] {
+        let files: Vec<_> = m.shards.iter().filter(|s| s.split == split).collect();
+        for (k, s) in files.iter().enumerate() {
+            let name = if split == "val" { "validation" } else { split };
+            let dest = hub.join(format!("data/{name}-{k:05}-of-{:05}.parquet", files.len()));
+            std::fs::copy(first.join(&s.file), dest).unwrap();
+        }
+    }
+    std::fs::write(hub.join("README.parquet"), b"not a split").unwrap();
+    let back = tmp.path().join("back");
+    let mut again = config("parquet", &hub, &back);
+    again.transcode.max_short_side = None;
+    again.shard_bytes = 2_000_000;
+    let m2 = run(&again);
+    assert_eq!(m2.class_names, m.class_names);
+    assert_eq!(m2.skipped.len(), 1, "{:?}", m2.skipped);
+    let digest = |dir: &std::path::Path, m: &schemas::Manifest| {
+        let mut v: Vec<(String, String, i32)> = rows(dir, m)
+            .into_iter()
+            .map(|r| (r.split, format!("{:x}", Sha256::digest(&r.image)), r.label))
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (digest(&first, &m), digest(&back, &m2));
+    assert!(a.len() > 150, "{}", a.len());
+    assert_eq!(a, b, "the same images, labels and splits");
+}

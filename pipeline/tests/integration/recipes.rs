@@ -101,7 +101,7 @@ fn recipes_carry_table_3_table_9_and_section_5_5() {
     assert_eq!(imagenet.pretrain.epochs_for(128_117), 3000);
     assert_eq!(imagenet.pretrain.epochs_for(12_812), 29_999);
     // Datasets outside the paper follow the rule from their own size, capped at 5,000.
-    for name in ["imagenette", "folder"] {
+    for name in ["imagenette", "folder", "parquet"] {
         let r = Recipe::load(&dir, name).unwrap();
         assert_eq!(r.pretrain.epochs_for(9_469), 5000, "{name}");
         assert_eq!(r.pretrain.epochs_for(500_000), 769, "{name}");
@@ -125,7 +125,7 @@ fn recipes_carry_table_3_table_9_and_section_5_5() {
     let mut all = Recipe::names(&dir).unwrap();
     all.sort();
     let mut checked: Vec<String> = paper.iter().map(|p| p.0.to_string()).collect();
-    checked.extend(["imagenet", "imagenette", "folder", "camvid", "segmentation"].map(String::from));
+    checked.extend(["imagenet", "imagenette", "folder", "parquet", "camvid", "segmentation"].map(String::from));
     checked.sort();
     assert_eq!(all, checked);
 }
