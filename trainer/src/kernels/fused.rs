@@ -21,6 +21,7 @@
 //! (faster alone in PyTorch for 33 tokens). The step was 1-2% slower with either.
 
 use burn::prelude::*;
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, TensorPrimitive};
@@ -53,7 +54,16 @@ fn attention_by_parts<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 
     let parts = qkv.reshape([b, l, 3, h, d / h]).permute([2, 0, 3, 1, 4]); // [3, batch, heads, tokens, head_dim]
     let mut parts = parts.chunk(3, 0).into_iter().map(|t| t.squeeze_dim::<4>(0));
     let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-    let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+    let dtype = q.dtype();
+    let out = if matches!(dtype, DType::BF16 | DType::F16) {
+        // As autocast runs it: the two matmuls in the narrow type, the softmax in f32. burn's
+        // autodiff attention (`attention_fallback`) decomposes in the input's type, so CubeCL
+        // training in bf16 would otherwise take the softmax of scores with 8 mantissa bits.
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / ((d / h) as f64).sqrt()); // [batch, heads, tokens, tokens]
+        softmax(scores.cast(DType::F32), 3).cast(dtype).matmul(v)
+    } else {
+        attention(q, k, v, None, None, AttentionModuleOptions::default())
+    };
     out.swap_dims(1, 2).reshape([b, l, d]) // [batch, tokens, dim]
 }
 
@@ -451,6 +461,47 @@ backend_tests! {
         let x = Tensor::<TestAutodiff, 2>::from_data(TensorData::new(values, [4, width]), &device);
         let got: Vec<i64> = argmax_rows(x).into_data().convert::<i64>().to_vec().unwrap();
         assert_eq!(got, vec![0, 700, 5, 0]);
+    }
+
+    /// burn's path in bf16 (CubeCL's, where LibTorch's fused kernel is absent) equals f32
+    /// attention up to bf16's rounding, in bf16 with gradients in bf16. (LibTorch's own bf16
+    /// softmax accumulates in f32, so no CPU backend shows what the f32 softmax saves on CubeCL.)
+    #[cfg(feature = "tch")]
+    #[test]
+    fn burn_attention_in_bf16_matches_f32_attention() {
+        use burn::backend::{Autodiff, LibTorch};
+        use burn::tensor::bf16;
+        type Half = Autodiff<LibTorch<bf16>>;
+        let (b, l, h, hd) = (2, 33, 2, 16);
+        let values: Vec<f32> = Tensor::<TestBackend, 3>::random([b, l, 3 * h * hd], Distribution::Normal(0.0, 2.5), &Default::default())
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let exact = Tensor::<LibTorch<f32>, 3>::from_data(TensorData::new(values.clone(), [b, l, 3 * h * hd]), (&Default::default(), DType::F32));
+        let want: Vec<f32> = attention(
+            exact.clone().reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]).slice([0..1]).squeeze_dim::<4>(0),
+            exact.clone().reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]).slice([1..2]).squeeze_dim::<4>(0),
+            exact.reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]).slice([2..3]).squeeze_dim::<4>(0),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        )
+        .swap_dims(1, 2)
+        .reshape([b, l, h * hd])
+        .into_data()
+        .iter::<f32>()
+        .collect();
+        let half = Tensor::<Half, 3>::from_data(TensorData::new(values, [b, l, 3 * h * hd]), (&Default::default(), DType::F32))
+            .cast(DType::BF16)
+            .require_grad();
+        let got = attention_by_parts(half.clone(), h);
+        assert_eq!(got.dtype(), DType::BF16);
+        let grads = got.clone().sum().backward();
+        assert_eq!(half.grad(&grads).unwrap().dtype(), DType::BF16);
+        let got: Vec<f32> = got.cast(DType::F32).into_data().iter::<f32>().collect();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst < 0.05 * scale, "worst {worst} of {scale}");
     }
 
     /// Layer norm against the decomposition written out by hand (burn's own op on flex):
