@@ -478,19 +478,20 @@ backend_tests! {
             .iter::<f32>()
             .collect();
         let exact = Tensor::<LibTorch<f32>, 3>::from_data(TensorData::new(values.clone(), [b, l, 3 * h * hd]), (&Default::default(), DType::F32));
-        let want: Vec<f32> = attention(
-            exact.clone().reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]).slice([0..1]).squeeze_dim::<4>(0),
-            exact.clone().reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]).slice([1..2]).squeeze_dim::<4>(0),
-            exact.reshape([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]).slice([2..3]).squeeze_dim::<4>(0),
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        )
-        .swap_dims(1, 2)
-        .reshape([b, l, h * hd])
-        .into_data()
-        .iter::<f32>()
-        .collect();
+        let parts: Vec<Tensor<LibTorch<f32>, 4>> = exact
+            .reshape([b, l, 3, h, hd])
+            .permute([2, 0, 3, 1, 4])
+            .chunk(3, 0)
+            .into_iter()
+            .map(|t| t.squeeze_dim::<4>(0))
+            .collect();
+        let (q, k, v) = (parts[0].clone(), parts[1].clone(), parts[2].clone());
+        let want: Vec<f32> = attention(q, k, v, None, None, AttentionModuleOptions::default())
+            .swap_dims(1, 2)
+            .reshape([b, l, h * hd])
+            .into_data()
+            .iter::<f32>()
+            .collect();
         let half = Tensor::<Half, 3>::from_data(TensorData::new(values, [b, l, 3 * h * hd]), (&Default::default(), DType::F32))
             .cast(DType::BF16)
             .require_grad();
