@@ -9,8 +9,10 @@ length, a JSON header, then the raw little-endian tensors), with its sizes check
 """
 import argparse
 import json
+import os
 import struct
 import sys
+import tempfile
 
 import torch
 
@@ -26,13 +28,24 @@ def read_safetensors(path):
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER or 8 + n > len(data):
         sys.exit(f"{path}: header length {n} does not fit the file")
-    header = json.loads(data[8 : 8 + n])
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except ValueError as e:
+        sys.exit(f"{path}: header is not JSON: {e}")
+    if not isinstance(header, dict):
+        sys.exit(f"{path}: header is not a JSON object")
     body = memoryview(data)[8 + n :]
     out = {}
     for name, t in header.items():
         if name == "__metadata__":
             continue
-        dtype = DTYPES.get(t["dtype"])
+        if not isinstance(t, dict):
+            sys.exit(f"{path}: tensor {name}: not a JSON object")
+        shape, offsets = t.get("shape"), t.get("data_offsets")
+        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            sys.exit(f"{path}: tensor {name}: shape and data_offsets must be non-negative integers")
+        dtype = DTYPES.get(t.get("dtype"))
         if dtype is None:
             sys.exit(f"{path}: tensor {name}: dtype {t['dtype']} not supported")
         start, end = t["data_offsets"]
@@ -54,7 +67,17 @@ def main():
                     help="model: detectron2 (ViTDet); state_dict: mmsegmentation / mmengine")
     a = ap.parse_args()
     sd = read_safetensors(a.src)
-    torch.save({a.key: sd}, a.dst)
+    # Written beside the destination, then renamed over it: never a half-written checkpoint.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(a.dst)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({a.key: sd}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, a.dst)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     print(f"wrote {a.dst}: {len(sd)} tensors under {a.key!r}")
 
 

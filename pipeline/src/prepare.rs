@@ -597,7 +597,8 @@ fn in_stored_pixels(
         "coordinates".into(),
         "stored image pixels (width, height columns)".into(),
     );
-    metadata.insert("annotations_of_unstored_images".into(), dropped.to_string());
+    metadata.insert("annotations_of_unstored_images".into(), dropped.unstored.to_string());
+    metadata.insert("annotations_of_rotated_images".into(), dropped.rotated.to_string());
     Ok((batch, metadata))
 }
 

@@ -309,7 +309,18 @@ pub fn transcode(raw: &[u8], bbox: Option<[i32; 4]>, s: &TranscodeSettings) -> R
 /// and stored as PNG.
 pub fn transcode_mask(raw: &[u8], width: u32, height: u32) -> Result<Vec<u8>, SkipReason> {
     let img = image::load_from_memory(raw).map_err(|e| SkipReason(format!("segmentation map: {e}")))?;
-    let gray = img.to_luma8();
+    // Class indices are 8-bit values: a 16-bit map would be scaled down, and a palette or
+    // colour map turned into luma values that name no class.
+    let gray = match img {
+        image::DynamicImage::ImageLuma8(g) => g,
+        image::DynamicImage::ImageRgb8(ref rgb) if rgb.pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]) => img.to_luma8(),
+        other => {
+            return Err(SkipReason(format!(
+                "segmentation map is {:?}: class indices in an 8-bit grayscale PNG are needed (a palette or colour map names no class)",
+                other.color()
+            )))
+        }
+    };
     let gray = if gray.dimensions() == (width, height) {
         gray
     } else {
@@ -472,6 +483,23 @@ mod tests {
         let raw = jpeg(64, 64);
         assert!(transcode(&raw[..20], None, &TranscodeSettings::default()).is_err());
         assert!(transcode(&[], None, &TranscodeSettings::default()).is_err());
+    }
+
+    /// A colour (palette-style) label map would become luma values naming no class: a skip.
+    #[test]
+    fn colour_label_maps_are_skipped_and_gray_ones_kept() {
+        let png = |img: image::DynamicImage| {
+            let mut out = Vec::new();
+            img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+            out
+        };
+        let red = RgbImage::from_fn(4, 4, |x, _| image::Rgb(if x < 2 { [128, 0, 0] } else { [0, 0, 0] }));
+        let err = transcode_mask(&png(red.into()), 4, 4).unwrap_err().0;
+        assert!(err.contains("8-bit grayscale"), "{err}");
+        let gray = RgbImage::from_fn(4, 4, |x, _| image::Rgb([x as u8; 3]));
+        let kept = transcode_mask(&png(gray.into()), 4, 4).unwrap();
+        let back = image::load_from_memory(&kept).unwrap().to_luma8();
+        assert_eq!(back.get_pixel(3, 0).0[0], 3);
     }
 
     #[test]

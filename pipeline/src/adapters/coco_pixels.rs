@@ -59,19 +59,30 @@ pub fn stored_sizes(path: &Path) -> Result<BTreeMap<i64, Size>> {
     Ok(out)
 }
 
+/// Annotations [`to_stored_pixels`] leaves out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Of images the shards do not hold.
+    pub unstored: usize,
+    /// Of images stored rotated against the json's frame.
+    pub rotated: usize,
+}
+
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Option<&'a T> {
     batch.column_by_name(name)?.as_any().downcast_ref::<T>()
 }
 
 /// The annotation table (as `coco::annotation_table` builds it) in stored pixels, with the
-/// stored and original sizes beside each annotation. Annotations of images that were not
-/// stored (skipped as unreadable, each a recorded skip) are left out; the count is returned.
+/// stored and original sizes beside each annotation. Left out, and counted: annotations of
+/// images that were not stored (skipped as unreadable, each a recorded skip), and of images
+/// stored rotated against the json's frame (an EXIF orientation, which `transcode` applies
+/// and COCO's coordinates do not), which a per-axis scale would misplace.
 pub fn to_stored_pixels(
     table: &RecordBatch,
     original: &BTreeMap<i64, Size>,
     stored: &BTreeMap<i64, Size>,
     path: &Path,
-) -> Result<(RecordBatch, usize)> {
+) -> Result<(RecordBatch, Dropped)> {
     let bad = |field: String, message: String| PipelineError::BadField {
         path: path.to_path_buf(),
         field,
@@ -82,28 +93,32 @@ pub fn to_stored_pixels(
     let bbox = column::<FixedSizeListArray>(table, "bbox").expect("built by the adapter");
     let area = column::<Float64Array>(table, "area").expect("built by the adapter");
     let seg = column::<StringArray>(table, "segmentation").expect("built by the adapter");
-    let mut keep = Vec::new();
+    let (mut keep, mut dropped) = (Vec::new(), Dropped::default());
     let (mut boxes, mut areas, mut segs, mut sizes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..table.num_rows() {
         let Some(&to) = stored.get(&image.value(i)) else {
+            dropped.unstored += 1;
             continue;
         };
         let field = |f: &str| format!("annotations[id={}].{f}", ann.value(i));
         let from = *original
             .get(&image.value(i))
             .ok_or_else(|| bad(field("image_id"), "its image has no width/height".into()))?;
+        if (to[0] > to[1] && from[0] < from[1]) || (to[0] < to[1] && from[0] > from[1]) {
+            dropped.rotated += 1;
+            continue;
+        }
         let (sx, sy) = (to[0] as f64 / from[0] as f64, to[1] as f64 / from[1] as f64);
         let b = bbox.value(i);
         let b = b.as_any().downcast_ref::<Float64Array>().expect("f64 items");
         boxes.push([b.value(0) * sx, b.value(1) * sy, b.value(2) * sx, b.value(3) * sy]);
         areas.push(area.value(i) * sx * sy);
         let s: Value = serde_json::from_str(seg.value(i)).map_err(|e| bad(field("segmentation"), e.to_string()))?;
-        let s = scale_segmentation(&s, [sx, sy], to).map_err(|m| bad(field("segmentation"), m))?;
+        let s = scale_segmentation(&s, from, to).map_err(|m| bad(field("segmentation"), m))?;
         segs.push(s.to_string());
         sizes.push((to, from));
         keep.push(i as u64);
     }
-    let dropped = table.num_rows() - keep.len();
     let take = arrow_array::UInt64Array::from(keep);
     let mut fields: Vec<Field> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
@@ -152,7 +167,8 @@ fn box_column(boxes: &[[f64; 4]]) -> FixedSizeListArray {
 
 /// Polygons (`[[x, y, x, y, ...], ...]`) scaled per axis; an RLE mask (`{"size": [h, w],
 /// "counts": ...}`, compressed or not) resampled to the stored size, written uncompressed.
-pub fn scale_segmentation(s: &Value, [sx, sy]: [f64; 2], to: Size) -> std::result::Result<Value, String> {
+pub fn scale_segmentation(s: &Value, from: Size, to: Size) -> std::result::Result<Value, String> {
+    let (sx, sy) = (to[0] as f64 / from[0] as f64, to[1] as f64 / from[1] as f64);
     match s {
         Value::Null => Ok(Value::Null),
         Value::Array(polys) => polys
@@ -175,11 +191,15 @@ pub fn scale_segmentation(s: &Value, [sx, sy]: [f64; 2], to: Size) -> std::resul
                 .get("size")
                 .and_then(Value::as_array)
                 .ok_or("an RLE without its size")?;
-            let dim = |k: usize| size.get(k).and_then(Value::as_u64).filter(|&v| v > 0 && v <= 1 << 16);
-            let (h, w) = (
-                dim(0).ok_or("RLE height")? as usize,
-                dim(1).ok_or("RLE width")? as usize,
-            );
+            let dim = |k: usize| size.get(k).and_then(Value::as_u64);
+            let (h, w) = (dim(0).ok_or("RLE height")?, dim(1).ok_or("RLE width")?);
+            if [w, h] != [from[0] as u64, from[1] as u64] || w * h > MAX_MASK_PIXELS {
+                return Err(format!(
+                    "an RLE mask of {w}x{h} on a {}x{} image (at most {MAX_MASK_PIXELS} pixels)",
+                    from[0], from[1]
+                ));
+            }
+            let (h, w) = (h as usize, w as usize);
             let counts = match rle.get("counts") {
                 Some(Value::String(text)) => decode_compressed(text)?,
                 Some(Value::Array(c)) => c
@@ -196,6 +216,9 @@ pub fn scale_segmentation(s: &Value, [sx, sy]: [f64; 2], to: Size) -> std::resul
     }
 }
 
+/// The largest crowd mask decoded: 256 megapixels, far above any COCO image.
+const MAX_MASK_PIXELS: u64 = 1 << 28;
+
 /// pycocotools' compressed RLE string (`rleFrString`): 5-bit groups with a continuation bit,
 /// counts from the third on stored as differences from the count two before.
 fn decode_compressed(text: &str) -> std::result::Result<Vec<u64>, String> {
@@ -205,7 +228,8 @@ fn decode_compressed(text: &str) -> std::result::Result<Vec<u64>, String> {
         let (mut x, mut k, mut more) = (0i64, 0u32, true);
         while more {
             let c = *bytes.get(p).ok_or("a truncated RLE string")? as i64 - 48;
-            if !(0..64).contains(&c) || k > 12 {
+            // pycocotools' counts are 32-bit: at most seven 5-bit groups.
+            if !(0..64).contains(&c) || k >= 7 {
                 return Err("not an RLE string".into());
             }
             x |= (c & 0x1f) << (5 * k);
@@ -217,7 +241,9 @@ fn decode_compressed(text: &str) -> std::result::Result<Vec<u64>, String> {
             }
         }
         if counts.len() > 2 {
-            x += counts[counts.len() - 2];
+            x = x
+                .checked_add(counts[counts.len() - 2])
+                .ok_or("an RLE count overflows")?;
         }
         counts.push(x);
     }
@@ -230,9 +256,9 @@ fn decode_compressed(text: &str) -> std::result::Result<Vec<u64>, String> {
 /// Column-major (COCO's order) mask of `h * w` pixels from run lengths, zeros first.
 fn rle_to_mask(counts: &[u64], h: usize, w: usize) -> std::result::Result<Vec<bool>, String> {
     let n = h * w;
-    let total: u64 = counts.iter().sum();
-    if total != n as u64 {
-        return Err(format!("RLE counts sum to {total}, not {h}x{w} = {n}"));
+    let total = counts.iter().try_fold(0u64, |a, &c| a.checked_add(c));
+    if total != Some(n as u64) {
+        return Err(format!("RLE counts sum to {total:?}, not {h}x{w} = {n}"));
     }
     let mut mask = Vec::with_capacity(n);
     for (k, &c) in counts.iter().enumerate() {
@@ -277,15 +303,21 @@ mod tests {
     #[test]
     fn polygons_scale_per_axis_and_rle_round_trips() {
         let p = serde_json::json!([[10.0, 20.0, 30.0, 40.0]]);
-        let s = scale_segmentation(&p, [0.5, 0.25], [5, 5]).unwrap();
+        let s = scale_segmentation(&p, [10, 20], [5, 5]).unwrap();
         assert_eq!(s, serde_json::json!([[5.0, 5.0, 15.0, 10.0]]));
         // A 4x4 mask with its left half set, halved to 2x2: the left column stays set.
         let rle = serde_json::json!({"size": [4, 4], "counts": [0, 8, 8]});
-        let s = scale_segmentation(&rle, [0.5, 0.5], [2, 2]).unwrap();
+        let s = scale_segmentation(&rle, [4, 4], [2, 2]).unwrap();
         assert_eq!(s, serde_json::json!({"size": [2, 2], "counts": [0, 2, 2]}));
         // pycocotools' compressed string for the same 4x4 mask (counts [0, 8, 8]).
         assert_eq!(decode_compressed("088").unwrap(), vec![0, 8, 8]);
-        assert!(scale_segmentation(&serde_json::json!({"size": [4, 4], "counts": [3]}), [1.0, 1.0], [4, 4]).is_err());
-        assert!(scale_segmentation(&serde_json::json!("x"), [1.0, 1.0], [4, 4]).is_err());
+        let bad = |v: serde_json::Value| scale_segmentation(&v, [4, 4], [4, 4]).unwrap_err();
+        assert!(bad(serde_json::json!({"size": [4, 4], "counts": [3]})).contains("sum to"));
+        assert!(bad(serde_json::json!("x")).contains("neither"));
+        // Hostile counts: an overflowing sum, a mask of another size than its image, a string
+        // longer than 32 bits per count.
+        assert!(bad(serde_json::json!({"size": [4, 4], "counts": [u64::MAX, 17]})).contains("sum to"));
+        assert!(bad(serde_json::json!({"size": [65536, 65536], "counts": [0]})).contains("65536x65536"));
+        assert!(bad(serde_json::json!({"size": [4, 4], "counts": "oooooooooooo@"})).contains("not an RLE"));
     }
 }

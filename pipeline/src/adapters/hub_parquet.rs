@@ -104,7 +104,18 @@ fn read_file(path: &Path) -> Result<(Option<Vec<String>>, Rows)> {
         .and_then(|kv| kv.iter().find(|k| k.key == "huggingface").and_then(|k| k.value.clone()))
         .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
         .and_then(|v| v["info"]["features"]["label"]["names"].as_array().cloned())
-        .map(|a| a.iter().map(|n| n.as_str().unwrap_or_default().to_string()).collect());
+        .map(|a| {
+            a.iter()
+                .map(|n| n.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| {
+                    bad(
+                        "huggingface metadata: label names",
+                        "a class name is not a string".into(),
+                    )
+                })
+        })
+        .transpose()?;
     let has_label = schema.field_with_name("label").is_ok();
     let leaves: Vec<usize> = (0..builder.parquet_schema().num_columns())
         .filter(|&i| {
@@ -138,8 +149,12 @@ fn read_file(path: &Path) -> Result<(Option<Vec<String>>, Rows)> {
         for i in 0..batch.num_rows() {
             let p = paths.as_ref().filter(|p| p.is_valid(i)).map(|p| p.value(i).to_string());
             let l = labels.as_ref().filter(|l| l.is_valid(i)).map_or(-1, |l| l.value(i));
-            let l = i32::try_from(l)
-                .map_err(|_| bad(&format!("row {}: label", rows.len()), format!("{l} is out of range")))?;
+            let l = i32::try_from(l).ok().filter(|&l| l >= -1).ok_or_else(|| {
+                bad(
+                    &format!("row {}: label", rows.len()),
+                    format!("{l}: a class index or -1"),
+                )
+            })?;
             rows.push((p, l));
         }
     }
@@ -178,8 +193,9 @@ pub fn read_embedded(root: &Path, rel: &str, row: u64) -> std::result::Result<Ve
             *cache = Some(read_group(&path, row).map_err(|e| e.to_string())?);
         }
         let (_, first, rows) = cache.as_ref().expect("filled above");
-        rows[(row - first) as usize]
-            .clone()
+        rows.get((row - first) as usize)
+            .cloned()
+            .flatten()
             .ok_or_else(|| format!("row {row}: the image has no bytes (a path-only image is not read)"))
     })
 }
@@ -192,18 +208,23 @@ fn read_group(path: &Path, row: u64) -> Result<Group> {
     let builder = crate::shard::open_parquet(path)?;
     let (mut first, mut group) = (0u64, None);
     for (g, rg) in builder.metadata().row_groups().iter().enumerate() {
-        let n = rg.num_rows().max(0) as u64;
+        let n = u64::try_from(rg.num_rows()).map_err(|_| PipelineError::BadField {
+            path: path.to_path_buf(),
+            field: format!("row group {g}"),
+            message: format!("{} rows in the footer", rg.num_rows()),
+        })?;
         if row < first + n {
             group = Some(g);
             break;
         }
-        first += n;
+        first = first.saturating_add(n);
     }
     let group = group.ok_or_else(|| PipelineError::BadField {
         path: path.to_path_buf(),
         field: format!("row {row}"),
         message: "past the file's last row".into(),
     })?;
+    let expected = builder.metadata().row_group(group).num_rows();
     let leaves: Vec<usize> = (0..builder.parquet_schema().num_columns())
         .filter(|&i| builder.parquet_schema().column(i).path().string() == "image.bytes")
         .collect();
@@ -234,6 +255,13 @@ fn read_group(path: &Path, row: u64) -> Result<Group> {
                 message: "missing or not binary".into(),
             })?;
         rows.extend((0..bytes.len()).map(|i| bytes.is_valid(i).then(|| bytes.value(i).to_vec())));
+    }
+    if rows.len() as i64 != expected {
+        return Err(PipelineError::BadField {
+            path: path.to_path_buf(),
+            field: format!("row group {group}"),
+            message: format!("the footer says {expected} rows, image.bytes holds {}", rows.len()),
+        });
     }
     Ok((path.to_path_buf(), first, rows))
 }

@@ -52,7 +52,8 @@ pub fn run(
         ),
         _ => println!(
             "wrote {} ({} tensors, {layout:?} layout, layer scale folded) and {}; for PyTorch's format: \
-             python tools/safetensors_to_pth.py {} {}/model.pth --key {}",
+             python tools/safetensors_to_pth.py {} {}/model.pth --key {} (detectron2: load it with \
+             ?matching_heuristics=True, see docs/dense.md)",
             e.weights.display(),
             e.tensors,
             e.config.display(),

@@ -19,14 +19,24 @@ pub struct SegAugment {
     pub ignore: u8,
 }
 
-/// A training view of an image and its label map, aligned pixel for pixel.
+/// A training view of an image and its label map, aligned pixel for pixel; a label map of
+/// another size than its image, or an empty rescale range, is the error's reason.
 pub fn seg_train_view<R: Rng>(
     img: &RgbImage,
     mask: &GrayImage,
     cfg: &SegAugment,
     rng: &mut R,
-) -> (RgbImage, GrayImage) {
-    assert_eq!(img.dimensions(), mask.dimensions(), "a label per pixel");
+) -> Result<(RgbImage, GrayImage), String> {
+    if img.dimensions() != mask.dimensions() {
+        return Err(format!(
+            "a {:?} label map for a {:?} image",
+            mask.dimensions(),
+            img.dimensions()
+        ));
+    }
+    if !(cfg.scale.0 > 0.0 && cfg.scale.0 <= cfg.scale.1) || cfg.crop == 0 {
+        return Err(format!("rescale range {:?} and crop {}", cfg.scale, cfg.crop));
+    }
     let s = rng.random_range(cfg.scale.0..=cfg.scale.1);
     let (w, h) = img.dimensions();
     let (sw, sh) = (
@@ -50,7 +60,7 @@ pub fn seg_train_view<R: Rng>(
             out_mask.put_pixel(dx, y, image::Luma([mask[i]]));
         }
     }
-    (out_img, out_mask)
+    Ok((out_img, out_mask))
 }
 
 /// Resamples a packed buffer: RGB with Catmull-Rom, a one-channel label map with nearest
@@ -111,7 +121,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let mut flips = 0;
         for _ in 0..20 {
-            let (v, m) = seg_train_view(&img, &mask, &cfg, &mut rng);
+            let (v, m) = seg_train_view(&img, &mask, &cfg, &mut rng).unwrap();
             assert_eq!((v.dimensions(), m.dimensions()), ((256, 256), (256, 256)));
             let (share, labelled) = agreement(&v, &m, 255);
             assert!(labelled > 0 && share > 0.85, "aligned: {share}");
@@ -128,8 +138,12 @@ mod tests {
             scale: (0.5, 0.5),
             ..cfg
         };
-        let (_, m) = seg_train_view(&img, &mask, &small, &mut rng);
+        let (_, m) = seg_train_view(&img, &mask, &small, &mut rng).unwrap();
         assert_eq!(m.get_pixel(255, 255).0[0], 255);
         assert_eq!(m.pixels().filter(|p| p.0[0] != 255).count(), 192 * 144);
+        let wrong = GrayImage::new(10, 10);
+        assert!(seg_train_view(&img, &wrong, &cfg, &mut rng)
+            .unwrap_err()
+            .contains("label map"));
     }
 }

@@ -67,15 +67,24 @@ pub fn embed<B: Backend>(
         return Err(crate::error::ConfigError::invalid("layer", l, format!("1..={}", encoder.blocks.len())).into());
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let meta = serde_json::to_string(spec).expect("serializable");
     let n = set.samples.len();
+    // What a kept part must have been written for: this spec, dataset and split size.
+    let meta = serde_json::json!({"spec": spec, "data": set.dir, "images": n}).to_string();
     let parts = n.div_ceil(PART_ROWS);
+    let stray = out.join(format!("part-{parts:05}.parquet"));
+    if stray.exists() {
+        return Err(RunFolderError {
+            path: stray,
+            message: format!("a part past the {parts} this split has: the folder holds another run's embeddings"),
+        }
+        .into());
+    }
     let bar = crate::progress::pass("embedding", n as u64, "images");
     let (mut kept, mut done, started) = (0, 0, Instant::now());
     for p in 0..parts {
         let rows = p * PART_ROWS..((p + 1) * PART_ROWS).min(n);
         let path = out.join(format!("part-{p:05}.parquet"));
-        if written_for(&path, &meta)? {
+        if written_for(&path, &meta, rows.len())? {
             kept += 1;
             bar.inc(rows.len() as u64);
             continue;
@@ -98,18 +107,19 @@ pub fn embed<B: Backend>(
 
 /// Whether `path` is a part written for `meta` (kept); absent is false; another
 /// configuration's part is an error, not silently mixed in.
-fn written_for(path: &Path, meta: &str) -> Result<bool> {
+fn written_for(path: &Path, meta: &str, rows: usize) -> Result<bool> {
     let Ok(file) = std::fs::File::open(path) else {
         return Ok(false);
     };
     let theirs = ParquetRecordBatchReaderBuilder::try_new(file).ok().and_then(|b| {
-        b.metadata()
-            .file_metadata()
+        let m = b.metadata().file_metadata();
+        let value = m
             .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|k| k.key == META_KEY).and_then(|k| k.value.clone()))
+            .and_then(|kv| kv.iter().find(|k| k.key == META_KEY).and_then(|k| k.value.clone()));
+        value.map(|v| (v, m.num_rows()))
     });
     match theirs {
-        Some(t) if t == meta => Ok(true),
+        Some((t, n)) if t == meta && n == rows as i64 => Ok(true),
         _ => Err(RunFolderError {
             path: path.to_path_buf(),
             message: "holds embeddings of another encoder, split or setting (or is not a part): choose another --out"

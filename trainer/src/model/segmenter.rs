@@ -38,14 +38,16 @@ impl SegmenterConfig {
     /// BEiT's choice for any depth: the last block of each quarter of the encoder.
     pub fn for_vit(vit: VitConfig, classes: usize) -> Self {
         let d = vit.depth;
-        let blocks = vec![d / 4 - 1, d / 2 - 1, 3 * d / 4 - 1, d - 1];
+        let last = |k: usize| (k * d / 4).max(1) - 1;
+        let blocks = vec![last(1), last(2), last(3), last(4)];
         SegmenterConfig::new(vit, classes, blocks)
     }
 
     pub fn validate(&self) -> Result<(), String> {
         let d = self.vit.depth;
-        if self.feature_blocks.len() != 4 || self.feature_blocks.iter().any(|&b| b >= d) {
-            return Err(format!("feature blocks {:?}: four of 0..{d}", self.feature_blocks));
+        let b = &self.feature_blocks;
+        if b.len() != 4 || b.iter().any(|&x| x >= d) || b.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!("feature blocks {b:?}: four of 0..{d}, ascending"));
         }
         if !(1..=255).contains(&self.classes) || self.channels == 0 || self.pool_scales.is_empty() {
             return Err("classes 1..=255, channels and pool scales non-empty".into());
@@ -263,6 +265,11 @@ backend_tests! {
         }
         let bad = SegmenterConfig { feature_blocks: vec![0, 1, 2, 9], ..micro() };
         assert!(bad.validate().unwrap_err().contains("four of 0..4"));
+        let unordered = SegmenterConfig { feature_blocks: vec![3, 2, 1, 0], ..micro() };
+        assert!(unordered.validate().unwrap_err().contains("ascending"));
+        // Too shallow for four distinct levels: refused, not underflowed.
+        let shallow = SegmenterConfig::for_vit(micro().vit.with_depth(2), 5);
+        assert!(shallow.validate().is_err());
     }
 
     #[test]

@@ -143,4 +143,11 @@ fn embeddings_cover_the_split_and_equal_evals_features() {
         !o.status.success() && err.contains("part-00000.parquet") && err.contains("another encoder"),
         "{err}"
     );
+    // A part past the split's last (a larger split's run in the same folder) is refused too.
+    std::fs::copy(out.join("part-00000.parquet"), out.join("part-00001.parquet")).unwrap();
+    let err = embed(&encoder, &set, &spec, &out, &device).unwrap_err().to_string();
+    assert!(
+        err.contains("part-00001.parquet") && err.contains("past the 1"),
+        "{err}"
+    );
 }
