@@ -116,14 +116,7 @@ fn read_file(path: &Path) -> Result<(Option<Vec<String>>, Rows)> {
                 })
         })
         .transpose()?;
-    let has_label = schema.field_with_name("label").is_ok();
-    let leaves: Vec<usize> = (0..builder.parquet_schema().num_columns())
-        .filter(|&i| {
-            let c = builder.parquet_schema().column(i);
-            c.path().string() == "image.path" || (has_label && c.path().string() == "label")
-        })
-        .collect();
-    let mask = ProjectionMask::leaves(builder.parquet_schema(), leaves);
+    let mask = columns(builder.parquet_schema(), &["image.path", "label"]);
     let reader = builder
         .with_projection(mask)
         .build()
@@ -137,11 +130,7 @@ fn read_file(path: &Path) -> Result<(Option<Vec<String>>, Rows)> {
             path: path.to_path_buf(),
             source,
         })?;
-        let paths = batch
-            .column_by_name("image")
-            .and_then(|c| c.as_any().downcast_ref::<StructArray>())
-            .and_then(|s| s.column_by_name("path"))
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+        let paths = image_child::<StringArray>(&batch, "path");
         let labels = batch
             .column_by_name("label")
             .map(|c| arrow_cast_i64(c.as_ref(), path))
@@ -225,10 +214,7 @@ fn read_group(path: &Path, row: u64) -> Result<Group> {
         message: "past the file's last row".into(),
     })?;
     let expected = builder.metadata().row_group(group).num_rows();
-    let leaves: Vec<usize> = (0..builder.parquet_schema().num_columns())
-        .filter(|&i| builder.parquet_schema().column(i).path().string() == "image.bytes")
-        .collect();
-    let mask = ProjectionMask::leaves(builder.parquet_schema(), leaves);
+    let mask = columns(builder.parquet_schema(), &["image.bytes"]);
     let perr = |source| PipelineError::Parquet {
         path: path.to_path_buf(),
         source,
@@ -244,12 +230,8 @@ fn read_group(path: &Path, row: u64) -> Result<Group> {
             path: path.to_path_buf(),
             source,
         })?;
-        let bytes = batch
-            .column_by_name("image")
-            .and_then(|c| c.as_any().downcast_ref::<StructArray>())
-            .and_then(|s| s.column_by_name("bytes"))
-            .and_then(|c| c.as_any().downcast_ref::<arrow_array::BinaryArray>().cloned())
-            .ok_or_else(|| PipelineError::BadField {
+        let bytes =
+            image_child::<arrow_array::BinaryArray>(&batch, "bytes").ok_or_else(|| PipelineError::BadField {
                 path: path.to_path_buf(),
                 field: "image.bytes".into(),
                 message: "missing or not binary".into(),
@@ -264,4 +246,22 @@ fn read_group(path: &Path, row: u64) -> Result<Group> {
         });
     }
     Ok((path.to_path_buf(), first, rows))
+}
+
+/// The leaf columns named (dotted paths such as `image.bytes`) that the file has.
+fn columns(schema: &parquet::schema::types::SchemaDescriptor, names: &[&str]) -> ProjectionMask {
+    let leaves = (0..schema.num_columns()).filter(|&i| names.contains(&schema.column(i).path().string().as_str()));
+    ProjectionMask::leaves(schema, leaves)
+}
+
+/// A field of the `image` struct column, when present and of type `T`.
+fn image_child<T: Clone + 'static>(batch: &arrow_array::RecordBatch, name: &str) -> Option<T> {
+    batch
+        .column_by_name("image")?
+        .as_any()
+        .downcast_ref::<StructArray>()?
+        .column_by_name(name)?
+        .as_any()
+        .downcast_ref::<T>()
+        .cloned()
 }
