@@ -33,6 +33,10 @@ pub struct Recipe {
     /// Classification fine-tuning recipe; absent for detection/segmentation sets.
     #[serde(default)]
     pub finetune: Option<FinetuneDefaults>,
+    /// Semantic segmentation fine-tuning recipe (`trainer segment`); absent for sets without
+    /// label maps.
+    #[serde(default)]
+    pub segment: Option<SegmentDefaults>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +175,42 @@ pub struct FinetuneDefaults {
     pub crop_ratio: f64,
     /// Color-jitter strength (timm applies it only without RandAugment).
     pub color_jitter: f64,
+}
+
+/// The semantic segmentation recipe (BEiT's ADE20k UperNet fine-tuning in mmsegmentation,
+/// which the paper's Table 5 follows). Every field but the label handling is required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentDefaults {
+    /// Side of the square training crop and of the sliding window, in pixels.
+    pub crop: u32,
+    /// Short side every image is brought to before the random rescale, and at evaluation
+    /// (mmsegmentation's `img_scale` (2048, 512) for ADE20k).
+    pub short_side: u32,
+    /// Random rescale range around `short_side` (mmsegmentation's `ratio_range`).
+    pub scale_min: f64,
+    pub scale_max: f64,
+    /// Sliding-window stride at evaluation.
+    pub stride: u32,
+    /// Updates (iterations) of the schedule.
+    pub iterations: u64,
+    /// The batch `lr` is quoted at.
+    pub batch_size: usize,
+    pub lr: f64,
+    pub layer_decay: f64,
+    pub weight_decay: f64,
+    pub warmup_iterations: u64,
+    pub drop_path: f64,
+    /// Channels of UperNet's pyramid pooling and FPN.
+    pub channels: usize,
+    /// Label maps whose 0 means "other" (ADE20k): values shift down by one and 0 is ignored
+    /// (mmsegmentation's `reduce_zero_label`).
+    #[serde(default)]
+    pub reduce_zero_label: bool,
+    /// Classes where the manifest names none (ADE20k's 150); the manifest's `mask_classes`
+    /// otherwise.
+    #[serde(default)]
+    pub classes: Option<usize>,
 }
 
 /// Epochs that match the updates of 300 ImageNet epochs on `train_images` images.

@@ -23,6 +23,10 @@ enum Command {
     Pretrain(commands::pretrain::Args),
     /// Fine-tune a pre-trained encoder (or a random-init one) on the dataset's labels.
     Finetune(commands::finetune::Args),
+    /// Semantic segmentation: a pre-trained encoder (or a random-init one) under the
+    /// multi-scale adapter and UperNet, trained on the dataset's label maps; mIoU by sliding
+    /// window.
+    Segment(commands::segment::Args),
     /// k-NN and per-layer linear probes of a frozen encoder; writes results.json.
     Eval(commands::eval::Args),
     /// Gather run folders into report.md with tables and PNG plots.
@@ -86,6 +90,7 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Pretrain(args) => commands::pretrain::run(args, progress),
         Command::Finetune(args) => commands::finetune::run(args, progress),
+        Command::Segment(args) => commands::segment::run(args, progress),
         Command::Eval(args) => commands::eval::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Export(args) => commands::export::run(args),

@@ -11,3 +11,4 @@ pub mod export;
 pub mod finetune;
 pub mod pretrain;
 pub mod report;
+pub mod segment;

@@ -11,6 +11,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::randaugment::{rand_augment, RandAugmentConfig};
+use crate::data::seg_augment::SegAugment;
 
 /// ImageNet normalization, shared with the tokenizer (`schemas::Preprocessing::paper`).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -49,6 +50,10 @@ pub struct AugmentConfig {
     /// `flip` they share).
     #[serde(default)]
     pub multi_crop: Option<MultiCrop>,
+    /// Semantic segmentation's joint image and label-map view in place of the views above
+    /// (`size` is its crop).
+    #[serde(default)]
+    pub segmentation: Option<SegAugment>,
 }
 
 /// DINO's multi-crop: two global crops at the model's size and `local_crops` small ones, each
@@ -109,6 +114,16 @@ impl AugmentConfig {
             erase_prob: 0.0,
             repeats: 1,
             multi_crop: None,
+            segmentation: None,
+        }
+    }
+
+    /// Segmentation's training views: `seg`'s rescale, crop and flip of the image and its
+    /// label map, nothing else.
+    pub fn segment(seg: SegAugment) -> Self {
+        AugmentConfig {
+            segmentation: Some(seg),
+            ..Self::pretrain(seg.crop, false)
         }
     }
 

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
 use pipeline::shard::ShardReader;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,10 @@ pub struct LoadOptions {
     /// being read, row in hand), in MB. Also sizes the shuffle buffer in RAM, so the batches
     /// do not depend on `cache`.
     pub memory_mb: u64,
+    /// Carry each row's label map with its image (semantic segmentation); rows without one
+    /// are left out and listed as skipped.
+    #[serde(default)]
+    pub masks: bool,
 }
 
 impl Default for LoadOptions {
@@ -45,6 +49,7 @@ impl Default for LoadOptions {
         LoadOptions {
             cache: Cache::Auto,
             memory_mb: 1024,
+            masks: false,
         }
     }
 }
@@ -80,6 +85,7 @@ impl LoaderArgs {
         Ok(LoadOptions {
             cache: self.cache,
             memory_mb: self.loader_memory_mb,
+            masks: false,
         })
     }
 }
@@ -186,7 +192,7 @@ impl ImageSet {
         let per_shard: Vec<Result<ShardRows>> = shards
             .par_iter()
             .enumerate()
-            .map(|(shard_index, s)| index_shard(dir, split, (shard_index, *s), cached, &bar))
+            .map(|(shard_index, s)| index_shard(dir, split, (shard_index, *s), (cached, options.masks), &bar))
             .collect();
         bar.finish_and_clear();
         let mut samples = Vec::new();
@@ -265,7 +271,12 @@ impl ImageSet {
         for r in reader {
             let r = r.map_err(|e| unreadable(None, e.to_string()))?;
             ids.push(r.id);
-            rows.push(r.image);
+            rows.push(match (self.options.masks, r.mask) {
+                (true, Some(mask)) => pack_row(&r.image, &mask),
+                // A row without a label map is not in the set; its slot is never read.
+                (true, None) => Vec::new(),
+                (false, _) => r.image,
+            });
         }
         let start = self.samples.partition_point(|s| (s.shard, s.group) < (shard, group));
         for s in self.samples[start..]
@@ -436,14 +447,62 @@ impl ImageSet {
 
     /// Decodes sample `i` from its encoded `bytes` (see [`ImageSet::fetch`]).
     pub fn decode(&self, i: usize, bytes: &[u8]) -> Result<RgbImage, DataError> {
+        let bytes = match self.options.masks {
+            true => unpack_row(bytes).map_err(|e| self.decode_error(i, e))?.0,
+            false => bytes,
+        };
         pipeline::transcode::decode_upright(bytes)
             .map(|(img, _)| img)
-            .map_err(|e| DataError::Decode {
-                shard: self.shards[self.samples[i].shard as usize].clone(),
-                id: self.samples[i].id.clone(),
-                reason: e.0,
-            })
+            .map_err(|e| self.decode_error(i, e.0))
     }
+
+    /// Sample `i`'s label map from its encoded `bytes`, where the set carries them
+    /// ([`LoadOptions::masks`]): an 8-bit one-channel PNG.
+    pub fn decode_mask(&self, i: usize, bytes: &[u8]) -> Result<GrayImage, DataError> {
+        if !self.options.masks {
+            return Err(self.decode_error(i, "the split was loaded without its label maps".into()));
+        }
+        let (_, mask) = unpack_row(bytes).map_err(|e| self.decode_error(i, e))?;
+        match image::load_from_memory(mask) {
+            Ok(image::DynamicImage::ImageLuma8(m)) => Ok(m),
+            Ok(other) => Err(self.decode_error(
+                i,
+                format!("a label map of {:?} pixels, not 8-bit labels", other.color()),
+            )),
+            Err(e) => Err(self.decode_error(i, format!("label map: {e}"))),
+        }
+    }
+
+    fn decode_error(&self, i: usize, reason: String) -> DataError {
+        DataError::Decode {
+            shard: self.shards[self.samples[i].shard as usize].clone(),
+            id: self.samples[i].id.clone(),
+            reason,
+        }
+    }
+}
+
+/// A segmentation row as the loader carries it: the label map travels in one buffer with its
+/// image (`[image length: u32 LE][image][label map]`), so the streaming loader's buffer, its
+/// memory bound and the RAM cache count both without a second path through them.
+fn pack_row(image: &[u8], mask: &[u8]) -> Vec<u8> {
+    let mut row = Vec::with_capacity(4 + image.len() + mask.len());
+    row.extend((image.len() as u32).to_le_bytes());
+    row.extend_from_slice(image);
+    row.extend_from_slice(mask);
+    row
+}
+
+/// The image and label map of a [`pack_row`] buffer.
+fn unpack_row(row: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let Some((len, rest)) = row.split_first_chunk::<4>() else {
+        return Err(format!("a {}-byte row holds no image and label map", row.len()));
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err(format!("an image of {len} bytes in a {}-byte row", row.len()));
+    }
+    Ok(rest.split_at(len))
 }
 
 /// One shard's rows, the rows left out and its largest row group's encoded bytes.
@@ -456,7 +515,7 @@ fn index_shard(
     dir: &Path,
     split: &str,
     (shard_index, s): (usize, &schemas::ShardEntry),
-    cached: bool,
+    (cached, masks): (bool, bool),
     bar: &indicatif::ProgressBar,
 ) -> Result<ShardRows> {
     let path = dir.join(&s.file);
@@ -498,9 +557,28 @@ fn index_shard(
             (group, group_bytes) = (group + 1, 0);
             group_end = group_ends.next().unwrap_or(u64::MAX);
         }
-        group_bytes += r.image.len() as u64;
+        let image = match (masks, &r.mask) {
+            (false, _) => r.image,
+            (true, Some(mask)) => pack_row(&r.image, mask),
+            (true, None) => {
+                skipped.push(Skipped {
+                    split: split.to_string(),
+                    shard: s.file.clone(),
+                    row: Some(row as u64),
+                    id: Some(r.id),
+                    reason: "no label map (the mask column is null)".into(),
+                });
+                continue;
+            }
+        };
+        group_bytes += image.len() as u64;
         if damaged {
-            if let Err(e) = pipeline::transcode::decode_upright(&r.image) {
+            let encoded = if masks {
+                unpack_row(&image).map(|p| p.0).unwrap_or(&[])
+            } else {
+                &image
+            };
+            if let Err(e) = pipeline::transcode::decode_upright(encoded) {
                 skipped.push(Skipped {
                     split: split.to_string(),
                     shard: s.file.clone(),
@@ -514,8 +592,8 @@ fn index_shard(
         samples.push(Sample {
             id: r.id,
             label: r.label,
-            size: r.image.len() as u32,
-            bytes: cached.then_some(r.image),
+            size: image.len() as u32,
+            bytes: cached.then_some(image),
             shard: shard_index as u32,
             group,
             row: row as u32,
@@ -706,6 +784,7 @@ mod tests {
             &LoadOptions {
                 cache: Cache::Ram,
                 memory_mb: 1,
+                masks: false,
             },
         )
         .unwrap();
@@ -715,6 +794,7 @@ mod tests {
             &LoadOptions {
                 cache: Cache::None,
                 memory_mb: 1,
+                masks: false,
             },
         )
         .unwrap();

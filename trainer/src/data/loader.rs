@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::data::augment::{eval_view, multi_crop_views, random_erase, to_chw, train_view, AugmentConfig};
 use crate::data::images::ImageSet;
+use crate::data::seg_augment::{labels, seg_train_view};
 use crate::data::shuffle::{epoch_plan, Event, Group, Plan};
 use crate::error::DataError;
 use crate::seed::mix;
@@ -40,6 +41,9 @@ pub struct HostBatch {
     /// Further views of every sample (multi-crop's second global crop, then its local
     /// crops), in that order; empty for single-view training and evaluation.
     pub views: Vec<ViewBatch>,
+    /// `[batch, size, size]` label maps aligned with `images` (segmentation); values outside
+    /// the classes are ignored.
+    pub masks: Option<Vec<u8>>,
 }
 
 /// One further view of every sample of a batch.
@@ -280,8 +284,8 @@ fn batch_of(
     let picks: Vec<(usize, Cow<[u8]>)> = (start..start + batch)
         .map(|p| rows.at(set, p))
         .collect::<Result<_, _>>()?;
-    // A sample's views (normalized CHW; the first is `images`'), label and tokens.
-    type View = (Vec<Vec<f32>>, i64, Option<Vec<i64>>);
+    // A sample's views (normalized CHW; the first is `images`'), label, tokens and label map.
+    type View = (Vec<Vec<f32>>, i64, Option<Vec<i64>>, Option<Vec<u8>>);
     let n = set.samples.len();
     let views: Vec<Result<View, DataError>> = picks
         .par_iter()
@@ -296,10 +300,20 @@ fn batch_of(
                 mix(seed, epoch, i as u64)
             };
             let mut rng = ChaCha8Rng::seed_from_u64(view_seed);
+            let label = set.samples[i].label as i64;
+            if let Some(seg) = &aug.segmentation {
+                let mask = labels(set.decode_mask(i, bytes)?, seg.reduce_zero_label);
+                let (view, mask) = seg_train_view(&img, &mask, seg, &mut rng).map_err(|reason| DataError::Decode {
+                    shard: set.shards[set.samples[i].shard as usize].clone(),
+                    id: set.samples[i].id.clone(),
+                    reason,
+                })?;
+                return Ok((vec![chw_of(&view)], label, None, Some(mask.into_raw())));
+            }
             if let Some(mc) = &aug.multi_crop {
                 let views = multi_crop_views(&img, aug, mc, &mut rng);
                 let chws = views.iter().map(chw_of).collect();
-                return Ok((chws, set.samples[i].label as i64, None));
+                return Ok((chws, label, None, None));
             }
             let (view, flipped) = train_view(&img, aug, &mut rng);
             let mut chw = chw_of(&view);
@@ -309,7 +323,7 @@ fn batch_of(
                 .tokens
                 .as_ref()
                 .map(|t| t[flipped as usize].iter().map(|&v| v as i64).collect());
-            Ok((vec![chw], s.label as i64, tokens))
+            Ok((vec![chw], s.label as i64, tokens, None))
         })
         .collect();
     let views: Vec<View> = views.into_iter().collect::<Result<_, _>>()?;
@@ -319,6 +333,11 @@ fn batch_of(
         .map(|v| v.2.as_deref())
         .collect::<Option<Vec<_>>>()
         .map(|t| t.concat());
+    let masks = views
+        .iter()
+        .map(|v| v.3.as_deref())
+        .collect::<Option<Vec<_>>>()
+        .map(|m| m.concat());
     let view_count = views.first().map_or(0, |v| v.0.len());
     let per_view: Vec<Vec<f32>> = (0..view_count)
         .map(|k| concat(&views.iter().map(|v| v.0[k].as_slice()).collect::<Vec<_>>()))
@@ -347,6 +366,7 @@ fn batch_of(
         size: aug.size as usize,
         first: first as u64,
         views,
+        masks,
     })
 }
 
@@ -398,6 +418,7 @@ pub fn eval_batch(set: &ImageSet, indices: &[usize], size: u32, crop_ratio: f64)
         size: size as usize,
         first: 0,
         views: Vec::new(),
+        masks: None,
     })
 }
 
@@ -501,7 +522,18 @@ mod tests {
     use crate::data::images::{fixture, Cache, LoadOptions};
 
     fn load(dir: &std::path::Path, cache: Cache, memory_mb: u64) -> Arc<ImageSet> {
-        Arc::new(ImageSet::load_with(dir, "train", &LoadOptions { cache, memory_mb }).unwrap())
+        Arc::new(
+            ImageSet::load_with(
+                dir,
+                "train",
+                &LoadOptions {
+                    cache,
+                    memory_mb,
+                    masks: false,
+                },
+            )
+            .unwrap(),
+        )
     }
 
     fn aug(repeats: u32) -> AugmentConfig {

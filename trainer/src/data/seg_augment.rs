@@ -1,6 +1,7 @@
-//! Segmentation training views: the image and its label map scaled, cropped and flipped
-//! together (mmsegmentation's ADE20k pipeline: a random rescale, a random crop padded with the
-//! ignore label where the image is smaller than the crop, a horizontal flip). The image is
+//! Segmentation views: for training, the image and its label map scaled, cropped and flipped
+//! together (mmsegmentation's ADE20k pipeline: the short side brought to a scale, a random
+//! rescale of it, a random crop padded with the ignore label where the image is smaller than
+//! the crop, a horizontal flip); for evaluation, the image at that scale. The image is
 //! resampled with Catmull-Rom, the label map with nearest neighbour: labels must not blend.
 
 use fast_image_resize as fr;
@@ -8,15 +9,51 @@ use image::{GrayImage, RgbImage};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+/// The ignore label of padding (and of ADE20k's "other" after `reduce_zero_label`): any value
+/// outside the classes counts nowhere, this one by convention.
+pub const IGNORE: u8 = 255;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SegAugment {
     /// Side of the square crop in pixels.
     pub crop: u32,
-    /// Range of the random rescale of the stored image (mmsegmentation's `ratio_range`).
+    /// Short side the image is brought to before the random rescale, and for evaluation.
+    pub short_side: u32,
+    /// Range of the random rescale around `short_side` (mmsegmentation's `ratio_range`).
     pub scale: (f64, f64),
     pub flip: bool,
-    /// The label map's ignore value, also what padding is labelled.
+    /// What padding is labelled.
     pub ignore: u8,
+    /// Label 0 means "other": it is ignored and the classes shift down by one (ADE20k).
+    #[serde(default)]
+    pub reduce_zero_label: bool,
+}
+
+/// A stored label map as training and evaluation read it: with `reduce_zero_label`, 0 becomes
+/// [`IGNORE`] and every other value one less.
+pub fn labels(mut mask: GrayImage, reduce_zero_label: bool) -> GrayImage {
+    if reduce_zero_label {
+        mask.iter_mut().for_each(|v| *v = if *v == 0 { IGNORE } else { *v - 1 });
+    }
+    mask
+}
+
+/// The evaluation image: its short side brought to `short_side`, the aspect ratio kept.
+pub fn seg_eval_image(img: &RgbImage, short_side: u32) -> RgbImage {
+    let to = scaled(
+        img.dimensions(),
+        f64::from(short_side) / f64::from(img.width().min(img.height())),
+    );
+    let raw = resize(img.as_raw(), img.dimensions(), to, fr::PixelType::U8x3);
+    RgbImage::from_raw(to.0, to.1, raw).expect("resize keeps the buffer's size")
+}
+
+/// `(w, h)` times `s`, at least one pixel each.
+fn scaled((w, h): (u32, u32), s: f64) -> (u32, u32) {
+    (
+        ((w as f64 * s).round() as u32).max(1),
+        ((h as f64 * s).round() as u32).max(1),
+    )
 }
 
 /// A training view of an image and its label map, aligned pixel for pixel; a label map of
@@ -34,15 +71,15 @@ pub fn seg_train_view<R: Rng>(
             img.dimensions()
         ));
     }
-    if !(cfg.scale.0 > 0.0 && cfg.scale.0 <= cfg.scale.1) || cfg.crop == 0 {
-        return Err(format!("rescale range {:?} and crop {}", cfg.scale, cfg.crop));
+    if !(cfg.scale.0 > 0.0 && cfg.scale.0 <= cfg.scale.1) || cfg.crop == 0 || cfg.short_side == 0 {
+        return Err(format!(
+            "rescale range {:?}, crop {} and short side {}",
+            cfg.scale, cfg.crop, cfg.short_side
+        ));
     }
-    let s = rng.random_range(cfg.scale.0..=cfg.scale.1);
     let (w, h) = img.dimensions();
-    let (sw, sh) = (
-        ((w as f64 * s).round() as u32).max(1),
-        ((h as f64 * s).round() as u32).max(1),
-    );
+    let s = rng.random_range(cfg.scale.0..=cfg.scale.1) * f64::from(cfg.short_side) / f64::from(w.min(h));
+    let (sw, sh) = scaled((w, h), s);
     let img = resize(img.as_raw(), (w, h), (sw, sh), fr::PixelType::U8x3);
     let mask = resize(mask.as_raw(), (w, h), (sw, sh), fr::PixelType::U8);
     let c = cfg.crop;
@@ -114,9 +151,11 @@ mod tests {
         let (img, mask) = blocks();
         let cfg = SegAugment {
             crop: 256,
+            short_side: 288,
             scale: (0.5, 2.0),
             flip: true,
             ignore: 255,
+            reduce_zero_label: false,
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let mut flips = 0;
@@ -141,6 +180,10 @@ mod tests {
         let (_, m) = seg_train_view(&img, &mask, &small, &mut rng).unwrap();
         assert_eq!(m.get_pixel(255, 255).0[0], 255);
         assert_eq!(m.pixels().filter(|p| p.0[0] != 255).count(), 192 * 144);
+        // ADE20k's labels: "other" is ignored, the classes shift down.
+        let reduced = labels(GrayImage::from_raw(3, 1, vec![0, 1, 150]).unwrap(), true);
+        assert_eq!(reduced.as_raw(), &vec![255, 0, 149]);
+        assert_eq!(seg_eval_image(&img, 144).dimensions(), (192, 144));
         let wrong = GrayImage::new(10, 10);
         assert!(seg_train_view(&img, &wrong, &cfg, &mut rng)
             .unwrap_err()

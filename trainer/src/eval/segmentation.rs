@@ -3,7 +3,19 @@
 //! mmsegmentation's `nanmean`) and pixel accuracy. Pixels labelled with the ignore value, or any
 //! value outside the classes, count nowhere.
 
+use burn::prelude::*;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use image::{GrayImage, RgbImage};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::data::augment::to_chw;
+use crate::data::images::ImageSet;
+use crate::data::seg_augment::{labels, seg_eval_image};
+use crate::error::DataError;
+use crate::model::segmenter::{predict, Segmenter};
+use crate::model::vit::Mode;
 
 /// `classes x classes` counts: row = ground truth, column = prediction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +101,125 @@ impl Confusion {
     }
 }
 
+/// A sliding-window evaluation (mmsegmentation's `slide` mode): each image at `short_side`,
+/// windows of `crop` every `stride` pixels (the last one flush with the border), the logits
+/// of overlapping windows averaged, then resized to the stored label map and scored there.
+#[derive(Debug, Clone, Copy)]
+pub struct SlidePass<'a> {
+    pub set: &'a ImageSet,
+    pub indices: &'a [usize],
+    pub short_side: u32,
+    pub crop: u32,
+    pub stride: u32,
+    pub classes: usize,
+    pub reduce_zero_label: bool,
+    /// Shown on the progress bar.
+    pub what: &'a str,
+}
+
+/// Images decoded ahead of the model in a sliding-window pass.
+const DECODE_AHEAD: usize = 8;
+
+impl SlidePass<'_> {
+    /// mIoU and pixel accuracy of `model` over the pass's images.
+    pub fn scores<B: Backend>(&self, model: &Segmenter<B>, device: &B::Device) -> Result<SegScores, DataError> {
+        let bar = crate::progress::pass(self.what, self.indices.len() as u64, "images");
+        let mut confusion = Confusion::new(self.classes);
+        for chunk in self.indices.chunks(DECODE_AHEAD) {
+            let bytes = self.set.fetch(chunk)?;
+            let decoded: Vec<Result<(RgbImage, GrayImage), DataError>> = chunk
+                .par_iter()
+                .zip(&bytes)
+                .map(|(&i, b)| {
+                    let img = seg_eval_image(&self.set.decode(i, b)?, self.short_side);
+                    Ok((img, labels(self.set.decode_mask(i, b)?, self.reduce_zero_label)))
+                })
+                .collect();
+            for d in decoded {
+                let (img, mask) = d?;
+                let logits = self.slide(model, &img, device);
+                let [h, w] = [mask.height() as usize, mask.width() as usize];
+                let pred = predict(interpolate(
+                    logits,
+                    [h, w],
+                    InterpolateOptions {
+                        mode: InterpolateMode::Bilinear,
+                        align_corners: false,
+                    },
+                ));
+                let pred: Vec<u8> = pred
+                    .into_data()
+                    .iter::<i64>()
+                    .map(|c| u8::try_from(c).unwrap_or(u8::MAX))
+                    .collect();
+                confusion.add(mask.as_raw(), &pred);
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        Ok(confusion.scores())
+    }
+
+    /// The averaged logits of `img`'s windows.
+    ///
+    /// # Shapes
+    /// - output: `[1, classes, img.height, img.width]`
+    fn slide<B: Backend>(&self, model: &Segmenter<B>, img: &RgbImage, device: &B::Device) -> Tensor<B, 4> {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let c = self.crop as usize;
+        // An image smaller than the crop is padded (with the mean colour: zero once normalized)
+        // and the padding's logits dropped.
+        let (pw, ph) = (w.max(c), h.max(c));
+        let mut chw = Vec::with_capacity(3 * w * h);
+        to_chw(img, &mut chw);
+        let mut canvas = vec![0f32; 3 * pw * ph];
+        for ch in 0..3 {
+            for y in 0..h {
+                let src = &chw[(ch * h + y) * w..(ch * h + y + 1) * w];
+                canvas[(ch * ph + y) * pw..(ch * ph + y) * pw + w].copy_from_slice(src);
+            }
+        }
+        let windows: Vec<(usize, usize)> = starts(ph, c, self.stride as usize)
+            .into_iter()
+            .flat_map(|y| starts(pw, c, self.stride as usize).into_iter().map(move |x| (x, y)))
+            .collect();
+        let mut crops = Vec::with_capacity(windows.len() * 3 * c * c);
+        for &(x, y) in &windows {
+            for ch in 0..3 {
+                for row in y..y + c {
+                    let at = (ch * ph + row) * pw + x;
+                    crops.extend_from_slice(&canvas[at..at + c]);
+                }
+            }
+        }
+        let n = windows.len();
+        let x = Tensor::<B, 4>::from_data(TensorData::new(crops, [n, 3, c, c]), device);
+        let logits = model.forward(x, Mode::Eval); // [windows, classes, crop, crop]
+        let k = self.classes;
+        let mut sum = Tensor::<B, 4>::zeros([1, k, ph, pw], device);
+        let mut count = vec![0f32; ph * pw];
+        for (i, &(x, y)) in windows.iter().enumerate() {
+            let win = logits.clone().slice([i..i + 1, 0..k, 0..c, 0..c]);
+            let at = [0..1, 0..k, y..y + c, x..x + c];
+            sum = sum.clone().slice_assign(at.clone(), sum.slice(at) + win);
+            for row in y..y + c {
+                count[row * pw + x..row * pw + x + c].iter_mut().for_each(|v| *v += 1.0);
+            }
+        }
+        let count = Tensor::<B, 2>::from_data(TensorData::new(count, [ph, pw]), device);
+        let mean = sum / count.reshape([1, 1, ph, pw]);
+        mean.slice([0..1, 0..k, 0..h, 0..w])
+    }
+}
+
+/// Window starts along a side of `len` pixels: every `stride`, the last flush with the end
+/// (mmsegmentation's grid: `max(len - crop + stride - 1, 0) / stride + 1` windows).
+pub fn starts(len: usize, crop: usize, stride: usize) -> Vec<usize> {
+    let stride = stride.max(1);
+    let n = len.saturating_sub(crop).div_ceil(stride) + 1;
+    (0..n).map(|i| (i * stride).min(len.saturating_sub(crop))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +253,19 @@ mod tests {
         b.add(&[1, 2, 255, 255], &[2, 2, 0, 1]);
         a.merge(&b);
         assert_eq!(a, c);
+    }
+
+    #[test]
+    fn sliding_windows_cover_the_image_and_end_flush() {
+        // mmsegmentation's grid: h_grids = max(h - crop + stride - 1, 0) // stride + 1.
+        assert_eq!(starts(512, 512, 341), vec![0]);
+        assert_eq!(starts(683, 512, 341), vec![0, 171]);
+        assert_eq!(starts(1000, 512, 341), vec![0, 341, 488]);
+        assert_eq!(starts(100, 128, 85), vec![0]);
+        for (len, crop, stride) in [(171, 128, 85), (960, 352, 234), (353, 352, 234)] {
+            let s = starts(len, crop, stride);
+            assert_eq!(*s.last().unwrap() + crop, len, "flush with the end");
+            assert!(s.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= stride), "{s:?}");
+        }
     }
 }

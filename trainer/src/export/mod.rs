@@ -19,8 +19,9 @@ use crate::backend::CpuBackend;
 use crate::data::augment::{MEAN, STD};
 use crate::error::{CheckpointError, Error, Result, RunFolderError};
 use crate::model::classifier::Classifier;
+use crate::model::segmenter::Segmenter;
 use crate::model::vit::{Mode, Vit, VitConfig};
-use crate::train::config::{init_paths, FinetuneConfig};
+use crate::train::config::{init_paths, FinetuneConfig, SegmentConfig};
 use crate::train::encoder_from_run::run_encoder;
 use crate::train::run_folder::{read_config, CONFIG_FILE};
 use crate::train::tensor_file::{load_params, load_tensors, named_params, save_tensors, split_optimizer, NamedTensors};
@@ -92,6 +93,9 @@ const MAX_CLASSES: usize = 1 << 20;
 fn load_run<B: Backend>(run: &Path, device: &B::Device) -> Result<Exported<B>> {
     let (folder, file) = init_paths(run);
     let raw: serde_json::Value = read_config(&folder)?;
+    if raw.get("segmenter").is_some() {
+        return segmentation_encoder(&folder, &file, device);
+    }
     if raw.get("classes").is_none() {
         let (cfg, vit) = run_encoder::<B>(run, device)?;
         return Ok(Exported::Encoder {
@@ -129,6 +133,33 @@ fn load_run<B: Backend>(run: &Path, device: &B::Device) -> Result<Exported<B>> {
         model: Box::new(model),
         cfg: cfg.vit,
         class_names,
+    })
+}
+
+/// A segmentation run's encoder (the adapter and UperNet head have no timm counterpart),
+/// its checkpoint loaded strictly.
+fn segmentation_encoder<B: Backend>(folder: &Path, file: &Path, device: &B::Device) -> Result<Exported<B>> {
+    let cfg: SegmentConfig = read_config(folder)?;
+    cfg.segmenter.validate().map_err(|message| RunFolderError {
+        path: folder.join(CONFIG_FILE),
+        message,
+    })?;
+    let (all, _) = load_tensors(file)?;
+    let (params, _optimizer) = split_optimizer(all);
+    let skeleton: Segmenter<B> = cfg
+        .segmenter
+        .init(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0), device);
+    let (model, unexpected) = load_params(skeleton, &params, &|_| false, file, device)?;
+    if !unexpected.is_empty() {
+        return Err(CheckpointError::Unexpected {
+            path: file.to_path_buf(),
+            unexpected,
+        }
+        .into());
+    }
+    Ok(Exported::Encoder {
+        vit: Box::new(model.encoder),
+        cfg: cfg.segmenter.vit,
     })
 }
 

@@ -7,13 +7,15 @@
 //! 1x1 classifier, then bilinear upsampling to the input's pixels.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, log_softmax, relu};
 use burn::tensor::module::{adaptive_avg_pool2d, interpolate, max_pool2d};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
+use crate::model::init::param;
 use crate::model::losses::in_f32;
 use crate::model::vit::{Mode, Vit, VitConfig};
 
@@ -32,6 +34,22 @@ pub struct SegmenterConfig {
     /// Output sides of the pyramid pooling module.
     #[config(default = "vec![1, 2, 3, 6]")]
     pub pool_scales: Vec<usize>,
+    /// The adapter's and head's normalization.
+    #[config(default = "HeadNorm::Batch")]
+    pub norm: HeadNorm,
+}
+
+/// The normalization of the adapter and the UperNet head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadNorm {
+    /// Batch norm (mmsegmentation's UperNet): statistics of each device's batch, as PyTorch's
+    /// BatchNorm under DDP without SyncBN, so several devices differ from one with their
+    /// whole batch.
+    #[default]
+    Batch,
+    /// Group norm (32 groups): per sample, the same on any number of devices.
+    Group,
 }
 
 impl SegmenterConfig {
@@ -55,50 +73,125 @@ impl SegmenterConfig {
         self.vit.validate()
     }
 
+    /// The segmenter, drawn from `rng` alone (a pure function of the config and seed, as the
+    /// encoder): the adapter's transposed convolutions as PyTorch's default, UperNet's
+    /// convolutions Kaiming-normal (fan out, mmcv's `ConvModule`), the classifier N(0, 0.01²).
     pub fn init<B: Backend, R: Rng>(&self, rng: &mut R, device: &B::Device) -> Segmenter<B> {
-        let (d, c) = (self.vit.dim, self.channels);
-        let up = |device| {
-            ConvTranspose2dConfig::new([d, d], [2, 2])
-                .with_stride([2, 2])
-                .init(device)
-        };
+        let (d, c, norm) = (self.vit.dim, self.channels, self.norm);
+        let encoder = self.vit.init(rng, device);
+        let up = |rng: &mut R| transposed(d, rng, device);
+        let up4 = [up(rng), up(rng)];
+        let up2 = up(rng);
+        let conv_bn = |c_in, c_out, k, rng: &mut R| ConvBn::new(c_in, c_out, k, norm, rng, device);
+        let lateral = (0..3).map(|_| conv_bn(d, c, 1, rng)).collect();
+        let psp = self.pool_scales.iter().map(|_| conv_bn(d, c, 1, rng)).collect();
+        let psp_bottleneck = conv_bn(d + self.pool_scales.len() * c, c, 3, rng);
+        let fpn = (0..3).map(|_| conv_bn(c, c, 3, rng)).collect();
+        let fpn_bottleneck = conv_bn(4 * c, c, 3, rng);
+        let mut classifier = Conv2dConfig::new([c, self.classes], [1, 1])
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        classifier.weight = param(normal(rng, self.classes * c, 0.01), [self.classes, c, 1, 1], device);
         Segmenter {
-            encoder: self.vit.init(rng, device),
-            up4: [up(device), up(device)],
-            up4_norm: BatchNormConfig::new(d).init(device),
-            up2: up(device),
-            lateral: (0..3).map(|_| ConvBn::new(d, c, 1, device)).collect(),
-            psp: self.pool_scales.iter().map(|_| ConvBn::new(d, c, 1, device)).collect(),
-            psp_bottleneck: ConvBn::new(d + self.pool_scales.len() * c, c, 3, device),
-            fpn: (0..3).map(|_| ConvBn::new(c, c, 3, device)).collect(),
-            fpn_bottleneck: ConvBn::new(4 * c, c, 3, device),
-            classifier: Conv2dConfig::new([c, self.classes], [1, 1]).init(device),
+            encoder,
+            up4,
+            up4_norm: Norm2d::new(norm, d, device),
+            up2,
+            lateral,
+            psp,
+            psp_bottleneck,
+            fpn,
+            fpn_bottleneck,
+            classifier,
             feature_blocks: self.feature_blocks.clone(),
             pool_scales: self.pool_scales.clone(),
         }
     }
 }
 
-/// Convolution, batch norm, ReLU: UperNet's building block.
+/// `n` draws of N(0, std²).
+fn normal<R: Rng>(rng: &mut R, n: usize, std: f64) -> Vec<f32> {
+    let dist = rand_distr::Normal::new(0.0, std).expect("a positive std");
+    (0..n)
+        .map(|_| rand_distr::Distribution::sample(&dist, rng) as f32)
+        .collect()
+}
+
+/// A 2x2, stride-2 transposed convolution of `d` channels with PyTorch's default draws:
+/// weight and bias U(±1/sqrt(fan_in)), fan_in = d x 2 x 2 (computed from the weight's second
+/// dimension, as `_calculate_fan_in_and_fan_out` does).
+fn transposed<B: Backend, R: Rng>(d: usize, rng: &mut R, device: &B::Device) -> ConvTranspose2d<B> {
+    let mut t = ConvTranspose2dConfig::new([d, d], [2, 2])
+        .with_stride([2, 2])
+        .with_initializer(Initializer::Zeros)
+        .init(device);
+    let bound = 1.0 / ((d * 4) as f64).sqrt();
+    let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect() };
+    t.weight = param(uniform(d * d * 4), [d, d, 2, 2], device);
+    t.bias = Some(param(uniform(d), [d], device));
+    t
+}
+
+/// Batch or group norm over the channels of `[batch, channels, h, w]` maps (one of the two
+/// fields is set).
+#[derive(Module, Debug)]
+pub struct Norm2d<B: Backend> {
+    batch: Option<BatchNorm<B>>,
+    group: Option<GroupNorm<B>>,
+}
+
+impl<B: Backend> Norm2d<B> {
+    fn new(kind: HeadNorm, channels: usize, device: &B::Device) -> Self {
+        match kind {
+            HeadNorm::Batch => Norm2d {
+                batch: Some(BatchNormConfig::new(channels).init(device)),
+                group: None,
+            },
+            HeadNorm::Group => {
+                // 32 groups where the channels divide (mmsegmentation's GN setting), else one.
+                let groups = if channels.is_multiple_of(32) { 32 } else { 1 };
+                Norm2d {
+                    batch: None,
+                    group: Some(GroupNormConfig::new(groups, channels).init(device)),
+                }
+            }
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match (&self.batch, &self.group) {
+            (Some(bn), _) => bn.forward(x),
+            (None, Some(gn)) => gn.forward(x),
+            (None, None) => x,
+        }
+    }
+}
+
+/// Convolution, normalization, ReLU: UperNet's building block.
 #[derive(Module, Debug)]
 pub struct ConvBn<B: Backend> {
     conv: Conv2d<B>,
-    norm: BatchNorm<B>,
+    norm: Norm2d<B>,
 }
 
 impl<B: Backend> ConvBn<B> {
-    fn new(c_in: usize, c_out: usize, kernel: usize, device: &B::Device) -> Self {
+    fn new<R: Rng>(c_in: usize, c_out: usize, kernel: usize, norm: HeadNorm, rng: &mut R, device: &B::Device) -> Self {
+        let mut conv = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+            .with_padding(PaddingConfig2d::Explicit(
+                kernel / 2,
+                kernel / 2,
+                kernel / 2,
+                kernel / 2,
+            ))
+            .with_bias(false)
+            .with_initializer(Initializer::Zeros)
+            .init(device);
+        let std = (2.0 / (c_out * kernel * kernel) as f64).sqrt();
+        let n = c_out * c_in * kernel * kernel;
+        conv.weight = param(normal(rng, n, std), [c_out, c_in, kernel, kernel], device);
         ConvBn {
-            conv: Conv2dConfig::new([c_in, c_out], [kernel, kernel])
-                .with_padding(PaddingConfig2d::Explicit(
-                    kernel / 2,
-                    kernel / 2,
-                    kernel / 2,
-                    kernel / 2,
-                ))
-                .with_bias(false)
-                .init(device),
-            norm: BatchNormConfig::new(c_out).init(device),
+            conv,
+            norm: Norm2d::new(norm, c_out, device),
         }
     }
 
@@ -112,7 +205,7 @@ pub struct Segmenter<B: Backend> {
     pub encoder: Vit<B>,
     /// To 4x the patch grid: transposed convolution, batch norm, GELU, transposed convolution.
     up4: [ConvTranspose2d<B>; 2],
-    up4_norm: BatchNorm<B>,
+    up4_norm: Norm2d<B>,
     /// To 2x the patch grid.
     up2: ConvTranspose2d<B>,
     /// 1x1 convolutions of the three finer levels to UperNet's channels.
@@ -208,8 +301,10 @@ impl<B: Backend> Segmenter<B> {
     }
 }
 
-/// Mean per-pixel cross-entropy over the labelled pixels, in f32; targets outside
-/// `0..classes` (the ignore label) count nowhere.
+/// Per-pixel cross-entropy in f32, averaged over every pixel with the ignored ones (targets
+/// outside `0..classes`) contributing zero: mmsegmentation's default (`avg_non_ignore=False`).
+/// Each sample weighs the same whatever its padding, so data-parallel ranks averaging their
+/// losses give the loss of their whole batch.
 ///
 /// # Shapes
 /// - logits: `[batch, classes, h, w]`
@@ -228,8 +323,7 @@ pub fn pixel_cross_entropy<B: Backend>(logits: Tensor<B, 4>, targets: Tensor<B, 
         .gather(1, safe.unsqueeze_dim(1))
         .reshape([b * h * w]); // [pixels]
     let weight = valid.float();
-    let count = weight.clone().sum().clamp_min(1.0);
-    (picked * weight).sum().neg() / count
+    (picked * weight).sum().neg() / (b * h * w) as f64
 }
 
 /// The most likely class of every pixel.
@@ -263,6 +357,11 @@ backend_tests! {
             let x = Tensor::<TestBackend, 4>::random([2, 3, side, side], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
             assert_eq!(m.forward(x, Mode::Eval).dims(), [2, 5, side, side]);
         }
+        // A pure function of the config and the seed: the same draws, head included.
+        let again: Segmenter<TestBackend> = cfg.init(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0), &device);
+        let x = Tensor::<TestBackend, 4>::random([1, 3, 64, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let (a, b) = (m.forward(x.clone(), Mode::Eval), again.forward(x, Mode::Eval));
+        assert_eq!(a.into_data(), b.into_data());
         let bad = SegmenterConfig { feature_blocks: vec![0, 1, 2, 9], ..micro() };
         assert!(bad.validate().unwrap_err().contains("four of 0..4"));
         let unordered = SegmenterConfig { feature_blocks: vec![3, 2, 1, 0], ..micro() };
@@ -273,17 +372,18 @@ backend_tests! {
     }
 
     #[test]
-    fn pixel_cross_entropy_leaves_the_ignore_label_out() {
+    fn pixel_cross_entropy_gives_the_ignore_label_no_loss() {
         let device = Default::default();
         // Two pixels, two classes: logits favour class 0 on both; the second pixel is ignored.
         let logits = Tensor::<TestBackend, 4>::from_data(TensorData::new(vec![2.0f32, 0.0, 0.0, 0.0], [1, 2, 1, 2]), &device);
         let targets = Tensor::<TestBackend, 3, Int>::from_data(TensorData::new(vec![1i64, 255], [1, 1, 2]), &device);
         let loss = pixel_cross_entropy(logits.clone(), targets).into_scalar().to_f64();
-        // Pixel 0 has logits (2, 0) and label 1: -log(e^0 / (e^2 + e^0)).
-        let want = (2f64.exp() + 1.0).ln();
+        // Pixel 0 has logits (2, 0) and label 1: -log(e^0 / (e^2 + e^0)); the ignored pixel
+        // adds zero to the mean over both.
+        let want = (2f64.exp() + 1.0).ln() / 2.0;
         assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
         let labelled = Tensor::<TestBackend, 3, Int>::from_data(TensorData::new(vec![1i64, 1], [1, 1, 2]), &device);
         let both = pixel_cross_entropy(logits, labelled).into_scalar().to_f64();
-        assert!((both - (want + 2f64.ln()) / 2.0).abs() < 1e-5, "{both}");
+        assert!((both - (2.0 * want + 2f64.ln()) / 2.0).abs() < 1e-5, "{both}");
     }
 }

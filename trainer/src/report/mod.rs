@@ -1,5 +1,5 @@
-//! `trainer report`: gathers the run folders under a directory (pre-training, `trainer eval`
-//! and fine-tuning runs) into `report.md` with the results tables, and PNG plots of the
+//! `trainer report`: gathers the run folders under a directory (pre-training, `trainer eval`,
+//! fine-tuning and segmentation runs) into `report.md` with the results tables, and PNG plots of the
 //! pre-training losses, the fine-tuning val accuracy and the final accuracy per initialization.
 
 mod figures;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, ReportError, Result};
 use crate::report::figures::write_plots;
 use crate::report::runs::{find_runs, Run};
-use crate::report::tables::{write_eval_section, write_finetune_section, write_table1};
+use crate::report::tables::{write_eval_section, write_finetune_section, write_segment_section, write_table1};
 
 /// The written files.
 #[derive(Debug, Clone)]
@@ -46,6 +46,10 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<Report> {
     }
     if !fts.is_empty() {
         write_finetune_section(&mut md, &fts);
+    }
+    let segs: Vec<&Run> = runs.iter().filter(|r| r.segment.is_some()).collect();
+    if !segs.is_empty() {
+        write_segment_section(&mut md, &segs);
     }
     let plots = write_plots(&runs, out, &mut md)?;
     let markdown = out.join("report.md");

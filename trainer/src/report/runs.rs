@@ -7,11 +7,13 @@ use crate::error::{Error, ReportError, Result};
 use crate::eval::frozen::EvalResults;
 use crate::train::finetune::{FinetuneLine, FinetuneResults};
 use crate::train::run_folder::{CONFIG_FILE, METRICS_FILE, RESULTS_FILE};
+use crate::train::segment::SegmentResults;
 
 pub(super) struct Run {
     pub(super) name: String,
     pub(super) eval: Option<EvalResults>,
     pub(super) finetune: Option<FinetuneResults>,
+    pub(super) segment: Option<SegmentResults>,
     /// (step, mim) of a pre-training run.
     pub(super) mim: Vec<(f64, f64)>,
     /// (epoch, k-NN top-1 %) of a pre-training run with a k-NN monitor.
@@ -64,6 +66,7 @@ fn read_run(d: &Path) -> Result<Option<Run>> {
             .map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into()),
         eval: None,
         finetune: None,
+        segment: None,
         mim: Vec::new(),
         knn: Vec::new(),
         val: Vec::new(),
@@ -82,7 +85,8 @@ fn read_run(d: &Path) -> Result<Option<Run>> {
     Ok(Some(run))
 }
 
-/// A results.json: a `trainer eval` run's or a fine-tuning run's, by its `kind`.
+/// A results.json: a `trainer eval` run's, a fine-tuning run's or a segmentation run's, by
+/// its `kind`.
 fn read_results(run: &mut Run, results: std::path::PathBuf) -> Result<()> {
     let text = std::fs::read_to_string(&results).map_err(io(&results))?;
     let bad = |e: serde_json::Error| ReportError::BadResults {
@@ -93,10 +97,11 @@ fn read_results(run: &mut Run, results: std::path::PathBuf) -> Result<()> {
     match v.get("kind").and_then(|k| k.as_str()) {
         Some("eval") => run.eval = Some(serde_json::from_value(v).map_err(bad)?),
         Some("finetune") => run.finetune = Some(serde_json::from_value(v).map_err(bad)?),
+        Some("segment") => run.segment = Some(serde_json::from_value(v).map_err(bad)?),
         other => {
             return Err(ReportError::BadResults {
                 path: results,
-                message: format!("unknown kind {other:?} (expected \"eval\" or \"finetune\")"),
+                message: format!("unknown kind {other:?} (expected \"eval\", \"finetune\" or \"segment\")"),
             }
             .into())
         }

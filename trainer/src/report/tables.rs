@@ -144,6 +144,43 @@ fn write_finetune_spread(md: &mut String, fts: &[&Run]) {
     }
 }
 
+/// The segmentation section (the paper's Table 5 in shape): one row per `trainer segment` run,
+/// then mIoU mean [min, max] over seeds per initialization and pre-training data.
+pub(super) fn write_segment_section(md: &mut String, segs: &[&Run]) {
+    let _ = writeln!(
+        md,
+        "## Semantic segmentation (%, every image of the evaluation split, sliding window)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | init | pre-training data | seed | steps | eval split | mIoU | pixel accuracy | best mIoU (step) | minutes |"
+    );
+    let _ = writeln!(md, "|---|---|---|---:|---:|---|---:|---:|---:|---:|");
+    let mut cells = Vec::new();
+    for r in segs {
+        let s = r.segment.as_ref().expect("filtered");
+        let data = s.pretrain_data.clone().unwrap_or_else(|| "none".into());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {:.1} |",
+            r.name,
+            s.init,
+            data,
+            s.seed,
+            s.steps,
+            s.eval_split,
+            pct(s.eval.miou),
+            pct(s.eval.pixel_accuracy),
+            pct(s.best_miou),
+            s.best_step,
+            s.seconds / 60.0
+        );
+        cells.push((s.init.clone(), data, 100.0 * s.eval.miou));
+    }
+    md.push('\n');
+    write_grid(md, "mIoU % by initialization and pre-training data", &cells);
+}
+
 /// The paper's Table 1 in shape: one row per method (and tokenizer), one column per
 /// pre-training data (`imagenette`, `imagenette 10%`, `coco`...), each cell the fine-tuned
 /// top-1 mean and range over seeds, then the same for the best probe. Random init has no

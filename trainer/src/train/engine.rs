@@ -37,7 +37,7 @@ use crate::train::config::{ClipMode, RunConfig, Schedule};
 use crate::train::optim::{accumulate, clip_scale, global_grad_norm, AdamW, LrScale};
 use crate::train::parallel::World;
 use crate::train::run_folder::{load_checkpoint, save_checkpoint, start_ranks, trim_metrics, MetricsLog, TrainState};
-use crate::train::schedule::CosineSchedule;
+use crate::train::schedule::LrSchedule;
 
 /// What the engine reads from a loop's resolved configuration (also written into checkpoints).
 pub trait TrainConfig: Serialize {
@@ -142,7 +142,7 @@ pub struct Engine<'a, B: AutodiffBackend, C> {
     device: B::Device,
     opt: AdamW<B>,
     lr_scale: Box<LrScale>,
-    schedule: CosineSchedule,
+    schedule: LrSchedule,
     divergence: Divergence,
     /// Training progress, checkpointed with the model; loops keep their own records in it
     /// (the best k-NN).
@@ -211,7 +211,7 @@ impl<'a, B: AutodiffBackend, C: TrainConfig> Engine<'a, B, C> {
             device: device.clone(),
             opt,
             lr_scale: setup.lr_scale,
-            schedule: cfg.schedule().cosine(),
+            schedule: cfg.schedule().lr_schedule(),
             divergence: setup.divergence,
             state,
             resumed: resumed.is_some(),

@@ -12,5 +12,6 @@ pub mod parallel;
 pub mod pretrain;
 pub mod run_folder;
 pub mod schedule;
+pub mod segment;
 pub mod tensor_file;
 pub mod timm_import;

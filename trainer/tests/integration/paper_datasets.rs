@@ -161,6 +161,7 @@ fn end_to_end(dataset: &str, build: impl FnOnce(&Path) -> Option<(usize, usize)>
         loader: trainer::data::images::LoadOptions {
             cache: trainer::data::images::Cache::None,
             memory_mb: 1,
+            masks: false,
         },
         select_fraction: Some(0.05),
     };

@@ -1,5 +1,6 @@
-//! The segmentation model on real CamVid frames: a micro ViT with the multi-scale adapter and
-//! UperNet overfits four frames, scored by the confusion-matrix mIoU.
+//! Segmentation on real CamVid frames: a micro ViT with the multi-scale adapter and UperNet
+//! overfits four frames, scored by the confusion-matrix mIoU; `trainer segment` runs resume
+//! exactly, report, export and start from a pre-trained encoder; two workers follow one.
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -9,6 +10,8 @@ use trainer::data::augment::to_chw;
 use trainer::eval::segmentation::Confusion;
 use trainer::model::segmenter::{pixel_cross_entropy, predict, Segmenter, SegmenterConfig};
 use trainer::model::vit::{Mode, VitConfig};
+use trainer::train::config::{SegmentArgs, SegmentConfig};
+use trainer::train::segment::{segment, SegmentLine, SegmentResults};
 use trainer::CpuAutodiff;
 
 const SIDE: u32 = 64;
@@ -94,4 +97,207 @@ fn a_micro_segmenter_overfits_four_camvid_frames() {
     assert!(losses[149] < losses[0] * 0.5, "{losses:?}");
     assert!(start_miou < 0.15, "start {start_miou}");
     assert!(miou > 0.5 && acc > 0.85, "mIoU {miou}, pixel accuracy {acc}");
+}
+
+/// Real CamVid prepared at a 64 px short side (all 367 train and 101 val frames), with a
+/// 256-entry random-patches vocabulary and its token shards; None without shared data.
+fn camvid() -> Option<&'static std::path::Path> {
+    use pipeline::prepare::{prepare, PrepareConfig, Worker};
+    use std::sync::OnceLock;
+    static DIR: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("camvid-64");
+        let cfg = PrepareConfig {
+            dataset: "camvid".into(),
+            adapter: "segmentation".into(),
+            source: crate::shared("data/camvid")?,
+            out_dir: dir.clone(),
+            options: Default::default(),
+            transcode: pipeline::transcode::TranscodeSettings {
+                max_short_side: Some(64),
+                ..Default::default()
+            },
+            subset: None,
+            eval_split: "val".into(),
+            holdout: None,
+            shard_bytes: 256_000_000,
+            row_group_bytes: 1_000_000,
+        };
+        prepare(&cfg, Worker::ALL, false).unwrap();
+        let vc = pipeline::vocab::VocabConfig {
+            kind: schemas::VocabKind::RandomPatches,
+            size: 256,
+            seed: 0,
+            sample: 0,
+            iterations: 0,
+            progress: false,
+        };
+        let vocab = dir.join(vc.file_name());
+        if !vocab.exists() {
+            pipeline::vocab::build(&dir, &vc).unwrap().save(&vocab).unwrap();
+            pipeline::vocab::token_shards::tokenize_dataset(&dir, &vocab, false).unwrap();
+        }
+        Some(dir)
+    })
+    .as_deref()
+}
+
+/// `trainer segment` arguments for a short cpu-tiny run on `data` in `out`: 64 px crops of
+/// frames at a 64 px short side, UperNet with 32 channels, logged every step.
+fn seg_args(data: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> SegmentArgs {
+    #[rustfmt::skip]
+    let mut argv = crate::strings(&[
+        "--data", &data.display().to_string(), "--out", &out.display().to_string(),
+        "--crop", "64", "--short-side", "64", "--channels", "32", "--blr", "1e-3",
+        "--log-every", "1", "--eval-every-epochs", "0.1", "--eval-images", "12",
+        "--checkpoint-every", "6",
+    ]);
+    // Defaults the caller may override.
+    for (flag, value) in [("--model", "cpu-tiny"), ("--batch-size", "8"), ("--max-steps", "12")] {
+        let given = extra.contains(&flag) || (flag == "--model" && extra.contains(&"--init"));
+        if !given {
+            argv.extend(crate::strings(&[flag, value]));
+        }
+    }
+    argv.extend(crate::strings(extra));
+    crate::parse(&argv)
+}
+
+fn seg_losses(cfg: &SegmentConfig) -> Vec<(u64, f64)> {
+    crate::metrics_lines::<SegmentLine>(&cfg.run.out)
+        .iter()
+        .map(|l| (l.step, l.seg_loss))
+        .collect()
+}
+
+fn seg_run(cfg: &SegmentConfig, workers: usize, resume: bool) -> Option<SegmentResults> {
+    segment::<CpuAutodiff>(cfg, resume, &vec![Default::default(); workers], false).unwrap()
+}
+
+/// A short run on real CamVid writes its folder (config, metrics with periodic mIoU,
+/// checkpoint, results on all 101 val frames); stopped halfway and resumed it reproduces the
+/// uninterrupted losses and scores; the report gathers it and its encoder exports to timm's
+/// names; a run from a BEiT pre-training run loads that encoder.
+#[test]
+fn a_camvid_segmentation_run_resumes_exactly_reports_and_exports() {
+    let Some(data) = camvid() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let whole_cfg = seg_args(data, &tmp.path().join("whole"), &[]).resolve().unwrap();
+    assert_eq!(whole_cfg.classes(), 11, "CamVid's classes.txt");
+    assert_eq!((whole_cfg.schedule.total_steps, whole_cfg.stride), (12, 42));
+    let whole = seg_run(&whole_cfg, 1, false).expect("finished");
+    assert_eq!(
+        (whole.kind.as_str(), whole.init.as_str(), whole.steps),
+        ("segment", "random", 12)
+    );
+    assert!(
+        whole.eval.pixels > 100 * 64 * 64,
+        "every val frame at its stored size: {}",
+        whole.eval.pixels
+    );
+    assert!(
+        whole.eval.pixel_accuracy > 0.0 && whole.eval.miou > 0.0,
+        "{:?}",
+        whole.eval
+    );
+    let lines = crate::metrics_lines::<SegmentLine>(&whole_cfg.run.out);
+    assert_eq!(lines.len(), 12);
+    assert!(lines.iter().filter(|l| l.eval_miou.is_some()).count() >= 2);
+    assert!(lines[11].seg_loss < lines[0].seg_loss, "{lines:?}");
+
+    // Stop after 6 updates, resume: the same losses and the same final scores.
+    let part = seg_args(data, &tmp.path().join("part"), &["--stop-after", "6"])
+        .resolve()
+        .unwrap();
+    assert!(seg_run(&part, 1, false).is_none());
+    let mut rest = part.clone();
+    rest.schedule.stop_after = None;
+    let resumed = seg_run(&rest, 1, true).expect("finished");
+    assert_eq!(seg_losses(&whole_cfg), seg_losses(&rest));
+    assert_eq!(resumed.eval, whole.eval);
+
+    let report = trainer::report::write_report(tmp.path(), &tmp.path().join("report")).unwrap();
+    let md = std::fs::read_to_string(report.markdown).unwrap();
+    assert!(
+        md.contains("## Semantic segmentation") && md.contains("| whole | random |"),
+        "{md}"
+    );
+    let export = trainer::export::export_run(
+        &whole_cfg.run.out,
+        &tmp.path().join("timm"),
+        trainer::export::layouts::Layout::Timm,
+    )
+    .unwrap();
+    assert!(
+        export
+            .keys
+            .iter()
+            .any(|(k, s)| k == "pos_embed" && s == &vec![1, 65, 128]),
+        "{:?}",
+        export.keys
+    );
+    assert!(!export.keys.iter().any(|(k, _)| k.contains("fpn") || k.contains("psp")));
+
+    // From a (4-update) BEiT pre-training run: its encoder, its name in the results.
+    let vocab = data.join("vocab-random_patches-256-s0.safetensors");
+    let pre_out = tmp.path().join("beit");
+    let pre_argv = [
+        "--method",
+        "beit",
+        "--model",
+        "cpu-tiny",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "4",
+    ];
+    // CamVid has no class labels: the k-NN monitor is refused up front, not run into.
+    let knn = [pre_argv.as_slice(), &["--knn-every", "2"]].concat();
+    let err = crate::pretrain_args(data, &vocab, &pre_out, &knn)
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--knn-every") && err.contains("class labels"), "{err}");
+    let pre = crate::pretrain_args(data, &vocab, &pre_out, &pre_argv)
+        .resolve()
+        .unwrap();
+    crate::run(&pre, false);
+    let init = seg_args(
+        data,
+        &tmp.path().join("from-beit"),
+        &["--init", &pre_out.display().to_string(), "--max-steps", "2"],
+    )
+    .resolve()
+    .unwrap();
+    assert_eq!(init.segmenter.vit, pre.vit.clone().with_drop_path(0.1));
+    let done = seg_run(&init, 1, false).expect("finished");
+    assert_eq!((done.init.as_str(), done.steps), ("beit", 2));
+    assert!(done.pretrain_data.is_some());
+}
+
+/// Two workers with batch 4 follow one with batch 8 in losses and parameters. Group norm in
+/// the head: batch norm's statistics are each device's own batch (DDP without SyncBN).
+#[test]
+fn two_segmentation_workers_with_batch_b_follow_one_with_batch_2b() {
+    let Some(data) = camvid() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = |name: &str, batch: &str, devices: &[&str]| {
+        let mut extra = vec!["--head-norm", "group", "--batch-size", batch, "--max-steps", "8"];
+        extra.extend(devices);
+        seg_args(data, &tmp.path().join(name), &extra).resolve().unwrap()
+    };
+    let one = cfg("one", "8", &[]);
+    let two = cfg("two", "4", &["--devices", "cpu:2"]);
+    assert_eq!(two.schedule.effective_batch(), one.schedule.effective_batch());
+    seg_run(&one, 1, false).unwrap();
+    seg_run(&two, 2, false).unwrap();
+    crate::assert_same_losses(&seg_losses(&one), &seg_losses(&two), 1e-5);
+    let (a, _) = trainer::train::tensor_file::load_tensors(&one.run.checkpoint_path()).unwrap();
+    let (b, _) = trainer::train::tensor_file::load_tensors(&two.run.checkpoint_path()).unwrap();
+    let diff = a
+        .iter()
+        .flat_map(|(k, (_, va))| va.iter().zip(&b[k].1).map(|(x, y)| (x - y).abs()))
+        .fold(0f32, f32::max);
+    eprintln!("segmentation, 8 steps: 1 x 8 against 2 x 4, largest parameter difference {diff:e}");
+    assert!(diff < 5e-5, "{diff}");
 }

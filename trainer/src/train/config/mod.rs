@@ -10,12 +10,14 @@ mod nodes;
 mod pretrain;
 mod run;
 mod schedule;
+mod segment;
 
 pub use finetune::*;
 pub use nodes::*;
 pub use pretrain::*;
 pub use run::*;
 pub use schedule::*;
+pub use segment::*;
 
 /// The encoder's position embeddings (`--pos-embed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -196,6 +196,19 @@ impl PretrainArgs {
         let vocab = self.vocabulary(&vit)?;
         let recipe = recipe(run, &manifest)?;
         let p = &recipe.pretrain;
+        if self.knn_every > 0 && manifest.class_names.len() < 2 {
+            // k-NN votes for class labels: a segmentation or unlabeled set has none.
+            return Err(E::invalid(
+                "knn-every",
+                self.knn_every,
+                format!(
+                    "the k-NN monitor needs class labels and {} lists {} classes: drop --knn-every",
+                    run.data.display(),
+                    manifest.class_names.len()
+                ),
+            )
+            .into());
+        }
         let run_cfg = run.resolve(&manifest, self.knn_every > 0)?;
         // The paper's rule follows the prepared train split, not a --limit-images cut.
         let prepared = manifest.splits.get("train").map_or(0, |s| s.images);

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::DeviceList;
 use crate::error::{ConfigError, Result};
 use crate::train::optim::AdamWSettings;
-use crate::train::schedule::CosineSchedule;
+use crate::train::schedule::{LrDecay, LrSchedule};
 
 use ConfigError as E;
 
@@ -217,6 +217,9 @@ pub struct Schedule {
     /// What `clip_grad` bounds (runs before this field: the global norm).
     #[serde(default)]
     pub clip_mode: ClipMode,
+    /// How the learning rate falls after the warmup (runs before this field: a cosine).
+    #[serde(default)]
+    pub decay: LrDecay,
 }
 
 impl Schedule {
@@ -249,12 +252,13 @@ impl Schedule {
     }
 
     /// The learning-rate schedule.
-    pub fn cosine(&self) -> CosineSchedule {
-        CosineSchedule {
+    pub fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule {
             base: self.lr,
             min: self.min_lr,
             warmup: self.warmup_steps,
             total: self.total_steps,
+            decay: self.decay,
         }
     }
 }
@@ -319,6 +323,7 @@ impl ScheduleArgs {
             weight_decay_end: self.weight_decay_end.or(defaults.weight_decay_end),
             clip_grad: (clip > 0.0).then_some(clip),
             clip_mode: self.clip_mode.unwrap_or(defaults.clip_mode),
+            decay: LrDecay::Cosine,
         })
     }
 }
