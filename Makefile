@@ -48,7 +48,7 @@ TCH_ENV   = LIBTORCH=$(TORCH_DIR)
 TRAINER_FEATURES := $(if $(filter tch,$(BACKEND)),tch,$(if $(filter cuda,$(DEVICE)),cuda))
 BACKEND_FLAGS = --device $(DEVICE) --backend $(BACKEND)
 
-.PHONY: all venv build build-trainer prepare images vocab tokenize inspect demo pretrain finetune eval report experiment export check-timm check test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective bench-train bench-loader
+.PHONY: all venv build build-trainer prepare images vocab tokenize inspect demo pretrain finetune segment eval report experiment export check-timm check test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective bench-train bench-loader
 
 all: build
 
@@ -109,6 +109,15 @@ finetune: build-trainer
 	$(TRAINER) finetune --data $(OUT) $(if $(INIT),--init $(INIT),--model $(MODEL)) $(BACKEND_FLAGS) \
 		$(if $(DEVICES),--devices $(DEVICES)) $(NODE_FLAGS) \
 		--batch-size $(BATCH) --out $(FT_RUN) $(if $(RESUME),--resume) $(FT_ARGS)
+
+# Semantic segmentation (DATASET=camvid, ade20k or segmentation): the recipe's [segment] row
+# (BEiT's ADE20k UperNet fine-tuning) from INIT, or from random init; mIoU by sliding window.
+SEG_RUN  ?= $(if $(INIT),$(INIT)-segment,runs/$(DATASET)-segment-scratch-$(MODEL))
+SEG_ARGS ?=
+segment: build-trainer
+	$(TRAINER) segment --data $(OUT) $(if $(INIT),--init $(INIT),--model $(MODEL)) $(BACKEND_FLAGS) \
+		$(if $(DEVICES),--devices $(DEVICES)) $(NODE_FLAGS) \
+		--out $(SEG_RUN) $(if $(RESUME),--resume) $(SEG_ARGS)
 
 # k-NN and per-layer linear probes of a pre-training run's frozen encoder -> $(RUN)/results.json.
 eval: build-trainer

@@ -43,6 +43,11 @@ pub enum PipelineError {
         path: PathBuf,
         source: parquet::errors::ParquetError,
     },
+    #[error("{path}: polars: {source}")]
+    Polars {
+        path: PathBuf,
+        source: polars::prelude::PolarsError,
+    },
     #[error("{path}: arrow: {source}")]
     Arrow {
         path: PathBuf,

@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use arrow_array::StringArray;
 use image::{imageops, RgbImage};
-use parquet::arrow::ProjectionMask;
 
 use crate::error::{PipelineError, Result};
 use crate::prepare::load_manifest;
@@ -81,44 +79,63 @@ pub fn verify(dir: &Path) -> Result<(Manifest, InspectReport)> {
 type SplitCounts = BTreeMap<String, u64>;
 type SplitHistogram = BTreeMap<String, BTreeMap<i32, u64>>;
 
+/// Rows and label counts per split of one shard: a lazy polars scan of its `split` and
+/// `label` columns alone (the images are never read), grouped and counted.
 fn count_labels(path: &Path) -> Result<(SplitCounts, SplitHistogram)> {
-    let perr = |source| PipelineError::Parquet {
+    use polars::prelude::{self as pl, IntoLazy as _};
+    let perr = |source| PipelineError::Polars {
         path: path.to_path_buf(),
         source,
     };
-    let builder = crate::shard::open_parquet(path)?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), [col::SPLIT, col::LABEL]);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(8192)
-        .build()
+    // Checked with our own reader first: polars panics on column types it was not built for,
+    // and a shard is outside input. Only the schema `prepare` writes goes on to polars.
+    let arrow = crate::shard::open_parquet(path)?;
+    let expected = schemas::shard::shard_schema();
+    let same =
+        |a: &arrow_schema::Field, b: &arrow_schema::Field| a.name() == b.name() && a.data_type() == b.data_type();
+    let found = arrow.schema().fields();
+    if let Some(f) = found.iter().find(|f| !expected.fields().iter().any(|e| same(f, e))) {
+        return Err(PipelineError::BadField {
+            path: path.to_path_buf(),
+            field: f.name().clone(),
+            message: format!(
+                "{:?} is not a column of the shard schema `pipeline prepare` writes",
+                f.data_type()
+            ),
+        });
+    }
+    drop(arrow);
+    let source = pl::PlRefPath::try_from_path(path).map_err(perr)?;
+    let counts = pl::LazyFrame::scan_parquet(source, pl::ScanArgsParquet::default())
+        .map_err(perr)?
+        .select([pl::col(col::SPLIT), pl::col(col::LABEL).fill_null(pl::lit(-1i64))])
+        .group_by([pl::col(col::SPLIT), pl::col(col::LABEL)])
+        .agg([pl::len().alias("rows")])
+        .collect()
+        .map_err(perr)?
+        .lazy()
+        .select([
+            pl::col(col::SPLIT),
+            pl::col(col::LABEL).strict_cast(pl::DataType::Int32),
+            pl::col("rows").cast(pl::DataType::UInt64),
+        ])
+        .collect()
         .map_err(perr)?;
-    let mut rows = BTreeMap::new();
-    let mut hist: SplitHistogram = BTreeMap::new();
-    for batch in reader {
-        let batch = batch.map_err(|source| PipelineError::Arrow {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bad = || PipelineError::BadField {
-            path: path.to_path_buf(),
-            field: "split/label".into(),
-            message: "unexpected column types".into(),
+    let bad = |message: String| PipelineError::BadField {
+        path: path.to_path_buf(),
+        field: "split/label".into(),
+        message,
+    };
+    let split = counts.column(col::SPLIT).and_then(|c| c.str()).map_err(perr)?;
+    let label = counts.column(col::LABEL).and_then(|c| c.i32()).map_err(perr)?;
+    let n = counts.column("rows").and_then(|c| c.u64()).map_err(perr)?;
+    let (mut rows, mut hist) = (BTreeMap::new(), SplitHistogram::new());
+    for i in 0..counts.height() {
+        let (Some(s), Some(l), Some(n)) = (split.get(i), label.get(i), n.get(i)) else {
+            return Err(bad("a row without a split".into()));
         };
-        let split = batch
-            .column_by_name(col::SPLIT)
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(bad)?;
-        let label = crate::shard::label_values(&batch).map_err(|message| PipelineError::BadField {
-            path: path.to_path_buf(),
-            field: col::LABEL.into(),
-            message,
-        })?;
-        for (i, &l) in label.iter().enumerate() {
-            let s = split.value(i).to_string();
-            *hist.entry(s.clone()).or_default().entry(l).or_insert(0) += 1;
-            *rows.entry(s).or_insert(0) += 1;
-        }
+        *hist.entry(s.to_string()).or_default().entry(l).or_insert(0) += n;
+        *rows.entry(s.to_string()).or_insert(0) += n;
     }
     Ok((rows, hist))
 }
@@ -184,4 +201,39 @@ pub fn contact_sheet(
     }
     crate::shard::write_png(out, &sheet)?;
     Ok(out.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray};
+
+    use super::*;
+
+    fn write(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn labels_are_counted_by_split_and_a_foreign_column_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.parquet");
+        let split: ArrayRef = Arc::new(StringArray::from(vec!["train", "train", "val", "train"]));
+        let label: ArrayRef = Arc::new(Int64Array::from(vec![Some(2), Some(2), Some(0), None]));
+        write(&good, vec![(col::SPLIT, split.clone()), (col::LABEL, label.clone())]);
+        let (rows, hist) = count_labels(&good).unwrap();
+        assert_eq!((rows["train"], rows["val"]), (3, 1));
+        assert_eq!(hist["train"], BTreeMap::from([(-1, 1), (2, 2)]));
+        // A decimal column (a type polars panics on when built without it) is refused first.
+        let bad = dir.path().join("bad.parquet");
+        let weird: ArrayRef = Arc::new(Decimal128Array::from(vec![1i128, 2, 3, 4]));
+        write(&bad, vec![(col::SPLIT, split), (col::LABEL, label), ("weird", weird)]);
+        let err = count_labels(&bad).unwrap_err().to_string();
+        assert!(err.contains("bad.parquet") && err.contains("weird"), "{err}");
+    }
 }

@@ -196,4 +196,9 @@ pub enum ReportError {
     BadResults { path: PathBuf, message: String },
     #[error("{dir}: no run folders with metrics.jsonl or results.json")]
     Empty { dir: PathBuf },
+    #[error("{what}: polars: {source}")]
+    Polars {
+        what: String,
+        source: polars::prelude::PolarsError,
+    },
 }

@@ -16,13 +16,17 @@ pub struct Args {
 
 pub fn run(Args { runs, out }: Args) -> Result<()> {
     let out = out.unwrap_or_else(|| runs.clone());
+    let started = std::time::Instant::now();
     let r = trainer::report::write_report(&runs, &out)?;
     println!(
-        "wrote {} ({} fine-tuning and {} eval runs, {} plots)",
+        "wrote {}, {} and {} ({} fine-tuning and {} eval runs, {} plots) in {:.2} s",
         r.markdown.display(),
+        r.runs_parquet.display(),
+        r.metrics_parquet.display(),
         r.finetune_runs,
         r.eval_runs,
-        r.plots.len()
+        r.plots.len(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -473,7 +473,8 @@ impl ImageSet {
         }
     }
 
-    fn decode_error(&self, i: usize, reason: String) -> DataError {
+    /// A decode error naming sample `i`'s shard and id.
+    pub fn decode_error(&self, i: usize, reason: String) -> DataError {
         DataError::Decode {
             shard: self.shards[self.samples[i].shard as usize].clone(),
             id: self.samples[i].id.clone(),

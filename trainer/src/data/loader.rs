@@ -303,11 +303,7 @@ fn batch_of(
             let label = set.samples[i].label as i64;
             if let Some(seg) = &aug.segmentation {
                 let mask = labels(set.decode_mask(i, bytes)?, seg.reduce_zero_label);
-                let (view, mask) = seg_train_view(&img, &mask, seg, &mut rng).map_err(|reason| DataError::Decode {
-                    shard: set.shards[set.samples[i].shard as usize].clone(),
-                    id: set.samples[i].id.clone(),
-                    reason,
-                })?;
+                let (view, mask) = seg_train_view(&img, &mask, seg, &mut rng).map_err(|r| set.decode_error(i, r))?;
                 return Ok((vec![chw_of(&view)], label, None, Some(mask.into_raw())));
             }
             if let Some(mc) = &aug.multi_crop {

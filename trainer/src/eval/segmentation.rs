@@ -131,8 +131,17 @@ impl SlidePass<'_> {
                 .par_iter()
                 .zip(&bytes)
                 .map(|(&i, b)| {
-                    let img = seg_eval_image(&self.set.decode(i, b)?, self.short_side);
-                    Ok((img, labels(self.set.decode_mask(i, b)?, self.reduce_zero_label)))
+                    let (img, mask) = (self.set.decode(i, b)?, self.set.decode_mask(i, b)?);
+                    // Scored at the label map's size: it must be the image's (prepare resizes
+                    // both together), which also bounds what the logits are resized to.
+                    if img.dimensions() != mask.dimensions() {
+                        return Err(self.set.decode_error(
+                            i,
+                            format!("a {:?} label map for a {:?} image", mask.dimensions(), img.dimensions()),
+                        ));
+                    }
+                    let img = seg_eval_image(&img, self.short_side);
+                    Ok((img, labels(mask, self.reduce_zero_label)))
                 })
                 .collect();
             for d in decoded {

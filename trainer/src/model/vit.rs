@@ -541,15 +541,24 @@ impl<B: Backend> Vit<B> {
         norm(&self.norm, self.blocks_forward(tokens, mode))
     }
 
+    /// The class token, with its position embedding, before the (embedded) patch tokens.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, n, dim]`
+    /// - output: `[batch, 1 + n, dim]`
+    fn with_class_token(&self, tokens: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, _, d] = tokens.dims();
+        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
+        Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1)
+    }
+
     /// [`Vit::encode`] without the final norm.
     ///
     /// # Shapes
     /// - tokens: `[batch, n, dim]`
     /// - output: `[batch, 1 + n, dim]`
     fn blocks_forward(&self, tokens: Tensor<B, 3>, mode: Mode) -> Tensor<B, 3> {
-        let [b, _, d] = tokens.dims();
-        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
-        let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
+        let mut x = self.with_class_token(tokens);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x, mode.for_layer(i as u64));
         }
@@ -585,10 +594,7 @@ impl<B: Backend> Vit<B> {
         let Some(layer) = layer else {
             return self.forward(images, Mode::Eval);
         };
-        let tokens = self.embed(images);
-        let [b, _, d] = tokens.dims();
-        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
-        let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
+        let mut x = self.with_class_token(self.embed(images));
         for (i, block) in self.blocks.iter().enumerate().take(layer) {
             x = block.forward(x, Mode::Eval.for_layer(i as u64));
         }
@@ -604,8 +610,7 @@ impl<B: Backend> Vit<B> {
     pub fn block_tokens(&self, images: Tensor<B, 4>, blocks: &[usize], mode: Mode) -> Vec<Tensor<B, 3>> {
         let tokens = self.embed(images);
         let [b, n, d] = tokens.dims();
-        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
-        let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
+        let mut x = self.with_class_token(tokens);
         let last = blocks.iter().copied().max().map_or(0, |m| m + 1);
         let mut out = Vec::with_capacity(blocks.len());
         for (i, block) in self.blocks.iter().enumerate().take(last) {
@@ -624,10 +629,7 @@ impl<B: Backend> Vit<B> {
     /// - images: `[batch, 3, height, width]`
     /// - output: `depth + 1` x `[batch, dim]`
     pub fn pooled_layers(&self, images: Tensor<B, 4>, pool: Pool) -> Vec<Tensor<B, 2>> {
-        let tokens = self.embed(images);
-        let [b, _, d] = tokens.dims();
-        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
-        let mut x = Tensor::cat(vec![cls.expand([b, 1, d]), tokens], 1);
+        let mut x = self.with_class_token(self.embed(images));
         let mut out = Vec::with_capacity(self.blocks.len() + 1);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x, Mode::Eval.for_layer(i as u64));

@@ -25,6 +25,10 @@ pub(super) struct Run {
     pub(super) last_eval: Option<(f64, f64)>,
     /// Updates per epoch, from the run's config.json.
     pub(super) steps_per_epoch: Option<f64>,
+    /// The run's config.json, where it parses.
+    pub(super) config: Option<serde_json::Value>,
+    /// Every number of its metrics.jsonl: (step, field, value).
+    pub(super) series: Vec<(u64, String, f64)>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -71,11 +75,13 @@ fn read_run(d: &Path) -> Result<Option<Run>> {
         knn: Vec::new(),
         val: Vec::new(),
         last_eval: None,
-        steps_per_epoch: std::fs::read_to_string(d.join(CONFIG_FILE))
+        steps_per_epoch: None,
+        config: std::fs::read_to_string(d.join(CONFIG_FILE))
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|c| c["steps_per_epoch"].as_f64()),
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
+        series: Vec::new(),
     };
+    run.steps_per_epoch = run.config.as_ref().and_then(|c| c["steps_per_epoch"].as_f64());
     if results.exists() {
         read_results(&mut run, results)?;
     }
@@ -117,6 +123,11 @@ fn read_metrics(run: &mut Run, metrics: &Path) -> Result<()> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
             continue;
         };
+        if let (Some(step), Some(fields)) = (v["step"].as_u64(), v.as_object()) {
+            let numbers = fields.iter().filter(|(k, _)| k.as_str() != "step");
+            run.series
+                .extend(numbers.filter_map(|(k, x)| x.as_f64().map(|x| (step, k.clone(), x))));
+        }
         // A pre-training line: a token method's `mim`, MAE's `mse` or DINO's `dino` (the token
         // loss curve is the token methods' alone: the others are not on its scale).
         if ["mim", "mse", "dino"].iter().any(|t| v.get(t).is_some()) {

@@ -2,25 +2,13 @@
 //! frozen-encoder evaluations and fine-tuning results, per run and per (initialization,
 //! tokenizer) over seeds.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::report::runs::Run;
+use polars::prelude::PolarsResult;
 
-/// `kmeans-8192` for `vocab-kmeans-8192-s0.safetensors` (the vocabulary's own seed is left
-/// out so it is not mistaken for the run's).
-fn tokenizer(vocab: &Option<PathBuf>) -> String {
-    let Some(stem) = vocab.as_ref().and_then(|v| v.file_stem()) else {
-        return "-".to_string();
-    };
-    let stem = stem.to_string_lossy();
-    let stem = stem.trim_start_matches("vocab-");
-    match stem.rsplit_once("-s") {
-        Some((name, seed)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
-        _ => stem.to_string(),
-    }
-}
+use crate::report::frames::{spreads, tokenizer, Spread};
+use crate::report::runs::Run;
 
 fn pct(v: f64) -> String {
     format!("{:.1}", 100.0 * v)
@@ -28,7 +16,7 @@ fn pct(v: f64) -> String {
 
 /// The frozen-encoder section: one row per `trainer eval` run, then the means per
 /// initialization. `evals` are runs with eval results.
-pub(super) fn write_eval_section(md: &mut String, evals: &[&Run]) {
+pub(super) fn write_eval_section(md: &mut String, evals: &[&Run]) -> PolarsResult<()> {
     let _ = writeln!(
         md,
         "## Frozen encoders: k-NN (k=20, T=0.07) and linear probes (val %)\n"
@@ -56,34 +44,36 @@ pub(super) fn write_eval_section(md: &mut String, evals: &[&Run]) {
             pct(last)
         );
     }
-    write_eval_means(md, evals);
+    write_eval_means(md, evals)?;
     md.push('\n');
+    Ok(())
 }
 
 /// Mean k-NN and best-probe top-1 over seeds per (init, tokenizer).
-fn write_eval_means(md: &mut String, evals: &[&Run]) {
-    let mut groups: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
-    for r in evals {
-        let e = r.eval.as_ref().expect("filtered");
-        groups
-            .entry((e.init.clone(), tokenizer(&e.vocab)))
-            .or_default()
-            .push((100.0 * e.knn.top1, 100.0 * e.best_probe.top1));
-    }
+fn write_eval_means(md: &mut String, evals: &[&Run]) -> PolarsResult<()> {
+    let results: Vec<_> = evals.iter().map(|r| r.eval.as_ref().expect("filtered")).collect();
+    let keys = [
+        ("init", results.iter().map(|e| e.init.clone()).collect()),
+        ("tokenizer", results.iter().map(|e| tokenizer(&e.vocab)).collect()),
+    ];
+    let knn: Vec<f64> = results.iter().map(|e| 100.0 * e.knn.top1).collect();
+    let probe: Vec<f64> = results.iter().map(|e| 100.0 * e.best_probe.top1).collect();
     let _ = writeln!(md, "\n### Frozen encoders by initialization (mean over seeds)\n");
     let _ = writeln!(md, "| init | tokenizer | runs | k-NN top-1 | best probe top-1 |");
     let _ = writeln!(md, "|---|---|---:|---:|---:|");
-    for ((init, tok), v) in &groups {
-        let n = v.len() as f64;
-        let knn = v.iter().map(|x| x.0).sum::<f64>() / n;
-        let probe = v.iter().map(|x| x.1).sum::<f64>() / n;
-        let _ = writeln!(md, "| {init} | {tok} | {} | {knn:.1} | {probe:.1} |", v.len());
+    for (k, p) in spreads(&keys, &knn)?.into_iter().zip(spreads(&keys, &probe)?) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {:.1} |",
+            k.keys[0], k.keys[1], k.runs, k.mean, p.mean
+        );
     }
+    Ok(())
 }
 
 /// The fine-tuning section: one row per fine-tuning run, then the spread per initialization.
 /// `fts` are runs with fine-tuning results.
-pub(super) fn write_finetune_section(md: &mut String, fts: &[&Run]) {
+pub(super) fn write_finetune_section(md: &mut String, fts: &[&Run]) -> PolarsResult<()> {
     let _ = writeln!(
         md,
         "## Fine-tuning (%, every image of the evaluation split, center crop)\n"
@@ -120,33 +110,35 @@ pub(super) fn write_finetune_section(md: &mut String, fts: &[&Run]) {
             f.seconds / 60.0
         );
     }
-    write_finetune_spread(md, fts);
+    write_finetune_spread(md, fts)?;
     md.push('\n');
+    Ok(())
 }
 
 /// Mean and spread of the fine-tuned top-1 over seeds per (init, tokenizer).
-fn write_finetune_spread(md: &mut String, fts: &[&Run]) {
-    let mut groups: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
-    for r in fts {
-        let f = r.finetune.as_ref().expect("filtered");
-        groups
-            .entry((f.init.clone(), tokenizer(&f.vocab)))
-            .or_default()
-            .push(100.0 * f.eval.top1);
-    }
+fn write_finetune_spread(md: &mut String, fts: &[&Run]) -> PolarsResult<()> {
+    let results: Vec<_> = fts.iter().map(|r| r.finetune.as_ref().expect("filtered")).collect();
+    let keys = [
+        ("init", results.iter().map(|f| f.init.clone()).collect()),
+        ("tokenizer", results.iter().map(|f| tokenizer(&f.vocab)).collect()),
+    ];
+    let top1: Vec<f64> = results.iter().map(|f| 100.0 * f.eval.top1).collect();
     let _ = writeln!(md, "\n### Fine-tuning top-1 by initialization\n");
     let _ = writeln!(md, "| init | tokenizer | runs | mean top-1 | min | max |");
     let _ = writeln!(md, "|---|---|---:|---:|---:|---:|");
-    for ((init, tok), v) in &groups {
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-        let _ = writeln!(md, "| {init} | {tok} | {} | {mean:.1} | {lo:.1} | {hi:.1} |", v.len());
+    for g in spreads(&keys, &top1)? {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            g.keys[0], g.keys[1], g.runs, g.mean, g.min, g.max
+        );
     }
+    Ok(())
 }
 
 /// The segmentation section (the paper's Table 5 in shape): one row per `trainer segment` run,
 /// then mIoU mean [min, max] over seeds per initialization and pre-training data.
-pub(super) fn write_segment_section(md: &mut String, segs: &[&Run]) {
+pub(super) fn write_segment_section(md: &mut String, segs: &[&Run]) -> PolarsResult<()> {
     let _ = writeln!(
         md,
         "## Semantic segmentation (%, every image of the evaluation split, sliding window)\n"
@@ -178,14 +170,14 @@ pub(super) fn write_segment_section(md: &mut String, segs: &[&Run]) {
         cells.push((s.init.clone(), data, 100.0 * s.eval.miou));
     }
     md.push('\n');
-    write_grid(md, "mIoU % by initialization and pre-training data", &cells);
+    write_grid(md, "mIoU % by initialization and pre-training data", &cells)
 }
 
 /// The paper's Table 1 in shape: one row per method (and tokenizer), one column per
 /// pre-training data (`imagenette`, `imagenette 10%`, `coco`...), each cell the fine-tuned
 /// top-1 mean and range over seeds, then the same for the best probe. Random init has no
 /// pre-training data: its column is `none`.
-pub(super) fn write_table1(md: &mut String, evals: &[&Run], fts: &[&Run]) {
+pub(super) fn write_table1(md: &mut String, evals: &[&Run], fts: &[&Run]) -> PolarsResult<()> {
     let row = |init: &str, vocab: &Option<PathBuf>| match tokenizer(vocab).as_str() {
         "-" => init.to_string(),
         t => format!("{init} ({t})"),
@@ -216,39 +208,47 @@ pub(super) fn write_table1(md: &mut String, evals: &[&Run], fts: &[&Run]) {
         ("Best linear probe top-1 %", &probed),
     ] {
         if !cells.is_empty() {
-            write_grid(md, what, cells);
+            write_grid(md, what, cells)?;
         }
     }
+    Ok(())
 }
 
 /// One Table 1 grid: `cells` are (row, column, value) with repeats over seeds.
-fn write_grid(md: &mut String, what: &str, cells: &[(String, String, f64)]) {
-    let mut grid: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
-    for (r, c, v) in cells {
-        grid.entry(r).or_default().entry(c).or_default().push(*v);
-    }
-    let columns: std::collections::BTreeSet<&str> = cells.iter().map(|c| c.1.as_str()).collect();
+fn write_grid(md: &mut String, what: &str, cells: &[(String, String, f64)]) -> PolarsResult<()> {
+    let keys = [
+        ("row", cells.iter().map(|c| c.0.clone()).collect()),
+        ("column", cells.iter().map(|c| c.1.clone()).collect()),
+    ];
+    let values: Vec<f64> = cells.iter().map(|c| c.2).collect();
+    let groups = spreads(&keys, &values)?;
+    let mut header: Vec<&str> = groups.iter().map(|g| g.keys[1].as_str()).collect();
+    header.sort();
+    header.dedup();
     let _ = writeln!(md, "{what}\n");
-    let header: Vec<&str> = columns.iter().copied().collect();
     let _ = writeln!(md, "| method | {} |", header.join(" | "));
     let _ = writeln!(md, "|---|{}", "---:|".repeat(header.len()));
-    for (r, by_column) in &grid {
+    // Groups come sorted by row, then column.
+    for row in groups.chunk_by(|a, b| a.keys[0] == b.keys[0]) {
         let cells: Vec<String> = header
             .iter()
-            .map(|c| by_column.get(c).map_or_else(|| "-".to_string(), |v| spread(v)))
+            .map(|c| {
+                row.iter()
+                    .find(|g| g.keys[1] == *c)
+                    .map_or_else(|| "-".to_string(), spread)
+            })
             .collect();
-        let _ = writeln!(md, "| {r} | {} |", cells.join(" | "));
+        let _ = writeln!(md, "| {} | {} |", row[0].keys[0], cells.join(" | "));
     }
     md.push('\n');
+    Ok(())
 }
 
 /// `mean [min, max]`, or the value alone for one run.
-fn spread(v: &[f64]) -> String {
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-    match v.len() {
-        1 => format!("{mean:.1}"),
-        _ => format!("{mean:.1} [{lo:.1}, {hi:.1}]"),
+fn spread(g: &Spread) -> String {
+    match g.runs {
+        1 => format!("{:.1}", g.mean),
+        _ => format!("{:.1} [{:.1}, {:.1}]", g.mean, g.min, g.max),
     }
 }
 
@@ -277,7 +277,7 @@ mod tests {
             ("random".to_string(), "none".to_string(), 20.0),
         ];
         let mut md = String::new();
-        write_grid(&mut md, "top-1", &cells);
+        write_grid(&mut md, "top-1", &cells).unwrap();
         assert!(md.contains("| method | imagenette | imagenette 10% | none |"), "{md}");
         assert!(md.contains("| random | - | - | 20.0 |"), "{md}");
         assert!(md.contains("| splitmask | 41.0 [40.0, 42.0] | 35.0 | - |"), "{md}");

@@ -216,12 +216,6 @@ fn a_camvid_segmentation_run_resumes_exactly_reports_and_exports() {
     assert_eq!(seg_losses(&whole_cfg), seg_losses(&rest));
     assert_eq!(resumed.eval, whole.eval);
 
-    let report = trainer::report::write_report(tmp.path(), &tmp.path().join("report")).unwrap();
-    let md = std::fs::read_to_string(report.markdown).unwrap();
-    assert!(
-        md.contains("## Semantic segmentation") && md.contains("| whole | random |"),
-        "{md}"
-    );
     let export = trainer::export::export_run(
         &whole_cfg.run.out,
         &tmp.path().join("timm"),
@@ -273,6 +267,63 @@ fn a_camvid_segmentation_run_resumes_exactly_reports_and_exports() {
     let done = seg_run(&init, 1, false).expect("finished");
     assert_eq!((done.init.as_str(), done.steps), ("beit", 2));
     assert!(done.pretrain_data.is_some());
+
+    // The report: its segmentation section, and runs.parquet / metrics.parquet as pyarrow,
+    // polars and duckdb read them: one row per run folder, one per number of metrics.jsonl.
+    let report = trainer::report::write_report(tmp.path(), &tmp.path().join("report")).unwrap();
+    let md = std::fs::read_to_string(&report.markdown).unwrap();
+    assert!(
+        md.contains("## Semantic segmentation") && md.contains("| whole | random |"),
+        "{md}"
+    );
+    assert!(md.contains("| beit |") && md.contains("| random | "), "{md}");
+    check_report_frames(
+        tmp.path(),
+        &tmp.path().join("report"),
+        &["beit", "from-beit", "part", "whole"],
+    );
+}
+
+/// Reads the report's Parquet files with the real clients (`tests/python/report_frames.py`)
+/// and checks their row counts against the run folders' own files.
+fn check_report_frames(runs: &std::path::Path, report: &std::path::Path, names: &[&str]) {
+    let numbers: usize = names
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(runs.join(n).join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v.as_object()
+                        .unwrap()
+                        .iter()
+                        .filter(|(k, x)| *k != "step" && x.is_number())
+                        .count()
+                })
+                .sum::<usize>()
+        })
+        .sum();
+    let o = std::process::Command::new("python3")
+        .arg(crate::workspace().join("tests/python/report_frames.py"))
+        .arg(report)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        o.status.success(),
+        "a reader disagrees (`make python-deps` installs them): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for reader in ["pyarrow", "polars", "duckdb"] {
+        assert_eq!(got[reader]["runs"], names.len(), "{reader}: {got}");
+        assert_eq!(got[reader]["metrics"], numbers, "{reader}: {got}");
+        assert_eq!(got[reader]["names"], serde_json::json!(names), "{reader}");
+    }
+    let metric_names = got["pyarrow"]["metric_names"].as_array().unwrap();
+    for m in ["seg_loss", "eval_miou", "mim", "lr"] {
+        assert!(metric_names.iter().any(|x| x == m), "{m} in {metric_names:?}");
+    }
 }
 
 /// Two workers with batch 4 follow one with batch 8 in losses and parameters. Group norm in
