@@ -32,6 +32,12 @@ impl VocabKind {
             VocabKind::Kmeans => "kmeans",
         }
     }
+
+    /// Whether an entry looks like an image patch (sampled patches, centroids of patches);
+    /// random projections are noise when drawn.
+    pub fn draws_as_patches(self) -> bool {
+        !matches!(self, VocabKind::RandomProjection)
+    }
 }
 
 /// How an image becomes patch vectors.

@@ -37,6 +37,9 @@ enum Command {
     /// A frozen encoder's class-token and mean-pooled features of every image of a split, as
     /// Parquet parts (resumable).
     Embed(commands::embed::Args),
+    /// A PNG grid of eval images, the patches a pre-training run hides and what it predicts
+    /// there (vocabulary entries, right/wrong tokens, or MAE's pixels).
+    Visualize(commands::visualize::Args),
     /// Time training steps on synthetic data (one JSON line per run on stdout).
     Bench(commands::bench::Args),
     /// Time the pre-training input pipeline alone: shards, decode, crop, flip, normalized
@@ -95,6 +98,7 @@ fn run() -> Result<()> {
         Command::Report(args) => commands::report::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Embed(args) => commands::embed::run(args),
+        Command::Visualize(args) => commands::visualize::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::BenchLoader(args) => commands::bench_loader::run(args),
         Command::BenchTargets(args) => commands::bench_targets::run(args),

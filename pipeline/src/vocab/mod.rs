@@ -558,15 +558,8 @@ pub fn draw(vocab: &Vocabulary, out: &Path, cols: usize, zoom: u32) -> Result<Pa
     let cell = ps * zoom + 1;
     let rows = vocab.header.size.div_ceil(cols);
     let mut sheet = RgbImage::from_pixel(cols as u32 * cell, rows as u32 * cell, image::Rgb([255, 255, 255]));
-    for (i, e) in vocab.embeddings.chunks(vocab.header.dim).enumerate() {
-        let (lo, hi) = e.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-        let span = (hi - lo).max(1e-6);
-        let stretched: Vec<f32> = e
-            .iter()
-            .enumerate()
-            .map(|(j, &v)| ((v - lo) / span - p.mean[j % 3]) / p.std[j % 3])
-            .collect();
-        let px = patch_pixels(&stretched, p);
+    for i in 0..vocab.header.size {
+        let px = entry_pixels(vocab, i);
         let (cx, cy) = ((i % cols) as u32 * cell, (i / cols) as u32 * cell);
         for y in 0..ps * zoom {
             for x in 0..ps * zoom {
@@ -577,6 +570,21 @@ pub fn draw(vocab: &Vocabulary, out: &Path, cols: usize, zoom: u32) -> Result<Pa
     }
     crate::shard::write_png(out, &sheet)?;
     Ok(out.to_path_buf())
+}
+
+/// Entry `i` as the RGB pixels of its patch (row-major, `patch_size`² x 3), stretched to the
+/// full range: entries are unit directions, so only their pattern and colour balance show.
+pub fn entry_pixels(vocab: &Vocabulary, i: usize) -> Vec<u8> {
+    let p = &vocab.header.preprocessing;
+    let e = &vocab.embeddings[i * vocab.header.dim..(i + 1) * vocab.header.dim];
+    let (lo, hi) = e.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let span = (hi - lo).max(1e-6);
+    let stretched: Vec<f32> = e
+        .iter()
+        .enumerate()
+        .map(|(j, &v)| ((v - lo) / span - p.mean[j % 3]) / p.std[j % 3])
+        .collect();
+    patch_pixels(&stretched, p)
 }
 
 /// Reads the vocabulary file a dataset folder holds for `kind`, if any.

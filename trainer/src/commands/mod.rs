@@ -12,3 +12,4 @@ pub mod finetune;
 pub mod pretrain;
 pub mod report;
 pub mod segment;
+pub mod visualize;

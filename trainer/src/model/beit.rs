@@ -9,7 +9,9 @@ use rand::Rng;
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::token_cross_entropy;
 use crate::model::masking::draw_mask;
-use crate::model::objective::{MaskedPositions, MethodSpec, MimBatch, MimOutput, Objective, Term};
+use crate::model::objective::{
+    MaskedPositions, MethodSpec, MimBatch, MimOutput, Objective, Predicted, Reconstruction, Term,
+};
 use crate::model::vit::{gather_tokens, token_linear, Mode, Vit, VitConfig};
 
 #[derive(Module, Debug)]
@@ -75,17 +77,9 @@ impl<B: Backend> Objective<B> for Beit<B> {
     /// - batch.targets: `[batch, patches]`
     /// - masks: `[batch, m]` positions and their `[batch, patches, 1]` weights
     fn forward(&self, batch: &MimBatch<B, MaskedPositions<B>>, mode: Mode) -> MimOutput<B> {
-        let MaskedPositions { index, weight } = &batch.masks;
-        let enc = &self.encoder;
-        let x = enc.patch_embed.forward(batch.images.clone()); // [batch, patches, dim]
-        let w = weight.clone();
-        let x = x * (w.clone().neg() + 1.0) + self.mask_token.val() * w + enc.patch_pos();
-        let h = enc.encode(x, mode); // [batch, 1 + patches, dim]
-        let [b, m] = index.dims();
-        // Patch p is token p + 1 after the class token: gathered straight from the encoder's
-        // output, no slice (whose backward would zero-fill and copy a whole activation).
-        let logits = token_linear(&self.head, gather_tokens(h, index.clone() + 1)); // [batch, m, vocab]
-        let vocab = logits.dims()[2];
+        let index = &batch.masks.index;
+        let logits = self.masked_logits(batch, mode); // [batch, m, vocab]
+        let [b, m, vocab] = logits.dims();
         let logits = logits.reshape([b * m, vocab]);
         let targets = batch.tokens().clone().gather(1, index.clone()).reshape([b * m]);
         let mim = token_cross_entropy(logits.clone(), targets.clone());
@@ -94,6 +88,34 @@ impl<B: Backend> Objective<B> for Beit<B> {
             terms: vec![Term::Value(mim), Term::accuracy(&logits, &targets)],
             stats: None,
         }
+    }
+
+    fn reconstruct(&self, batch: &MimBatch<B, MaskedPositions<B>>) -> Option<Reconstruction<B>> {
+        let logits = self.masked_logits(batch, Mode::Eval); // [batch, m, vocab]
+        Some(Reconstruction {
+            hidden: batch.masks.index.clone(),
+            patches: Predicted::most_likely(logits),
+        })
+    }
+}
+
+impl<B: Backend> Beit<B> {
+    /// The token logits of the masked positions.
+    ///
+    /// # Shapes
+    /// - batch.images: `[batch, 3, height, width]`
+    /// - masks: `[batch, m]` positions and their `[batch, patches, 1]` weights
+    /// - output: `[batch, m, vocab]`
+    fn masked_logits(&self, batch: &MimBatch<B, MaskedPositions<B>>, mode: Mode) -> Tensor<B, 3> {
+        let MaskedPositions { index, weight } = &batch.masks;
+        let enc = &self.encoder;
+        let x = enc.patch_embed.forward(batch.images.clone()); // [batch, patches, dim]
+        let w = weight.clone();
+        let x = x * (w.clone().neg() + 1.0) + self.mask_token.val() * w + enc.patch_pos();
+        let h = enc.encode(x, mode); // [batch, 1 + patches, dim]
+                                     // Patch p is token p + 1 after the class token: gathered straight from the encoder's
+                                     // output, no slice (whose backward would zero-fill and copy a whole activation).
+        token_linear(&self.head, gather_tokens(h, index.clone() + 1))
     }
 }
 
@@ -123,5 +145,21 @@ backend_tests! {
         let after = model.forward(&changed, Mode::Eval).loss.into_scalar();
         assert!((before - after).abs() < 1e-6, "{before} vs {after}");
         assert!((before - 64f32.ln()).abs() < 0.5);
+    }
+
+    #[test]
+    fn reconstructed_tokens_score_the_logged_accuracy() {
+        let device = Default::default();
+        let model = Beit::<TestBackend>::new(&tiny(), 64, &mut ChaCha8Rng::seed_from_u64(0), &device);
+        let b = batch::<TestBackend>(3, 64, &device);
+        let accuracy = model.forward(&b, Mode::Eval).term(1);
+        let rec = model.reconstruct(&b).expect("BEiT predicts tokens");
+        assert_eq!(rec.hidden.to_data(), b.masks.index.to_data());
+        let Predicted::Tokens(tokens) = rec.patches else {
+            panic!("BEiT predicts tokens")
+        };
+        let targets = b.tokens().clone().gather(1, b.masks.index.clone());
+        let share = tokens.equal(targets).float().mean().into_scalar() as f64;
+        assert!((share - accuracy).abs() < 1e-6, "{share} vs {accuracy}");
     }
 }

@@ -12,7 +12,7 @@ use rand::Rng;
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::in_f32;
 use crate::model::masking::draw_mask;
-use crate::model::objective::{Branch, MethodSpec, MimBatch, MimOutput, Objective, Term};
+use crate::model::objective::{Branch, MethodSpec, MimBatch, MimOutput, Objective, Predicted, Reconstruction, Term};
 use crate::model::vit::{
     gather_tokens, layer_norm_module, norm, sincos_pos_embed, table_rows, token_linear, Block, BlockConfig, Mode,
     PatchEmbed, Vit, VitConfig,
@@ -130,24 +130,42 @@ impl<B: Backend> Mae<B> {
         token_linear(&self.decoder_pred, z)
     }
 
-    /// The hidden patches' pixels, per-patch normalized under `norm_pix_loss` (with the
-    /// unbiased variance, as `torch.var`).
+    /// The hidden patches' pixels, per-patch normalized under `norm_pix_loss`.
     ///
     /// # Shapes
     /// - images: `[batch, 3, height, width]`
     /// - hidden: `[batch, m]`
     /// - output: `[batch, m, 3 * patch * patch]`, in f32 (see `losses`)
     pub fn targets(&self, images: Tensor<B, 4>, hidden: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let p = self.encoder.patch_embed.patch_size;
-        let t = in_f32(gather_tokens(PatchEmbed::patchify(images, p), hidden)); // [batch, m, 3 p p]
+        let t = self.hidden_patches(images, hidden); // [batch, m, 3 p p]
         if !self.norm_pix_loss {
             return t;
         }
-        let d = t.dims()[2];
-        let centred = t.clone() - t.mean_dim(2);
-        let var = centred.clone().powi_scalar(2).sum_dim(2) / (d as f64 - 1.0);
-        centred / (var + NORM_PIX_EPS).sqrt()
+        let (mean, std) = patch_stats(t.clone());
+        (t - mean) / std
     }
+
+    /// # Shapes
+    /// - images: `[batch, 3, height, width]`
+    /// - hidden: `[batch, m]`
+    /// - output: `[batch, m, 3 * patch * patch]`, in f32
+    fn hidden_patches(&self, images: Tensor<B, 4>, hidden: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let p = self.encoder.patch_embed.patch_size;
+        in_f32(gather_tokens(PatchEmbed::patchify(images, p), hidden))
+    }
+}
+
+/// Each patch's mean and its standard deviation as `norm_pix_loss` divides by it (the unbiased
+/// variance, as `torch.var`, plus MAE's epsilon).
+///
+/// # Shapes
+/// - patches: `[batch, m, values]`
+/// - output: `[batch, m, 1]` each
+fn patch_stats<B: Backend>(patches: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let d = patches.dims()[2];
+    let mean = patches.clone().mean_dim(2);
+    let var = (patches - mean.clone()).powi_scalar(2).sum_dim(2) / (d as f64 - 1.0);
+    (mean, (var + NORM_PIX_EPS).sqrt())
 }
 
 impl<B: Backend> Objective<B> for Mae<B> {
@@ -221,6 +239,24 @@ impl<B: Backend> Objective<B> for Mae<B> {
             terms: vec![Term::Value(mse)],
             stats: None,
         }
+    }
+
+    /// The decoder's pixels, put back in each patch's own brightness and contrast under
+    /// `norm_pix_loss` (as MAE's visualization does).
+    fn reconstruct(&self, batch: &MimBatch<B, Branch<B>>) -> Option<Reconstruction<B>> {
+        let hidden = batch.masks.hidden.clone();
+        let pred = in_f32(self.predict(batch.images.clone(), &batch.masks, Mode::Eval));
+        let pixels = match self.norm_pix_loss {
+            false => pred,
+            true => {
+                let (mean, std) = patch_stats(self.hidden_patches(batch.images.clone(), hidden.clone()));
+                pred * std + mean
+            }
+        };
+        Some(Reconstruction {
+            hidden,
+            patches: Predicted::Pixels(pixels),
+        })
     }
 }
 
@@ -318,5 +354,33 @@ backend_tests! {
             assert_eq!(all, (0..16).collect::<Vec<i64>>(), "image {i}: a partition of the grid");
         }
         assert_eq!(Mae::<TestBackend>::paper_mask_count(196), 147);
+    }
+
+    #[test]
+    fn the_reconstruction_scored_as_the_loss_scores_is_the_loss() {
+        // Pixels put back in each patch's brightness and contrast, then normalized again as
+        // the targets are: the loss's MSE. Without norm_pix_loss they are the prediction.
+        let device = Default::default();
+        let b = batch::<TestBackend>(2, &device);
+        for norm_pix in [false, true] {
+            let model = Mae::<TestBackend>::tiny(norm_pix, &device);
+            let mse = model.forward(&b, Mode::Eval).term(0) as f32;
+            let rec = model.reconstruct(&b).expect("MAE predicts pixels");
+            assert_eq!(rec.hidden.to_data(), b.masks.hidden.to_data());
+            let Predicted::Pixels(px) = rec.patches else {
+                panic!("MAE predicts pixels")
+            };
+            let t = model.hidden_patches(b.images.clone(), b.masks.hidden.clone());
+            let scored = match norm_pix {
+                false => px,
+                true => {
+                    let (mean, std) = patch_stats(t.clone());
+                    (px - mean) / std
+                }
+            };
+            let target = model.targets(b.images.clone(), b.masks.hidden.clone());
+            let again = (scored - target).powi_scalar(2).mean().into_scalar();
+            assert!((again - mse).abs() <= 1e-5 * mse, "norm_pix {norm_pix}: {again} vs {mse}");
+        }
     }
 }

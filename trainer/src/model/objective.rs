@@ -241,6 +241,32 @@ impl<B: Backend> MimOutput<B> {
     }
 }
 
+/// What a method predicts for the patches it hid from its encoder, for `trainer visualize`.
+#[derive(Debug, Clone)]
+pub struct Reconstruction<B: Backend> {
+    /// `[batch, m]` grid positions predicted, ascending.
+    pub hidden: Tensor<B, 2, Int>,
+    pub patches: Predicted<B>,
+}
+
+/// The content predicted at [`Reconstruction::hidden`].
+#[derive(Debug, Clone)]
+pub enum Predicted<B: Backend> {
+    /// `[batch, m]` vocabulary entries, the most likely of each position.
+    Tokens(Tensor<B, 2, Int>),
+    /// `[batch, m, 3 * patch * patch]` pixels in the encoder's input normalization, laid out
+    /// as `PatchEmbed::patchify`'s, any per-patch normalization of the loss undone.
+    Pixels(Tensor<B, 3>),
+}
+
+impl<B: Backend> Predicted<B> {
+    /// The most likely entry of each position's logits (`[batch, m, vocab]`).
+    pub fn most_likely(logits: Tensor<B, 3>) -> Self {
+        let [b, m, v] = logits.dims();
+        Predicted::Tokens(argmax_rows(logits.reshape([b * m, v])).reshape([b, m]))
+    }
+}
+
 /// What a method is built and draws its masks from: the part of the resolved pre-training
 /// configuration every method reads, and the method's own options.
 #[derive(Debug)]
@@ -326,6 +352,13 @@ pub trait Objective<B: Backend>: Module<B> + Sized {
     fn encoder(&self) -> &Vit<B>;
 
     fn forward(&self, batch: &MimBatch<B, Self::Masks>, mode: Mode) -> MimOutput<B>;
+
+    /// The prediction for the patches hidden by `batch`'s masks (the first branch's where
+    /// there are two), at evaluation; `None` where the method predicts no patch content.
+    fn reconstruct(&self, batch: &MimBatch<B, Self::Masks>) -> Option<Reconstruction<B>> {
+        let _ = batch;
+        None
+    }
 
     /// What the method does to its own weights after each applied optimizer update, on every rank
     /// alike (so the replicas stay equal): nothing for the masked-image methods; a

@@ -13,7 +13,7 @@ use rand::Rng;
 use crate::model::init::{linear, param, trunc_normal};
 use crate::model::losses::{info_nce, token_cross_entropy};
 use crate::model::masking::draw_split;
-use crate::model::objective::{Branches, MethodSpec, MimBatch, MimOutput, Objective, Term};
+use crate::model::objective::{Branches, MethodSpec, MimBatch, MimOutput, Objective, Predicted, Reconstruction, Term};
 use crate::model::vit::{
     gather_tokens, layer_norm_module, norm, table_rows, token_linear, Block, BlockConfig, Mode, Vit, VitConfig,
 };
@@ -156,42 +156,15 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
     /// - masks: two branches, visible sets of `[batch, k]` and hidden ones of
     ///   `[batch, patches - k]`
     fn forward(&self, batch: &MimBatch<B, Branches<B>>, mode: Mode) -> MimOutput<B> {
-        let (a, b_idx) = (&batch.masks.a.visible, &batch.masks.b.visible);
-        let (hidden_a, hidden_b) = (&batch.masks.a.hidden, &batch.masks.b.hidden);
-        let enc = &self.encoder;
-        let [b, k] = a.dims();
-        let h = hidden_a.dims()[1];
-        let n = k + h;
-        let x = enc.embed(batch.images.clone()); // [batch, patches, dim]
-        let d = x.dims()[2];
-        // Both branches through the shared encoder in one call: [2 * batch, k, dim].
-        let branches = Tensor::cat(
-            vec![gather_tokens(x.clone(), a.clone()), gather_tokens(x, b_idx.clone())],
-            0,
-        );
-        let z = enc.encode(branches, mode.stacked(2));
-        let z = z.slice([0..2 * b, 1..k + 1, 0..d]); // drop the class token: [2 * batch, k, dim]
-        let visible = Tensor::cat(vec![a.clone(), b_idx.clone()], 0); // [2 * batch, k]
-        let missing = Tensor::cat(vec![hidden_a.clone(), hidden_b.clone()], 0); // [2 * batch, h]
-        let pos = self.decoder_pos.val().reshape([n, d]);
-        let vis = z + table_rows(pos.clone(), visible);
-        let miss = self.mask_token.val().expand([2 * b, h, d]) + table_rows(pos, missing.clone());
-        // Attention is permutation-equivariant, so visible and predicted tokens need not be put
-        // back in grid order: each carries its position embedding.
-        let mut z = Tensor::cat(vec![vis, miss], 1); // [2 * batch, patches, dim]
-        for (i, block) in self.decoder_blocks.iter().enumerate() {
-            z = block.forward(z, mode.stacked(2).for_layer(1000 + i as u64));
-        }
-        let z = norm(&self.decoder_norm, z);
-        let pred = z.clone().slice([0..2 * b, k..n, 0..d]); // [2 * batch, h, dim]
-        let logits = token_linear(&self.head, pred);
-        let vocab = logits.dims()[2];
+        let b = batch.images.dims()[0];
+        let Decoded { logits, pooled, hidden } = self.decode(batch, mode);
+        let [_, h, vocab] = logits.dims();
         let logits = logits.reshape([2 * b * h, vocab]);
         let targets = Tensor::cat(vec![batch.tokens().clone(), batch.tokens().clone()], 0)
-            .gather(1, missing)
+            .gather(1, hidden)
             .reshape([2 * b * h]);
         let mim = token_cross_entropy(logits.clone(), targets.clone());
-        let pooled = z.mean_dim(1).reshape([2 * b, d]); // [2 * batch, dim]
+        let d = pooled.dims()[1];
         let za = pooled.clone().slice([0..b, 0..d]);
         let zb = pooled.slice([b..2 * b, 0..d]);
         // With global negatives every rank computes the whole global batch's InfoNCE, in
@@ -211,6 +184,68 @@ impl<B: Backend> Objective<B> for SplitMask<B> {
             loss,
             terms: vec![Term::Value(mim), Term::accuracy(&logits, &targets), Term::Value(nce)],
             stats: None,
+        }
+    }
+
+    /// Branch A's prediction of the half it did not see.
+    fn reconstruct(&self, batch: &MimBatch<B, Branches<B>>) -> Option<Reconstruction<B>> {
+        let b = batch.images.dims()[0];
+        let Decoded { logits, hidden, .. } = self.decode(batch, Mode::Eval);
+        let [_, h, vocab] = logits.dims();
+        Some(Reconstruction {
+            hidden: hidden.slice([0..b, 0..h]),
+            patches: Predicted::most_likely(logits.slice([0..b, 0..h, 0..vocab])),
+        })
+    }
+}
+
+/// Both branches decoded: branch A's rows first, then branch B's.
+struct Decoded<B: Backend> {
+    /// `[2 * batch, h, vocab]` token logits of each branch's hidden patches.
+    logits: Tensor<B, 3>,
+    /// `[2 * batch, dim]` the decoder's output averaged over all patches (InfoNCE's features).
+    pooled: Tensor<B, 2>,
+    /// `[2 * batch, h]` the positions the logits predict.
+    hidden: Tensor<B, 2, Int>,
+}
+
+impl<B: Backend> SplitMask<B> {
+    /// # Shapes
+    /// - batch.images: `[batch, 3, height, width]`
+    /// - masks: each branch's visible `[batch, k]` and hidden `[batch, h]` positions
+    fn decode(&self, batch: &MimBatch<B, Branches<B>>, mode: Mode) -> Decoded<B> {
+        let (a, b_idx) = (&batch.masks.a.visible, &batch.masks.b.visible);
+        let (hidden_a, hidden_b) = (&batch.masks.a.hidden, &batch.masks.b.hidden);
+        let enc = &self.encoder;
+        let [b, k] = a.dims();
+        let h = hidden_a.dims()[1];
+        let n = k + h;
+        let x = enc.embed(batch.images.clone()); // [batch, patches, dim]
+        let d = x.dims()[2];
+        // Both branches through the shared encoder in one call: [2 * batch, k, dim].
+        let branches = Tensor::cat(
+            vec![gather_tokens(x.clone(), a.clone()), gather_tokens(x, b_idx.clone())],
+            0,
+        );
+        let z = enc.encode(branches, mode.stacked(2));
+        let z = z.slice([0..2 * b, 1..k + 1, 0..d]); // drop the class token: [2 * batch, k, dim]
+        let visible = Tensor::cat(vec![a.clone(), b_idx.clone()], 0); // [2 * batch, k]
+        let hidden = Tensor::cat(vec![hidden_a.clone(), hidden_b.clone()], 0); // [2 * batch, h]
+        let pos = self.decoder_pos.val().reshape([n, d]);
+        let vis = z + table_rows(pos.clone(), visible);
+        let miss = self.mask_token.val().expand([2 * b, h, d]) + table_rows(pos, hidden.clone());
+        // Attention is permutation-equivariant, so visible and predicted tokens need not be put
+        // back in grid order: each carries its position embedding.
+        let mut z = Tensor::cat(vec![vis, miss], 1); // [2 * batch, patches, dim]
+        for (i, block) in self.decoder_blocks.iter().enumerate() {
+            z = block.forward(z, mode.stacked(2).for_layer(1000 + i as u64));
+        }
+        let z = norm(&self.decoder_norm, z);
+        let pred = z.clone().slice([0..2 * b, k..n, 0..d]); // [2 * batch, h, dim]
+        Decoded {
+            logits: token_linear(&self.head, pred),
+            pooled: z.mean_dim(1).reshape([2 * b, d]),
+            hidden,
         }
     }
 }
@@ -309,5 +344,24 @@ backend_tests! {
             let want = mim_weight as f32 * mim + nce_weight as f32 * nce;
             assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
         }
+    }
+
+    #[test]
+    fn the_reconstruction_is_branch_a_predicting_its_hidden_half() {
+        let device = Default::default();
+        let model = SplitMask::<TestBackend>::tiny(64, &device);
+        let b = batch::<TestBackend>(3, 64, 1, &device);
+        let rec = model.reconstruct(&b).expect("SplitMask predicts tokens");
+        assert_eq!(rec.hidden.to_data(), b.masks.a.hidden.to_data());
+        let Predicted::Tokens(tokens) = rec.patches else {
+            panic!("SplitMask predicts tokens")
+        };
+        assert_eq!(tokens.dims(), b.masks.a.hidden.dims());
+        let logits = model.decode(&b, Mode::Eval).logits; // branch A's rows first
+        let [_, h, v] = logits.dims();
+        let first = logits.slice([0..1, 0..1, 0..v]).reshape([v]).into_data().to_vec::<f32>().unwrap();
+        let best = (0..v).max_by(|&i, &j| first[i].total_cmp(&first[j])).unwrap();
+        assert_eq!(tokens.slice([0..1, 0..1]).into_scalar() as usize, best);
+        assert!(h > 0);
     }
 }

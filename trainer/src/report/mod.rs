@@ -7,6 +7,7 @@
 mod figures;
 mod frames;
 pub mod plot;
+pub mod reconstructions;
 mod runs;
 mod tables;
 

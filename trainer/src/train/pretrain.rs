@@ -247,7 +247,7 @@ pub fn training_set(cfg: &PretrainConfig) -> Result<(ImageSet, Option<ImageSet>)
 
 /// The vocabulary at `path`, refused if it is not the one the run's config resolved (`sha`):
 /// a file rebuilt between the runs of one folder would silently change the targets.
-fn same_vocabulary(path: &Path, sha: Option<&str>) -> Result<pipeline::vocab::tokenizer::Vocabulary> {
+pub fn same_vocabulary(path: &Path, sha: Option<&str>) -> Result<pipeline::vocab::tokenizer::Vocabulary> {
     let (vocab, found) = pipeline::vocab::tokenizer::Vocabulary::load(path)?;
     match sha {
         Some(sha) if sha != found => Err(RunFolderError {

@@ -15,6 +15,7 @@ use trainer::train::config::{FinetuneArgs, PretrainArgs, PretrainConfig};
 use trainer::train::pretrain::{pretrain, MetricsLine};
 use trainer::CpuAutodiff;
 
+mod autodiff_threads;
 mod cluster_auth;
 mod data_parallel;
 mod dino;
@@ -30,6 +31,7 @@ mod paper_datasets;
 mod pretrain_runs;
 mod segmentation;
 mod targets;
+mod visualize;
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
