@@ -138,7 +138,7 @@ pub fn run(Args { args, backend }: Args) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     write_results(&out, &r)?;
     println!(
-        "{} ({}) on {}: k-NN top-1 {:.2}%, best linear probe {:.2}% (layer {} of {}), last layer {:.2}%; {}",
+        "{} ({}) on {}: k-NN top-1 {:.2}%, best linear probe {:.2}% (layer {} of {}), last layer {:.2}%; features at {:.0} img/s; {}",
         r.model,
         r.init,
         r.eval_split,
@@ -147,6 +147,7 @@ pub fn run(Args { args, backend }: Args) -> Result<()> {
         r.best_probe.layer,
         r.probes.len(),
         100.0 * r.probes.last().map_or(0.0, |p| p.top1),
+        r.feature_images_per_s.unwrap_or(f64::NAN),
         out.join("results.json").display()
     );
     Ok(())

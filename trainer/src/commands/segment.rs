@@ -34,17 +34,7 @@ pub fn run(Args { args, backend }: Args, progress: bool) -> Result<()> {
         Precision::Bf16,
         SegmentTask(&cfg, args.run.resume, &cluster, progress),
     )??;
-    if cluster.node > 0 {
-        println!(
-            "node {} of {}: trained with the other nodes; node 0 wrote {}",
-            cluster.node,
-            cluster.nodes,
-            cfg.run.out.display()
-        );
-        return Ok(());
-    }
-    let Some(r) = results else {
-        println!("stopped before the end of the schedule; continue with --resume");
+    let Some(r) = super::results_to_report(results, &cluster, &cfg.run.out, "trained") else {
         return Ok(());
     };
     println!(

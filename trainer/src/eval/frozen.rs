@@ -111,6 +111,9 @@ pub struct EvalResults {
     #[serde(default = "val")]
     pub select_split: String,
     pub seconds: f64,
+    /// Images per second of the feature passes (every layer of every image evaluated).
+    #[serde(default)]
+    pub feature_images_per_s: Option<f64>,
 }
 
 fn val() -> String {
@@ -143,12 +146,15 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
         };
         layer_features(&frozen.encoder, pass, frozen.pool, device)
     };
+    let features_started = Instant::now();
     let (train_f, train_y) = layers(&train, spec.train_images, "train features")?;
     let (val_f, val_y) = layers(&val, spec.val_images, &format!("{} features", spec.eval_split))?;
     let select_f = match &select {
         Some(set) => Some(layers(set, spec.val_images, "held-out train features")?),
         None => None,
     };
+    let featured = train_y.len() + val_y.len() + select_f.as_ref().map_or(0, |(_, y)| y.len());
+    let feature_images_per_s = Some(featured as f64 / features_started.elapsed().as_secs_f64().max(1e-9));
     let dim = vit.dim;
     // k-NN on the final (normed) layer, L2-normalized as the monitor's features.
     let last = vit.depth;
@@ -205,6 +211,7 @@ pub fn evaluate<B: Backend>(spec: &EvalSpec, frozen: &FrozenEncoder<B>, device: 
             None => spec.eval_split.clone(),
         },
         seconds: started.elapsed().as_secs_f64(),
+        feature_images_per_s,
     })
 }
 

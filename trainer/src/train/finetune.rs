@@ -7,7 +7,6 @@
 //! mixing and drop-path draws of step `t` of (seed, t).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Param};
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
 use crate::data::images::ImageSet;
+use crate::data::loader::HostBatch;
 use crate::data::mixup::mix_batch;
 use crate::error::Result;
 use crate::eval::accuracy::{classify, ClassifyResult, Tally};
@@ -31,12 +31,12 @@ use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::{FinetuneConfig, HeadInit, InitSource, RunConfig, Schedule};
 use crate::train::encoder_from_run::init_classifier;
-use crate::train::engine::{Divergence, Engine, MicroOutput, Setup, Signals, TrainConfig, Update};
+use crate::train::engine::{Divergence, Engine, Micro, MicroOutput, Setup, TrainConfig, Update};
+use crate::train::eval_loop::{train_with_evals, EvalAt, EvalRun, Splits};
 use crate::train::optim::layer_decay_scale;
 use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
 use crate::train::run_folder::{
-    prepare_run_folder, read_json, read_results, record_skipped, write_json, write_results, MetricsLog, TrainState,
-    START_FILE,
+    prepare_run_folder, read_json, write_json, write_results, MetricsLog, TrainState, START_FILE,
 };
 
 /// Non-finite updates in a row before fine-tuning gives up (it has no rollback: its
@@ -201,16 +201,7 @@ pub fn finetune_on<B: AutodiffBackend>(
     if let (false, Some(init)) = (resuming, &cfg.init) {
         model = init_classifier(model, init, &cfg.vit, device)?;
     }
-    let train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
-    let (mut train, mut select) = cfg.run.split_train(train);
-    let mut eval = ImageSet::load_with(&cfg.run.data, &cfg.run.eval_split, &cfg.run.loader)?;
-    for set in [Some(&mut train), Some(&mut eval), select.as_mut()]
-        .into_iter()
-        .flatten()
-    {
-        if writes {
-            record_skipped(&cfg.run.out, set)?;
-        }
+    let sets = Splits::load(&cfg.run, writes, started, |set| {
         let dropped = set.keep_labeled(cfg.classes);
         if dropped > 0 {
             bar_println(
@@ -222,45 +213,20 @@ pub fn finetune_on<B: AutodiffBackend>(
                 ),
             );
         }
-    }
-    if let Some(n) = cfg.run.limit_images {
-        train = train.truncate(n);
-    }
+    })?;
     if !resuming && cfg.head_init == HeadInit::Probe {
         let probe;
-        (model, probe) = probe_head(cfg, model, &train, device)?;
+        (model, probe) = probe_head(cfg, model, &sets.train, device)?;
         if writes {
-            let start = evaluate_start(cfg, &model, &probe, &eval, device)?;
+            let start = evaluate_start(cfg, &model, &probe, &sets.eval, device)?;
             write_json(&cfg.run.out.join(START_FILE), &start)?;
         }
     }
-    let sets = Sets {
-        train: Arc::new(train),
-        eval,
-        select,
-        started,
-    };
     // One model, replicated: the same weights and parameter ids on every rank.
     let replicas = vec![numbered_params(model); devices.len()];
     on_ranks::<B, _, _, _>(devices, cluster, replicas, |world, device, model| {
         run(cfg, &sets, model.fork(device), resume, world, device, progress)
     })
-}
-
-/// The splits every rank reads, loaded once, and when the command started.
-struct Sets {
-    train: Arc<ImageSet>,
-    eval: ImageSet,
-    /// The train rows held out for the periodic evaluations when `eval` is the test split.
-    select: Option<ImageSet>,
-    started: Instant,
-}
-
-impl Sets {
-    /// What the periodic evaluations (and the best top-1) run on.
-    fn select(&self) -> &ImageSet {
-        self.select.as_ref().unwrap_or(&self.eval)
-    }
 }
 
 impl TrainConfig for FinetuneConfig {
@@ -281,7 +247,7 @@ impl TrainConfig for FinetuneConfig {
 /// checkpoints and results, draws the progress bar and evaluates.
 fn run<B: AutodiffBackend>(
     cfg: &FinetuneConfig,
-    sets: &Sets,
+    sets: &Splits,
     model: Classifier<B>,
     resume: bool,
     world: World,
@@ -297,81 +263,16 @@ fn run<B: AutodiffBackend>(
         divergence: Divergence::Fail { after: MAX_BAD_STEPS },
         lr_scale: Box::new(move |path: &str| layer_decay_scale(path, depth, decay)),
     };
-    let (mut engine, mut model) = Engine::start(setup, model, world, device)?;
-    let evals = Evals::new(cfg, sets);
-    let (size, classes) = (cfg.vit.image_size, cfg.classes);
-    while !engine.done() {
-        let step = engine.state.step;
-        let last = step + 1 == cfg.schedule.total_steps;
-        let eval_now = !last && ((step + 1).is_multiple_of(cfg.eval_every) || step + 1 == cfg.schedule.end());
-        let update;
-        (model, update) = engine.update(model, eval_now || last, |model: &Classifier<B>, mut host, micro| {
-            let b = host.len();
-            let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, micro.index, 7));
-            let (targets, _) = mix_batch(&mut host.images, &host.labels, size, classes, &cfg.mixup, &mut mix_rng);
-            let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
-            let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, classes]), device);
-            let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, micro.index, 4), host.first));
-            let loss = soft_cross_entropy(logits, t);
-            let logged = micro.log.then(|| vec![read_scalar(loss.clone())]);
-            Ok(MicroOutput {
-                loss,
-                logged,
-                stats: None,
-            })
-        })?;
-        // Fine-tuning fails instead of rolling back, so there is always an update.
-        let Some(update) = update else { continue };
-        // Periodic evaluations may use a subset; the final one every image.
-        let wrote = match engine.leads() {
-            true => evals.record(&mut engine, &model, &update, EvalAt::of(last, eval_now)),
-            false => Ok(None),
-        };
-        // The last step goes on to write results.json: a resumed run would find nothing to do.
-        let signals = if last { Signals::Defer } else { Signals::Stop };
-        let (wrote, final_eval) = match wrote {
-            Ok(e) => (Ok(()), e),
-            Err(e) => (Err(e), None),
-        };
-        engine.end_step(&model, wrote, signals)?;
-        if let Some(e) = final_eval {
-            engine.finish();
-            return write_final(cfg, sets, &engine.state, e).map(Some);
-        }
-    }
-    engine.finish();
-    if engine.leads() && engine.state.step == cfg.schedule.total_steps {
-        // Resumed after the end: the results are already written.
-        return read_results(&cfg.run.out).map(Some);
-    }
-    Ok(None)
-}
-
-/// Which evaluation a step ends with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EvalAt {
-    None,
-    /// On `--eval-images` of the evaluation split.
-    Periodic,
-    /// The last step of the schedule: every image.
-    Final,
-}
-
-impl EvalAt {
-    fn of(last: bool, periodic: bool) -> EvalAt {
-        match (last, periodic) {
-            (true, _) => EvalAt::Final,
-            (false, true) => EvalAt::Periodic,
-            (false, false) => EvalAt::None,
-        }
-    }
+    let (engine, model) = Engine::start(setup, model, world, device)?;
+    train_with_evals(&Evals::new(cfg, sets, device), engine, model)
 }
 
 /// Rank 0's evaluations during the run: periodic ones on the selection split (the evaluation
 /// split, or held-out train rows when that is `test`), the final one on every evaluation image.
-struct Evals<'a> {
+struct Evals<'a, B: AutodiffBackend> {
     cfg: &'a FinetuneConfig,
-    sets: &'a Sets,
+    sets: &'a Splits,
+    device: &'a B::Device,
     /// The selection split's images of periodic evaluations.
     during: Vec<usize>,
     /// Train images whose accuracy (on clean views) is measured beside each evaluation.
@@ -379,8 +280,8 @@ struct Evals<'a> {
     what: String,
 }
 
-impl<'a> Evals<'a> {
-    fn new(cfg: &'a FinetuneConfig, sets: &'a Sets) -> Self {
+impl<'a, B: AutodiffBackend> Evals<'a, B> {
+    fn new(cfg: &'a FinetuneConfig, sets: &'a Splits, device: &'a B::Device) -> Self {
         let select = sets.select();
         let during = cfg
             .eval_images
@@ -390,15 +291,48 @@ impl<'a> Evals<'a> {
         Evals {
             cfg,
             sets,
+            device,
             during,
             train_probe,
             what: format!("evaluating {}", cfg.run.select_split()),
         }
     }
+}
+
+impl<B: AutodiffBackend> EvalRun<B, Classifier<B>> for Evals<'_, B> {
+    type Config = FinetuneConfig;
+    type Scores = ClassifyResult;
+    type Results = FinetuneResults;
+
+    fn config(&self) -> &FinetuneConfig {
+        self.cfg
+    }
+
+    fn eval_every(&self) -> u64 {
+        self.cfg.eval_every
+    }
+
+    /// Soft-target cross-entropy on the micro-batch, mixed (Mixup/CutMix) from its own seed.
+    fn loss(&self, model: &Classifier<B>, mut host: HostBatch, micro: Micro) -> Result<MicroOutput<B>> {
+        let (cfg, device) = (self.cfg, self.device);
+        let (b, size, classes) = (host.len(), cfg.vit.image_size, cfg.classes);
+        let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, micro.index, 7));
+        let (targets, _) = mix_batch(&mut host.images, &host.labels, size, classes, &cfg.mixup, &mut mix_rng);
+        let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
+        let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, classes]), device);
+        let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, micro.index, 4), host.first));
+        let loss = soft_cross_entropy(logits, t);
+        let logged = micro.log.then(|| vec![read_scalar(loss.clone())]);
+        Ok(MicroOutput {
+            loss,
+            logged,
+            stats: None,
+        })
+    }
 
     /// The evaluation due after `update` and the metrics line on logged steps. Returns the
     /// final evaluation (on every image) at the schedule's last step.
-    fn record<B: AutodiffBackend>(
+    fn record(
         &self,
         engine: &mut Engine<'_, B, FinetuneConfig>,
         model: &Classifier<B>,
@@ -461,10 +395,14 @@ impl<'a> Evals<'a> {
         }
         Ok(last)
     }
+
+    fn write_final(&self, state: &TrainState, e: ClassifyResult) -> Result<FinetuneResults> {
+        write_final(self.cfg, self.sets, state, e)
+    }
 }
 
 /// `results.json` of a run whose last step scored `e` on every evaluation image.
-fn write_final(cfg: &FinetuneConfig, sets: &Sets, state: &TrainState, e: ClassifyResult) -> Result<FinetuneResults> {
+fn write_final(cfg: &FinetuneConfig, sets: &Splits, state: &TrainState, e: ClassifyResult) -> Result<FinetuneResults> {
     let (best_top1, best_step) = best_eval(&cfg.run.metrics_path());
     let held_out = cfg.run.select_fraction.is_some();
     let start_file = cfg.run.out.join(START_FILE);

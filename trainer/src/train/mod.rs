@@ -6,6 +6,7 @@
 pub mod config;
 pub mod encoder_from_run;
 pub mod engine;
+pub mod eval_loop;
 pub mod finetune;
 pub mod optim;
 pub mod parallel;

@@ -5,7 +5,6 @@
 //! and `results.json` at the end. The engine is the fine-tuning loop's.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -17,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
 use crate::data::images::ImageSet;
+use crate::data::loader::HostBatch;
 use crate::error::{DataError, Result};
 use crate::eval::segmentation::{SegScores, SlidePass};
 use crate::model::classifier::Classifier;
@@ -26,12 +26,11 @@ use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::{InitSource, RunConfig, Schedule, SegmentConfig};
 use crate::train::encoder_from_run::init_classifier;
-use crate::train::engine::{Divergence, Engine, MicroOutput, Setup, Signals, TrainConfig, Update};
+use crate::train::engine::{Divergence, Engine, Micro, MicroOutput, Setup, TrainConfig, Update};
+use crate::train::eval_loop::{train_with_evals, EvalAt, EvalRun, Splits};
 use crate::train::optim::layer_decay_scale;
 use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
-use crate::train::run_folder::{
-    prepare_run_folder, read_results, record_skipped, write_results, MetricsLog, TrainState,
-};
+use crate::train::run_folder::{prepare_run_folder, write_results, MetricsLog, TrainState};
 
 /// Non-finite updates in a row before the run gives up (as fine-tuning: no rollback).
 const MAX_BAD_STEPS: u32 = 3;
@@ -121,26 +120,7 @@ pub fn segment_on<B: AutodiffBackend>(
     let device = &devices[0];
     let resuming = resume && cfg.run.checkpoint_path().exists();
     let model = initial_model::<B>(cfg, !resuming, device)?;
-    let train = ImageSet::load_with(&cfg.run.data, "train", &cfg.run.loader)?;
-    let (mut train, mut select) = cfg.run.split_train(train);
-    let mut eval = ImageSet::load_with(&cfg.run.data, &cfg.run.eval_split, &cfg.run.loader)?;
-    if writes {
-        for set in [Some(&mut train), Some(&mut eval), select.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            record_skipped(&cfg.run.out, set)?;
-        }
-    }
-    if let Some(n) = cfg.run.limit_images {
-        train = train.truncate(n);
-    }
-    let sets = Sets {
-        train: Arc::new(train),
-        eval,
-        select,
-        started,
-    };
+    let sets = Splits::load(&cfg.run, writes, started, |_| {})?;
     let replicas = vec![numbered_params(model); devices.len()];
     on_ranks::<B, _, _, _>(devices, cluster, replicas, |world, device, model| {
         run(cfg, &sets, model.fork(device), resume, world, device, progress)
@@ -160,24 +140,10 @@ fn initial_model<B: AutodiffBackend>(cfg: &SegmentConfig, load: bool, device: &B
     Ok(model)
 }
 
-/// The splits every rank reads, loaded once, and when the command started.
-struct Sets {
-    train: Arc<ImageSet>,
-    eval: ImageSet,
-    select: Option<ImageSet>,
-    started: Instant,
-}
-
-impl Sets {
-    fn select(&self) -> &ImageSet {
-        self.select.as_ref().unwrap_or(&self.eval)
-    }
-}
-
 /// One rank's loop. Rank 0 alone writes metrics, checkpoints and results and evaluates.
 fn run<B: AutodiffBackend>(
     cfg: &SegmentConfig,
-    sets: &Sets,
+    sets: &Splits,
     model: Segmenter<B>,
     resume: bool,
     world: World,
@@ -193,53 +159,72 @@ fn run<B: AutodiffBackend>(
         divergence: Divergence::Fail { after: MAX_BAD_STEPS },
         lr_scale: Box::new(move |path: &str| layer_decay_scale(path, depth, decay)),
     };
-    let (mut engine, mut model) = Engine::start(setup, model, world, device)?;
+    let (engine, model) = Engine::start(setup, model, world, device)?;
     let during: Vec<usize> = cfg.eval_images.map_or_else(
         || (0..sets.select().samples.len()).collect(),
         |n| sets.select().spread(n),
     );
-    while !engine.done() {
-        let step = engine.state.step;
-        let last = step + 1 == cfg.schedule.total_steps;
-        let eval_now = !last && ((step + 1).is_multiple_of(cfg.eval_every) || step + 1 == cfg.schedule.end());
-        let update;
-        (model, update) = engine.update(model, eval_now || last, |model: &Segmenter<B>, host, micro| {
-            let loss = micro_loss(cfg, model, host, micro.index, device)?;
-            let logged = micro.log.then(|| vec![read_scalar(loss.clone())]);
-            Ok(MicroOutput {
-                loss,
-                logged,
-                stats: None,
-            })
-        })?;
-        let Some(update) = update else { continue };
-        let wrote = match engine.leads() {
-            true => record(cfg, sets, &mut engine, &model, &update, (eval_now, last), &during),
-            false => Ok(None),
-        };
-        let signals = if last { Signals::Defer } else { Signals::Stop };
-        let (wrote, final_eval) = match wrote {
-            Ok(e) => (Ok(()), e),
-            Err(e) => (Err(e), None),
-        };
-        engine.end_step(&model, wrote, signals)?;
-        if let Some(e) = final_eval {
-            engine.finish();
-            return write_final(cfg, sets, &engine.state, e).map(Some);
-        }
+    let evals = Evals {
+        cfg,
+        sets,
+        device,
+        during,
+    };
+    train_with_evals(&evals, engine, model)
+}
+
+/// Rank 0's evaluations: periodic ones on `during` of the selection split, the final one on
+/// every evaluation image.
+struct Evals<'a, B: AutodiffBackend> {
+    cfg: &'a SegmentConfig,
+    sets: &'a Splits,
+    device: &'a B::Device,
+    during: Vec<usize>,
+}
+
+impl<B: AutodiffBackend> EvalRun<B, Segmenter<B>> for Evals<'_, B> {
+    type Config = SegmentConfig;
+    type Scores = SegScores;
+    type Results = SegmentResults;
+
+    fn config(&self) -> &SegmentConfig {
+        self.cfg
     }
-    engine.finish();
-    if engine.leads() && engine.state.step == cfg.schedule.total_steps {
-        return read_results(&cfg.run.out).map(Some);
+
+    fn eval_every(&self) -> u64 {
+        self.cfg.eval_every
     }
-    Ok(None)
+
+    fn loss(&self, model: &Segmenter<B>, host: HostBatch, micro: Micro) -> Result<MicroOutput<B>> {
+        let loss = micro_loss(self.cfg, model, host, micro.index, self.device)?;
+        let logged = micro.log.then(|| vec![read_scalar(loss.clone())]);
+        Ok(MicroOutput {
+            loss,
+            logged,
+            stats: None,
+        })
+    }
+
+    fn record(
+        &self,
+        engine: &mut Engine<'_, B, SegmentConfig>,
+        model: &Segmenter<B>,
+        update: &Update,
+        at: EvalAt,
+    ) -> Result<Option<SegScores>> {
+        record(self.cfg, self.sets, engine, model, update, at, &self.during)
+    }
+
+    fn write_final(&self, state: &TrainState, scores: SegScores) -> Result<SegmentResults> {
+        write_final(self.cfg, self.sets, state, scores)
+    }
 }
 
 /// The pixel cross-entropy of one host batch of joint views.
 fn micro_loss<B: AutodiffBackend>(
     cfg: &SegmentConfig,
     model: &Segmenter<B>,
-    host: crate::data::loader::HostBatch,
+    host: HostBatch,
     index: u64,
     device: &B::Device,
 ) -> Result<Tensor<B, 1>> {
@@ -276,16 +261,17 @@ fn slide<'a>(cfg: &SegmentConfig, set: &'a ImageSet, indices: &'a [usize], what:
 /// schedule's last step.
 fn record<B: AutodiffBackend>(
     cfg: &SegmentConfig,
-    sets: &Sets,
+    sets: &Splits,
     engine: &mut Engine<'_, B, SegmentConfig>,
     model: &Segmenter<B>,
     update: &Update,
-    (periodic, last): (bool, bool),
+    at: EvalAt,
     during: &[usize],
 ) -> Result<Option<SegScores>> {
-    let (eval, final_scores) = match (periodic, last) {
-        (false, false) => (None, None),
-        _ => {
+    let last = at == EvalAt::Final;
+    let (eval, final_scores) = match at {
+        EvalAt::None => (None, None),
+        EvalAt::Periodic | EvalAt::Final => {
             let frozen = model.valid();
             let device = engine.device();
             let all: Vec<usize> = (0..sets.eval.samples.len()).collect();
@@ -333,7 +319,7 @@ fn record<B: AutodiffBackend>(
 }
 
 /// `results.json` of a run whose last step scored `e` on every evaluation image.
-fn write_final(cfg: &SegmentConfig, sets: &Sets, state: &TrainState, e: SegScores) -> Result<SegmentResults> {
+fn write_final(cfg: &SegmentConfig, sets: &Splits, state: &TrainState, e: SegScores) -> Result<SegmentResults> {
     let (best, best_step) = MetricsLog::read::<SegmentLine>(&cfg.run.metrics_path())
         .into_iter()
         .filter_map(|l| l.eval_miou.map(|m| (m, l.step)))
