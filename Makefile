@@ -48,7 +48,7 @@ TCH_ENV   = LIBTORCH=$(TORCH_DIR)
 TRAINER_FEATURES := $(if $(filter tch,$(BACKEND)),tch,$(if $(filter cuda,$(DEVICE)),cuda))
 BACKEND_FLAGS = --device $(DEVICE) --backend $(BACKEND)
 
-.PHONY: all venv build build-trainer prepare images vocab tokenize inspect demo pretrain finetune segment eval report experiment export check-timm check test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective bench-train bench-loader
+.PHONY: all venv build build-trainer prepare images vocab tokenize inspect demo pretrain finetune segment eval visualize report experiment export check-timm check test lint fmt fuzz python-deps bench-ingest bench-kmeans bench-gpu bench-collective bench-train bench-loader
 
 all: build
 
@@ -122,6 +122,10 @@ segment: build-trainer
 # k-NN and per-layer linear probes of a pre-training run's frozen encoder -> $(RUN)/results.json.
 eval: build-trainer
 	$(TRAINER) eval --run $(RUN) $(BACKEND_FLAGS)
+
+# What $(RUN) predicts for the patches it hides, on 8 eval images -> $(RUN)/reconstructions.png.
+visualize: build-trainer
+	$(TRAINER) visualize --run $(RUN) --out $(RUN)/reconstructions.png $(BACKEND_FLAGS)
 
 # $(RUN) as a timm export folder ($(RUN)/timm: model.safetensors + config.json): a pre-training
 # run's encoder or a fine-tuning run's classifier; timm.create_model("local-dir:$(RUN)/timm", pretrained=True).

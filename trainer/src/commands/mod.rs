@@ -36,3 +36,35 @@ fn results_to_report<R>(
     }
     results
 }
+
+/// A finished pre-training run and the split of a dataset to read with it.
+#[derive(clap::Args)]
+pub struct RunSplit {
+    /// Pre-training run folder, or a checkpoint in one (`<run>/best.safetensors`).
+    #[arg(long)]
+    run: std::path::PathBuf,
+    /// Prepared dataset (default: the run's).
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Split to read (default: the dataset's evaluation split).
+    #[arg(long)]
+    split: Option<String>,
+}
+
+impl RunSplit {
+    /// The run, the dataset folder and the split, the defaults filled in from the run's
+    /// config.json and the dataset's manifest.
+    fn resolve(&self) -> anyhow::Result<(&std::path::Path, std::path::PathBuf, String)> {
+        use anyhow::Context;
+        let run = trainer::train::config::init_paths(&self.run).0;
+        let pre = trainer::train::config::load_config(&run).context("reading the run's config.json")?;
+        let data = self.data.clone().unwrap_or(pre.run.data);
+        let manifest = pipeline::prepare::load_manifest(&data)?;
+        let split = self
+            .split
+            .clone()
+            .or(manifest.eval_split)
+            .unwrap_or_else(|| "val".into());
+        Ok((&self.run, data, split))
+    }
+}

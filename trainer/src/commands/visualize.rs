@@ -1,24 +1,17 @@
 //! `trainer visualize`: what a pre-training run predicts for the patches it hides, as a PNG.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use trainer::backend::{BackendArgs, BackendTask, Precision};
 use trainer::report::reconstructions::{visualize, Drawing, VisualizeSpec, VisualizeSummary};
-use trainer::train::config::{finite, init_paths, load_config};
+use trainer::train::config::finite;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Pre-training run folder, or a checkpoint in one.
-    #[arg(long)]
-    run: PathBuf,
-    /// Prepared dataset (default: the run's).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Split the images come from (default: the dataset's evaluation split).
-    #[arg(long)]
-    split: Option<String>,
+    #[command(flatten)]
+    source: super::RunSplit,
     /// The PNG written.
     #[arg(long)]
     out: PathBuf,
@@ -38,31 +31,25 @@ pub struct Args {
     backend: BackendArgs,
 }
 
-struct Task<'a>(&'a Args, &'a PathBuf, &'a str);
+/// The arguments, the run, the dataset and the split.
+struct Task<'a>(&'a Args, &'a Path, &'a Path, &'a str);
 impl BackendTask for Task<'_> {
     type Output = Result<VisualizeSummary>;
     fn run<B: AutodiffBackend>(self, devices: &[B::Device]) -> Self::Output {
-        let Task(a, data, split) = self;
+        let Task(a, run, data, split) = self;
         let spec = VisualizeSpec {
             images: a.images as usize,
             zoom: a.zoom,
             mask_seed: a.seed,
             crop_ratio: a.crop_ratio,
         };
-        Ok(visualize::<B>(&a.run, data, split, &spec, &a.out, &devices[0])?)
+        Ok(visualize::<B>(run, data, split, &spec, &a.out, &devices[0])?)
     }
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let pre = load_config(&init_paths(&args.run).0).context("reading the run's config.json")?;
-    let data = args.data.clone().unwrap_or(pre.run.data);
-    let manifest = pipeline::prepare::load_manifest(&data)?;
-    let split = args
-        .split
-        .clone()
-        .or(manifest.eval_split.clone())
-        .unwrap_or_else(|| "val".into());
-    let s = args.backend.run(Precision::F32, Task(&args, &data, &split))??;
+    let (run, data, split) = args.source.resolve()?;
+    let s = args.backend.run(Precision::F32, Task(&args, run, &data, &split))??;
     let drawn = match s.drawing {
         Drawing::Entries => "predicted tokens drawn as their vocabulary entries",
         Drawing::Correctness => "predicted tokens green where right, red where wrong",

@@ -13,7 +13,9 @@ use crate::data::images::ImageSet;
 use crate::data::loader::HostBatch;
 use crate::error::Result;
 use crate::train::config::RunConfig;
-use crate::train::engine::{Engine, Micro, MicroOutput, Signals, TrainConfig, Update};
+use crate::train::engine::{Divergence, Engine, Micro, MicroOutput, Setup, Signals, TrainConfig, Update};
+use crate::train::optim::layer_decay_scale;
+use crate::train::parallel::World;
 use crate::train::run_folder::{read_results, record_skipped, TrainState};
 
 /// The splits every rank reads, loaded once, and when the command started.
@@ -57,6 +59,37 @@ impl Splits {
     pub fn select(&self) -> &ImageSet {
         self.select.as_ref().unwrap_or(&self.eval)
     }
+}
+
+/// Non-finite updates in a row before these runs give up (they have no rollback: their
+/// learning rates are small and a diverging recipe needs a lower one, not a retry).
+const MAX_BAD_STEPS: u32 = 3;
+
+/// The engine of one rank, with layer-wise learning-rate decay (`decay` per block of an
+/// encoder `depth` blocks deep) and [`MAX_BAD_STEPS`].
+pub fn start_engine<'a, B, M, C>(
+    cfg: &'a C,
+    sets: &Splits,
+    model: M,
+    (depth, decay): (usize, f64),
+    (resume, progress): (bool, bool),
+    world: World,
+    device: &B::Device,
+) -> Result<(Engine<'a, B, C>, M)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    C: TrainConfig,
+{
+    let setup = Setup {
+        cfg,
+        set: sets.train.clone(),
+        resume,
+        progress,
+        divergence: Divergence::Fail { after: MAX_BAD_STEPS },
+        lr_scale: Box::new(move |path: &str| layer_decay_scale(path, depth, decay)),
+    };
+    Engine::start(setup, model, world, device)
 }
 
 /// Which evaluation a step ends with.

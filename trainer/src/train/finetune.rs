@@ -31,17 +31,12 @@ use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::{FinetuneConfig, HeadInit, InitSource, RunConfig, Schedule};
 use crate::train::encoder_from_run::init_classifier;
-use crate::train::engine::{Divergence, Engine, Micro, MicroOutput, Setup, TrainConfig, Update};
-use crate::train::eval_loop::{train_with_evals, EvalAt, EvalRun, Splits};
-use crate::train::optim::layer_decay_scale;
+use crate::train::engine::{Engine, Micro, MicroOutput, TrainConfig, Update};
+use crate::train::eval_loop::{start_engine, train_with_evals, EvalAt, EvalRun, Splits};
 use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
 use crate::train::run_folder::{
     prepare_run_folder, read_json, write_json, write_results, MetricsLog, TrainState, START_FILE,
 };
-
-/// Non-finite updates in a row before fine-tuning gives up (it has no rollback: its
-/// learning rates are small and a diverging recipe needs a lower one, not a retry).
-const MAX_BAD_STEPS: u32 = 3;
 
 /// One line of a fine-tuning run's metrics.jsonl; the `eval_*` and `train_top1` fields on
 /// evaluation steps (on the evaluation split, and on a spread of train images with the same
@@ -254,16 +249,8 @@ fn run<B: AutodiffBackend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<Option<FinetuneResults>> {
-    let (depth, decay) = (cfg.vit.depth, cfg.layer_decay);
-    let setup = Setup {
-        cfg,
-        set: sets.train.clone(),
-        resume,
-        progress,
-        divergence: Divergence::Fail { after: MAX_BAD_STEPS },
-        lr_scale: Box::new(move |path: &str| layer_decay_scale(path, depth, decay)),
-    };
-    let (engine, model) = Engine::start(setup, model, world, device)?;
+    let decay = (cfg.vit.depth, cfg.layer_decay);
+    let (engine, model) = start_engine(cfg, sets, model, decay, (resume, progress), world, device)?;
     train_with_evals(&Evals::new(cfg, sets, device), engine, model)
 }
 

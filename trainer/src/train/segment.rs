@@ -26,14 +26,10 @@ use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::{InitSource, RunConfig, Schedule, SegmentConfig};
 use crate::train::encoder_from_run::init_classifier;
-use crate::train::engine::{Divergence, Engine, Micro, MicroOutput, Setup, TrainConfig, Update};
-use crate::train::eval_loop::{train_with_evals, EvalAt, EvalRun, Splits};
-use crate::train::optim::layer_decay_scale;
+use crate::train::engine::{Engine, Micro, MicroOutput, TrainConfig, Update};
+use crate::train::eval_loop::{start_engine, train_with_evals, EvalAt, EvalRun, Splits};
 use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
 use crate::train::run_folder::{prepare_run_folder, write_results, MetricsLog, TrainState};
-
-/// Non-finite updates in a row before the run gives up (as fine-tuning: no rollback).
-const MAX_BAD_STEPS: u32 = 3;
 
 /// One line of a segmentation run's metrics.jsonl; the `eval_*` fields on evaluation steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,16 +146,8 @@ fn run<B: AutodiffBackend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<Option<SegmentResults>> {
-    let (depth, decay) = (cfg.segmenter.vit.depth, cfg.layer_decay);
-    let setup = Setup {
-        cfg,
-        set: sets.train.clone(),
-        resume,
-        progress,
-        divergence: Divergence::Fail { after: MAX_BAD_STEPS },
-        lr_scale: Box::new(move |path: &str| layer_decay_scale(path, depth, decay)),
-    };
-    let (engine, model) = Engine::start(setup, model, world, device)?;
+    let decay = (cfg.segmenter.vit.depth, cfg.layer_decay);
+    let (engine, model) = start_engine(cfg, sets, model, decay, (resume, progress), world, device)?;
     let during: Vec<usize> = cfg.eval_images.map_or_else(
         || (0..sets.select().samples.len()).collect(),
         |n| sets.select().spread(n),
