@@ -17,14 +17,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::CpuBackend;
 use crate::data::augment::{MEAN, STD};
-use crate::error::{CheckpointError, Error, Result, RunFolderError};
+use crate::error::{Error, Result, RunFolderError};
 use crate::model::classifier::Classifier;
 use crate::model::segmenter::Segmenter;
 use crate::model::vit::{Mode, Vit, VitConfig};
 use crate::train::config::{init_paths, FinetuneConfig, SegmentConfig};
 use crate::train::encoder_from_run::run_encoder;
 use crate::train::run_folder::{read_config, CONFIG_FILE};
-use crate::train::tensor_file::{load_params, load_tensors, named_params, save_tensors, split_optimizer, NamedTensors};
+use crate::train::tensor_file::{load_checkpoint_params, named_params, save_tensors, NamedTensors};
 use crate::train::timm_import::transpose;
 use layouts::Layout;
 
@@ -113,18 +113,9 @@ fn load_run<B: Backend>(run: &Path, device: &B::Device) -> Result<Exported<B>> {
     if !(1..=MAX_CLASSES).contains(&cfg.classes) {
         return Err(config_err(format!("classes {}: 1..={MAX_CLASSES}", cfg.classes)).into());
     }
-    let (all, _) = load_tensors(&file)?;
-    let (params, _optimizer) = split_optimizer(all);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let skeleton = Classifier::<B>::new(&cfg.vit, cfg.classes, &mut rng, device);
-    let (model, unexpected) = load_params(skeleton, &params, &|_| false, &file, device)?;
-    if !unexpected.is_empty() {
-        return Err(CheckpointError::Unexpected {
-            path: file.clone(),
-            unexpected,
-        }
-        .into());
-    }
+    let model = load_checkpoint_params(skeleton, &file, device)?;
     // The names travel with the export when the dataset is at hand; timm then labels outputs.
     let class_names = pipeline::prepare::load_manifest(&cfg.run.data)
         .map(|m| m.class_names)
@@ -144,19 +135,10 @@ fn segmentation_encoder<B: Backend>(folder: &Path, file: &Path, device: &B::Devi
         path: folder.join(CONFIG_FILE),
         message,
     })?;
-    let (all, _) = load_tensors(file)?;
-    let (params, _optimizer) = split_optimizer(all);
     let skeleton: Segmenter<B> = cfg
         .segmenter
         .init(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0), device);
-    let (model, unexpected) = load_params(skeleton, &params, &|_| false, file, device)?;
-    if !unexpected.is_empty() {
-        return Err(CheckpointError::Unexpected {
-            path: file.to_path_buf(),
-            unexpected,
-        }
-        .into());
-    }
+    let model = load_checkpoint_params(skeleton, file, device)?;
     Ok(Exported::Encoder {
         vit: Box::new(model.encoder),
         cfg: cfg.segmenter.vit,

@@ -25,8 +25,8 @@ use crate::model::device_tokenizer::DeviceTokenizer;
 use crate::model::method::{with_method, WithMethod};
 use crate::model::objective::{Objective, Predicted};
 use crate::train::config::{init_paths, load_config, PretrainConfig};
-use crate::train::pretrain::{device_batch, same_vocabulary};
-use crate::train::tensor_file::{load_params, load_tensors, split_optimizer};
+use crate::train::pretrain::{device_batch, run_vocabulary};
+use crate::train::tensor_file::load_checkpoint_params;
 
 /// The colour of a hidden patch in the masked column.
 pub const MASK_GRAY: [u8; 3] = [128, 128, 128];
@@ -96,10 +96,7 @@ pub fn visualize<B: AutodiffBackend>(
 ) -> Result<VisualizeSummary> {
     let (run_dir, file) = init_paths(run);
     let cfg = load_config(&run_dir)?;
-    let vocab = match &cfg.vocab {
-        Some(path) => Some(same_vocabulary(path, cfg.vocab_sha256.as_deref())?),
-        None => None,
-    };
+    let vocab = run_vocabulary(&cfg)?;
     let set = ImageSet::load(data, split)?;
     if set.samples.is_empty() || spec.images == 0 {
         return Err(DataError::TooSmall {
@@ -110,8 +107,8 @@ pub fn visualize<B: AutodiffBackend>(
         }
         .into());
     }
-    let n = spec.images.min(set.samples.len());
-    let indices: Vec<usize> = (0..n).map(|i| i * set.samples.len() / n).collect();
+    let indices = set.spread(spec.images);
+    let n = indices.len();
     let size = cfg.vit.image_size;
     let host = eval_batch(&set, &indices, size as u32, spec.crop_ratio)?;
     let pixels = host.images.clone();
@@ -182,15 +179,7 @@ impl<B: AutodiffBackend> WithMethod<B> for Predict<'_, B> {
         let spec = cfg.spec(options);
         // The skeleton's values are all replaced by the checkpoint's.
         let skeleton = M::build(&spec, &mut ChaCha8Rng::seed_from_u64(0), device).valid();
-        let (params, _optimizer) = split_optimizer(load_tensors(file)?.0);
-        let (model, unexpected) = load_params(skeleton, &params, &|_| false, file, device)?;
-        if !unexpected.is_empty() {
-            return Err(crate::error::CheckpointError::Unexpected {
-                path: file.to_path_buf(),
-                unexpected,
-            }
-            .into());
-        }
+        let model = load_checkpoint_params(skeleton, file, device)?;
         let tokenizer = match (M::TOKEN_TARGETS, vocab) {
             (true, Some(v)) => Some(DeviceTokenizer::new(v, cfg.vit.patch_size, device)?),
             _ => None,

@@ -15,7 +15,7 @@ use crate::eval::frozen::{EncoderSource, FrozenEncoder};
 use crate::model::classifier::Classifier;
 use crate::model::vit::{Vit, VitConfig};
 use crate::train::config::{init_paths, load_config, InitKind, InitSource, PretrainConfig};
-use crate::train::tensor_file::{load_params, load_tensors, split_optimizer, NamedTensors};
+use crate::train::tensor_file::{load_exactly, load_params, load_tensors, split_optimizer, NamedTensors};
 use crate::train::timm_import::encoder_from_timm;
 
 /// A fine-tuned classifier's own parameters, which another fine-tuning run replaces.
@@ -124,10 +124,7 @@ pub fn run_encoder<B: Backend>(init: &Path, device: &B::Device) -> Result<(Pretr
         .collect();
     // The skeleton's values are all replaced.
     let skeleton: Vit<B> = cfg.vit.init(&mut ChaCha8Rng::seed_from_u64(0), device);
-    let (encoder, unexpected) = load_params(skeleton, &stripped, &|_| false, &file, device)?;
-    if !unexpected.is_empty() {
-        return Err(CheckpointError::Unexpected { path: file, unexpected }.into());
-    }
+    let encoder = load_exactly(skeleton, &stripped, &file, device)?;
     Ok((cfg, encoder))
 }
 

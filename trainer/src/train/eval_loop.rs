@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
 use serde::de::DeserializeOwned;
 
 use crate::data::images::ImageSet;
 use crate::data::loader::HostBatch;
 use crate::error::Result;
+use crate::model::objective::read_scalar;
 use crate::train::config::RunConfig;
 use crate::train::engine::{Divergence, Engine, Micro, MicroOutput, Setup, Signals, TrainConfig, Update};
 use crate::train::optim::layer_decay_scale;
@@ -127,8 +129,8 @@ pub trait EvalRun<B: AutodiffBackend, M> {
     /// Updates between periodic evaluations.
     fn eval_every(&self) -> u64;
 
-    /// One micro-batch's loss (and its logged values).
-    fn loss(&self, model: &M, host: HostBatch, micro: Micro) -> Result<MicroOutput<B>>;
+    /// One micro-batch's loss (the value its metrics line logs).
+    fn loss(&self, model: &M, host: HostBatch, micro: Micro) -> Result<Tensor<B, 1>>;
 
     /// Rank 0, after `update`: the evaluation due `at` this step and the metrics line on
     /// logged steps. Returns the scores of the final evaluation.
@@ -160,7 +162,15 @@ where
     while !engine.done() {
         let at = EvalAt::after(cfg, engine.state.step, run.eval_every());
         let update;
-        (model, update) = engine.update(model, at != EvalAt::None, |m: &M, host, micro| run.loss(m, host, micro))?;
+        (model, update) = engine.update(model, at != EvalAt::None, |m: &M, host, micro: Micro| {
+            let loss = run.loss(m, host, micro)?;
+            let logged = micro.log.then(|| vec![read_scalar(loss.clone())]);
+            Ok(MicroOutput {
+                loss,
+                logged,
+                stats: None,
+            })
+        })?;
         // These runs fail instead of rolling back, so there is always an update.
         let Some(update) = update else { continue };
         let recorded = match engine.leads() {

@@ -26,12 +26,11 @@ use crate::eval::features::{head_features, Pass};
 use crate::eval::probe::{fit_probe, Features, LinearProbe, ProbeConfig};
 use crate::model::classifier::Classifier;
 use crate::model::losses::soft_cross_entropy;
-use crate::model::objective::read_scalar;
 use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::{FinetuneConfig, HeadInit, InitSource, RunConfig, Schedule};
 use crate::train::encoder_from_run::init_classifier;
-use crate::train::engine::{Engine, Micro, MicroOutput, TrainConfig, Update};
+use crate::train::engine::{Engine, Micro, TrainConfig, Update};
 use crate::train::eval_loop::{start_engine, train_with_evals, EvalAt, EvalRun, Splits};
 use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
 use crate::train::run_folder::{
@@ -300,7 +299,7 @@ impl<B: AutodiffBackend> EvalRun<B, Classifier<B>> for Evals<'_, B> {
     }
 
     /// Soft-target cross-entropy on the micro-batch, mixed (Mixup/CutMix) from its own seed.
-    fn loss(&self, model: &Classifier<B>, mut host: HostBatch, micro: Micro) -> Result<MicroOutput<B>> {
+    fn loss(&self, model: &Classifier<B>, mut host: HostBatch, micro: Micro) -> Result<Tensor<B, 1>> {
         let (cfg, device) = (self.cfg, self.device);
         let (b, size, classes) = (host.len(), cfg.vit.image_size, cfg.classes);
         let mut mix_rng = ChaCha8Rng::seed_from_u64(mix(cfg.run.seed, micro.index, 7));
@@ -308,13 +307,7 @@ impl<B: AutodiffBackend> EvalRun<B, Classifier<B>> for Evals<'_, B> {
         let x = Tensor::<B, 4>::from_data(TensorData::new(host.images, [b, 3, size, size]), device);
         let t = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, classes]), device);
         let logits = model.forward(x, Mode::train_at(mix(cfg.run.seed, micro.index, 4), host.first));
-        let loss = soft_cross_entropy(logits, t);
-        let logged = micro.log.then(|| vec![read_scalar(loss.clone())]);
-        Ok(MicroOutput {
-            loss,
-            logged,
-            stats: None,
-        })
+        Ok(soft_cross_entropy(logits, t))
     }
 
     /// The evaluation due after `update` and the metrics line on logged steps. Returns the

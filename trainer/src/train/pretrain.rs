@@ -203,10 +203,7 @@ struct Inputs {
 impl Inputs {
     /// `writes`: this process records the rows left out (node 0's).
     fn load(cfg: &PretrainConfig, writes: bool) -> Result<Inputs> {
-        let vocab = match &cfg.vocab {
-            Some(path) => Some(same_vocabulary(path, cfg.vocab_sha256.as_deref())?),
-            None => None,
-        };
+        let vocab = run_vocabulary(cfg)?;
         let (set, held) = training_set(cfg)?;
         // The k-NN monitor's bank is the training set itself; its queries the selection rows
         // (the held-out train rows when the evaluation split is the test split).
@@ -245,9 +242,18 @@ pub fn training_set(cfg: &PretrainConfig) -> Result<(ImageSet, Option<ImageSet>)
     Ok((set, held))
 }
 
+/// The run's vocabulary (`None` for pixel and view methods), refused if the file changed since
+/// the run's config.json was written.
+pub fn run_vocabulary(cfg: &PretrainConfig) -> Result<Option<pipeline::vocab::tokenizer::Vocabulary>> {
+    cfg.vocab
+        .as_deref()
+        .map(|path| same_vocabulary(path, cfg.vocab_sha256.as_deref()))
+        .transpose()
+}
+
 /// The vocabulary at `path`, refused if it is not the one the run's config resolved (`sha`):
 /// a file rebuilt between the runs of one folder would silently change the targets.
-pub fn same_vocabulary(path: &Path, sha: Option<&str>) -> Result<pipeline::vocab::tokenizer::Vocabulary> {
+fn same_vocabulary(path: &Path, sha: Option<&str>) -> Result<pipeline::vocab::tokenizer::Vocabulary> {
     let (vocab, found) = pipeline::vocab::tokenizer::Vocabulary::load(path)?;
     match sha {
         Some(sha) if sha != found => Err(RunFolderError {

@@ -19,7 +19,7 @@ use crate::error::{CheckpointError, Error, Result, RunFolderError};
 use crate::train::optim::{AdamW, Moments};
 use crate::train::parallel::World;
 use crate::train::tensor_file::{
-    load_params, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, NamedTensors, STATE_KEY,
+    load_exactly, load_tensors, named_params, optimizer_entries, save_tensors, split_optimizer, NamedTensors, STATE_KEY,
 };
 
 /// The resolved configuration of the run, written at its start.
@@ -363,10 +363,7 @@ pub fn load_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
             message: format!("no {STATE_KEY} in the header"),
         })?;
     let (params, [m, v, mut master]) = split_optimizer(all);
-    let (model, unexpected) = load_params(model, &params, &|_| false, &path, device)?;
-    if !unexpected.is_empty() {
-        return Err(CheckpointError::Unexpected { path, unexpected }.into());
-    }
+    let model = load_exactly(model, &params, &path, device)?;
     opt.moments.clear();
     for (k, (shape, mv)) in m {
         let (_, vv) = v.get(&k).ok_or_else(|| CheckpointError::Incomplete {

@@ -20,13 +20,12 @@ use crate::data::loader::HostBatch;
 use crate::error::{DataError, Result};
 use crate::eval::segmentation::{SegScores, SlidePass};
 use crate::model::classifier::Classifier;
-use crate::model::objective::read_scalar;
 use crate::model::segmenter::{pixel_cross_entropy, Segmenter};
 use crate::model::vit::Mode;
 use crate::seed::mix;
 use crate::train::config::{InitSource, RunConfig, Schedule, SegmentConfig};
 use crate::train::encoder_from_run::init_classifier;
-use crate::train::engine::{Engine, Micro, MicroOutput, TrainConfig, Update};
+use crate::train::engine::{Engine, Micro, TrainConfig, Update};
 use crate::train::eval_loop::{start_engine, train_with_evals, EvalAt, EvalRun, Splits};
 use crate::train::parallel::{numbered_params, on_ranks, Cluster, World};
 use crate::train::run_folder::{prepare_run_folder, write_results, MetricsLog, TrainState};
@@ -183,14 +182,8 @@ impl<B: AutodiffBackend> EvalRun<B, Segmenter<B>> for Evals<'_, B> {
         self.cfg.eval_every
     }
 
-    fn loss(&self, model: &Segmenter<B>, host: HostBatch, micro: Micro) -> Result<MicroOutput<B>> {
-        let loss = micro_loss(self.cfg, model, host, micro.index, self.device)?;
-        let logged = micro.log.then(|| vec![read_scalar(loss.clone())]);
-        Ok(MicroOutput {
-            loss,
-            logged,
-            stats: None,
-        })
+    fn loss(&self, model: &Segmenter<B>, host: HostBatch, micro: Micro) -> Result<Tensor<B, 1>> {
+        micro_loss(self.cfg, model, host, micro.index, self.device)
     }
 
     fn record(

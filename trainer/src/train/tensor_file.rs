@@ -162,6 +162,31 @@ pub fn save_tensors(path: &Path, tensors: &NamedTensors, meta: Option<HashMap<St
 /// A device or FIFO named as a checkpoint is refused before it is read.
 pub const MAX_TENSOR_FILE_BYTES: u64 = 64 << 30;
 
+/// [`load_params`] where `tensors` must hold exactly the module's parameters: a name the
+/// module lacks is an error too.
+pub fn load_exactly<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &NamedTensors,
+    file: &Path,
+    device: &B::Device,
+) -> Result<M, CheckpointError> {
+    let (module, unexpected) = load_params(module, tensors, &|_| false, file, device)?;
+    if !unexpected.is_empty() {
+        return Err(CheckpointError::Unexpected {
+            path: file.to_path_buf(),
+            unexpected,
+        });
+    }
+    Ok(module)
+}
+
+/// `skeleton` with every parameter of the checkpoint `file` (its optimizer state set aside),
+/// loaded by [`load_exactly`].
+pub fn load_checkpoint_params<B: Backend, M: Module<B>>(skeleton: M, file: &Path, device: &B::Device) -> Result<M> {
+    let (params, _optimizer) = split_optimizer(load_tensors(file)?.0);
+    Ok(load_exactly(skeleton, &params, file, device)?)
+}
+
 /// Reads all tensors (converted to f32) and the header metadata.
 pub fn load_tensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
     let bytes = pipeline::source::read_regular(path, MAX_TENSOR_FILE_BYTES).map_err(|e| Error::io(path, e))?;
