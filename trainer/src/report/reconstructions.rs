@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::data::augment::{MEAN, STD};
 use crate::data::images::ImageSet;
 use crate::data::loader::{eval_batch, HostBatch};
-use crate::error::{DataError, Result, RunFolderError};
+use crate::error::{ConfigError, DataError, Result, RunFolderError};
 use crate::model::device_tokenizer::DeviceTokenizer;
 use crate::model::method::{with_method, WithMethod};
 use crate::model::objective::{Objective, Predicted};
@@ -32,6 +32,8 @@ use crate::train::tensor_file::load_checkpoint_params;
 pub const MASK_GRAY: [u8; 3] = [128, 128, 128];
 /// White space between cells.
 const GAP: u32 = 4;
+/// The most pixels a grid may have (192 MB of RGB), checked before anything is drawn.
+const MAX_GRID_PIXELS: u64 = 64 << 20;
 
 /// What to draw.
 #[derive(Debug, Clone)]
@@ -110,6 +112,16 @@ pub fn visualize<B: AutodiffBackend>(
     let indices = set.spread(spec.images);
     let n = indices.len();
     let size = cfg.vit.image_size;
+    let cell = size as u64 * spec.zoom.max(1) as u64;
+    let most = 4 * cell * cell * n as u64;
+    if most > MAX_GRID_PIXELS {
+        let message = format!(
+            "{n} images of {size} px at this zoom make a grid of up to {} M pixels, over the {} M allowed: draw fewer images or zoom less",
+            most >> 20,
+            MAX_GRID_PIXELS >> 20
+        );
+        return Err(ConfigError::invalid("zoom", spec.zoom, message).into());
+    }
     let host = eval_batch(&set, &indices, size as u32, spec.crop_ratio)?;
     let pixels = host.images.clone();
     let job = Predict {

@@ -94,4 +94,17 @@ fn the_grid_shows_the_hidden_patches_and_what_each_method_predicts_there() {
             }
         }
     }
+    // 256 rows of 1,024 px cells would be a gigapixel: refused before anything is computed.
+    let huge = VisualizeSpec {
+        images: 256,
+        zoom: 16,
+        mask_seed: 0,
+        crop_ratio: 1.0,
+    };
+    let out = tmp.path().join("huge.png");
+    let err = visualize::<CpuAutodiff>(&tmp.path().join("mae"), &f.dir, "val", &huge, &out, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--zoom \"16\"") && err.contains("M pixels"), "{err}");
+    assert!(!out.exists());
 }
